@@ -1,1 +1,44 @@
-//! sluice
+//! # sluice
+//!
+//! A self-hosted polling automation runtime: connectors are YAML data describing an API's
+//! triggers and actions; recipes bind a trigger to a chain of actions.
+//!
+//! # Layout
+//!
+//! * `cli`       — argument parsing and commands; the only module that prints.
+//! * `diag`      — `Diagnostic` (file:line:col, message, help) and YAML position lookup.
+//! * `spec`      — serde shapes of connector files and `sluice.yaml` (data, no behaviour).
+//! * `plan`      — specs → compiled, validated `Connector` / `Trigger` / `Action`.
+//! * `template`  — the Handlebars registry, compiled templates and template trees.
+//! * `http`      — a `Connection`: auth, headers, retries, rate limits, failure classes.
+//! * `trigger`   — polling one trigger: paging, server filter widening, local cursor filter.
+//! * `action`    — checking inputs, choosing variants, rendering and executing requests.
+//! * `secret`    — `Secret`, which never prints itself.
+//! * `telemetry` — the tracing subscriber.
+//! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
+//!
+//! # Data flow
+//!
+//! ```text
+//! connectors/*.yaml ── spec::parse_connector ──► ConnectorSpec + Diagnostics (file:line:col)
+//!                      plan::build_connector ──► Connector { triggers, actions } | Diagnostics
+//! sluice.yaml ──────── spec::parse_config ─────► http::Connection (base URL, token, version)
+//! sluice poll:  trigger::Poll::start(conn, trigger, since)
+//!                 server filter = since widened (day granularity / exclusive `>`)
+//!                 next_page() → records with cursor ≥ since, in cursor order
+//! sluice call:  action::prepare(action, inputs) → variant + rendered requests
+//!               action::execute → http::Connection::send (classify, retry, rate limit) → output
+//! ```
+#![warn(missing_docs)]
+
+pub mod action;
+pub mod cli;
+pub mod diag;
+pub mod http;
+pub mod plan;
+pub mod secret;
+pub mod sim;
+pub mod spec;
+pub mod telemetry;
+pub mod template;
+pub mod trigger;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `sluice` binary: everything happens in `sluice::cli`.
+
+fn main() -> std::process::ExitCode {
+    sluice::cli::main()
+}

@@ -1,0 +1,586 @@
+//! CLI: argument parsing and the commands. The only module that prints.
+//!
+//! Owns clap definitions, loading connectors and `sluice.yaml` for a command, and rendering
+//! results for people (text) and programs (`--json`, JSON lines). Runtime behaviour is in flags;
+//! pipeline meaning is in YAML. Exit codes: 0 ok, 1 problems found or the command failed,
+//! 2 cannot run (usage, unreadable files, bad configuration).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+use crate::diag::{self, Diagnostic};
+use crate::http::Connection;
+use crate::plan::{self, Connector};
+use crate::spec;
+use crate::telemetry::{self, LogFormat};
+
+/// The Intercom connector shipped inside the binary, used when no `connectors/` directory is
+/// found or given.
+pub const BUILTIN_INTERCOM: &str = include_str!("../connectors/intercom.yaml");
+
+/// sluice: YAML connectors and recipes that poll SaaS APIs and run actions.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Runtime configuration file with connections.
+    #[arg(long, global = true, env = "SLUICE_CONFIG", default_value = "sluice.yaml")]
+    pub config: PathBuf,
+    /// Directory of connector definitions (default: ./connectors if present, else built-in).
+    #[arg(long, global = true, env = "SLUICE_CONNECTORS")]
+    pub connectors: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log level or filter (`warn`, `info`, `debug`, `sluice=debug`).
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
+    pub log: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one action and print its output: `sluice call intercom.find_contact --with '{"id":"…"}'`.
+    Call {
+        /// `<connector>.<action>`.
+        action: String,
+        /// Connection name from the config file.
+        #[arg(long)]
+        connection: String,
+        /// Inputs as a JSON object.
+        #[arg(long = "with", default_value = "{}")]
+        with: String,
+        /// Print the request that would be sent instead of sending it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run one trigger and print matching records as JSON lines.
+    Poll {
+        /// `<connector>.<trigger>`.
+        trigger: String,
+        /// Connection name from the config file.
+        #[arg(long)]
+        connection: String,
+        /// Records changed at or after this time: Unix seconds, `YYYY-MM-DD` (UTC) or RFC 3339.
+        /// Default: now minus the trigger's lookback.
+        #[arg(long)]
+        since: Option<String>,
+        /// Trigger options as a JSON object.
+        #[arg(long = "with", default_value = "{}")]
+        with: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// List and describe connectors.
+    Connectors {
+        /// What to show.
+        #[command(subcommand)]
+        command: ConnectorsCommand,
+    },
+    /// Check connector definitions and report every problem with file:line:col.
+    Validate {
+        /// Files or directories (default: `connectors/`).
+        paths: Vec<PathBuf>,
+        /// Print problems as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the built-in Intercom simulator on loopback.
+    Sim(crate::sim::SimArgs),
+}
+
+/// `connectors` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConnectorsCommand {
+    /// One line per connector.
+    List,
+    /// Every trigger and action of a connector, with inputs and outputs.
+    Show {
+        /// Connector id.
+        id: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments from the process and runs the command.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    telemetry::init(cli.log_format, &cli.log);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a parsed command. `Err` means the command could not run (exit 2).
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Call {
+            action,
+            connection,
+            with,
+            dry_run,
+        } => cmd_call(&cli, action, connection, with, *dry_run).await,
+        Command::Poll {
+            trigger,
+            connection,
+            since,
+            with,
+            limit,
+        } => cmd_poll(&cli, trigger, connection, since.as_deref(), with, *limit).await,
+        Command::Connectors { command } => {
+            let connectors = load_connectors(&cli)?;
+            match command {
+                ConnectorsCommand::List => {
+                    let mut out = std::io::stdout().lock();
+                    for c in &connectors {
+                        writeln!(
+                            out,
+                            "{:<12} {} ({} triggers, {} actions)",
+                            c.id,
+                            c.header.title,
+                            c.triggers.len(),
+                            c.actions.len()
+                        )?;
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                ConnectorsCommand::Show { id, json } => {
+                    let c = find_connector(&connectors, id)?;
+                    if *json {
+                        println!("{}", serde_json::to_string_pretty(&describe(c))?);
+                    } else {
+                        print!("{}", describe_text(c));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Validate { paths, json } => cmd_validate(paths, *json),
+        Command::Sim(args) => {
+            let config = args.config()?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+                .await
+                .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+            let addr = listener.local_addr()?;
+            eprintln!(
+                "Intercom simulator listening on http://{addr} (tokens: {}). Ctrl-C stops it.",
+                config.tokens.join(", ")
+            );
+            let sim = crate::sim::Sim::new(config);
+            crate::sim::serve(listener, sim, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads connectors: the `--connectors` directory, else `./connectors` if it exists, else the
+/// built-in Intercom connector.
+pub fn load_connectors(cli: &Cli) -> Result<Vec<Arc<Connector>>> {
+    let dir = cli.connectors.clone().or_else(|| {
+        let d = PathBuf::from("connectors");
+        d.is_dir().then_some(d)
+    });
+    let result = match &dir {
+        Some(d) => plan::load_connectors_dir(d),
+        None => plan::load_connector_text(Path::new("<built-in>/intercom.yaml"), BUILTIN_INTERCOM)
+            .map(|c| vec![Arc::new(c)]),
+    };
+    result.map_err(|mut diags| {
+        diag::sort(&mut diags);
+        let list: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        anyhow!(
+            "the connector definitions have problems; run `sluice validate {}`:\n{}",
+            dir.as_deref().unwrap_or(Path::new("connectors")).display(),
+            list.join("\n")
+        )
+    })
+}
+
+fn find_connector<'a>(connectors: &'a [Arc<Connector>], id: &str) -> Result<&'a Arc<Connector>> {
+    connectors.iter().find(|c| c.id == id).ok_or_else(|| {
+        let ids: Vec<&str> = connectors.iter().map(|c| c.id.as_str()).collect();
+        match spec::did_you_mean(id, ids.iter().copied()) {
+            Some(s) => anyhow!("no connector `{id}`; did you mean `{s}`?"),
+            None => anyhow!("no connector `{id}`; available: {}", ids.join(", ")),
+        }
+    })
+}
+
+/// Splits `connector.name` and finds the connector.
+fn resolve_ref<'a>(connectors: &'a [Arc<Connector>], r: &str, what: &str) -> Result<(&'a Arc<Connector>, String)> {
+    let (c, name) = r
+        .split_once('.')
+        .ok_or_else(|| anyhow!("`{r}` must be written `<connector>.<{what}>`, e.g. `intercom.{}`", if what == "action" { "create_contact" } else { "new_contact" }))?;
+    Ok((find_connector(connectors, c)?, name.to_string()))
+}
+
+/// Opens the named connection from the config file.
+pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> Result<Connection> {
+    let text = std::fs::read_to_string(&cli.config).with_context(|| {
+        format!(
+            "cannot read the config file `{}` (set --config or SLUICE_CONFIG)",
+            cli.config.display()
+        )
+    })?;
+    let (config, _) = spec::parse_config(&cli.config, &text).map_err(|d| anyhow!("{d}"))?;
+    let conn = config.connections.get(name).ok_or_else(|| {
+        let names: Vec<&str> = config.connections.keys().map(String::as_str).collect();
+        let hint = spec::did_you_mean(name, names.iter().copied())
+            .map(|s| format!("did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("defined: {}", names.join(", ")));
+        anyhow!("no connection `{name}` in `{}`; {hint}", cli.config.display())
+    })?;
+    let connector = find_connector(connectors, &conn.connector)?;
+    Connection::new(name, connector.clone(), conn, &|k| std::env::var(k).ok())
+        .with_context(|| format!("connection `{name}` in `{}`", cli.config.display()))
+}
+
+fn parse_json_object(s: &str, flag: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => bail!("{flag} must be a JSON object like '{{\"email\": \"a@b.c\"}}', not {other}"),
+        Err(e) => bail!("{flag} is not valid JSON: {e}"),
+    }
+}
+
+async fn cmd_call(cli: &Cli, action_ref: &str, connection: &str, with: &str, dry_run: bool) -> Result<ExitCode> {
+    let connectors = load_connectors(cli)?;
+    let (connector, name) = resolve_ref(&connectors, action_ref, "action")?;
+    let action = connector.actions.get(&name).ok_or_else(|| {
+        let hint = spec::did_you_mean(&name, connector.actions.keys().map(String::as_str))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("; see `sluice connectors show {}`", connector.id));
+        anyhow!("connector `{}` has no action `{name}`{hint}", connector.id)
+    })?;
+    let input = parse_json_object(with, "--with")?;
+    if dry_run {
+        let prepared = match crate::action::prepare(action, &input) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {action_ref}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        let conn = open_connection(cli, &connectors, connection)?;
+        for r in &prepared.requests {
+            let query = if r.query.is_empty() {
+                String::new()
+            } else {
+                format!("?{}", r.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"))
+            };
+            let shown = json!({
+                "method": crate::http::method_str(r.method),
+                "url": format!("{}{}{}", conn.base_url(), r.path, query),
+                "headers": conn.redacted_headers().into_iter().map(|(k, v)| (k, Value::String(v))).collect::<Map<String, Value>>(),
+                "body": r.body,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let conn = open_connection(cli, &connectors, connection)?;
+    match crate::action::execute(&conn, action, &input).await {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {action_ref}: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Parses `--since`: Unix seconds, `YYYY-MM-DD` (UTC midnight) or RFC 3339.
+pub fn parse_since(s: &str) -> Result<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0));
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp())
+        .map_err(|_| anyhow!("--since `{s}` is not Unix seconds, a date (2026-11-22) or RFC 3339 (2026-11-22T10:00:00Z)"))
+}
+
+async fn cmd_poll(cli: &Cli, trigger_ref: &str, connection: &str, since: Option<&str>, with: &str, limit: Option<usize>) -> Result<ExitCode> {
+    let connectors = load_connectors(cli)?;
+    let (connector, name) = resolve_ref(&connectors, trigger_ref, "trigger")?;
+    let trigger = connector.triggers.get(&name).ok_or_else(|| {
+        let hint = spec::did_you_mean(&name, connector.triggers.keys().map(String::as_str))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("; see `sluice connectors show {}`", connector.id));
+        anyhow!("connector `{}` has no trigger `{name}`{hint}", connector.id)
+    })?;
+    let options = parse_json_object(with, "--with")?;
+    let since = match since {
+        Some(s) => parse_since(s)?,
+        None => chrono::Utc::now().timestamp() - trigger.lookback_secs,
+    };
+    let conn = open_connection(cli, &connectors, connection)?;
+    let mut poll = match crate::trigger::Poll::start(&conn, trigger, since, options).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {trigger_ref}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut emitted = 0usize;
+    'pages: loop {
+        match poll.next_page().await {
+            Ok(Some(records)) => {
+                for r in records {
+                    if limit.is_some_and(|l| emitted >= l) {
+                        break 'pages;
+                    }
+                    serde_json::to_writer(&mut out, &r)?;
+                    out.write_all(b"\n")?;
+                    emitted += 1;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                out.flush()?;
+                eprintln!("error: {trigger_ref}: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    out.flush()?;
+    eprintln!(
+        "{emitted} records from {} pages ({} received; since {since}, server filter {})",
+        poll.pages, poll.received, poll.server_since
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let paths: Vec<PathBuf> = if paths.is_empty() {
+        vec![PathBuf::from("connectors")]
+    } else {
+        paths.to_vec()
+    };
+    let mut files = Vec::new();
+    for p in &paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("cannot read `{}`", p.display()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|f| matches!(f.extension().and_then(|s| s.to_str()), Some("yaml" | "yml")))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            bail!("`{}` does not exist", p.display());
+        }
+    }
+    let mut diags: Vec<Diagnostic> = Vec::new();
+    let mut counts = (0usize, 0usize, 0usize);
+    for f in &files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+        match plan::load_connector_text(f, &text) {
+            Ok(c) => {
+                counts.0 += 1;
+                counts.1 += c.triggers.len();
+                counts.2 += c.actions.len();
+            }
+            Err(d) => diags.extend(d),
+        }
+    }
+    diag::sort(&mut diags);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diags)?);
+    } else {
+        for d in &diags {
+            eprintln!("{d}");
+        }
+    }
+    let errors = diags.iter().filter(|d| d.severity == diag::Severity::Error).count();
+    if errors > 0 {
+        eprintln!("{errors} error(s) in {} file(s)", files.len());
+        return Ok(ExitCode::from(1));
+    }
+    if !json {
+        println!(
+            "ok: {} connector(s), {} trigger(s), {} action(s) in {} file(s)",
+            counts.0,
+            counts.1,
+            counts.2,
+            files.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn field_json(f: &spec::FieldSpec) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), json!(f.ty));
+    m.insert("required".into(), json!(f.required));
+    m.insert("description".into(), json!(f.description));
+    if let Some(e) = &f.example {
+        m.insert("example".into(), e.clone());
+    }
+    if let Some(a) = &f.allowed {
+        m.insert("enum".into(), json!(a));
+    }
+    if let Some(i) = &f.items {
+        m.insert("items".into(), json!(i));
+    }
+    Value::Object(m)
+}
+
+fn fields_json(fields: &indexmap::IndexMap<String, spec::FieldSpec>) -> Value {
+    Value::Object(fields.iter().map(|(k, f)| (k.clone(), field_json(f))).collect())
+}
+
+/// The machine-readable reference of a connector.
+pub fn describe(c: &Connector) -> Value {
+    let triggers: Vec<Value> = c
+        .triggers
+        .values()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "title": t.spec.title,
+                "description": t.spec.description,
+                "kind": t.spec.kind,
+                "cursor": t.spec.cursor,
+                "lookback": t.spec.lookback,
+                "dedupe_key": t.spec.dedupe_key,
+                "options": fields_json(&t.spec.options),
+                "outputs": fields_json(&t.spec.outputs),
+            })
+        })
+        .collect();
+    let actions: Vec<Value> = c
+        .actions
+        .values()
+        .map(|a| {
+            let requests: Vec<Value> = a
+                .spec
+                .variants
+                .iter()
+                .map(|v| json!({"when": v.when, "method": v.request.method, "path": v.request.path}))
+                .chain(a.spec.request.iter().map(|r| json!({"method": r.method, "path": r.path})))
+                .collect();
+            json!({
+                "id": a.id,
+                "title": a.spec.title,
+                "description": a.spec.description,
+                "inputs": fields_json(&a.spec.inputs),
+                "outputs": fields_json(&a.spec.outputs),
+                "for_each": a.spec.for_each,
+                "requests": requests,
+            })
+        })
+        .collect();
+    json!({
+        "id": c.id,
+        "title": c.header.title,
+        "description": c.header.description,
+        "docs_url": c.header.docs_url,
+        "regions": c.header.regions,
+        "default_region": c.header.default_region,
+        "auth": c.header.auth,
+        "api_version": c.header.api_version,
+        "triggers": triggers,
+        "actions": actions,
+    })
+}
+
+fn describe_fields(out: &mut String, title: &str, fields: &indexmap::IndexMap<String, spec::FieldSpec>) {
+    use std::fmt::Write as _;
+    if fields.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "    {title}:");
+    for (k, f) in fields {
+        let req = if title == "inputs" {
+            if f.required { "required" } else { "optional" }
+        } else {
+            ""
+        };
+        let ty = crate::action::type_name(f.ty);
+        let mut line = format!("      {k:<22} {req:<9}{ty}");
+        if let Some(a) = &f.allowed {
+            let vals: Vec<String> = a.iter().map(Value::to_string).collect();
+            let _ = write!(line, " ({})", vals.join(" | "));
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+        if !f.description.is_empty() {
+            let _ = writeln!(out, "          {}", f.description);
+        }
+        if let Some(e) = &f.example {
+            let _ = writeln!(out, "          example: {e}");
+        }
+    }
+}
+
+/// The human-readable reference of a connector.
+pub fn describe_text(c: &Connector) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let h = &c.header;
+    let _ = writeln!(out, "{} ({})", h.title, c.id);
+    if !h.description.is_empty() {
+        let _ = writeln!(out, "{}", h.description.trim());
+    }
+    let regions: Vec<String> = h.regions.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    let _ = writeln!(out, "regions: {} (default {})", regions.join(", "), h.default_region);
+    if let Some(v) = &h.api_version {
+        let _ = writeln!(out, "api version: {} {} (override per connection with `api_version`)", v.header, v.default);
+    }
+    let _ = writeln!(out, "\nTRIGGERS ({})", c.triggers.len());
+    for t in c.triggers.values() {
+        let _ = writeln!(out, "\n  {}.{} — {}", c.id, t.id, t.spec.title);
+        let _ = writeln!(out, "    {}", t.spec.description.trim());
+        let _ = writeln!(out, "    fires once per key `{}`; looks back {}", t.spec.dedupe_key, t.spec.lookback);
+        describe_fields(&mut out, "options", &t.spec.options);
+        describe_fields(&mut out, "outputs", &t.spec.outputs);
+    }
+    let _ = writeln!(out, "\nACTIONS ({})", c.actions.len());
+    for a in c.actions.values() {
+        let _ = writeln!(out, "\n  {}.{} — {}", c.id, a.id, a.spec.title);
+        let _ = writeln!(out, "    {}", a.spec.description.trim());
+        describe_fields(&mut out, "inputs", &a.spec.inputs);
+        describe_fields(&mut out, "outputs", &a.spec.outputs);
+    }
+    out
+}

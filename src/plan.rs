@@ -1,0 +1,795 @@
+//! Plan: turns `*Spec` values into validated, compiled objects the runtime uses.
+//!
+//! Owns every check that needs more than one field (template references, path parameters,
+//! variants, durations, regions) and compiling templates. Every problem is pushed onto a list;
+//! nothing stops at the first one. Runtime code takes `Connector`, `Trigger` and `Action`, never
+//! a `*Spec`. Does no I/O beyond what the caller hands in.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, LocationIndex};
+use crate::spec::{self, *};
+use crate::template::{Template, Tree};
+
+/// A compiled connector.
+#[derive(Debug)]
+pub struct Connector {
+    /// Connector id.
+    pub id: String,
+    /// The header part of the spec (regions, auth, headers, rate limit, errors, timezone).
+    pub header: ConnectorHeaderSpec,
+    /// Connector-wide error rules.
+    pub errors: Vec<ErrorRuleSpec>,
+    /// Triggers in file order.
+    pub triggers: IndexMap<String, Trigger>,
+    /// Actions in file order.
+    pub actions: IndexMap<String, Action>,
+}
+
+/// A compiled request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// HTTP method.
+    pub method: MethodSpec,
+    /// Path pieces: literal text and `{param}` names.
+    pub path: Vec<PathPart>,
+    /// Query parameters.
+    pub query: Vec<(String, Template)>,
+    /// JSON body.
+    pub body: Option<Tree>,
+}
+
+/// A piece of a request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathPart {
+    /// Literal text, sent as is.
+    Lit(String),
+    /// An input (or `item`) whose value is percent-encoded into the path.
+    Param(String),
+}
+
+/// A compiled trigger.
+#[derive(Debug)]
+pub struct Trigger {
+    /// Trigger id.
+    pub id: String,
+    /// The spec (titles, pagination, cursor, options, outputs).
+    pub spec: TriggerSpec,
+    /// The first-page request.
+    pub request: Request,
+    /// Path to the records array.
+    pub records: Vec<String>,
+    /// Path to the record id.
+    pub id_field: Vec<String>,
+    /// Path to the cursor value.
+    pub cursor_field: Vec<String>,
+    /// Lookback in seconds.
+    pub lookback_secs: i64,
+    /// The dedupe key template.
+    pub dedupe_key: KeyTemplate,
+}
+
+/// A compiled action.
+#[derive(Debug)]
+pub struct Action {
+    /// Action id.
+    pub id: String,
+    /// The spec (titles, inputs, outputs).
+    pub spec: ActionSpec,
+    /// Ways to perform it (one when the spec has a single `request`).
+    pub variants: Vec<Variant>,
+}
+
+/// One compiled way to perform an action.
+#[derive(Debug)]
+pub struct Variant {
+    /// When it applies (`None`: always).
+    pub when: Option<WhenSpec>,
+    /// Inputs it additionally requires.
+    pub requires: Vec<String>,
+    /// The request.
+    pub request: Request,
+    /// Output path.
+    pub output: Vec<String>,
+}
+
+/// A key made of literal text and record field references: `{{id}}:{{updated_at}}`.
+///
+/// Deliberately not Handlebars: it is evaluated for every polled record, so it is a list of
+/// pieces walked without allocation beyond the result.
+#[derive(Debug, Clone)]
+pub struct KeyTemplate {
+    parts: Vec<KeyPart>,
+}
+
+#[derive(Debug, Clone)]
+enum KeyPart {
+    Lit(String),
+    Field(Vec<String>),
+}
+
+impl KeyTemplate {
+    /// Compiles a key template; only plain field references are allowed inside `{{ }}`.
+    pub fn compile(src: &str) -> Result<KeyTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = src;
+        while let Some(i) = rest.find("{{") {
+            if i > 0 {
+                parts.push(KeyPart::Lit(rest[..i].to_string()));
+            }
+            let after = &rest[i + 2..];
+            let end = after
+                .find("}}")
+                .ok_or_else(|| format!("`{{{{` without `}}}}` in `{src}`"))?;
+            let field = after[..end].trim();
+            if field.is_empty()
+                || !field
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+            {
+                return Err(format!(
+                    "`{{{{{field}}}}}` is not a plain field reference; a dedupe key may only contain record fields like `{{{{id}}}}`"
+                ));
+            }
+            parts.push(KeyPart::Field(field.split('.').map(str::to_string).collect()));
+            rest = &after[end + 2..];
+        }
+        if !rest.is_empty() {
+            parts.push(KeyPart::Lit(rest.to_string()));
+        }
+        if !parts.iter().any(|p| matches!(p, KeyPart::Field(_))) {
+            return Err("a dedupe key must refer to at least one record field".into());
+        }
+        Ok(KeyTemplate { parts })
+    }
+
+    /// Renders the key for a record, or names the missing field.
+    pub fn render(&self, record: &Value) -> Result<String, String> {
+        let mut out = String::with_capacity(32);
+        for p in &self.parts {
+            match p {
+                KeyPart::Lit(s) => out.push_str(s),
+                KeyPart::Field(path) => match crate::template::lookup(record, path) {
+                    Some(Value::String(s)) => out.push_str(s),
+                    Some(Value::Number(n)) => {
+                        use std::fmt::Write;
+                        let _ = write!(out, "{n}");
+                    }
+                    Some(Value::Bool(b)) => out.push_str(if *b { "true" } else { "false" }),
+                    _ => return Err(format!("the record has no `{}`", path.join("."))),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a duration such as `90s`, `10m`, `2h`, `1d` into seconds.
+pub fn parse_duration(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{s}` has no unit; write e.g. `30s`, `10m`, `2h` or `1d`"))?;
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+    let mult = match unit.trim() {
+        "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{s}`; use s, m, h or d"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    index: &'a LocationIndex,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::error(self.file, msg).at(self.index, path);
+        d.help = help;
+        self.diags.push(d);
+    }
+}
+
+/// Builds a connector from its spec, returning every problem found.
+pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic>> {
+    let mut cx = Ctx {
+        file: &spec.file,
+        index: &spec.index,
+        diags: Vec::new(),
+    };
+    let h = &spec.header;
+    if let Some(stem) = spec.file.file_stem().and_then(|s| s.to_str()) {
+        if stem != h.id && spec.file.extension().is_some() {
+            cx.err(
+                "id",
+                format!("connector id `{}` differs from the file name `{stem}`", h.id),
+                Some(format!("rename the file to `{}.yaml` or set `id: {stem}`", h.id)),
+            );
+        }
+    }
+    check_snake(&mut cx, "id", &h.id, "connector id");
+    if !h.regions.contains_key(&h.default_region) {
+        cx.err(
+            "default_region",
+            format!("default region `{}` is not listed under `regions`", h.default_region),
+            Some(format!(
+                "use one of: {}",
+                h.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+    for (name, url) in &h.regions {
+        check_url(&mut cx, &format!("regions.{name}"), url);
+    }
+    if h.auth.is_empty() {
+        cx.err("auth", "the connector lists no way to authenticate", Some("add `- kind: bearer`".into()));
+    }
+    for (i, a) in h.auth.iter().enumerate() {
+        if let AuthSpec::Oauth2AuthorizationCode {
+            authorize_url,
+            token_url,
+            ..
+        } = a
+        {
+            check_url(&mut cx, &format!("auth.{i}.authorize_url"), authorize_url);
+            check_url(&mut cx, &format!("auth.{i}.token_url"), token_url);
+        }
+    }
+    check_rules(&mut cx, "errors", &h.errors);
+
+    let mut triggers = IndexMap::new();
+    for (id, t) in &spec.triggers {
+        if let Some(t) = build_trigger(&mut cx, id, t) {
+            triggers.insert(id.clone(), t);
+        }
+    }
+    let mut actions = IndexMap::new();
+    for (id, a) in &spec.actions {
+        if let Some(a) = build_action(&mut cx, id, a) {
+            actions.insert(id.clone(), a);
+        }
+    }
+    if cx.diags.is_empty() {
+        Ok(Connector {
+            id: h.id.clone(),
+            header: h.clone(),
+            errors: h.errors.clone(),
+            triggers,
+            actions,
+        })
+    } else {
+        Err(cx.diags)
+    }
+}
+
+fn check_snake(cx: &mut Ctx, path: &str, s: &str, what: &str) {
+    let ok = !s.is_empty()
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        cx.err(
+            path,
+            format!("{what} `{s}` must be snake_case (lowercase letters, digits, `_`)"),
+            None,
+        );
+    }
+}
+
+fn check_url(cx: &mut Ctx, path: &str, url: &str) {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        cx.err(
+            path,
+            format!("`{url}` is not an http(s) URL"),
+            Some("write the full URL, e.g. `https://api.example.com`".into()),
+        );
+    }
+}
+
+fn check_rules(cx: &mut Ctx, path: &str, rules: &[ErrorRuleSpec]) {
+    for (i, r) in rules.iter().enumerate() {
+        if r.status.is_empty() {
+            cx.err(&format!("{path}.{i}.status"), "an error rule needs at least one status", None);
+        }
+        for s in &r.status {
+            if !(100..=599).contains(s) {
+                cx.err(
+                    &format!("{path}.{i}.status"),
+                    format!("{s} is not an HTTP status"),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// What a template may refer to, for reference checks.
+struct Scope<'a> {
+    roots: &'a [&'a str],
+    /// Root name → allowed children (`input` → input names); roots not listed take any child.
+    children: Vec<(&'a str, BTreeSet<String>)>,
+}
+
+fn check_refs(cx: &mut Ctx, path: &str, tpl: &Template, scope: &Scope) {
+    for r in tpl.refs() {
+        let Some(root) = r.first() else { continue };
+        if !scope.roots.contains(&root.as_str()) {
+            let help = spec::did_you_mean(root, scope.roots.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| format!("templates here can use: {}", scope.roots.join(", ")));
+            cx.err(path, format!("template refers to `{}`, which does not exist here", r.join(".")), Some(help));
+            continue;
+        }
+        if let Some((_, allowed)) = scope.children.iter().find(|(n, _)| *n == root) {
+            match r.get(1) {
+                Some(child) if !allowed.contains(child) => {
+                    let help = spec::did_you_mean(child, allowed.iter().map(String::as_str))
+                        .map(|s| format!("did you mean `{root}.{s}`?"))
+                        .unwrap_or_else(|| {
+                            format!(
+                                "declare it under `{}` or use one of: {}",
+                                if *root == "input" { "inputs" } else { "options" },
+                                allowed.iter().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        });
+                    cx.err(
+                        path,
+                        format!("template refers to `{root}.{child}`, which is not declared"),
+                        Some(help),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn build_request(
+    cx: &mut Ctx,
+    path: &str,
+    spec: &RequestSpec,
+    scope: &Scope,
+    path_params: &BTreeSet<String>,
+) -> Option<Request> {
+    let before = cx.diags.len();
+    // Path: literal pieces and {param}s.
+    let mut parts = Vec::new();
+    let mut rest = spec.path.as_str();
+    if !rest.starts_with('/') {
+        cx.err(&format!("{path}.path"), format!("path `{rest}` must start with `/`"), None);
+    }
+    while let Some(i) = rest.find('{') {
+        if i > 0 {
+            parts.push(PathPart::Lit(rest[..i].to_string()));
+        }
+        let Some(end) = rest[i..].find('}') else {
+            cx.err(&format!("{path}.path"), format!("`{{` without `}}` in path `{}`", spec.path), None);
+            break;
+        };
+        let name = rest[i + 1..i + end].trim().to_string();
+        if !path_params.contains(&name) {
+            let help = spec::did_you_mean(&name, path_params.iter().map(String::as_str))
+                .map(|s| format!("did you mean `{{{s}}}`?"))
+                .unwrap_or_else(|| "path parameters must name a declared input".into());
+            cx.err(
+                &format!("{path}.path"),
+                format!("path parameter `{{{name}}}` is not a declared input"),
+                Some(help),
+            );
+        }
+        parts.push(PathPart::Param(name));
+        rest = &rest[i + end + 1..];
+    }
+    if !rest.is_empty() {
+        parts.push(PathPart::Lit(rest.to_string()));
+    }
+    if rest.contains('}') {
+        cx.err(&format!("{path}.path"), "unbalanced `}` in path", None);
+    }
+    let mut query = Vec::new();
+    for (k, v) in &spec.query {
+        let qpath = format!("{path}.query.{k}");
+        match Template::compile(v) {
+            Ok(t) => {
+                check_refs(cx, &qpath, &t, scope);
+                query.push((k.clone(), t));
+            }
+            Err(e) => cx.err(&qpath, e, None),
+        }
+    }
+    let body = match &spec.body {
+        None => None,
+        Some(b) => {
+            if !b.is_mapping() {
+                cx.err(
+                    &format!("{path}.body"),
+                    "a request body must be a YAML mapping whose leaves may be templates",
+                    Some("never write JSON inside a string; write the keys as YAML".into()),
+                );
+            }
+            match Tree::compile(b) {
+                Ok(tree) => {
+                    for (p, t) in tree.templates() {
+                        check_refs(cx, &format!("{path}.body.{p}"), t, scope);
+                    }
+                    Some(tree)
+                }
+                Err(errs) => {
+                    for (p, e) in errs {
+                        cx.err(&format!("{path}.body.{p}"), e, None);
+                    }
+                    None
+                }
+            }
+        }
+    };
+    if spec.method == MethodSpec::Get && spec.body.is_some() {
+        cx.err(&format!("{path}.body"), "a GET request cannot have a body", Some("move the fields to `query`".into()));
+    }
+    (cx.diags.len() == before).then(|| Request {
+        method: spec.method,
+        path: parts,
+        query,
+        body,
+    })
+}
+
+fn split_path(p: &str) -> Vec<String> {
+    if p.is_empty() {
+        vec![]
+    } else {
+        p.split('.').map(str::to_string).collect()
+    }
+}
+
+fn check_field(cx: &mut Ctx, path: &str, f: &FieldSpec) {
+    let ok = |v: &Value| type_matches(f.ty, v);
+    if let Some(ex) = &f.example {
+        if !ok(ex) {
+            cx.err(&format!("{path}.example"), format!("example {ex} is not of type {:?}", f.ty).to_lowercase(), None);
+        }
+    }
+    if let Some(allowed) = &f.allowed {
+        for v in allowed {
+            if !ok(v) {
+                cx.err(&format!("{path}.enum"), format!("allowed value {v} is not of type {:?}", f.ty).to_lowercase(), None);
+            }
+        }
+    }
+    if f.items.is_some() && f.ty != FieldTypeSpec::Array {
+        cx.err(&format!("{path}.items"), "`items` only applies to `type: array`", None);
+    }
+}
+
+/// Whether a JSON value fits a declared field type.
+pub fn type_matches(ty: FieldTypeSpec, v: &Value) -> bool {
+    match ty {
+        FieldTypeSpec::String => v.is_string(),
+        FieldTypeSpec::Integer | FieldTypeSpec::Timestamp => v.is_i64() || v.is_u64(),
+        FieldTypeSpec::Number => v.is_number(),
+        FieldTypeSpec::Boolean => v.is_boolean(),
+        FieldTypeSpec::Object => v.is_object(),
+        FieldTypeSpec::Array => v.is_array(),
+        FieldTypeSpec::Any => true,
+    }
+}
+
+fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
+    let before = cx.diags.len();
+    let base = format!("triggers.{id}");
+    check_snake(cx, &base, id, "trigger id");
+    let options: BTreeSet<String> = t.options.keys().cloned().collect();
+    for (name, f) in &t.options {
+        check_field(cx, &format!("{base}.options.{name}"), f);
+    }
+    let scope = Scope {
+        roots: &["since", "page_size", "options"],
+        children: vec![("options", options.clone())],
+    };
+    let request = build_request(cx, &format!("{base}.request"), &t.request, &scope, &options);
+    let (page_size, max) = match &t.pagination {
+        PaginationSpec::None => (None, None),
+        PaginationSpec::Cursor {
+            page_size,
+            max_page_size,
+            ..
+        }
+        | PaginationSpec::PageNumber {
+            page_size,
+            max_page_size,
+            ..
+        } => (*page_size, *max_page_size),
+    };
+    if let (Some(p), Some(m)) = (page_size, max) {
+        if p > m {
+            cx.err(
+                &format!("{base}.pagination.page_size"),
+                format!("page size {p} is above the API's maximum of {m}"),
+                Some(format!("use at most {m}")),
+            );
+        }
+    }
+    if let PaginationSpec::Cursor { send_in: SendInSpec::Body, .. } = &t.pagination {
+        if t.request.body.is_none() {
+            cx.err(
+                &format!("{base}.pagination.send_in"),
+                "the cursor goes in the body, but the request has no body",
+                None,
+            );
+        }
+    }
+    if t.kind == TriggerKindSpec::Search && t.cursor.sort == SortSpec::None {
+        cx.err(
+            &format!("{base}.cursor.sort"),
+            "a search trigger must return records in cursor order (`sort: ascending`)",
+            Some("sort on the server, or use `kind: scan` which sorts after reading every page".into()),
+        );
+    }
+    let lookback_secs = match parse_duration(&t.lookback) {
+        Ok(s) => s,
+        Err(e) => {
+            cx.err(&format!("{base}.lookback"), e, None);
+            0
+        }
+    };
+    let dedupe_key = match KeyTemplate::compile(&t.dedupe_key) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            cx.err(&format!("{base}.dedupe_key"), e, None);
+            None
+        }
+    };
+    for (name, f) in &t.outputs {
+        check_field(cx, &format!("{base}.outputs.{name}"), f);
+    }
+    check_rules(cx, &format!("{base}.errors"), &t.errors);
+    if cx.diags.len() != before {
+        return None;
+    }
+    Some(Trigger {
+        id: id.to_string(),
+        spec: t.clone(),
+        request: request?,
+        records: split_path(&t.records),
+        id_field: split_path(&t.id_field),
+        cursor_field: split_path(&t.cursor.field),
+        lookback_secs,
+        dedupe_key: dedupe_key?,
+    })
+}
+
+fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
+    let before = cx.diags.len();
+    let base = format!("actions.{id}");
+    check_snake(cx, &base, id, "action id");
+    let inputs: BTreeSet<String> = a.inputs.keys().cloned().collect();
+    for (name, f) in &a.inputs {
+        check_snake(cx, &format!("{base}.inputs.{name}"), name, "input name");
+        check_field(cx, &format!("{base}.inputs.{name}"), f);
+    }
+    let mut path_params = inputs.clone();
+    let mut roots = vec!["input"];
+    if let Some(fe) = &a.for_each {
+        match a.inputs.get(fe) {
+            Some(f) if f.ty == FieldTypeSpec::Array => {}
+            Some(_) => cx.err(&format!("{base}.for_each"), format!("`for_each` input `{fe}` must be `type: array`"), None),
+            None => cx.err(&format!("{base}.for_each"), format!("`for_each` names `{fe}`, which is not a declared input"), None),
+        }
+        path_params.insert("item".into());
+        roots.push("item");
+    }
+    let scope = Scope {
+        roots: &roots,
+        children: vec![("input", inputs.clone())],
+    };
+    let mut variants = Vec::new();
+    match (&a.request, a.variants.is_empty()) {
+        (Some(r), true) => {
+            if let Some(req) = build_request(cx, &format!("{base}.request"), r, &scope, &path_params) {
+                variants.push(Variant {
+                    when: None,
+                    requires: vec![],
+                    request: req,
+                    output: split_path(&a.output),
+                });
+            }
+        }
+        (None, false) => {
+            for (i, v) in a.variants.iter().enumerate() {
+                let vpath = format!("{base}.variants.{i}");
+                let named = match &v.when {
+                    WhenSpec::Present(n) => n,
+                    WhenSpec::Equals { input, .. } => input,
+                };
+                if !inputs.contains(named) {
+                    cx.err(&format!("{vpath}.when"), format!("`when` names `{named}`, which is not a declared input"), None);
+                }
+                if let WhenSpec::Equals { input, value } = &v.when {
+                    if let Some(allowed) = a.inputs.get(input).and_then(|f| f.allowed.as_ref()) {
+                        if !allowed.contains(value) {
+                            cx.err(&format!("{vpath}.when"), format!("{value} is not an allowed value of `{input}`"), None);
+                        }
+                    }
+                }
+                for r in &v.requires {
+                    if !inputs.contains(r) {
+                        cx.err(&format!("{vpath}.requires"), format!("`requires` names `{r}`, which is not a declared input"), None);
+                    }
+                }
+                if let Some(req) = build_request(cx, &format!("{vpath}.request"), &v.request, &scope, &path_params) {
+                    variants.push(Variant {
+                        when: Some(v.when.clone()),
+                        requires: v.requires.clone(),
+                        request: req,
+                        output: split_path(v.output.as_deref().unwrap_or(&a.output)),
+                    });
+                }
+            }
+        }
+        (Some(_), false) => cx.err(&base, "an action has either `request` or `variants`, not both", None),
+        (None, true) => cx.err(&base, "the action has no `request`", Some("add `request:` with method and path".into())),
+    }
+    for (name, f) in &a.outputs {
+        check_field(cx, &format!("{base}.outputs.{name}"), f);
+    }
+    check_rules(cx, &format!("{base}.errors"), &a.errors);
+    (cx.diags.len() == before).then(|| Action {
+        id: id.to_string(),
+        spec: a.clone(),
+        variants,
+    })
+}
+
+/// Reads and builds every connector file (`*.yaml`) in a directory.
+pub fn load_connectors_dir(dir: &Path) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        vec![Diagnostic::error(dir, format!("cannot read the connectors directory: {e}"))]
+    })?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if matches!(p.extension().and_then(|s| s.to_str()), Some("yaml" | "yml")) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => match load_connector_text(&f, &text) {
+                Ok(c) => out.push(Arc::new(c)),
+                Err(d) => diags.extend(d),
+            },
+            Err(e) => diags.push(Diagnostic::error(&f, format!("cannot read the file: {e}"))),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(diags)
+    }
+}
+
+/// Parses and builds one connector from its text.
+pub fn load_connector_text(file: &Path, text: &str) -> Result<Connector, Vec<Diagnostic>> {
+    let (spec, mut diags) = spec::parse_connector(file, text);
+    match spec {
+        Some(spec) => match build_connector(&spec) {
+            Ok(c) if diags.is_empty() => Ok(c),
+            Ok(_) => Err(diags),
+            Err(more) => {
+                diags.extend(more);
+                Err(diags)
+            }
+        },
+        None => Err(diags),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_template_renders_fields() {
+        let k = KeyTemplate::compile("{{id}}:{{updated_at}}").unwrap();
+        assert_eq!(k.render(&json!({"id": "a", "updated_at": 5})).unwrap(), "a:5");
+        assert!(k.render(&json!({"id": "a"})).unwrap_err().contains("updated_at"));
+        assert!(KeyTemplate::compile("static").is_err());
+        assert!(KeyTemplate::compile("{{lowercase id}}").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}
+
+impl Request {
+    /// Renders the request against `scope`. Path parameters are looked up as `item` or under
+    /// `param_root` (`input` for actions, `options` for triggers) and always percent-encoded.
+    pub fn render(
+        &self,
+        scope: &crate::template::Scope,
+        param_root: &str,
+    ) -> Result<crate::http::HttpRequest, String> {
+        let mut path = String::new();
+        for p in &self.path {
+            match p {
+                PathPart::Lit(s) => path.push_str(s),
+                PathPart::Param(name) => {
+                    let v = if name == "item" {
+                        crate::template::lookup(scope.value(), &["item"])
+                    } else {
+                        crate::template::lookup(scope.value(), &[param_root, name.as_str()])
+                    };
+                    let text = match v {
+                        Some(Value::String(s)) => s.clone(),
+                        Some(Value::Number(n)) => n.to_string(),
+                        Some(other) => {
+                            return Err(format!(
+                                "path parameter `{name}` must be text or a number, not {other}"
+                            ))
+                        }
+                        None => return Err(format!("path parameter `{name}` has no value")),
+                    };
+                    if text.is_empty() {
+                        return Err(format!("path parameter `{name}` is empty"));
+                    }
+                    path.extend(percent_encoding::utf8_percent_encode(&text, PATH_SEGMENT));
+                }
+            }
+        }
+        let mut query = Vec::with_capacity(self.query.len());
+        for (k, t) in &self.query {
+            if let Some(v) = t.render_string(scope).map_err(|e| e.to_string())? {
+                query.push((k.clone(), v));
+            }
+        }
+        let body = match &self.body {
+            Some(t) => Some(
+                t.render(scope)
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or_else(|| Value::Object(Default::default())),
+            ),
+            None => None,
+        };
+        Ok(crate::http::HttpRequest {
+            method: self.method,
+            path,
+            query,
+            body,
+        })
+    }
+}
+
+/// Everything but unreserved characters is encoded, so `/`, `?`, `#` and `%` in a value can
+/// never change the path.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');

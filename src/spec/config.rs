@@ -1,0 +1,63 @@
+//! Serde shape of the runtime configuration file (`sluice.yaml`): named connections.
+//!
+//! Secrets are never written in this file; values of the form `${env:NAME}` are looked up in the
+//! environment when the plan is built.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// The whole `sluice.yaml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Connection name → how to reach one account of a service.
+    #[serde(default)]
+    pub connections: IndexMap<String, ConnectionSpec>,
+}
+
+/// One connection: which connector, which account, which credentials.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    /// Connector id (`intercom`).
+    pub connector: String,
+    /// Region name from the connector's `regions` (default: the connector's `default_region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Overrides the region's base URL (proxies, the simulator).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Overrides the connector's pinned API version.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Access token, normally `${env:NAME}`.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The account's IANA timezone; looked up through the API when absent and needed.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Per-request timeout in seconds (default 30).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Retry policy for transient failures.
+    #[serde(default)]
+    pub retry: Option<RetrySpec>,
+}
+
+/// Retry policy knobs.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts for a retryable failure, the first included (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// First backoff delay in milliseconds (default 500); doubles each attempt, with full jitter.
+    #[serde(default)]
+    pub base_delay_ms: Option<u64>,
+    /// Longest backoff delay in milliseconds (default 30000).
+    #[serde(default)]
+    pub max_delay_ms: Option<u64>,
+    /// Waits for a rate-limit reset before giving up (default 10).
+    #[serde(default)]
+    pub max_rate_limit_waits: Option<u32>,
+}

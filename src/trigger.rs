@@ -1,0 +1,365 @@
+//! Trigger: polling one trigger of a connection for records changed since a point in time.
+//!
+//! Owns rendering the trigger's request, paging, taking records out of pages, the server-side
+//! filter value (widened for day-granular and exclusive comparisons), the local `cursor ≥ since`
+//! filter and, for unsorted scans, sorting. Does not dedupe, run actions or keep state.
+
+use chrono::TimeZone;
+use chrono_tz::Tz;
+use serde_json::{Map, Value};
+
+use crate::http::{Connection, Failure, FailureClass, HttpRequest};
+use crate::plan::Trigger;
+use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
+use crate::template::{lookup, Scope};
+
+/// The value to send as the server filter so that every record with `cursor ≥ since` matches.
+///
+/// * second granularity, exclusive `>`: `since − 1`; inclusive `>`: `since`;
+/// * day granularity (`>` X matches from the start of the day after X's day): the last second
+///   of the day before `since`'s day in the account's timezone; with the timezone unknown,
+///   `since − 2 days`, which is safe in every timezone.
+pub fn server_since(trigger: &Trigger, since: i64, tz: Option<Tz>) -> i64 {
+    let c = &trigger.spec.cursor;
+    match c.granularity {
+        GranularitySpec::Second if c.gt_inclusive => since,
+        GranularitySpec::Second => since - 1,
+        GranularitySpec::Day => match tz.and_then(|tz| start_of_day(since, tz)) {
+            Some(start) if c.gt_inclusive => start,
+            Some(start) => start - 1,
+            None => since - 2 * 86_400,
+        },
+    }
+}
+
+/// Unix seconds of the start of the local day containing `ts`.
+pub fn start_of_day(ts: i64, tz: Tz) -> Option<i64> {
+    let local = tz.timestamp_opt(ts, 0).single()?;
+    let midnight = local.date_naive().and_hms_opt(0, 0, 0)?;
+    // A day may start at 01:00 where DST begins at midnight: take the earliest valid instant.
+    tz.from_local_datetime(&midnight)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(midnight + chrono::Duration::hours(1))).earliest())
+        .map(|d| d.timestamp())
+}
+
+/// A record's cursor value: an integer, or a numeric string.
+pub fn cursor_of(trigger: &Trigger, record: &Value) -> Option<i64> {
+    match lookup(record, &trigger.cursor_field)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A record's id as text.
+pub fn id_of(trigger: &Trigger, record: &Value) -> Option<String> {
+    match lookup(record, &trigger.id_field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+enum Next {
+    First,
+    Token(String),
+    Page(u64),
+    Done,
+}
+
+/// An ongoing poll: call [`Poll::next_page`] until it returns `None`.
+pub struct Poll<'a> {
+    conn: &'a Connection,
+    trigger: &'a Trigger,
+    since: i64,
+    scope: Scope,
+    next: Next,
+    /// Pages fetched, all attempts included.
+    pub pages: u64,
+    /// Records received before the local filter.
+    pub received: u64,
+    /// The server filter value sent.
+    pub server_since: i64,
+}
+
+const MAX_RESTARTS: u32 = 3;
+
+impl<'a> Poll<'a> {
+    /// Starts polling `trigger` for records whose cursor is at or after `since`.
+    pub async fn start(
+        conn: &'a Connection,
+        trigger: &'a Trigger,
+        since: i64,
+        options: Map<String, Value>,
+    ) -> Result<Poll<'a>, Failure> {
+        check_options(trigger, &options).map_err(|m| input_failure(trigger, m))?;
+        let tz = if trigger.spec.cursor.granularity == GranularitySpec::Day {
+            conn.timezone().await
+        } else {
+            None
+        };
+        let server_since = server_since(trigger, since, tz);
+        let page_size = match &trigger.spec.pagination {
+            PaginationSpec::None => None,
+            PaginationSpec::Cursor { page_size, max_page_size, .. }
+            | PaginationSpec::PageNumber { page_size, max_page_size, .. } => {
+                Some(page_size.or(*max_page_size).unwrap_or(50))
+            }
+        };
+        let mut scope = Map::new();
+        scope.insert("since".into(), server_since.into());
+        if let Some(p) = page_size {
+            scope.insert("page_size".into(), p.into());
+        }
+        scope.insert("options".into(), Value::Object(options));
+        Ok(Poll {
+            conn,
+            trigger,
+            since,
+            scope: Scope::new(Value::Object(scope)),
+            next: Next::First,
+            pages: 0,
+            received: 0,
+            server_since,
+        })
+    }
+
+    /// The next batch of records with `cursor ≥ since`, in cursor order; `None` at the end.
+    /// Unsorted (scan) triggers read every page first and return one sorted batch.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Value>>, Failure> {
+        if self.trigger.spec.cursor.sort == SortSpec::None {
+            if matches!(self.next, Next::Done) {
+                return Ok(None);
+            }
+            return self.read_all_sorted().await.map(Some);
+        }
+        loop {
+            match self.fetch().await? {
+                None => return Ok(None),
+                // Skip pages whose records all fell before `since` (day widening).
+                Some(recs) if recs.is_empty() && !matches!(self.next, Next::Done) => continue,
+                Some(recs) => return Ok(Some(recs)),
+            }
+        }
+    }
+
+    async fn read_all_sorted(&mut self) -> Result<Vec<Value>, Failure> {
+        let restart = matches!(
+            self.trigger.spec.pagination,
+            PaginationSpec::Cursor { restart_on_failure: true, .. }
+        );
+        let mut restarts = 0;
+        'again: loop {
+            let mut all = Vec::new();
+            self.next = Next::First;
+            loop {
+                match self.fetch().await {
+                    Ok(Some(recs)) => all.extend(recs),
+                    Ok(None) => break,
+                    Err(f) if restart && f.class == FailureClass::Retryable && restarts < MAX_RESTARTS => {
+                        restarts += 1;
+                        tracing::warn!(trigger = %self.trigger.id, error = %f, "Scan failed mid-way; restarting it from the first page.");
+                        continue 'again;
+                    }
+                    Err(f) => return Err(f),
+                }
+            }
+            self.next = Next::Done;
+            let key = |r: &Value| cursor_of(self.trigger, r).unwrap_or(i64::MIN);
+            all.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| id_of(self.trigger, a).cmp(&id_of(self.trigger, b))));
+            return Ok(all);
+        }
+    }
+
+    /// Fetches one page and filters it; `None` when paging has ended.
+    async fn fetch(&mut self) -> Result<Option<Vec<Value>>, Failure> {
+        let mut req = self
+            .trigger
+            .request
+            .render(&self.scope, "options")
+            .map_err(|m| input_failure(self.trigger, m))?;
+        let mut retry_in_place = true;
+        match (&self.next, &self.trigger.spec.pagination) {
+            (Next::Done, _) => return Ok(None),
+            (Next::First, PaginationSpec::PageNumber { page_param, first_page, .. }) => {
+                req.query.push((page_param.clone(), first_page.to_string()));
+            }
+            (Next::First, _) => {}
+            (Next::Token(tok), PaginationSpec::Cursor { send_in, param, restart_on_failure, .. }) => {
+                retry_in_place = !restart_on_failure;
+                match send_in {
+                    SendInSpec::Query => req.query.push((param.clone(), tok.clone())),
+                    SendInSpec::Body => set_path(
+                        req.body.get_or_insert_with(|| Value::Object(Map::new())),
+                        param,
+                        Value::String(tok.clone()),
+                    ),
+                }
+            }
+            (Next::Page(n), PaginationSpec::PageNumber { page_param, .. }) => {
+                req.query.push((page_param.clone(), n.to_string()));
+            }
+            _ => return Ok(None),
+        }
+        let resp = self
+            .conn
+            .send_with(&req, &self.trigger.spec.errors, retry_in_place)
+            .await?;
+        self.pages += 1;
+        let mut body = resp.body;
+        let records = match take_path(&mut body, &self.trigger.records) {
+            Some(Value::Array(a)) => a,
+            Some(Value::Null) | None => {
+                return Err(odd_response(&req, format!(
+                    "the response has no `{}` list of records",
+                    self.trigger.records.join(".")
+                )))
+            }
+            Some(other) => {
+                return Err(odd_response(&req, format!(
+                    "`{}` in the response is {}, not a list of records",
+                    self.trigger.records.join("."),
+                    kind_of(&other)
+                )))
+            }
+        };
+        self.received += records.len() as u64;
+        self.next = match &self.trigger.spec.pagination {
+            PaginationSpec::None => Next::Done,
+            PaginationSpec::Cursor { next, stop, .. } => {
+                let tok = crate::template::lookup_str(&body, next).and_then(|v| match v {
+                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+                match (stop, tok) {
+                    (StopSpec::RecordsEmpty, _) if records.is_empty() => Next::Done,
+                    (_, Some(t)) => Next::Token(t),
+                    (_, None) => Next::Done,
+                }
+            }
+            PaginationSpec::PageNumber { total_pages, first_page, .. } => {
+                let current = match self.next {
+                    Next::Page(n) => n,
+                    _ => *first_page,
+                };
+                let total = total_pages
+                    .as_deref()
+                    .and_then(|p| crate::template::lookup_str(&body, p))
+                    .and_then(Value::as_u64);
+                match total {
+                    Some(t) if current >= t => Next::Done,
+                    _ if records.is_empty() => Next::Done,
+                    _ => Next::Page(current + 1),
+                }
+            }
+        };
+        let mut kept = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            let Some(c) = cursor_of(self.trigger, &r) else {
+                return Err(odd_response(&req, format!(
+                    "record #{} on page {} has no whole-number `{}`",
+                    i + 1,
+                    self.pages,
+                    self.trigger.cursor_field.join(".")
+                )));
+            };
+            if c >= self.since {
+                kept.push(r);
+            }
+        }
+        Ok(Some(kept))
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn odd_response(req: &HttpRequest, message: String) -> Failure {
+    Failure {
+        class: FailureClass::Fatal,
+        status: None,
+        code: Some("unexpected_response".into()),
+        message,
+        help: Some("the API answered in a shape the connector does not describe; check the connector's `records`/`cursor` paths".into()),
+        request: req.describe(),
+        attempts: 1,
+    }
+}
+
+fn input_failure(trigger: &Trigger, message: String) -> Failure {
+    Failure {
+        class: FailureClass::Fatal,
+        status: None,
+        code: Some("invalid_input".into()),
+        message,
+        help: None,
+        request: format!("trigger {}", trigger.id),
+        attempts: 0,
+    }
+}
+
+fn check_options(trigger: &Trigger, options: &Map<String, Value>) -> Result<(), String> {
+    crate::action::check_fields("option", &trigger.spec.options, options)
+}
+
+/// Moves the value at `path` out of `v`.
+fn take_path(v: &mut Value, path: &[String]) -> Option<Value> {
+    let mut cur = v;
+    for seg in path {
+        cur = match cur {
+            Value::Object(m) => m.get_mut(seg)?,
+            Value::Array(a) => a.get_mut(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur.take())
+}
+
+/// Sets `value` at a dotted path, creating objects on the way.
+pub fn set_path(v: &mut Value, path: &str, value: Value) {
+    let mut cur = v;
+    let segs: Vec<&str> = path.split('.').collect();
+    for (i, seg) in segs.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        let Value::Object(m) = cur else { return };
+        if i == segs.len() - 1 {
+            m.insert((*seg).to_string(), value);
+            return;
+        }
+        cur = m.entry((*seg).to_string()).or_insert_with(|| Value::Object(Map::new()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_of_day_in_timezone() {
+        let tz: Tz = "Europe/Dublin".parse().unwrap();
+        // 2026-07-10 15:00 UTC = 16:00 in Dublin (IST, UTC+1); local midnight = 23:00 UTC the day before.
+        let ts = 1_783_695_600;
+        assert_eq!(start_of_day(ts, tz), Some(1_783_638_000));
+        let utc: Tz = "UTC".parse().unwrap();
+        assert_eq!(start_of_day(ts, utc), Some(1_783_641_600));
+    }
+
+    #[test]
+    fn set_path_creates_objects() {
+        let mut v = serde_json::json!({"pagination": {"per_page": 5}});
+        set_path(&mut v, "pagination.starting_after", "abc".into());
+        assert_eq!(v, serde_json::json!({"pagination": {"per_page": 5, "starting_after": "abc"}}));
+    }
+}
