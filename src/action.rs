@@ -9,8 +9,8 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
-use crate::plan::{type_matches, Action, Variant};
-use crate::spec::{FieldSpec, FieldTypeSpec, WhenSpec};
+use crate::plan::{type_matches, Action, Condition, Variant};
+use crate::spec::{FieldSpec, FieldTypeSpec};
 use crate::template::{lookup, Scope};
 
 /// Why an action did not produce an output.
@@ -119,6 +119,13 @@ pub struct Prepared<'a> {
 /// Checks inputs, picks the variant and renders every request without sending anything.
 pub fn prepare<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<Prepared<'a>, ActionError> {
     check_fields("input", &action.spec.inputs, input).map_err(ActionError::Input)?;
+    let any = &action.spec.require_any;
+    if !any.is_empty() && !any.iter().any(|k| input.get(k).is_some_and(|v| !v.is_null())) {
+        return Err(ActionError::Input(format!(
+            "give at least one of `{}`",
+            any.join("`, `")
+        )));
+    }
     let variant = choose(action, input)?;
     let mut scope = Map::new();
     scope.insert("input".into(), Value::Object(input.clone()));
@@ -159,16 +166,16 @@ pub fn prepare<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<Pre
 fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Variant, ActionError> {
     let found = action.variants.iter().find(|v| match &v.when {
         None => true,
-        Some(WhenSpec::Present(name)) => input.get(name).is_some_and(|v| !v.is_null()),
-        Some(WhenSpec::Equals { input: name, value }) => input.get(name) == Some(value),
+        Some(Condition::Present(name)) => input.get(name).is_some_and(|v| !v.is_null()),
+        Some(Condition::Equals(name, value)) => input.get(name) == Some(value),
     });
     let Some(v) = found else {
         let options: Vec<String> = action
             .variants
             .iter()
             .filter_map(|v| match &v.when {
-                Some(WhenSpec::Present(n)) => Some(format!("`{n}`")),
-                Some(WhenSpec::Equals { input, value }) => Some(format!("`{input}` = {value}")),
+                Some(Condition::Present(n)) => Some(format!("`{n}`")),
+                Some(Condition::Equals(input, value)) => Some(format!("`{input}` = {value}")),
                 None => None,
             })
             .collect();
@@ -185,8 +192,8 @@ fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Vari
         .collect();
     if !missing.is_empty() {
         let why = match &v.when {
-            Some(WhenSpec::Present(n)) => format!(" when `{n}` is given"),
-            Some(WhenSpec::Equals { input, value }) => format!(" when `{input}` is {value}"),
+            Some(Condition::Present(n)) => format!(" when `{n}` is given"),
+            Some(Condition::Equals(input, value)) => format!(" when `{input}` is {value}"),
             None => String::new(),
         };
         return Err(ActionError::Input(format!(

@@ -89,13 +89,22 @@ pub struct Action {
 #[derive(Debug)]
 pub struct Variant {
     /// When it applies (`None`: always).
-    pub when: Option<WhenSpec>,
+    pub when: Option<Condition>,
     /// Inputs it additionally requires.
     pub requires: Vec<String>,
     /// The request.
     pub request: Request,
     /// Output path.
     pub output: Vec<String>,
+}
+
+/// A compiled variant condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The input is given (and not null).
+    Present(String),
+    /// The input equals the value.
+    Equals(String, Value),
 }
 
 /// A key made of literal text and record field references: `{{id}}:{{updated_at}}`.
@@ -585,6 +594,11 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         check_snake(cx, &format!("{base}.inputs.{name}"), name, "input name");
         check_field(cx, &format!("{base}.inputs.{name}"), f);
     }
+    for r in &a.require_any {
+        if !inputs.contains(r) {
+            cx.err(&format!("{base}.require_any"), format!("`require_any` names `{r}`, which is not a declared input"), None);
+        }
+    }
     let mut path_params = inputs.clone();
     let mut roots = vec!["input"];
     if let Some(fe) = &a.for_each {
@@ -615,14 +629,26 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         (None, false) => {
             for (i, v) in a.variants.iter().enumerate() {
                 let vpath = format!("{base}.variants.{i}");
-                let named = match &v.when {
-                    WhenSpec::Present(n) => n,
-                    WhenSpec::Equals { input, .. } => input,
+                let cond = match (&v.when.present, &v.when.input, &v.when.equals) {
+                    (Some(p), None, None) => Some(Condition::Present(p.clone())),
+                    (None, Some(i), Some(e)) => Some(Condition::Equals(i.clone(), e.clone())),
+                    _ => {
+                        cx.err(
+                            &format!("{vpath}.when"),
+                            "`when` takes either `present: <input>` or `input: <input>` with `equals: <value>`",
+                            None,
+                        );
+                        None
+                    }
                 };
-                if !inputs.contains(named) {
+                let named = match &cond {
+                    Some(Condition::Present(n)) | Some(Condition::Equals(n, _)) => n.clone(),
+                    None => continue,
+                };
+                if !inputs.contains(&named) {
                     cx.err(&format!("{vpath}.when"), format!("`when` names `{named}`, which is not a declared input"), None);
                 }
-                if let WhenSpec::Equals { input, value } = &v.when {
+                if let Some(Condition::Equals(input, value)) = &cond {
                     if let Some(allowed) = a.inputs.get(input).and_then(|f| f.allowed.as_ref()) {
                         if !allowed.contains(value) {
                             cx.err(&format!("{vpath}.when"), format!("{value} is not an allowed value of `{input}`"), None);
@@ -636,7 +662,7 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
                 }
                 if let Some(req) = build_request(cx, &format!("{vpath}.request"), &v.request, &scope, &path_params) {
                     variants.push(Variant {
-                        when: Some(v.when.clone()),
+                        when: cond,
                         requires: v.requires.clone(),
                         request: req,
                         output: split_path(v.output.as_deref().unwrap_or(&a.output)),

@@ -357,6 +357,9 @@ pub struct ActionSpec {
     /// Alternative requests chosen by the inputs given (first match wins).
     #[serde(default)]
     pub variants: Vec<VariantSpec>,
+    /// At least one of these inputs must be given (e.g. email, external_id or role).
+    #[serde(default)]
+    pub require_any: Vec<String>,
     /// Name of an array input: one request per item, templates see `item`; output is the list.
     #[serde(default)]
     pub for_each: Option<String>,
@@ -387,19 +390,19 @@ pub struct VariantSpec {
     pub output: Option<String>,
 }
 
-/// A variant condition.
+/// A variant condition: `{present: <input>}` or `{input: <input>, equals: <value>}`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum WhenSpec {
-    /// The named input is given.
-    Present(String),
-    /// The named input equals the value.
-    Equals {
-        /// Input name.
-        input: String,
-        /// The value it must equal.
-        value: serde_json::Value,
-    },
+#[serde(deny_unknown_fields)]
+pub struct WhenSpec {
+    /// The variant applies when this input is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<String>,
+    /// The variant applies when this input equals `equals`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<String>,
+    /// The value `input` must equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<serde_json::Value>,
 }
 
 /// The type of an input or output field.
