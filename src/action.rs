@@ -69,19 +69,28 @@ pub fn check_fields(
         }
         if let (Some(items), Value::Array(a)) = (f.items, v) {
             if let Some(bad) = a.iter().find(|x| !type_matches(items, x)) {
-                problems.push(format!("every item of `{k}` must be {}, got {bad}", type_name(items)));
+                problems.push(format!(
+                    "every item of `{k}` must be {}, got {bad}",
+                    type_name(items)
+                ));
             }
         }
         if let Some(allowed) = &f.allowed {
             if !allowed.contains(v) {
                 let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                problems.push(format!("{what} `{k}` must be one of {}, got {v}", list.join(", ")));
+                problems.push(format!(
+                    "{what} `{k}` must be one of {}, got {v}",
+                    list.join(", ")
+                ));
             }
         }
     }
     for (k, f) in fields {
         if f.required && !given.contains_key(k) {
-            problems.push(format!("required {what} `{k}` is missing ({})", type_name(f.ty)));
+            problems.push(format!(
+                "required {what} `{k}` is missing ({})",
+                type_name(f.ty)
+            ));
         }
     }
     if problems.is_empty() {
@@ -117,10 +126,17 @@ pub struct Prepared<'a> {
 }
 
 /// Checks inputs, picks the variant and renders every request without sending anything.
-pub fn prepare<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<Prepared<'a>, ActionError> {
+pub fn prepare<'a>(
+    action: &'a Action,
+    input: &Map<String, Value>,
+) -> Result<Prepared<'a>, ActionError> {
     check_fields("input", &action.spec.inputs, input).map_err(ActionError::Input)?;
     let any = &action.spec.require_any;
-    if !any.is_empty() && !any.iter().any(|k| input.get(k).is_some_and(|v| !v.is_null())) {
+    if !any.is_empty()
+        && !any
+            .iter()
+            .any(|k| input.get(k).is_some_and(|v| !v.is_null()))
+    {
         return Err(ActionError::Input(format!(
             "give at least one of `{}`",
             any.join("`, `")
@@ -147,13 +163,23 @@ pub fn prepare<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<Pre
                     m.insert("item".into(), item);
                 }
                 let sc = Scope::new(s);
-                requests.push(variant.request.render(&sc, "input").map_err(ActionError::Input)?);
+                requests.push(
+                    variant
+                        .request
+                        .render(&sc, "input")
+                        .map_err(ActionError::Input)?,
+                );
                 s = sc.value().clone();
             }
         }
         None => {
             let sc = Scope::new(Value::Object(scope));
-            requests.push(variant.request.render(&sc, "input").map_err(ActionError::Input)?);
+            requests.push(
+                variant
+                    .request
+                    .render(&sc, "input")
+                    .map_err(ActionError::Input)?,
+            );
         }
     }
     Ok(Prepared {
@@ -206,7 +232,11 @@ fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Vari
 }
 
 /// Runs an action and returns its output (a list with `for_each`).
-pub async fn execute(conn: &Connection, action: &Action, input: &Map<String, Value>) -> Result<Value, ActionError> {
+pub async fn execute(
+    conn: &Connection,
+    action: &Action,
+    input: &Map<String, Value>,
+) -> Result<Value, ActionError> {
     let prepared = prepare(action, input)?;
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {
@@ -233,7 +263,10 @@ fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, Act
             class: FailureClass::Fatal,
             status: None,
             code: Some("not_found".into()),
-            message: format!("nothing was found: the response has no `{}`", path.join(".")),
+            message: format!(
+                "nothing was found: the response has no `{}`",
+                path.join(".")
+            ),
             help: None,
             request: req.describe(),
             attempts: 1,

@@ -30,13 +30,24 @@ pub const BUILTIN_INTERCOM: &str = include_str!("../connectors/intercom.yaml");
 #[command(name = "sluice", version, about, propagate_version = true)]
 pub struct Cli {
     /// Runtime configuration file with connections.
-    #[arg(long, global = true, env = "SLUICE_CONFIG", default_value = "sluice.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_CONFIG",
+        default_value = "sluice.yaml"
+    )]
     pub config: PathBuf,
     /// Directory of connector definitions (default: ./connectors if present, else built-in).
     #[arg(long, global = true, env = "SLUICE_CONNECTORS")]
     pub connectors: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log level or filter (`warn`, `info`, `debug`, `sluice=debug`).
     #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
@@ -120,11 +131,18 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     telemetry::init(cli.log_format, &cli.log);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -239,10 +257,21 @@ fn find_connector<'a>(connectors: &'a [Arc<Connector>], id: &str) -> Result<&'a 
 }
 
 /// Splits `connector.name` and finds the connector.
-fn resolve_ref<'a>(connectors: &'a [Arc<Connector>], r: &str, what: &str) -> Result<(&'a Arc<Connector>, String)> {
-    let (c, name) = r
-        .split_once('.')
-        .ok_or_else(|| anyhow!("`{r}` must be written `<connector>.<{what}>`, e.g. `intercom.{}`", if what == "action" { "create_contact" } else { "new_contact" }))?;
+fn resolve_ref<'a>(
+    connectors: &'a [Arc<Connector>],
+    r: &str,
+    what: &str,
+) -> Result<(&'a Arc<Connector>, String)> {
+    let (c, name) = r.split_once('.').ok_or_else(|| {
+        anyhow!(
+            "`{r}` must be written `<connector>.<{what}>`, e.g. `intercom.{}`",
+            if what == "action" {
+                "create_contact"
+            } else {
+                "new_contact"
+            }
+        )
+    })?;
     Ok((find_connector(connectors, c)?, name.to_string()))
 }
 
@@ -260,7 +289,10 @@ pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> 
         let hint = spec::did_you_mean(name, names.iter().copied())
             .map(|s| format!("did you mean `{s}`?"))
             .unwrap_or_else(|| format!("defined: {}", names.join(", ")));
-        anyhow!("no connection `{name}` in `{}`; {hint}", cli.config.display())
+        anyhow!(
+            "no connection `{name}` in `{}`; {hint}",
+            cli.config.display()
+        )
     })?;
     let connector = find_connector(connectors, &conn.connector)?;
     Connection::new(name, connector.clone(), conn, &|k| std::env::var(k).ok())
@@ -270,12 +302,20 @@ pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> 
 fn parse_json_object(s: &str, flag: &str) -> Result<Map<String, Value>> {
     match serde_json::from_str::<Value>(s) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(other) => bail!("{flag} must be a JSON object like '{{\"email\": \"a@b.c\"}}', not {other}"),
+        Ok(other) => {
+            bail!("{flag} must be a JSON object like '{{\"email\": \"a@b.c\"}}', not {other}")
+        }
         Err(e) => bail!("{flag} is not valid JSON: {e}"),
     }
 }
 
-async fn cmd_call(cli: &Cli, action_ref: &str, connection: &str, with: &str, dry_run: bool) -> Result<ExitCode> {
+async fn cmd_call(
+    cli: &Cli,
+    action_ref: &str,
+    connection: &str,
+    with: &str,
+    dry_run: bool,
+) -> Result<ExitCode> {
     let connectors = load_connectors(cli)?;
     let (connector, name) = resolve_ref(&connectors, action_ref, "action")?;
     let action = connector.actions.get(&name).ok_or_else(|| {
@@ -298,7 +338,14 @@ async fn cmd_call(cli: &Cli, action_ref: &str, connection: &str, with: &str, dry
             let query = if r.query.is_empty() {
                 String::new()
             } else {
-                format!("?{}", r.query.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&"))
+                format!(
+                    "?{}",
+                    r.query
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join("&")
+                )
             };
             let shown = json!({
                 "method": crate::http::method_str(r.method),
@@ -329,14 +376,24 @@ pub fn parse_since(s: &str) -> Result<i64> {
         return Ok(n);
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp()).unwrap_or(0));
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or(0));
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|d| d.timestamp())
         .map_err(|_| anyhow!("--since `{s}` is not Unix seconds, a date (2026-11-22) or RFC 3339 (2026-11-22T10:00:00Z)"))
 }
 
-async fn cmd_poll(cli: &Cli, trigger_ref: &str, connection: &str, since: Option<&str>, with: &str, limit: Option<usize>) -> Result<ExitCode> {
+async fn cmd_poll(
+    cli: &Cli,
+    trigger_ref: &str,
+    connection: &str,
+    since: Option<&str>,
+    with: &str,
+    limit: Option<usize>,
+) -> Result<ExitCode> {
     let connectors = load_connectors(cli)?;
     let (connector, name) = resolve_ref(&connectors, trigger_ref, "trigger")?;
     let trigger = connector.triggers.get(&name).ok_or_else(|| {
@@ -414,7 +471,8 @@ fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     let mut counts = (0usize, 0usize, 0usize);
     for f in &files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
         match plan::load_connector_text(f, &text) {
             Ok(c) => {
                 counts.0 += 1;
@@ -432,7 +490,10 @@ fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             eprintln!("{d}");
         }
     }
-    let errors = diags.iter().filter(|d| d.severity == diag::Severity::Error).count();
+    let errors = diags
+        .iter()
+        .filter(|d| d.severity == diag::Severity::Error)
+        .count();
     if errors > 0 {
         eprintln!("{errors} error(s) in {} file(s)", files.len());
         return Ok(ExitCode::from(1));
@@ -467,7 +528,12 @@ fn field_json(f: &spec::FieldSpec) -> Value {
 }
 
 fn fields_json(fields: &indexmap::IndexMap<String, spec::FieldSpec>) -> Value {
-    Value::Object(fields.iter().map(|(k, f)| (k.clone(), field_json(f))).collect())
+    Value::Object(
+        fields
+            .iter()
+            .map(|(k, f)| (k.clone(), field_json(f)))
+            .collect(),
+    )
 }
 
 /// The machine-readable reference of a connector.
@@ -497,8 +563,15 @@ pub fn describe(c: &Connector) -> Value {
                 .spec
                 .variants
                 .iter()
-                .map(|v| json!({"when": v.when, "method": v.request.method, "path": v.request.path}))
-                .chain(a.spec.request.iter().map(|r| json!({"method": r.method, "path": r.path})))
+                .map(
+                    |v| json!({"when": v.when, "method": v.request.method, "path": v.request.path}),
+                )
+                .chain(
+                    a.spec
+                        .request
+                        .iter()
+                        .map(|r| json!({"method": r.method, "path": r.path})),
+                )
                 .collect();
             json!({
                 "id": a.id,
@@ -525,7 +598,11 @@ pub fn describe(c: &Connector) -> Value {
     })
 }
 
-fn describe_fields(out: &mut String, title: &str, fields: &indexmap::IndexMap<String, spec::FieldSpec>) {
+fn describe_fields(
+    out: &mut String,
+    title: &str,
+    fields: &indexmap::IndexMap<String, spec::FieldSpec>,
+) {
     use std::fmt::Write as _;
     if fields.is_empty() {
         return;
@@ -533,7 +610,11 @@ fn describe_fields(out: &mut String, title: &str, fields: &indexmap::IndexMap<St
     let _ = writeln!(out, "    {title}:");
     for (k, f) in fields {
         let req = if title == "inputs" {
-            if f.required { "required" } else { "optional" }
+            if f.required {
+                "required"
+            } else {
+                "optional"
+            }
         } else {
             ""
         };
@@ -562,16 +643,33 @@ pub fn describe_text(c: &Connector) -> String {
     if !h.description.is_empty() {
         let _ = writeln!(out, "{}", h.description.trim());
     }
-    let regions: Vec<String> = h.regions.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-    let _ = writeln!(out, "regions: {} (default {})", regions.join(", "), h.default_region);
+    let regions: Vec<String> = h
+        .regions
+        .iter()
+        .map(|(k, v)| format!("{k} = {v}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "regions: {} (default {})",
+        regions.join(", "),
+        h.default_region
+    );
     if let Some(v) = &h.api_version {
-        let _ = writeln!(out, "api version: {} {} (override per connection with `api_version`)", v.header, v.default);
+        let _ = writeln!(
+            out,
+            "api version: {} {} (override per connection with `api_version`)",
+            v.header, v.default
+        );
     }
     let _ = writeln!(out, "\nTRIGGERS ({})", c.triggers.len());
     for t in c.triggers.values() {
         let _ = writeln!(out, "\n  {}.{} — {}", c.id, t.id, t.spec.title);
         let _ = writeln!(out, "    {}", t.spec.description.trim());
-        let _ = writeln!(out, "    fires once per key `{}`; looks back {}", t.spec.dedupe_key, t.spec.lookback);
+        let _ = writeln!(
+            out,
+            "    fires once per key `{}`; looks back {}",
+            t.spec.dedupe_key, t.spec.lookback
+        );
         describe_fields(&mut out, "options", &t.spec.options);
         describe_fields(&mut out, "outputs", &t.spec.outputs);
     }

@@ -94,12 +94,18 @@ impl fmt::Display for Diagnostic {
 /// Sorts diagnostics by file, then position, so output is stable.
 pub fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| {
-        (&a.file, a.span.unwrap_or((usize::MAX, 0)), &a.path, &a.message).cmp(&(
-            &b.file,
-            b.span.unwrap_or((usize::MAX, 0)),
-            &b.path,
-            &b.message,
-        ))
+        (
+            &a.file,
+            a.span.unwrap_or((usize::MAX, 0)),
+            &a.path,
+            &a.message,
+        )
+            .cmp(&(
+                &b.file,
+                b.span.unwrap_or((usize::MAX, 0)),
+                &b.path,
+                &b.message,
+            ))
     });
 }
 
@@ -232,7 +238,8 @@ mod tests {
 
     #[test]
     fn index_finds_keys_and_items() {
-        let text = "id: x\nactions:\n  create:\n    method: POST\n    list:\n      - a\n      - b: 1\n";
+        let text =
+            "id: x\nactions:\n  create:\n    method: POST\n    list:\n      - a\n      - b: 1\n";
         let idx = LocationIndex::build(text);
         assert_eq!(idx.find("id"), Some((1, 1)));
         assert_eq!(idx.find("actions.create.method"), Some((4, 5)));

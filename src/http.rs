@@ -241,7 +241,9 @@ impl Connection {
         };
         let configured_tz = match &spec.timezone {
             Some(tz) => Some(tz.parse::<Tz>().map_err(|_| {
-                anyhow::anyhow!("timezone `{tz}` is not an IANA timezone name such as `Europe/Dublin`")
+                anyhow::anyhow!(
+                    "timezone `{tz}` is not an IANA timezone name such as `Europe/Dublin`"
+                )
             })?),
             None => None,
         };
@@ -249,8 +251,14 @@ impl Connection {
         let d = RetryPolicy::default();
         let retry = RetryPolicy {
             max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
-            base_delay: r.base_delay_ms.map(Duration::from_millis).unwrap_or(d.base_delay),
-            max_delay: r.max_delay_ms.map(Duration::from_millis).unwrap_or(d.max_delay),
+            base_delay: r
+                .base_delay_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.base_delay),
+            max_delay: r
+                .max_delay_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.max_delay),
             max_rate_limit_waits: r.max_rate_limit_waits.unwrap_or(d.max_rate_limit_waits),
         };
         #[allow(clippy::disallowed_methods)]
@@ -342,7 +350,11 @@ impl Connection {
 
     /// Sends a request, retrying retryable failures with backoff and waiting out rate limits.
     /// `rules` are checked before the connector's own error rules.
-    pub async fn send(&self, req: &HttpRequest, rules: &[ErrorRuleSpec]) -> Result<Response, Failure> {
+    pub async fn send(
+        &self,
+        req: &HttpRequest,
+        rules: &[ErrorRuleSpec],
+    ) -> Result<Response, Failure> {
         self.send_with(req, rules, true).await
     }
 
@@ -362,7 +374,9 @@ impl Connection {
             let mut failure = match self.send_once(req, rules).await {
                 Ok(resp) => return Ok(resp),
                 Err((f, wait)) => {
-                    if f.class == FailureClass::RateLimited && rate_waits < self.retry.max_rate_limit_waits {
+                    if f.class == FailureClass::RateLimited
+                        && rate_waits < self.retry.max_rate_limit_waits
+                    {
                         rate_waits += 1;
                         attempts -= 1;
                         let wait = wait.unwrap_or(Duration::from_secs(1));
@@ -373,7 +387,10 @@ impl Connection {
                     f
                 }
             };
-            if retry && failure.class == FailureClass::Retryable && attempts < self.retry.max_attempts {
+            if retry
+                && failure.class == FailureClass::Retryable
+                && attempts < self.retry.max_attempts
+            {
                 let delay = self.retry.backoff(attempts);
                 debug!(connection = %self.name, request = %req.describe(), status = failure.status, error = %failure.message, delay_ms = delay.as_millis() as u64, "Retrying after a transient failure.");
                 tokio::time::sleep(delay).await;
@@ -446,7 +463,10 @@ impl Connection {
                 } else {
                     "the connection failed before a response arrived"
                 };
-                return Err((fail(FailureClass::Retryable, None, None, what.into(), None), None));
+                return Err((
+                    fail(FailureClass::Retryable, None, None, what.into(), None),
+                    None,
+                ));
             }
         };
         let status = resp.status().as_u16();
@@ -455,7 +475,13 @@ impl Connection {
             Ok(b) => b,
             Err(_) => {
                 return Err((
-                    fail(FailureClass::Retryable, Some(status), None, "the response body was cut off".into(), None),
+                    fail(
+                        FailureClass::Retryable,
+                        Some(status),
+                        None,
+                        "the response body was cut off".into(),
+                        None,
+                    ),
                     None,
                 ))
             }
@@ -601,7 +627,16 @@ mod tests {
     #[test]
     fn classify_defaults() {
         use FailureClassSpec::*;
-        for (s, c) in [(401, Auth), (404, Fatal), (409, Conflict), (422, Fatal), (429, RateLimited), (500, Retryable), (503, Retryable), (400, Fatal)] {
+        for (s, c) in [
+            (401, Auth),
+            (404, Fatal),
+            (409, Conflict),
+            (422, Fatal),
+            (429, RateLimited),
+            (500, Retryable),
+            (503, Retryable),
+            (400, Fatal),
+        ] {
             assert_eq!(classify(s, None, &[]).0, c, "status {s}");
         }
     }
@@ -609,10 +644,22 @@ mod tests {
     #[test]
     fn classify_rules_first_and_by_code() {
         let action = [rule(400, Some("scroll_exists"), FailureClass::Retryable)];
-        let conn = [rule(400, None, FailureClass::Fatal), rule(503, None, FailureClass::Fatal)];
-        assert_eq!(classify(400, Some("scroll_exists"), &[&action, &conn]).0, FailureClass::Retryable);
-        assert_eq!(classify(400, Some("other"), &[&action, &conn]).0, FailureClass::Fatal);
-        assert_eq!(classify(503, None, &[&action, &conn]).0, FailureClass::Fatal);
+        let conn = [
+            rule(400, None, FailureClass::Fatal),
+            rule(503, None, FailureClass::Fatal),
+        ];
+        assert_eq!(
+            classify(400, Some("scroll_exists"), &[&action, &conn]).0,
+            FailureClass::Retryable
+        );
+        assert_eq!(
+            classify(400, Some("other"), &[&action, &conn]).0,
+            FailureClass::Fatal
+        );
+        assert_eq!(
+            classify(503, None, &[&action, &conn]).0,
+            FailureClass::Fatal
+        );
     }
 
     #[test]

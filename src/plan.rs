@@ -145,7 +145,9 @@ impl KeyTemplate {
                     "`{{{{{field}}}}}` is not a plain field reference; a dedupe key may only contain record fields like `{{{{id}}}}`"
                 ));
             }
-            parts.push(KeyPart::Field(field.split('.').map(str::to_string).collect()));
+            parts.push(KeyPart::Field(
+                field.split('.').map(str::to_string).collect(),
+            ));
             rest = &after[end + 2..];
         }
         if !rest.is_empty() {
@@ -193,11 +195,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         "m" | "min" | "mins" => 60,
         "h" | "hour" | "hours" => 3600,
         "d" | "day" | "days" => 86_400,
-        other => {
-            return Err(format!(
-                "unknown unit `{other}` in `{s}`; use s, m, h or d"
-            ))
-        }
+        other => return Err(format!("unknown unit `{other}` in `{s}`; use s, m, h or d")),
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -229,8 +227,14 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         if stem != h.id && spec.file.extension().is_some() {
             cx.err(
                 "id",
-                format!("connector id `{}` differs from the file name `{stem}`", h.id),
-                Some(format!("rename the file to `{}.yaml` or set `id: {stem}`", h.id)),
+                format!(
+                    "connector id `{}` differs from the file name `{stem}`",
+                    h.id
+                ),
+                Some(format!(
+                    "rename the file to `{}.yaml` or set `id: {stem}`",
+                    h.id
+                )),
             );
         }
     }
@@ -238,7 +242,10 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
     if !h.regions.contains_key(&h.default_region) {
         cx.err(
             "default_region",
-            format!("default region `{}` is not listed under `regions`", h.default_region),
+            format!(
+                "default region `{}` is not listed under `regions`",
+                h.default_region
+            ),
             Some(format!(
                 "use one of: {}",
                 h.regions.keys().cloned().collect::<Vec<_>>().join(", ")
@@ -249,7 +256,11 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         check_url(&mut cx, &format!("regions.{name}"), url);
     }
     if h.auth.is_empty() {
-        cx.err("auth", "the connector lists no way to authenticate", Some("add `- kind: bearer`".into()));
+        cx.err(
+            "auth",
+            "the connector lists no way to authenticate",
+            Some("add `- kind: bearer`".into()),
+        );
     }
     for (i, a) in h.auth.iter().enumerate() {
         if let AuthSpec::Oauth2AuthorizationCode {
@@ -316,7 +327,11 @@ fn check_url(cx: &mut Ctx, path: &str, url: &str) {
 fn check_rules(cx: &mut Ctx, path: &str, rules: &[ErrorRuleSpec]) {
     for (i, r) in rules.iter().enumerate() {
         if r.status.is_empty() {
-            cx.err(&format!("{path}.{i}.status"), "an error rule needs at least one status", None);
+            cx.err(
+                &format!("{path}.{i}.status"),
+                "an error rule needs at least one status",
+                None,
+            );
         }
         for s in &r.status {
             if !(100..=599).contains(s) {
@@ -344,7 +359,14 @@ fn check_refs(cx: &mut Ctx, path: &str, tpl: &Template, scope: &Scope) {
             let help = spec::did_you_mean(root, scope.roots.iter().copied())
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| format!("templates here can use: {}", scope.roots.join(", ")));
-            cx.err(path, format!("template refers to `{}`, which does not exist here", r.join(".")), Some(help));
+            cx.err(
+                path,
+                format!(
+                    "template refers to `{}`, which does not exist here",
+                    r.join(".")
+                ),
+                Some(help),
+            );
             continue;
         }
         if let Some((_, allowed)) = scope.children.iter().find(|(n, _)| *n == root) {
@@ -355,7 +377,11 @@ fn check_refs(cx: &mut Ctx, path: &str, tpl: &Template, scope: &Scope) {
                         .unwrap_or_else(|| {
                             format!(
                                 "declare it under `{}` or use one of: {}",
-                                if *root == "input" { "inputs" } else { "options" },
+                                if *root == "input" {
+                                    "inputs"
+                                } else {
+                                    "options"
+                                },
                                 allowed.iter().cloned().collect::<Vec<_>>().join(", ")
                             )
                         });
@@ -383,14 +409,22 @@ fn build_request(
     let mut parts = Vec::new();
     let mut rest = spec.path.as_str();
     if !rest.starts_with('/') {
-        cx.err(&format!("{path}.path"), format!("path `{rest}` must start with `/`"), None);
+        cx.err(
+            &format!("{path}.path"),
+            format!("path `{rest}` must start with `/`"),
+            None,
+        );
     }
     while let Some(i) = rest.find('{') {
         if i > 0 {
             parts.push(PathPart::Lit(rest[..i].to_string()));
         }
         let Some(end) = rest[i..].find('}') else {
-            cx.err(&format!("{path}.path"), format!("`{{` without `}}` in path `{}`", spec.path), None);
+            cx.err(
+                &format!("{path}.path"),
+                format!("`{{` without `}}` in path `{}`", spec.path),
+                None,
+            );
             break;
         };
         let name = rest[i + 1..i + end].trim().to_string();
@@ -434,24 +468,22 @@ fn build_request(
                     Some("never write JSON inside a string; write the keys as YAML".into()),
                 );
             }
-            match Tree::compile(b) {
-                Ok(tree) => {
-                    for (p, t) in tree.templates() {
-                        check_refs(cx, &format!("{path}.body.{p}"), t, scope);
-                    }
-                    Some(tree)
-                }
-                Err(errs) => {
-                    for (p, e) in errs {
-                        cx.err(&format!("{path}.body.{p}"), e, None);
-                    }
-                    None
-                }
+            let (tree, errs) = Tree::compile(b);
+            for (p, e) in errs {
+                cx.err(&format!("{path}.body.{p}"), e, None);
             }
+            for (p, t) in tree.templates() {
+                check_refs(cx, &format!("{path}.body.{p}"), t, scope);
+            }
+            Some(tree)
         }
     };
     if spec.method == MethodSpec::Get && spec.body.is_some() {
-        cx.err(&format!("{path}.body"), "a GET request cannot have a body", Some("move the fields to `query`".into()));
+        cx.err(
+            &format!("{path}.body"),
+            "a GET request cannot have a body",
+            Some("move the fields to `query`".into()),
+        );
     }
     (cx.diags.len() == before).then(|| Request {
         method: spec.method,
@@ -473,18 +505,30 @@ fn check_field(cx: &mut Ctx, path: &str, f: &FieldSpec) {
     let ok = |v: &Value| type_matches(f.ty, v);
     if let Some(ex) = &f.example {
         if !ok(ex) {
-            cx.err(&format!("{path}.example"), format!("example {ex} is not of type {:?}", f.ty).to_lowercase(), None);
+            cx.err(
+                &format!("{path}.example"),
+                format!("example {ex} is not of type {:?}", f.ty).to_lowercase(),
+                None,
+            );
         }
     }
     if let Some(allowed) = &f.allowed {
         for v in allowed {
             if !ok(v) {
-                cx.err(&format!("{path}.enum"), format!("allowed value {v} is not of type {:?}", f.ty).to_lowercase(), None);
+                cx.err(
+                    &format!("{path}.enum"),
+                    format!("allowed value {v} is not of type {:?}", f.ty).to_lowercase(),
+                    None,
+                );
             }
         }
     }
     if f.items.is_some() && f.ty != FieldTypeSpec::Array {
-        cx.err(&format!("{path}.items"), "`items` only applies to `type: array`", None);
+        cx.err(
+            &format!("{path}.items"),
+            "`items` only applies to `type: array`",
+            None,
+        );
     }
 }
 
@@ -536,7 +580,11 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
             );
         }
     }
-    if let PaginationSpec::Cursor { send_in: SendInSpec::Body, .. } = &t.pagination {
+    if let PaginationSpec::Cursor {
+        send_in: SendInSpec::Body,
+        ..
+    } = &t.pagination
+    {
         if t.request.body.is_none() {
             cx.err(
                 &format!("{base}.pagination.send_in"),
@@ -549,7 +597,10 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
         cx.err(
             &format!("{base}.cursor.sort"),
             "a search trigger must return records in cursor order (`sort: ascending`)",
-            Some("sort on the server, or use `kind: scan` which sorts after reading every page".into()),
+            Some(
+                "sort on the server, or use `kind: scan` which sorts after reading every page"
+                    .into(),
+            ),
         );
     }
     let lookback_secs = match parse_duration(&t.lookback) {
@@ -596,7 +647,11 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     }
     for r in &a.require_any {
         if !inputs.contains(r) {
-            cx.err(&format!("{base}.require_any"), format!("`require_any` names `{r}`, which is not a declared input"), None);
+            cx.err(
+                &format!("{base}.require_any"),
+                format!("`require_any` names `{r}`, which is not a declared input"),
+                None,
+            );
         }
     }
     let mut path_params = inputs.clone();
@@ -604,8 +659,16 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     if let Some(fe) = &a.for_each {
         match a.inputs.get(fe) {
             Some(f) if f.ty == FieldTypeSpec::Array => {}
-            Some(_) => cx.err(&format!("{base}.for_each"), format!("`for_each` input `{fe}` must be `type: array`"), None),
-            None => cx.err(&format!("{base}.for_each"), format!("`for_each` names `{fe}`, which is not a declared input"), None),
+            Some(_) => cx.err(
+                &format!("{base}.for_each"),
+                format!("`for_each` input `{fe}` must be `type: array`"),
+                None,
+            ),
+            None => cx.err(
+                &format!("{base}.for_each"),
+                format!("`for_each` names `{fe}`, which is not a declared input"),
+                None,
+            ),
         }
         path_params.insert("item".into());
         roots.push("item");
@@ -617,7 +680,9 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     let mut variants = Vec::new();
     match (&a.request, a.variants.is_empty()) {
         (Some(r), true) => {
-            if let Some(req) = build_request(cx, &format!("{base}.request"), r, &scope, &path_params) {
+            if let Some(req) =
+                build_request(cx, &format!("{base}.request"), r, &scope, &path_params)
+            {
                 variants.push(Variant {
                     when: None,
                     requires: vec![],
@@ -646,21 +711,39 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
                     None => continue,
                 };
                 if !inputs.contains(&named) {
-                    cx.err(&format!("{vpath}.when"), format!("`when` names `{named}`, which is not a declared input"), None);
+                    cx.err(
+                        &format!("{vpath}.when"),
+                        format!("`when` names `{named}`, which is not a declared input"),
+                        None,
+                    );
                 }
                 if let Some(Condition::Equals(input, value)) = &cond {
                     if let Some(allowed) = a.inputs.get(input).and_then(|f| f.allowed.as_ref()) {
                         if !allowed.contains(value) {
-                            cx.err(&format!("{vpath}.when"), format!("{value} is not an allowed value of `{input}`"), None);
+                            cx.err(
+                                &format!("{vpath}.when"),
+                                format!("{value} is not an allowed value of `{input}`"),
+                                None,
+                            );
                         }
                     }
                 }
                 for r in &v.requires {
                     if !inputs.contains(r) {
-                        cx.err(&format!("{vpath}.requires"), format!("`requires` names `{r}`, which is not a declared input"), None);
+                        cx.err(
+                            &format!("{vpath}.requires"),
+                            format!("`requires` names `{r}`, which is not a declared input"),
+                            None,
+                        );
                     }
                 }
-                if let Some(req) = build_request(cx, &format!("{vpath}.request"), &v.request, &scope, &path_params) {
+                if let Some(req) = build_request(
+                    cx,
+                    &format!("{vpath}.request"),
+                    &v.request,
+                    &scope,
+                    &path_params,
+                ) {
                     variants.push(Variant {
                         when: cond,
                         requires: v.requires.clone(),
@@ -670,8 +753,16 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
                 }
             }
         }
-        (Some(_), false) => cx.err(&base, "an action has either `request` or `variants`, not both", None),
-        (None, true) => cx.err(&base, "the action has no `request`", Some("add `request:` with method and path".into())),
+        (Some(_), false) => cx.err(
+            &base,
+            "an action has either `request` or `variants`, not both",
+            None,
+        ),
+        (None, true) => cx.err(
+            &base,
+            "the action has no `request`",
+            Some("add `request:` with method and path".into()),
+        ),
     }
     for (name, f) in &a.outputs {
         check_field(cx, &format!("{base}.outputs.{name}"), f);
@@ -688,7 +779,10 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
 pub fn load_connectors_dir(dir: &Path) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
     let mut files = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        vec![Diagnostic::error(dir, format!("cannot read the connectors directory: {e}"))]
+        vec![Diagnostic::error(
+            dir,
+            format!("cannot read the connectors directory: {e}"),
+        )]
     })?;
     for e in entries.flatten() {
         let p = e.path();
@@ -739,8 +833,14 @@ mod tests {
     #[test]
     fn key_template_renders_fields() {
         let k = KeyTemplate::compile("{{id}}:{{updated_at}}").unwrap();
-        assert_eq!(k.render(&json!({"id": "a", "updated_at": 5})).unwrap(), "a:5");
-        assert!(k.render(&json!({"id": "a"})).unwrap_err().contains("updated_at"));
+        assert_eq!(
+            k.render(&json!({"id": "a", "updated_at": 5})).unwrap(),
+            "a:5"
+        );
+        assert!(k
+            .render(&json!({"id": "a"}))
+            .unwrap_err()
+            .contains("updated_at"));
         assert!(KeyTemplate::compile("static").is_err());
         assert!(KeyTemplate::compile("{{lowercase id}}").is_err());
     }

@@ -83,7 +83,10 @@ impl Template {
             return Ok(Template::Path(path));
         }
         let tpl = handlebars::Template::compile(src).map_err(|e| {
-            let reason = e.reason().to_string();
+            let mut reason = e.reason().to_string();
+            if reason.starts_with("invalid handlebars syntax") {
+                reason = "every `{{` needs a matching `}}`, and a block like `{{#if x}}` needs its argument and a closing `{{/if}}`".into();
+            }
             match e.pos() {
                 Some((l, c)) => format!("template syntax error at {l}:{c}: {reason}"),
                 None => format!("template syntax error: {reason}"),
@@ -155,7 +158,9 @@ fn text_refs(src: &str) -> Vec<Vec<String>> {
     while let Some(start) = rest.find("{{") {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else { break };
-        let inner = after[..end].trim_start_matches(['#', '/', '~', '^', '{']).trim();
+        let inner = after[..end]
+            .trim_start_matches(['#', '/', '~', '^', '{'])
+            .trim();
         let mut tokens = inner
             .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
             .filter(|t| !t.is_empty());
@@ -171,7 +176,10 @@ fn text_refs(src: &str) -> Vec<Vec<String>> {
             if t.contains('=') || t.starts_with(['"', '\'', '@']) || is_keyword(t) {
                 continue;
             }
-            if t.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-') {
+            if t.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == '-')
+            {
                 continue;
             }
             if helpers::NAMES.contains(&t) {
@@ -251,15 +259,12 @@ pub enum Tree {
 }
 
 impl Tree {
-    /// Compiles every string leaf of a YAML value. Errors name the dotted path of the leaf.
-    pub fn compile(v: &serde_yaml::Value) -> Result<Tree, Vec<(String, String)>> {
+    /// Compiles every string leaf of a YAML value. Errors name the dotted path of the leaf;
+    /// the tree holds every leaf that did compile, so callers can check those too.
+    pub fn compile(v: &serde_yaml::Value) -> (Tree, Vec<(String, String)>) {
         let mut errors = Vec::new();
         let tree = compile_tree(v, "", &mut errors);
-        if errors.is_empty() {
-            Ok(tree)
-        } else {
-            Err(errors)
-        }
+        (tree, errors)
     }
 
     /// Renders the tree. Leaves whose single path is absent are left out, and so are maps and
@@ -381,8 +386,22 @@ mod helpers {
 
     /// Names of registered helpers (built-in and ours), so reference checks skip them.
     pub const NAMES: &[&str] = &[
-        "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len", "lookup", "default",
-        "lowercase", "uppercase", "trim", "json",
+        "eq",
+        "ne",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "and",
+        "or",
+        "not",
+        "len",
+        "lookup",
+        "default",
+        "lowercase",
+        "uppercase",
+        "trim",
+        "json",
     ];
 
     pub fn register(h: &mut Handlebars<'static>) {
@@ -508,7 +527,10 @@ mod tests {
         let t = Template::compile("x={{input.nope}}").unwrap();
         let err = t.render(&s).unwrap_err().0;
         assert!(err.contains("input.nope"), "{err}");
-        assert!(err.contains("available: n, s, o") || err.contains("available: "), "{err}");
+        assert!(
+            err.contains("available: n, s, o") || err.contains("available: "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -517,7 +539,8 @@ mod tests {
             "a: '{{input.n}}'\nb: '{{input.none}}'\nc: {d: '{{input.none}}'}\ne: [1, '{{since}}']\n",
         )
         .unwrap();
-        let tree = Tree::compile(&y).unwrap();
+        let (tree, errors) = Tree::compile(&y);
+        assert!(errors.is_empty());
         assert_eq!(
             tree.render(&scope()).unwrap(),
             Some(json!({"a": 5, "e": [1, 10]}))

@@ -39,7 +39,10 @@ pub fn start_of_day(ts: i64, tz: Tz) -> Option<i64> {
     // A day may start at 01:00 where DST begins at midnight: take the earliest valid instant.
     tz.from_local_datetime(&midnight)
         .earliest()
-        .or_else(|| tz.from_local_datetime(&(midnight + chrono::Duration::hours(1))).earliest())
+        .or_else(|| {
+            tz.from_local_datetime(&(midnight + chrono::Duration::hours(1)))
+                .earliest()
+        })
         .map(|d| d.timestamp())
 }
 
@@ -102,10 +105,16 @@ impl<'a> Poll<'a> {
         let server_since = server_since(trigger, since, tz);
         let page_size = match &trigger.spec.pagination {
             PaginationSpec::None => None,
-            PaginationSpec::Cursor { page_size, max_page_size, .. }
-            | PaginationSpec::PageNumber { page_size, max_page_size, .. } => {
-                Some(page_size.or(*max_page_size).unwrap_or(50))
+            PaginationSpec::Cursor {
+                page_size,
+                max_page_size,
+                ..
             }
+            | PaginationSpec::PageNumber {
+                page_size,
+                max_page_size,
+                ..
+            } => Some(page_size.or(*max_page_size).unwrap_or(50)),
         };
         let mut scope = Map::new();
         scope.insert("since".into(), server_since.into());
@@ -147,7 +156,10 @@ impl<'a> Poll<'a> {
     async fn read_all_sorted(&mut self) -> Result<Vec<Value>, Failure> {
         let restart = matches!(
             self.trigger.spec.pagination,
-            PaginationSpec::Cursor { restart_on_failure: true, .. }
+            PaginationSpec::Cursor {
+                restart_on_failure: true,
+                ..
+            }
         );
         let mut restarts = 0;
         'again: loop {
@@ -157,7 +169,11 @@ impl<'a> Poll<'a> {
                 match self.fetch().await {
                     Ok(Some(recs)) => all.extend(recs),
                     Ok(None) => break,
-                    Err(f) if restart && f.class == FailureClass::Retryable && restarts < MAX_RESTARTS => {
+                    Err(f)
+                        if restart
+                            && f.class == FailureClass::Retryable
+                            && restarts < MAX_RESTARTS =>
+                    {
                         restarts += 1;
                         tracing::warn!(trigger = %self.trigger.id, error = %f, "Scan failed mid-way; restarting it from the first page.");
                         continue 'again;
@@ -167,7 +183,11 @@ impl<'a> Poll<'a> {
             }
             self.next = Next::Done;
             let key = |r: &Value| cursor_of(self.trigger, r).unwrap_or(i64::MIN);
-            all.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| id_of(self.trigger, a).cmp(&id_of(self.trigger, b))));
+            all.sort_by(|a, b| {
+                key(a)
+                    .cmp(&key(b))
+                    .then_with(|| id_of(self.trigger, a).cmp(&id_of(self.trigger, b)))
+            });
             return Ok(all);
         }
     }
@@ -182,11 +202,26 @@ impl<'a> Poll<'a> {
         let mut retry_in_place = true;
         match (&self.next, &self.trigger.spec.pagination) {
             (Next::Done, _) => return Ok(None),
-            (Next::First, PaginationSpec::PageNumber { page_param, first_page, .. }) => {
+            (
+                Next::First,
+                PaginationSpec::PageNumber {
+                    page_param,
+                    first_page,
+                    ..
+                },
+            ) => {
                 req.query.push((page_param.clone(), first_page.to_string()));
             }
             (Next::First, _) => {}
-            (Next::Token(tok), PaginationSpec::Cursor { send_in, param, restart_on_failure, .. }) => {
+            (
+                Next::Token(tok),
+                PaginationSpec::Cursor {
+                    send_in,
+                    param,
+                    restart_on_failure,
+                    ..
+                },
+            ) => {
                 retry_in_place = !restart_on_failure;
                 match send_in {
                     SendInSpec::Query => req.query.push((param.clone(), tok.clone())),
@@ -211,17 +246,23 @@ impl<'a> Poll<'a> {
         let records = match take_path(&mut body, &self.trigger.records) {
             Some(Value::Array(a)) => a,
             Some(Value::Null) | None => {
-                return Err(odd_response(&req, format!(
-                    "the response has no `{}` list of records",
-                    self.trigger.records.join(".")
-                )))
+                return Err(odd_response(
+                    &req,
+                    format!(
+                        "the response has no `{}` list of records",
+                        self.trigger.records.join(".")
+                    ),
+                ))
             }
             Some(other) => {
-                return Err(odd_response(&req, format!(
-                    "`{}` in the response is {}, not a list of records",
-                    self.trigger.records.join("."),
-                    kind_of(&other)
-                )))
+                return Err(odd_response(
+                    &req,
+                    format!(
+                        "`{}` in the response is {}, not a list of records",
+                        self.trigger.records.join("."),
+                        kind_of(&other)
+                    ),
+                ))
             }
         };
         self.received += records.len() as u64;
@@ -239,7 +280,11 @@ impl<'a> Poll<'a> {
                     (_, None) => Next::Done,
                 }
             }
-            PaginationSpec::PageNumber { total_pages, first_page, .. } => {
+            PaginationSpec::PageNumber {
+                total_pages,
+                first_page,
+                ..
+            } => {
                 let current = match self.next {
                     Next::Page(n) => n,
                     _ => *first_page,
@@ -258,12 +303,15 @@ impl<'a> Poll<'a> {
         let mut kept = Vec::with_capacity(records.len());
         for (i, r) in records.into_iter().enumerate() {
             let Some(c) = cursor_of(self.trigger, &r) else {
-                return Err(odd_response(&req, format!(
-                    "record #{} on page {} has no whole-number `{}`",
-                    i + 1,
-                    self.pages,
-                    self.trigger.cursor_field.join(".")
-                )));
+                return Err(odd_response(
+                    &req,
+                    format!(
+                        "record #{} on page {} has no whole-number `{}`",
+                        i + 1,
+                        self.pages,
+                        self.trigger.cursor_field.join(".")
+                    ),
+                ));
             };
             if c >= self.since {
                 kept.push(r);
@@ -338,7 +386,9 @@ pub fn set_path(v: &mut Value, path: &str, value: Value) {
             m.insert((*seg).to_string(), value);
             return;
         }
-        cur = m.entry((*seg).to_string()).or_insert_with(|| Value::Object(Map::new()));
+        cur = m
+            .entry((*seg).to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
     }
 }
 
@@ -360,6 +410,9 @@ mod tests {
     fn set_path_creates_objects() {
         let mut v = serde_json::json!({"pagination": {"per_page": 5}});
         set_path(&mut v, "pagination.starting_after", "abc".into());
-        assert_eq!(v, serde_json::json!({"pagination": {"per_page": 5, "starting_after": "abc"}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"pagination": {"per_page": 5, "starting_after": "abc"}})
+        );
     }
 }

@@ -214,7 +214,10 @@ fn serde_help(msg: &str) -> Option<String> {
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(word, c), c))
@@ -227,7 +230,8 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
 mod tests {
     use super::*;
 
-    const MINI: &str = "id: t\ntitle: T\nregions: {us: 'http://x'}\ndefault_region: us\nauth: [{kind: bearer}]\n";
+    const MINI: &str =
+        "id: t\ntitle: T\nregions: {us: 'http://x'}\ndefault_region: us\nauth: [{kind: bearer}]\n";
 
     #[test]
     fn every_broken_entry_is_reported() {
@@ -237,8 +241,16 @@ mod tests {
         let (_spec, diags) = parse_connector(Path::new("c.yaml"), &text);
         assert_eq!(diags.len(), 2, "{diags:#?}");
         assert_eq!(diags[0].span, Some((8, 5)));
-        assert!(diags[0].message.contains("unknown key `titel`"), "{}", diags[0]);
-        assert!(diags[0].help.as_deref().unwrap().contains("did you mean `title`"));
+        assert!(
+            diags[0].message.contains("unknown key `titel`"),
+            "{}",
+            diags[0]
+        );
+        assert!(diags[0]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `title`"));
         assert_eq!(diags[1].span, Some((13, 5)));
     }
 

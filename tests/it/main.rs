@@ -1,0 +1,7 @@
+//! The single integration-test binary (ripgrep style): every feature through its public face —
+//! the `sluice` CLI, the simulator's recorded calls and state.
+
+mod util;
+
+mod generic;
+mod validate;

@@ -1,0 +1,190 @@
+//! `sluice validate` and `sluice connectors`: every problem at once, with file:line:col.
+
+use crate::util::{run, sluice};
+
+#[test]
+fn shipped_connectors_validate() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["validate", "connectors/"]);
+        c
+    });
+    r.assert_ok();
+    assert!(
+        r.stdout
+            .contains("ok: 1 connector(s), 7 trigger(s), 23 action(s)"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn fixture_connector_validates() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["validate", "tests/fixtures/connectors"]);
+        c
+    });
+    r.assert_ok();
+}
+
+#[test]
+fn every_problem_in_a_broken_connector_is_reported_with_its_position() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["validate", "tests/fixtures/invalid_connectors/broken.yaml"]);
+        c
+    });
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let expected =
+        std::fs::read_to_string(crate::util::root().join("tests/golden/broken_connector.expected"))
+            .unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(
+            crate::util::root().join("tests/golden/broken_connector.expected"),
+            &r.stderr,
+        )
+        .unwrap();
+        return;
+    }
+    assert_eq!(r.stderr, expected, "actual:\n{}", r.stderr);
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.yaml");
+    std::fs::write(&f, "id: bad\ntitle: [unclosed\n").unwrap();
+    let r = run({
+        let mut c = sluice();
+        c.arg("validate").arg(&f);
+        c
+    });
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("bad.yaml:") && r.stderr.contains("error: this is not valid YAML"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn missing_path_cannot_run() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["validate", "no/such/dir"]);
+        c
+    });
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("does not exist"), "{}", r.stderr);
+}
+
+#[test]
+fn connectors_show_json_lists_exactly_the_seven_triggers_and_23_actions() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["connectors", "show", "intercom", "--json"]);
+        c
+    });
+    r.assert_ok();
+    let v = r.json();
+    let ids = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut triggers = ids("triggers");
+    triggers.sort();
+    assert_eq!(
+        triggers,
+        [
+            "contact_updated",
+            "conversation_updated",
+            "new_contact",
+            "new_conversation",
+            "new_or_updated_company",
+            "new_ticket",
+            "ticket_updated"
+        ]
+    );
+    let mut actions = ids("actions");
+    actions.sort();
+    assert_eq!(
+        actions,
+        [
+            "add_contact_to_company",
+            "add_note_to_contact",
+            "assign_tags",
+            "convert_conversation_to_ticket",
+            "create_contact",
+            "create_conversation",
+            "create_event",
+            "create_or_update_company",
+            "create_tag",
+            "create_ticket",
+            "delete_company",
+            "delete_conversation",
+            "delete_tag",
+            "delete_ticket",
+            "find_company",
+            "find_contact",
+            "find_conversation",
+            "find_ticket",
+            "remove_tags",
+            "update_company",
+            "update_contact",
+            "update_conversation",
+            "update_ticket",
+        ]
+    );
+    // Every input is documented with type, required flag and description.
+    for a in v["actions"].as_array().unwrap() {
+        for (name, input) in a["inputs"].as_object().unwrap() {
+            assert!(
+                input["type"].is_string() && input["required"].is_boolean(),
+                "{name}"
+            );
+            assert!(
+                !input["description"].as_str().unwrap().is_empty(),
+                "{} input {name} has no description",
+                a["id"]
+            );
+            assert!(
+                input.get("example").is_some(),
+                "{} input {name} has no example",
+                a["id"]
+            );
+        }
+        assert!(!a["description"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(v["api_version"]["default"], "2.15");
+    assert_eq!(v["regions"]["eu"], "https://api.eu.intercom.io");
+}
+
+#[test]
+fn connectors_show_text_and_list() {
+    let r = run({
+        let mut c = sluice();
+        c.args(["connectors", "show", "intercom"]);
+        c
+    });
+    r.assert_ok();
+    assert!(r.stdout.contains("intercom.assign_tags — Assign tags"));
+    assert!(r.stdout.contains("tag_ids") && r.stdout.contains("required"));
+    let r = run({
+        let mut c = sluice();
+        c.args(["connectors", "show", "intercon"]);
+        c
+    });
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("did you mean `intercom`"), "{}", r.stderr);
+    let r = run({
+        let mut c = sluice();
+        c.args(["connectors", "list"]);
+        c
+    });
+    r.assert_ok();
+    assert!(r.stdout.contains("intercom") && r.stdout.contains("7 triggers, 23 actions"));
+}
