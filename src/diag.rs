@@ -204,10 +204,8 @@ impl yaml_rust2::parser::MarkedEventReceiver for IndexBuilder {
                     self.path.pop();
                 }
             }
-            Event::Alias(_) => {
-                if self.enter_value(line, col) {
-                    self.path.pop();
-                }
+            Event::Alias(_) if self.enter_value(line, col) => {
+                self.path.pop();
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {
                 let pushed = self.enter_value(line, col);

@@ -485,7 +485,7 @@ fn build_request(
             Some("move the fields to `query`".into()),
         );
     }
-    (cx.diags.len() == before).then(|| Request {
+    (cx.diags.len() == before).then_some(Request {
         method: spec.method,
         path: parts,
         query,
@@ -825,35 +825,6 @@ pub fn load_connector_text(file: &Path, text: &str) -> Result<Connector, Vec<Dia
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn key_template_renders_fields() {
-        let k = KeyTemplate::compile("{{id}}:{{updated_at}}").unwrap();
-        assert_eq!(
-            k.render(&json!({"id": "a", "updated_at": 5})).unwrap(),
-            "a:5"
-        );
-        assert!(k
-            .render(&json!({"id": "a"}))
-            .unwrap_err()
-            .contains("updated_at"));
-        assert!(KeyTemplate::compile("static").is_err());
-        assert!(KeyTemplate::compile("{{lowercase id}}").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10m"), Ok(600));
-        assert_eq!(parse_duration("2d"), Ok(172_800));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("5y").is_err());
-    }
-}
-
 impl Request {
     /// Renders the request against `scope`. Path parameters are looked up as `item` or under
     /// `param_root` (`input` for actions, `options` for triggers) and always percent-encoded.
@@ -919,3 +890,33 @@ const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANU
     .remove(b'.')
     .remove(b'_')
     .remove(b'~');
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_template_renders_fields() {
+        let k = KeyTemplate::compile("{{id}}:{{updated_at}}").unwrap();
+        assert_eq!(
+            k.render(&json!({"id": "a", "updated_at": 5})).unwrap(),
+            "a:5"
+        );
+        assert!(k
+            .render(&json!({"id": "a"}))
+            .unwrap_err()
+            .contains("updated_at"));
+        assert!(KeyTemplate::compile("static").is_err());
+        assert!(KeyTemplate::compile("{{lowercase id}}").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+}
+
