@@ -1,1 +1,3 @@
-//! sluice
+//! sluice: a self-hosted polling automation runtime.
+
+pub mod sim;
