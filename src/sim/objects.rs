@@ -58,7 +58,9 @@ pub(crate) fn contact(id: &str, workspace_id: &str, created_at: i64) -> Value {
         "location": { "type": "location", "country": null, "region": null, "city": null, "country_code": null, "continent_code": null },
         "social_profiles": { "type": "list", "data": [] },
     });
-    deep_merge(&mut c, &rest);
+    if let (Value::Object(a), Value::Object(b)) = (&mut c, rest) {
+        a.extend(b);
+    }
     c
 }
 

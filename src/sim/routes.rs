@@ -549,7 +549,7 @@ fn run_search(st: &mut State, kind: Kind, body: &Map<String, Value>) -> Res {
     let s = search::parse(kind, &Value::Object(body.clone()), st.config.timezone)?;
     let now = st.now();
     let lag = st.lag();
-    Ok(Out::Raw(search::run(st.tables.t_mut(kind), &s, now, lag)))
+    Ok(Out::Raw(search::run(st.tables.t(kind), &s, now, lag)))
 }
 
 // ---------------------------------------------------------------- contacts

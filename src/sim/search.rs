@@ -558,21 +558,9 @@ fn sort_key(v: &Value, path: &[String]) -> Value {
     leaves.first().map_or(Value::Null, |l| (*l).clone())
 }
 
-/// The serialized search form of a record (conversations lose `conversation_parts`).
-pub(crate) fn search_form(kind: Kind, v: &Value) -> String {
-    if kind == Kind::Conversation {
-        if let Value::Object(m) = v {
-            let mut m = m.clone();
-            m.remove("conversation_parts");
-            return Value::Object(m).to_string();
-        }
-    }
-    v.to_string()
-}
-
 /// Runs a search against a table at simulator time `now` with index lag `lag`; returns the
 /// response body.
-pub(crate) fn run(t: &mut Table, s: &Search, now: i64, lag: i64) -> String {
+pub(crate) fn run(t: &Table, s: &Search, now: i64, lag: i64) -> String {
     let fast_key = match &s.after {
         None => Some(None),
         Some(p) => p.key.as_i64().map(|k| Some((k, p.id.clone()))),
@@ -615,7 +603,7 @@ pub(crate) fn run(t: &mut Table, s: &Search, now: i64, lag: i64) -> String {
             let mut all: Vec<(Value, &String)> = t
                 .recs
                 .iter()
-                .filter_map(|(id, rec)| visible(rec, now, lag).map(|v| (id, v)))
+                .filter_map(|(id, rec)| visible(rec, now, lag).map(|(v, _)| (id, v)))
                 .filter(|(_, v)| s.root.matches(v))
                 .map(|(id, v)| (sort_key(v, &s.sort_path), id))
                 .collect();
@@ -645,25 +633,24 @@ pub(crate) fn run(t: &mut Table, s: &Search, now: i64, lag: i64) -> String {
     }
     let more = rows.len() > s.per_page;
     rows.truncate(s.per_page);
-    let mut items = String::new();
-    for (i, (_, id)) in rows.iter().enumerate() {
-        let Some(rec) = t.recs.get_mut(id) else {
+    // Every record carries its serialized search form, so a page is a concatenation.
+    let (ty, key) = match s.kind {
+        Kind::Conversation => ("conversation.list", "conversations"),
+        Kind::Ticket => ("ticket.list", "tickets"),
+        _ => ("list", "data"),
+    };
+    let mut out = String::with_capacity(rows.len() * 2048 + 256);
+    out.push_str(&format!(r#"{{"type":"{ty}","{key}":["#));
+    let mut first = true;
+    for (_, id) in &rows {
+        let Some((_, json)) = t.recs.get(id).and_then(|rec| visible(rec, now, lag)) else {
             continue;
         };
-        if i > 0 {
-            items.push(',');
+        if !first {
+            out.push(',');
         }
-        let is_cur = lag <= 0 || now - rec.written_at >= lag;
-        if is_cur {
-            if rec.cache.is_none() {
-                rec.cache = Some(search_form(s.kind, &rec.cur).into());
-            }
-            if let Some(c) = &rec.cache {
-                items.push_str(c);
-            }
-        } else if let Some(prev) = &rec.prev {
-            items.push_str(&search_form(s.kind, prev));
-        }
+        first = false;
+        out.push_str(json);
     }
     let page = s.after.as_ref().map_or(1, |p| p.page);
     let per_page = s.per_page as u64;
@@ -685,12 +672,8 @@ pub(crate) fn run(t: &mut Table, s: &Search, now: i64, lag: i64) -> String {
                 json!({ "page": page + 1, "per_page": per_page, "starting_after": cursor });
         }
     }
-    let (ty, key) = match s.kind {
-        Kind::Conversation => ("conversation.list", "conversations"),
-        Kind::Ticket => ("ticket.list", "tickets"),
-        _ => ("list", "data"),
-    };
-    format!(r#"{{"type":"{ty}","{key}":[{items}],"total_count":{total},"pages":{pages}}}"#)
+    out.push_str(&format!(r#"],"total_count":{total},"pages":{pages}}}"#));
+    out
 }
 
 fn encode_cursor(p: &Position) -> String {

@@ -245,15 +245,25 @@ pub(crate) fn seed(st: &mut State) {
         }
         contact_ids.push(id);
     }
+    // Picking from the id list keeps seeding linear for large workspaces.
+    let pick_contact = |st: &mut State| {
+        if contact_ids.is_empty() {
+            return None;
+        }
+        let i = st.rng.usize(0..contact_ids.len());
+        st.cloned(Kind::Contact, &contact_ids[i])
+    };
     for _ in 0..st.config.tickets {
         let (c, u) = spread(st, now);
-        if let Some(v) = gen_ticket(st, c, u, None) {
+        let contact = pick_contact(st);
+        if let Some(v) = contact.and_then(|ct| gen_ticket(st, c, u, Some(ct))) {
             st.write(Kind::Ticket, v);
         }
     }
     for _ in 0..st.config.conversations {
         let (c, u) = spread(st, now);
-        if let Some(v) = gen_conversation(st, c, u, None) {
+        let contact = pick_contact(st);
+        if let Some(v) = contact.and_then(|ct| gen_conversation(st, c, u, Some(ct))) {
             st.write(Kind::Conversation, v);
         }
     }

@@ -140,7 +140,7 @@ impl State {
         self.get(kind, id).cloned()
     }
 
-    /// Stores a record as written now (indices, lag snapshot and cache follow).
+    /// Stores a record as written now (indices and lag snapshot follow).
     pub(crate) fn write(&mut self, kind: Kind, value: Value) {
         let id = objects::as_id(&value["id"]).unwrap_or_default();
         let now = self.now();

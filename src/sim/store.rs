@@ -2,8 +2,8 @@
 //!
 //! Owns every simulated object as its full Intercom JSON shape, the ordered indices used by
 //! search (`(created_at, id)` and `(updated_at, id)` per kind), the previous snapshot shown to
-//! search while a write is inside the index-lag window, and a per-record cache of the serialized
-//! search form. It does not know HTTP, query grammar or seeding.
+//! search while a write is inside the index-lag window, and each record's serialized search form
+//! (rebuilt on write, so a search page is a concatenation). It does not know HTTP, query grammar or seeding.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -89,15 +89,52 @@ pub(crate) struct Rec {
     pub cur: Value,
     /// Simulator time of the last write.
     pub written_at: i64,
+    /// Serialized search form of `cur` (empty for kinds without search), built on every write
+    /// so that a search page is a concatenation.
+    pub json: Arc<str>,
     /// The version search shows while `cur` is inside the lag window (`None`: invisible).
-    pub prev: Option<Arc<Value>>,
-    /// Serialized search form of `cur`, filled lazily and dropped on every write.
-    pub cache: Option<Arc<str>>,
+    pub prev: Option<Arc<Snapshot>>,
+}
+
+/// A previous version of a record with its serialized search form.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub value: Value,
+    pub json: Arc<str>,
+}
+
+/// A record as search returns it: conversations are listed without `conversation_parts`.
+struct SearchForm<'a>(Kind, &'a Value);
+
+impl serde::Serialize for SearchForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (self.0, self.1) {
+            (Kind::Conversation, Value::Object(m)) => {
+                let mut map = ser.serialize_map(None)?;
+                for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "conversation_parts") {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+            (_, v) => v.serialize(ser),
+        }
+    }
+}
+
+/// The serialized search form of a record (empty for kinds search never returns).
+pub(crate) fn search_json(kind: Kind, v: &Value) -> Arc<str> {
+    if !matches!(kind, Kind::Contact | Kind::Conversation | Kind::Ticket) {
+        return Arc::from("");
+    }
+    // Serializing a `Value` cannot fail: keys are strings and there is no I/O.
+    Arc::from(serde_json::to_string(&SearchForm(kind, v)).unwrap_or_default())
 }
 
 /// All objects of one kind plus their ordered indices.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Table {
+    kind: Kind,
     pub recs: HashMap<String, Rec>,
     pub by_created: BTreeSet<(i64, String)>,
     pub by_updated: BTreeSet<(i64, String)>,
@@ -117,6 +154,16 @@ pub(crate) fn int_field(v: &Value, key: &str) -> i64 {
 }
 
 impl Table {
+    fn new(kind: Kind) -> Table {
+        Table {
+            kind,
+            recs: HashMap::new(),
+            by_created: BTreeSet::new(),
+            by_updated: BTreeSet::new(),
+            last_write: 0,
+        }
+    }
+
     /// The current version of a record.
     pub(crate) fn get(&self, id: &str) -> Option<&Value> {
         self.recs.get(id).map(|r| &r.cur)
@@ -135,8 +182,14 @@ impl Table {
                     .remove(&(int_field(&old.cur, "updated_at"), id.to_string()));
                 // The old version was already indexed if it is older than the lag; otherwise the
                 // version search shows is still whatever it showed before that write.
-                if now - old.written_at >= lag {
-                    Some(Arc::new(old.cur))
+                if lag <= 0 {
+                    // Without lag search always reads `cur`; keeping old versions only costs memory.
+                    None
+                } else if now - old.written_at >= lag {
+                    Some(Arc::new(Snapshot {
+                        value: old.cur,
+                        json: old.json,
+                    }))
                 } else {
                     old.prev
                 }
@@ -149,10 +202,10 @@ impl Table {
         self.recs.insert(
             id.to_string(),
             Rec {
+                json: search_json(self.kind, &value),
                 cur: value,
                 written_at: now,
                 prev,
-                cache: None,
             },
         );
     }
@@ -189,19 +242,27 @@ impl Table {
     }
 }
 
-/// The visible-to-search version of a record, honouring index lag.
-pub(crate) fn visible(rec: &Rec, now: i64, lag: i64) -> Option<&Value> {
+/// The visible-to-search version of a record and its search form, honouring index lag.
+pub(crate) fn visible(rec: &Rec, now: i64, lag: i64) -> Option<(&Value, &str)> {
     if lag <= 0 || now - rec.written_at >= lag {
-        Some(&rec.cur)
+        Some((&rec.cur, &rec.json))
     } else {
-        rec.prev.as_deref()
+        rec.prev.as_deref().map(|p| (&p.value, &*p.json))
     }
 }
 
 /// Every table, indexed by kind.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tables {
     tables: [Table; 9],
+}
+
+impl Default for Tables {
+    fn default() -> Tables {
+        Tables {
+            tables: Kind::ALL.map(Table::new),
+        }
+    }
 }
 
 impl Tables {
