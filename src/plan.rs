@@ -919,4 +919,3 @@ mod tests {
         assert!(parse_duration("5y").is_err());
     }
 }
-

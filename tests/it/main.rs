@@ -4,4 +4,7 @@
 mod util;
 
 mod generic;
+mod intercom_actions;
+mod intercom_errors;
+mod intercom_triggers;
 mod validate;

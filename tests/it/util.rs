@@ -103,3 +103,99 @@ impl Workspace {
 pub async fn run_async(c: Command) -> Run {
     tokio::task::spawn_blocking(move || run(c)).await.unwrap()
 }
+
+/// A simulator on loopback plus a workspace whose `intercom` connection points at it.
+pub struct SimEnv {
+    pub handle: sluice::sim::SimHandle,
+    pub ws: Workspace,
+}
+
+/// 2026-07-10 15:00:00 UTC (16:00 in Dublin, the simulator's default workspace timezone).
+pub const T0: i64 = 1_783_695_600;
+
+/// The token the simulator accepts; tests pass it through the environment only.
+pub const TOKEN: &str = "sim-token";
+
+impl SimEnv {
+    /// A frozen-clock simulator at `T0` with the given sizes, and fast retries.
+    pub async fn start(config: sluice::sim::SimConfig) -> SimEnv {
+        let handle = sluice::sim::Sim::start(config)
+            .await
+            .expect("start simulator");
+        let ws = Workspace::new(&format!(
+            "connections:\n  intercom:\n    connector: intercom\n    base_url: {}\n    token: ${{env:INTERCOM_TOKEN}}\n    retry: {{max_attempts: 3, base_delay_ms: 5, max_delay_ms: 20, max_rate_limit_waits: 2}}\n",
+            handle.base_url
+        ));
+        SimEnv { handle, ws }
+    }
+
+    /// Seeded sizes, frozen clock at T0.
+    pub fn config(
+        contacts: usize,
+        companies: usize,
+        tickets: usize,
+        conversations: usize,
+    ) -> sluice::sim::SimConfig {
+        sluice::sim::SimConfig {
+            seed: 7,
+            contacts,
+            companies,
+            tickets,
+            conversations,
+            start_time: T0,
+            frozen_clock: true,
+            ..sluice::sim::SimConfig::default()
+        }
+    }
+
+    pub fn sim(&self) -> &sluice::sim::Sim {
+        &self.handle.sim
+    }
+
+    /// `sluice ARGS…` with this workspace's config and the token in the environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.ws.sluice(args);
+        c.env("INTERCOM_TOKEN", TOKEN);
+        c
+    }
+
+    /// `sluice call intercom.<action> --connection intercom --with <json>`.
+    pub async fn call(&self, action: &str, with: serde_json::Value) -> Run {
+        let a = format!("intercom.{action}");
+        let w = with.to_string();
+        run_async(self.cmd(&["call", &a, "--connection", "intercom", "--with", &w])).await
+    }
+
+    /// `call` that must succeed; returns its output.
+    pub async fn ok(&self, action: &str, with: serde_json::Value) -> serde_json::Value {
+        let r = self.call(action, with).await;
+        r.assert_ok();
+        r.json()
+    }
+
+    /// `sluice poll intercom.<trigger> --connection intercom --since <since>`.
+    pub async fn poll(&self, trigger: &str, since: i64) -> Run {
+        let t = format!("intercom.{trigger}");
+        let s = since.to_string();
+        run_async(self.cmd(&["poll", &t, "--connection", "intercom", "--since", &s])).await
+    }
+
+    /// Ids of the records a successful poll printed, in order.
+    pub async fn poll_ids(&self, trigger: &str, since: i64) -> Vec<String> {
+        let r = self.poll(trigger, since).await;
+        r.assert_ok();
+        r.json_lines()
+            .iter()
+            .map(|v| v["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// The audit entries for requests other than `GET /me`.
+    pub fn audit(&self) -> Vec<sluice::sim::AuditEntry> {
+        self.sim()
+            .audit()
+            .into_iter()
+            .filter(|e| e.path != "/me")
+            .collect()
+    }
+}
