@@ -108,6 +108,8 @@ pub enum Command {
     },
     /// Run the built-in Intercom simulator on loopback.
     Sim(crate::sim::SimArgs),
+    /// Show sluice working against the built-in Intercom simulator (no account needed).
+    Demo,
 }
 
 /// `connectors` subcommands.
@@ -203,6 +205,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Validate { paths, json } => cmd_validate(paths, *json),
+        Command::Demo => {
+            let connectors = load_connectors(&cli)?;
+            let report = crate::demo::run(&connectors).await?;
+            print!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sim(args) => {
             let config = args.config()?;
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))

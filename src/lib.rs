@@ -15,6 +15,7 @@
 //! * `action`    — checking inputs, choosing variants, rendering and executing requests.
 //! * `secret`    — `Secret`, which never prints itself.
 //! * `telemetry` — the tracing subscriber.
+//! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
 //!
 //! # Data flow
@@ -35,6 +36,7 @@
 
 pub mod action;
 pub mod cli;
+pub mod demo;
 pub mod diag;
 pub mod http;
 pub mod plan;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod demo;
 mod generic;
 mod intercom_actions;
 mod intercom_errors;
