@@ -283,6 +283,21 @@ fn resolve_ref<'a>(
     Ok((find_connector(connectors, c)?, name.to_string()))
 }
 
+/// Finds a trigger or action by name, suggesting the closest one when it does not exist.
+fn find_named<'a, T>(
+    map: &'a indexmap::IndexMap<String, T>,
+    name: &str,
+    what: &str,
+    connector: &str,
+) -> Result<&'a T> {
+    map.get(name).ok_or_else(|| {
+        let hint = spec::did_you_mean(name, map.keys().map(String::as_str))
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_else(|| format!("; see `sluice connectors show {connector}`"));
+        anyhow!("connector `{connector}` has no {what} `{name}`{hint}")
+    })
+}
+
 /// Opens the named connection from the config file.
 pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> Result<Connection> {
     let text = std::fs::read_to_string(&cli.config).with_context(|| {
@@ -326,12 +341,7 @@ async fn cmd_call(
 ) -> Result<ExitCode> {
     let connectors = load_connectors(cli)?;
     let (connector, name) = resolve_ref(&connectors, action_ref, "action")?;
-    let action = connector.actions.get(&name).ok_or_else(|| {
-        let hint = spec::did_you_mean(&name, connector.actions.keys().map(String::as_str))
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_else(|| format!("; see `sluice connectors show {}`", connector.id));
-        anyhow!("connector `{}` has no action `{name}`{hint}", connector.id)
-    })?;
+    let action = find_named(&connector.actions, &name, "action", &connector.id)?;
     let input = parse_json_object(with, "--with")?;
     if dry_run {
         let prepared = match crate::action::prepare(action, &input) {
@@ -404,12 +414,7 @@ async fn cmd_poll(
 ) -> Result<ExitCode> {
     let connectors = load_connectors(cli)?;
     let (connector, name) = resolve_ref(&connectors, trigger_ref, "trigger")?;
-    let trigger = connector.triggers.get(&name).ok_or_else(|| {
-        let hint = spec::did_you_mean(&name, connector.triggers.keys().map(String::as_str))
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_else(|| format!("; see `sluice connectors show {}`", connector.id));
-        anyhow!("connector `{}` has no trigger `{name}`{hint}", connector.id)
-    })?;
+    let trigger = find_named(&connector.triggers, &name, "trigger", &connector.id)?;
     let options = parse_json_object(with, "--with")?;
     let since = match since {
         Some(s) => parse_since(s)?,

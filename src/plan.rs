@@ -558,19 +558,7 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
         children: vec![("options", options.clone())],
     };
     let request = build_request(cx, &format!("{base}.request"), &t.request, &scope, &options);
-    let (page_size, max) = match &t.pagination {
-        PaginationSpec::None => (None, None),
-        PaginationSpec::Cursor {
-            page_size,
-            max_page_size,
-            ..
-        }
-        | PaginationSpec::PageNumber {
-            page_size,
-            max_page_size,
-            ..
-        } => (*page_size, *max_page_size),
-    };
+    let (page_size, max) = t.pagination.page_sizes();
     if let (Some(p), Some(m)) = (page_size, max) {
         if p > m {
             cx.err(

@@ -380,7 +380,8 @@ fn compile_tree(v: &serde_yaml::Value, path: &str, errors: &mut Vec<(String, Str
 mod helpers {
     //! The helper set. Handlebars 6 brings `eq ne gt gte lt lte and or not len lookup`.
     use handlebars::{
-        Context, Handlebars, Helper, HelperResult, Output, RenderContext, RenderErrorReason,
+        Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext,
+        RenderErrorReason,
     };
     use serde_json::Value;
 
@@ -405,9 +406,15 @@ mod helpers {
     ];
 
     pub fn register(h: &mut Handlebars<'static>) {
-        h.register_helper("lowercase", Box::new(lowercase));
-        h.register_helper("uppercase", Box::new(uppercase));
-        h.register_helper("trim", Box::new(trim));
+        h.register_helper(
+            "lowercase",
+            Box::new(TextFn("lowercase", |s| s.to_lowercase())),
+        );
+        h.register_helper(
+            "uppercase",
+            Box::new(TextFn("uppercase", |s| s.to_uppercase())),
+        );
+        h.register_helper("trim", Box::new(TextFn("trim", |s| s.trim().to_string())));
         h.register_helper("json", Box::new(json));
         h.register_helper("default", Box::new(default));
     }
@@ -420,53 +427,31 @@ mod helpers {
         }
     }
 
-    fn param<'a>(h: &'a Helper, i: usize, name: &str) -> Result<&'a Value, RenderErrorReason> {
+    fn param<'a>(
+        h: &'a Helper,
+        i: usize,
+        name: &'static str,
+    ) -> Result<&'a Value, RenderErrorReason> {
         h.param(i)
             .map(|p| p.value())
-            .ok_or_else(|| RenderErrorReason::ParamNotFoundForIndex(leak(name), i))
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, i))
     }
 
-    fn leak(name: &str) -> &'static str {
-        match name {
-            "lowercase" => "lowercase",
-            "uppercase" => "uppercase",
-            "trim" => "trim",
-            "json" => "json",
-            _ => "default",
+    /// A helper that maps its one argument's text to new text.
+    struct TextFn(&'static str, fn(&str) -> String);
+
+    impl HelperDef for TextFn {
+        fn call<'reg: 'rc, 'rc>(
+            &self,
+            h: &Helper<'rc>,
+            _: &'reg Handlebars<'reg>,
+            _: &'rc Context,
+            _: &mut RenderContext<'reg, 'rc>,
+            out: &mut dyn Output,
+        ) -> HelperResult {
+            out.write(&(self.1)(&text(param(h, 0, self.0)?)))?;
+            Ok(())
         }
-    }
-
-    fn lowercase(
-        h: &Helper,
-        _: &Handlebars,
-        _: &Context,
-        _: &mut RenderContext,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        out.write(&text(param(h, 0, "lowercase")?).to_lowercase())?;
-        Ok(())
-    }
-
-    fn uppercase(
-        h: &Helper,
-        _: &Handlebars,
-        _: &Context,
-        _: &mut RenderContext,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        out.write(&text(param(h, 0, "uppercase")?).to_uppercase())?;
-        Ok(())
-    }
-
-    fn trim(
-        h: &Helper,
-        _: &Handlebars,
-        _: &Context,
-        _: &mut RenderContext,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        out.write(text(param(h, 0, "trim")?).trim())?;
-        Ok(())
     }
 
     fn json(
@@ -545,6 +530,15 @@ mod tests {
             tree.render(&scope()).unwrap(),
             Some(json!({"a": 5, "e": [1, 10]}))
         );
+    }
+
+    #[test]
+    fn helpers_render() {
+        let s = Scope::new(json!({"a": " MiXed ", "n": null, "o": {"k": [1, "&"]}}));
+        let r = |src: &str| Template::compile(src).unwrap().render(&s).unwrap().unwrap();
+        assert_eq!(r("{{lowercase a}}|{{uppercase a}}|{{trim a}}"), json!(" mixed | MIXED |MiXed"));
+        assert_eq!(r("x{{default n \"none\"}}"), json!("xnone"));
+        assert_eq!(r("{{json o}}!"), json!("{\"k\":[1,\"&\"]}!"));
     }
 
     #[test]

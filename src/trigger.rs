@@ -103,18 +103,12 @@ impl<'a> Poll<'a> {
             None
         };
         let server_since = server_since(trigger, since, tz);
-        let page_size = match &trigger.spec.pagination {
-            PaginationSpec::None => None,
-            PaginationSpec::Cursor {
-                page_size,
-                max_page_size,
-                ..
-            }
-            | PaginationSpec::PageNumber {
-                page_size,
-                max_page_size,
-                ..
-            } => Some(page_size.or(*max_page_size).unwrap_or(50)),
+        let page_size = match (
+            &trigger.spec.pagination,
+            trigger.spec.pagination.page_sizes(),
+        ) {
+            (PaginationSpec::None, _) => None,
+            (_, (size, max)) => Some(size.or(max).unwrap_or(50)),
         };
         let mut scope = Map::new();
         scope.insert("since".into(), server_since.into());

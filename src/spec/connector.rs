@@ -315,6 +315,25 @@ pub enum PaginationSpec {
     },
 }
 
+impl PaginationSpec {
+    /// `(page_size, max_page_size)` of the styles that have them.
+    pub fn page_sizes(&self) -> (Option<u32>, Option<u32>) {
+        match self {
+            PaginationSpec::None => (None, None),
+            PaginationSpec::Cursor {
+                page_size,
+                max_page_size,
+                ..
+            }
+            | PaginationSpec::PageNumber {
+                page_size,
+                max_page_size,
+                ..
+            } => (*page_size, *max_page_size),
+        }
+    }
+}
+
 fn one() -> u64 {
     1
 }
