@@ -136,6 +136,9 @@ pub struct SimArgs {
     /// Accepted bearer token (repeatable); default `sim-token`.
     #[arg(long = "token")]
     pub tokens: Vec<String>,
+    /// Companies per scroll page.
+    #[arg(long, default_value_t = 50)]
+    pub scroll_page_size: usize,
 }
 
 impl SimArgs {
@@ -162,7 +165,7 @@ impl SimArgs {
             timezone,
             start_time: self.start_time.unwrap_or(defaults.start_time),
             frozen_clock: self.frozen_clock,
-            scroll_page_size: defaults.scroll_page_size,
+            scroll_page_size: self.scroll_page_size.max(1),
         })
     }
 }
@@ -488,6 +491,7 @@ async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
         *resp.status_mut() =
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         set_header(&mut resp, "content-type", "application/json");
+        set_header(&mut resp, "date", &http_date(sim.now()));
         return resp;
     }
     let latency = sim.lock().faults.latency_ms;

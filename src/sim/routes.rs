@@ -293,6 +293,7 @@ fn route(
             .map(Out::Json)
             .ok_or_else(|| ApiError::not_found("admin_not_found", "Admin not found")),
 
+        ("GET", ["contacts"]) => list_contacts(st, &pairs),
         ("POST", ["contacts"]) => create_contact(st, obj(body)?),
         ("POST", ["contacts", "search"]) => run_search(st, Kind::Contact, obj(body)?),
         ("GET", ["contacts", "find_by_external_id", eid]) => st
@@ -557,6 +558,58 @@ fn run_search(st: &mut State, kind: Kind, body: &Map<String, Value>) -> Res {
 fn contact(st: &State, id: &str) -> Result<Value, ApiError> {
     st.cloned(Kind::Contact, id)
         .ok_or_else(ApiError::user_not_found)
+}
+
+/// `GET /contacts`: `(created_at, id)` order with a `starting_after` query-string cursor.
+fn list_contacts(st: &mut State, pairs: &[(String, String)]) -> Res {
+    let per_page = q(pairs, "per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, search::MAX_PER_PAGE);
+    let after: Option<(u64, (i64, String))> =
+        match q(pairs, "starting_after").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(c) => {
+                let bad = || ApiError::bad("parameter_invalid", "starting_after is invalid");
+                let v: Value = search::base64_decode(c)
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .ok_or_else(bad)?;
+                let page = v[0].as_u64().ok_or_else(bad)?;
+                let key = (
+                    v[1].as_i64().ok_or_else(bad)?,
+                    v[2].as_str().ok_or_else(bad)?.to_string(),
+                );
+                Some((page, key))
+            }
+        };
+    let t = st.tables.t(Kind::Contact);
+    let iter: Box<dyn Iterator<Item = &(i64, String)>> = match &after {
+        None => Box::new(t.by_created.iter()),
+        Some((_, k)) => Box::new(t.by_created.range((
+            std::ops::Bound::Excluded(k.clone()),
+            std::ops::Bound::Unbounded,
+        ))),
+    };
+    let keys: Vec<(i64, String)> = iter.take(per_page + 1).cloned().collect();
+    let more = keys.len() > per_page;
+    let data: Vec<Value> = keys
+        .iter()
+        .take(per_page)
+        .filter_map(|(_, id)| t.get(id).cloned())
+        .collect();
+    let total = t.recs.len();
+    let page = after.map_or(1, |(p, _)| p);
+    let mut pages = json!({ "type": "pages", "page": page, "per_page": per_page, "total_pages": total.div_ceil(per_page) });
+    if more {
+        if let Some((ts, id)) = keys.get(per_page - 1) {
+            let cursor = search::base64_encode(json!([page + 1, ts, id]).to_string().as_bytes());
+            pages["next"] =
+                json!({ "page": page + 1, "per_page": per_page, "starting_after": cursor });
+        }
+    }
+    Ok(Out::Json(
+        json!({ "type": "list", "data": data, "total_count": total, "pages": pages }),
+    ))
 }
 
 fn conflicting_contact(

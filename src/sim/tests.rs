@@ -1291,3 +1291,95 @@ fn bench_search_50k_contacts() {
     eprintln!("{pages} pages, {n} contacts, simulator time {spent:?}");
     assert_eq!(n, 50_000);
 }
+
+#[tokio::test]
+async fn contact_list_pages_with_query_cursor() {
+    let t = Client::start(cfg()).await;
+    let mut seen = Vec::new();
+    let mut path = "/contacts?per_page=8".to_string();
+    loop {
+        let (s, v) = t.call("GET", &path, None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["total_count"], 20);
+        seen.extend(ids(&v["data"]));
+        match v["pages"]["next"]["starting_after"].as_str() {
+            Some(c) => path = format!("/contacts?per_page=8&starting_after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 20);
+}
+
+#[tokio::test]
+async fn scroll_server_error_requires_restart() {
+    let t = Client::start(SimConfig {
+        scroll_page_size: 1,
+        ..cfg()
+    })
+    .await;
+    let (_, p) = t.call("GET", "/companies/scroll", None).await;
+    let param = p["scroll_param"].as_str().unwrap().to_string();
+    t.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/companies/scroll".into(),
+            method: None,
+            status: 500,
+            code: None,
+            message: Some("Request failed due to an internal network error. Please restart the scroll operation.".into()),
+            count: 1,
+        }],
+        ..Faults::default()
+    });
+    let path = format!("/companies/scroll?scroll_param={param}");
+    assert_eq!(t.call("GET", &path, None).await.0, 500);
+    assert_eq!(t.call("GET", &path, None).await.0, 400);
+    assert_eq!(t.call("GET", "/companies/scroll", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let t = Client::start(cfg()).await;
+    assert_eq!(t.call("GET", "/me", None).await.0, 200);
+    let base = t.h.base_url.clone();
+    t.h.shutdown().await.unwrap();
+    let fresh = reqwest::Client::new();
+    assert!(fresh.get(format!("{base}/me")).send().await.is_err());
+}
+
+#[test]
+fn sim_args_build_a_config() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+    let cli = Cli::parse_from([
+        "x",
+        "--seed",
+        "7",
+        "--token",
+        "a",
+        "--token",
+        "b",
+        "--timezone",
+        "America/New_York",
+        "--frozen-clock",
+        "--start-time",
+        "100",
+    ]);
+    let c = cli.sim.config().unwrap();
+    assert_eq!(
+        (c.seed, c.tokens.clone(), c.start_time, c.frozen_clock),
+        (7, vec!["a".to_string(), "b".to_string()], 100, true)
+    );
+    assert_eq!(c.timezone, chrono_tz::America::New_York);
+    let cli = Cli::parse_from(["x", "--timezone", "Mars/Olympus"]);
+    assert!(cli.sim.config().is_err());
+    let c = Cli::parse_from(["x"]).sim.config().unwrap();
+    assert_eq!(
+        (c.tokens, c.rate_limit_per_window, c.contacts),
+        (vec!["sim-token".to_string()], 1666, 20)
+    );
+}
