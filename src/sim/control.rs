@@ -14,6 +14,9 @@ use super::state::State;
 use super::store::Kind;
 use super::{Faults, Sim};
 
+/// Upper bound of one `POST /_sim/churn`.
+const MAX_CHURN: i64 = 100_000;
+
 /// The live, changeable part of the configuration (`GET/PUT /_sim/config`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
@@ -286,7 +289,11 @@ pub(crate) fn handle(
             Err(e) => err(400, format!("invalid config: {e}")),
         },
         ("POST", ["churn"]) => {
-            let n = body.get("count").and_then(as_int).unwrap_or(1).max(0) as usize;
+            let n = body
+                .get("count")
+                .and_then(as_int)
+                .unwrap_or(1)
+                .clamp(0, MAX_CHURN) as usize;
             let changed: Vec<Value> = sim
                 .churn(n)
                 .into_iter()

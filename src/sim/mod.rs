@@ -467,7 +467,8 @@ impl AsyncWrite for TapIo {
 }
 
 fn http_date(ts: i64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0)))
+    let secs = u64::try_from(ts.clamp(0, clock::MAX_TS)).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn set_header(resp: &mut Response, name: &'static str, value: &str) {

@@ -939,7 +939,7 @@ fn find_companies(st: &mut State, pairs: &[(String, String)], post_list: bool) -
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(15)
         .clamp(1, 60);
-    if page * per_page > 10_000 {
+    if page.saturating_mul(per_page) > 10_000 {
         return Err(ApiError::bad(
             "parameter_invalid",
             "page limit reached, please use scroll API",

@@ -364,7 +364,7 @@ pub(crate) fn gen_company(st: &mut State, created: i64, updated: i64) -> Value {
     input.insert("monthly_spend".into(), json!(st.rng.i64(0..5000)));
     input.insert(
         "remote_created_at".into(),
-        json!(created - st.rng.i64(0..=THIRTY_DAYS * 12)),
+        json!(created.saturating_sub(st.rng.i64(0..=THIRTY_DAYS * 12))),
     );
     input.insert(
         "custom_attributes".into(),

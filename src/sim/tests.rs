@@ -87,7 +87,11 @@ fn direct(sim: &Sim, method: &str, path: &str, body: Option<Value>) -> (u16, Val
     h.insert("authorization", "Bearer sim-token".parse().unwrap());
     h.insert("accept", "application/json".parse().unwrap());
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let r = routes::intercom(&mut sim.lock(), method, path, None, &h, bytes.as_bytes());
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let r = routes::intercom(&mut sim.lock(), method, path, query, &h, bytes.as_bytes());
     (
         r.status,
         r.body
@@ -1382,4 +1386,93 @@ fn sim_args_build_a_config() {
         (c.tokens, c.rate_limit_per_window, c.contacts),
         (vec!["sim-token".to_string()], 1666, 20)
     );
+}
+
+#[test]
+fn odd_inputs_never_panic_or_500() {
+    let sim = Sim::new(cfg());
+    let contact = sim.records(Kind::Contact)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = sim.records(Kind::Ticket)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conv = sim.records(Kind::Conversation)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let routes = [
+        ("POST", "/contacts".to_string()),
+        ("POST", "/contacts/search".to_string()),
+        ("PUT", format!("/contacts/{contact}")),
+        ("POST", format!("/contacts/{contact}/notes")),
+        ("POST", format!("/contacts/{contact}/tags")),
+        ("POST", format!("/contacts/{contact}/companies")),
+        ("POST", "/companies".to_string()),
+        ("PUT", format!("/companies/{company}")),
+        ("POST", "/tickets".to_string()),
+        ("POST", "/tickets/search".to_string()),
+        ("PUT", format!("/tickets/{ticket}")),
+        ("POST", format!("/tickets/{ticket}/tags")),
+        ("DELETE", format!("/tickets/{ticket}/tags/100")),
+        ("POST", "/conversations".to_string()),
+        ("POST", "/conversations/search".to_string()),
+        ("PUT", format!("/conversations/{conv}")),
+        ("POST", format!("/conversations/{conv}/convert")),
+        ("POST", format!("/conversations/{conv}/parts")),
+        ("POST", format!("/conversations/{conv}/tags")),
+        ("DELETE", format!("/conversations/{conv}/tags/100")),
+        ("POST", "/tags".to_string()),
+        ("POST", "/events".to_string()),
+    ];
+    let bodies = [
+        json!(null),
+        json!([]),
+        json!("x"),
+        json!(12),
+        json!({}),
+        json!({ "query": 5 }),
+        json!({ "query": { "field": "created_at", "operator": ">", "value": "abc" } }),
+        json!({ "query": { "field": "created_at", "operator": ">", "value": 1e300 } }),
+        json!({ "query": { "field": "updated_at", "operator": "=", "value": -9_223_372_036_854_775_807_i64 } }),
+        json!({ "query": { "operator": "AND", "value": [] }, "pagination": { "per_page": -1 } }),
+        json!({ "query": { "field": "email", "operator": "IN", "value": "notalist" } }),
+        json!({ "query": { "field": "x", "operator": "~", "value": {} }, "sort": { "field": 5 } }),
+        json!({ "id": {}, "admin_id": [], "name": 5, "email": 7, "role": "admin" }),
+        json!({ "contacts": [{}], "ticket_type_id": {}, "from": { "type": "user", "id": 5 }, "body": 3 }),
+        json!({ "ticket_state_id": "x", "assignee_id": "991267700", "company_id": 5, "open": "no" }),
+        json!({ "message_type": "snoozed", "admin_id": "991267700", "snoozed_until": "soon" }),
+        json!({ "event_name": "e", "created_at": "x", "email": null, "metadata": [] }),
+        json!({ "company_id": "acme", "monthly_spend": "lots", "size": 1e300, "plan": 5, "custom_attributes": 3 }),
+        json!({ "name": "VIP", "users": [{ "id": "nope" }], "companies": [{}] }),
+    ];
+    for (method, path) in &routes {
+        for body in &bodies {
+            let (s, v) = direct(&sim, method, path, Some(body.clone()));
+            assert!(s < 500, "{method} {path} {body} -> {s} {v}");
+        }
+    }
+    let (s, _) = direct(
+        &sim,
+        "GET",
+        "/companies?page=99999999999999999999&per_page=60",
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, _) = direct(
+        &sim,
+        "GET",
+        "/companies?page=18446744073709551615&per_page=60",
+        None,
+    );
+    assert_eq!(s, 400);
+    sim.set_clock(i64::MAX);
+    sim.advance_clock(i64::MAX);
+    assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
 }
