@@ -396,6 +396,27 @@ fn route(
             .map(Out::Json)
             .ok_or_else(ApiError::company_not_found),
         ("PUT", ["companies", id]) => update_company(st, id, obj(body)?),
+        ("GET", ["companies", id, "contacts"]) => {
+            st.get(Kind::Company, id)
+                .ok_or_else(ApiError::company_not_found)?;
+            let contacts: Vec<Value> = st
+                .tables
+                .t(Kind::Contact)
+                .ordered()
+                .into_iter()
+                .filter(|c| {
+                    c["companies"]["data"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|x| x["id"] == *id))
+                })
+                .cloned()
+                .collect();
+            let n = contacts.len();
+            Ok(Out::Json(json!({
+                "type": "list", "data": contacts, "total_count": n,
+                "pages": { "type": "pages", "page": 1, "per_page": n.max(1), "total_pages": 1 },
+            })))
+        }
         ("DELETE", ["companies", id]) => delete_company(st, id),
 
         ("POST", ["tickets"]) => create_ticket(st, obj(body)?),

@@ -1476,3 +1476,258 @@ fn odd_inputs_never_panic_or_500() {
     sim.advance_clock(i64::MAX);
     assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
 }
+
+/// A small JSON-schema checker for the OpenAPI 2.15 component schemas (type, nullable, enum,
+/// properties, required, items, allOf/oneOf/anyOf), used to keep object shapes conformant.
+fn schema_errors(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap();
+        return schema_errors(spec, &spec["components"]["schemas"][name], v, at, errs);
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            schema_errors(spec, s, v, at, errs);
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(any) = schema.get(key).and_then(Value::as_array) {
+            let ok = any.iter().any(|s| {
+                let mut e = Vec::new();
+                schema_errors(spec, s, v, at, &mut e);
+                e.is_empty()
+            });
+            if !ok && !(v.is_null() && schema["nullable"] == true) {
+                errs.push(format!("{at}: matches no {key} branch: {v}"));
+            }
+        }
+    }
+    if v.is_null() {
+        if schema.get("type").is_some() && schema["nullable"] != true {
+            errs.push(format!("{at}: null but not nullable"));
+        }
+        return;
+    }
+    let ok = match schema.get("type").and_then(Value::as_str) {
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{at}: expected {} got {v}", schema["type"]));
+        return;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            errs.push(format!("{at}: {v} not in enum {e:?}"));
+        }
+    }
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        v.as_object(),
+    ) {
+        for (k, s) in props {
+            if let Some(x) = obj.get(k) {
+                schema_errors(spec, s, x, &format!("{at}.{k}"), errs);
+            }
+        }
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !obj.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{at}: missing required {r}"));
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in arr.iter().enumerate() {
+            schema_errors(spec, items, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+#[test]
+fn objects_conform_to_the_openapi_schemas() {
+    let path = "/work/shared/intercom-openapi/api.intercom.io-2.15.yaml";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("skipping: {path} not found");
+        return;
+    };
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let spec = serde_json::to_value(yaml).unwrap();
+    let sim = Sim::new(cfg());
+    let contact = sim.records(Kind::Contact)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conv = sim.records(Kind::Conversation)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = sim.records(Kind::Ticket)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let search = |field: &str| json!({ "query": { "field": field, "operator": ">", "value": 0 }, "pagination": { "per_page": 3 } });
+    let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
+        ("admin_with_app", "GET", "/me".into(), None),
+        ("contact", "GET", format!("/contacts/{contact}"), None),
+        (
+            "contact_list",
+            "POST",
+            "/contacts/search".into(),
+            Some(search("created_at")),
+        ),
+        ("contact_list", "GET", "/contacts?per_page=2".into(), None),
+        (
+            "conversation_list",
+            "POST",
+            "/conversations/search".into(),
+            Some(search("created_at")),
+        ),
+        (
+            "ticket_list",
+            "POST",
+            "/tickets/search".into(),
+            Some(search("created_at")),
+        ),
+        (
+            "conversation",
+            "GET",
+            format!("/conversations/{conv}"),
+            None,
+        ),
+        ("ticket", "GET", format!("/tickets/{ticket}"), None),
+        ("company", "GET", format!("/companies/{company}"), None),
+        ("company_scroll", "GET", "/companies/scroll".into(), None),
+        ("company_list", "GET", "/companies?per_page=2".into(), None),
+        (
+            "company_attached_contacts",
+            "GET",
+            format!("/companies/{company}/contacts"),
+            None,
+        ),
+        (
+            "contact_attached_companies",
+            "GET",
+            format!("/contacts/{contact}/companies"),
+            None,
+        ),
+        (
+            "note",
+            "POST",
+            format!("/contacts/{contact}/notes"),
+            Some(json!({ "body": "hi" })),
+        ),
+        (
+            "note_list",
+            "GET",
+            format!("/contacts/{contact}/notes"),
+            None,
+        ),
+        (
+            "tag",
+            "POST",
+            format!("/contacts/{contact}/tags"),
+            Some(json!({ "id": "100" })),
+        ),
+        ("tag_list", "GET", "/tags".into(), None),
+        (
+            "tag_basic",
+            "POST",
+            "/tags".into(),
+            Some(json!({ "name": "New" })),
+        ),
+        ("ticket_type_list", "GET", "/ticket_types".into(), None),
+        ("ticket_state_list", "GET", "/ticket_states".into(), None),
+        (
+            "ticket",
+            "PUT",
+            format!("/tickets/{ticket}"),
+            Some(json!({ "ticket_state_id": "8571", "snoozed_until": T0 + 60 })),
+        ),
+        (
+            "ticket",
+            "POST",
+            format!("/conversations/{conv}/convert"),
+            Some(json!({ "ticket_type_id": "100" })),
+        ),
+        (
+            "conversation",
+            "POST",
+            format!("/conversations/{conv}/parts"),
+            Some(json!({ "message_type": "close", "admin_id": "991267700", "body": "bye" })),
+        ),
+        (
+            "message",
+            "POST",
+            "/conversations".into(),
+            Some(json!({ "from": { "type": "user", "id": contact }, "body": "yo" })),
+        ),
+        (
+            "contact",
+            "POST",
+            "/contacts".into(),
+            Some(json!({ "role": "lead" })),
+        ),
+        (
+            "company",
+            "POST",
+            "/companies".into(),
+            Some(json!({ "company_id": "c-1" })),
+        ),
+        (
+            "contact_deleted",
+            "DELETE",
+            format!("/contacts/{contact}"),
+            None,
+        ),
+        (
+            "ticket_deleted",
+            "DELETE",
+            format!("/tickets/{ticket}"),
+            None,
+        ),
+        (
+            "conversation_deleted",
+            "DELETE",
+            format!("/conversations/{conv}"),
+            None,
+        ),
+        (
+            "deleted_company_object",
+            "DELETE",
+            format!("/companies/{company}"),
+            None,
+        ),
+        ("error", "GET", "/contacts/nope".into(), None),
+    ];
+    let mut errs = Vec::new();
+    for (schema, method, path, body) in cases {
+        let (s, v) = direct(&sim, method, &path, body);
+        assert!(s < 300 || schema == "error", "{method} {path}: {s} {v}");
+        schema_errors(
+            &spec,
+            &json!({ "$ref": format!("#/components/schemas/{schema}") }),
+            &v,
+            &format!("{method} {path}"),
+            &mut errs,
+        );
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // The checker itself catches wrong types and nulls.
+    let mut bad = Vec::new();
+    let bad_contact = json!({ "type": "contact", "id": 5, "email": null, "tags": { "data": [{ "id": 1 }] } });
+    schema_errors(&spec, &json!({ "$ref": "#/components/schemas/contact" }), &bad_contact, "bad", &mut bad);
+    assert_eq!(bad.len(), 3, "{bad:?}");
+}
