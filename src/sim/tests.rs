@@ -1496,7 +1496,8 @@ fn schema_errors(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut V
                 schema_errors(spec, s, v, at, &mut e);
                 e.is_empty()
             });
-            if !ok && !(v.is_null() && schema["nullable"] == true) {
+            let null_ok = v.is_null() && schema["nullable"] == true;
+            if !(ok || null_ok) {
                 errs.push(format!("{at}: matches no {key} branch: {v}"));
             }
         }
