@@ -1728,7 +1728,14 @@ fn objects_conform_to_the_openapi_schemas() {
     assert!(errs.is_empty(), "{}", errs.join("\n"));
     // The checker itself catches wrong types and nulls.
     let mut bad = Vec::new();
-    let bad_contact = json!({ "type": "contact", "id": 5, "email": null, "tags": { "data": [{ "id": 1 }] } });
-    schema_errors(&spec, &json!({ "$ref": "#/components/schemas/contact" }), &bad_contact, "bad", &mut bad);
+    let bad_contact =
+        json!({ "type": "contact", "id": 5, "email": null, "tags": { "data": [{ "id": 1 }] } });
+    schema_errors(
+        &spec,
+        &json!({ "$ref": "#/components/schemas/contact" }),
+        &bad_contact,
+        "bad",
+        &mut bad,
+    );
     assert_eq!(bad.len(), 3, "{bad:?}");
 }
