@@ -1347,7 +1347,7 @@ async fn shutdown_stops_the_server() {
     assert_eq!(t.call("GET", "/me", None).await.0, 200);
     let base = t.h.base_url.clone();
     t.h.shutdown().await.unwrap();
-    let fresh = reqwest::Client::new();
+    let fresh = reqwest::Client::builder().build().unwrap();
     assert!(fresh.get(format!("{base}/me")).send().await.is_err());
 }
 
