@@ -350,6 +350,15 @@ fn route(
                 .ok_or_else(|| ApiError::bad("parameter_not_found", "company not specified"))?;
             st.get(Kind::Company, &cid)
                 .ok_or_else(ApiError::company_not_found)?;
+            let attached = contact(st, id)?["companies"]["data"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if attached >= 1000 {
+                return Err(ApiError::bad(
+                    "contact_company_limit_exceeded",
+                    "A contact can be attached to at most 1000 companies",
+                ));
+            }
             st.attach_company(id, &cid, true);
             st.cloned(Kind::Company, &cid)
                 .map(Out::Json)
@@ -473,6 +482,7 @@ fn route(
         }
 
         ("POST", ["conversations"]) => create_conversation(st, obj(body)?),
+        ("POST", ["messages"]) => create_message(st, obj(body)?),
         ("POST", ["conversations", "search"]) => run_search(st, Kind::Conversation, obj(body)?),
         ("GET", ["conversations", id]) => st
             .cloned(Kind::Conversation, id)
@@ -1447,6 +1457,84 @@ fn create_conversation(st: &mut State, body: &Map<String, Value>) -> Res {
     });
     if !subject.is_empty() {
         msg["subject"] = json!(subject);
+    }
+    Ok(Out::Json(msg))
+}
+
+/// `POST /messages`: an admin-initiated message. A conversation exists only when
+/// `create_conversation_without_contact_reply` is true (the contact never replies here).
+fn create_message(st: &mut State, body: &Map<String, Value>) -> Res {
+    let missing = |f: &str| ApiError::bad("parameter_not_found", format!("{f} not specified"));
+    let message_type = body
+        .get("message_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("message_type"))?;
+    let message_type = match message_type {
+        "in_app" | "inapp" | "conversation" => "inapp",
+        "email" => "email",
+        other => {
+            return Err(ApiError::bad(
+                "parameter_invalid",
+                format!("message_type '{other}' is not supported"),
+            ))
+        }
+    };
+    let text = body
+        .get("body")
+        .and_then(Value::as_str)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| missing("body"))?;
+    let subject = body.get("subject").and_then(Value::as_str).unwrap_or("");
+    if message_type == "email" && subject.is_empty() {
+        return Err(ApiError::bad(
+            "parameter_invalid",
+            "subject is required for email messages",
+        ));
+    }
+    let from = body
+        .get("from")
+        .and_then(Value::as_object)
+        .ok_or_else(|| missing("from"))?;
+    let admin_id = from
+        .get("id")
+        .and_then(as_id)
+        .ok_or_else(|| missing("from.id"))?;
+    let admin = st
+        .cloned(Kind::Admin, &admin_id)
+        .ok_or_else(|| ApiError::not_found("admin_not_found", "Admin not found"))?;
+    let to = body
+        .get("to")
+        .and_then(Value::as_object)
+        .ok_or_else(|| missing("to"))?;
+    let c = match (
+        to.get("id").and_then(as_id),
+        to.get("email").and_then(Value::as_str),
+    ) {
+        (Some(id), _) => contact(st, &id)?,
+        (None, Some(email)) => st
+            .contact_by_email(email)
+            .cloned()
+            .ok_or_else(ApiError::user_not_found)?,
+        _ => return Err(missing("to.id")),
+    };
+    let now = st.now();
+    let created = body.get("created_at").and_then(as_int).unwrap_or(now);
+    let mut msg = json!({
+        "type": "admin_message",
+        "id": st.next_num("messages", 403_918_330),
+        "created_at": created,
+        "subject": subject,
+        "body": text,
+        "message_type": message_type,
+    });
+    if body.get("create_conversation_without_contact_reply") == Some(&json!(true)) {
+        let (mut conv, _) = seed::build_conversation(st, &c, text, subject, created);
+        conv["source"]["delivered_as"] = json!("admin_initiated");
+        conv["source"]["author"] = objects::admin_author(&admin);
+        conv["source"]["id"] = msg["id"].clone();
+        conv["waiting_since"] = Value::Null;
+        msg["conversation_id"] = conv["id"].clone();
+        st.write_bumped(Kind::Conversation, conv);
     }
     Ok(Out::Json(msg))
 }

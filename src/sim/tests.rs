@@ -1101,6 +1101,19 @@ async fn control_api_round_trip() {
         1,
         "control calls are not audited"
     );
+    let seq = v[0]["seq"].as_u64().unwrap();
+    t.call("GET", "/me", None).await;
+    let v: Value = c
+        .get(format!("{base}/_sim/audit?since={seq}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["auth"], "valid");
+    assert_eq!(v[0]["intercom_version"], "2.15");
     let s = c
         .delete(format!("{base}/_sim/contacts/{id}"))
         .send()
@@ -1668,6 +1681,15 @@ fn objects_conform_to_the_openapi_schemas() {
             "POST",
             format!("/conversations/{conv}/parts"),
             Some(json!({ "message_type": "close", "admin_id": "991267700", "body": "bye" })),
+        ),
+        (
+            "message",
+            "POST",
+            "/messages".into(),
+            Some(
+                json!({ "message_type": "email", "subject": "Hi", "body": "Hello", "from": { "type": "admin", "id": "991267700" },
+                "to": { "type": "user", "id": contact }, "create_conversation_without_contact_reply": true }),
+            ),
         ),
         (
             "message",
