@@ -1761,3 +1761,26 @@ fn objects_conform_to_the_openapi_schemas() {
     );
     assert_eq!(bad.len(), 3, "{bad:?}");
 }
+
+#[test]
+fn random_faults_follow_their_rates() {
+    let sim = Sim::new(cfg());
+    sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        let (s, v) = direct(&sim, "GET", "/me", None);
+        assert!(matches!(s, 500 | 502 | 503 | 504));
+        assert_eq!(err_code(&v), "server_error");
+    }
+    sim.set_faults(Faults {
+        rate_limit_rate: 1.0,
+        ..Faults::default()
+    });
+    let (s, v) = direct(&sim, "GET", "/me", None);
+    assert_eq!((s, err_code(&v)), (429, "rate_limit_exceeded"));
+    sim.set_faults(Faults::default());
+    assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
+    assert!(sim.audit().iter().all(|e| e.auth == AuthSeen::Valid));
+}
