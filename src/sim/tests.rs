@@ -1784,3 +1784,71 @@ fn random_faults_follow_their_rates() {
     assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
     assert!(sim.audit().iter().all(|e| e.auth == AuthSeen::Valid));
 }
+
+#[test]
+fn control_create_fills_and_links_records() {
+    let sim = Sim::new(cfg());
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = sim.record(Kind::Company, &company).unwrap()["user_count"]
+        .as_i64()
+        .unwrap();
+    let c = sim
+        .create(
+            Kind::Contact,
+            json!({ "role": "lead", "company_ids": [company], "custom_attributes": { "x": 1 } }),
+        )
+        .unwrap();
+    assert_eq!(c["role"], "lead");
+    assert_eq!(c["external_id"], Value::Null);
+    assert!(c["email"].as_str().unwrap().contains('@'));
+    assert_eq!(c["custom_attributes"]["x"], 1);
+    assert!(c["custom_attributes"]["plan_tier"].is_string());
+    assert_eq!(c["companies"]["total_count"], 1);
+    assert_eq!(
+        sim.record(Kind::Company, &company).unwrap()["user_count"]
+            .as_i64()
+            .unwrap(),
+        before + 1
+    );
+    let cid = c["id"].as_str().unwrap();
+    let t = sim
+        .create(
+            Kind::Ticket,
+            json!({ "contact_id": cid, "ticket_type_id": "102", "created_at": T0 - 50 }),
+        )
+        .unwrap();
+    assert_eq!(
+        (t["category"].as_str(), t["ticket_type"]["name"].as_str()),
+        (Some("Back-office"), Some("Billing Task"))
+    );
+    assert_eq!(t["contacts"]["contacts"][0]["id"], cid);
+    assert_eq!(
+        (t["created_at"].as_i64(), t["updated_at"].as_i64()),
+        (Some(T0 - 50), Some(T0 - 50))
+    );
+    let conv = sim
+        .create(
+            Kind::Conversation,
+            json!({ "contact_id": cid, "id": "777" }),
+        )
+        .unwrap();
+    assert_eq!(conv["id"], "777");
+    assert!(sim
+        .create(Kind::Conversation, json!({ "id": "777" }))
+        .is_err());
+    assert!(sim
+        .create(Kind::Ticket, json!({ "contact_id": "nope" }))
+        .is_err());
+    let tag = sim.create(Kind::Tag, json!({ "name": "Made" })).unwrap();
+    assert_eq!(tag["name"], "Made");
+    assert!(sim.delete(Kind::Contact, cid));
+    assert_eq!(
+        sim.record(Kind::Company, &company).unwrap()["user_count"]
+            .as_i64()
+            .unwrap(),
+        before
+    );
+}
