@@ -14,6 +14,9 @@ use super::state::State;
 use super::store::Kind;
 use super::{Faults, Sim};
 
+/// Upper bound of one `POST /_sim/churn`.
+const MAX_CHURN: i64 = 100_000;
+
 /// The live, changeable part of the configuration (`GET/PUT /_sim/config`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuntimeConfig {
@@ -57,7 +60,8 @@ fn apply_config(st: &mut State, patch: RuntimeConfigPatch) -> Result<RuntimeConf
 /// Creates a record of `kind` from partial JSON; missing fields are generated like seeding does.
 /// Explicit `created_at`/`updated_at` are kept (`updated_at` defaults to `created_at` when only
 /// that is given, else both default to now). Convenience keys: contacts take `company_ids` (to
-/// attach), tickets and conversations take `contact_id` (otherwise a random contact is used).
+/// attach), tickets and conversations take `contact_id` (otherwise a random contact is used),
+/// tickets take `ticket_type_id` (type, category and initial state follow).
 pub(crate) fn create(st: &mut State, kind: Kind, partial: Value) -> Result<Value, String> {
     let mut partial = match partial {
         Value::Object(m) => m,
@@ -80,6 +84,13 @@ pub(crate) fn create(st: &mut State, kind: Kind, partial: Value) -> Result<Value
     }
     let company_ids = partial.remove("company_ids");
     let contact_id = partial.remove("contact_id").and_then(|v| as_id(&v));
+    let ticket_type = match partial.remove("ticket_type_id").and_then(|v| as_id(&v)) {
+        Some(id) if kind == Kind::Ticket => Some(
+            st.cloned(Kind::TicketType, &id)
+                .ok_or_else(|| format!("ticket type {id} not found"))?,
+        ),
+        _ => None,
+    };
     let contact = match &contact_id {
         Some(id) => Some(
             st.cloned(Kind::Contact, id)
@@ -126,6 +137,12 @@ pub(crate) fn create(st: &mut State, kind: Kind, partial: Value) -> Result<Value
         && !partial.contains_key("external_id")
     {
         base["external_id"] = Value::Null;
+    }
+    if let Some(tt) = &ticket_type {
+        base["ticket_type"] = seed::embedded_ticket_type(tt);
+        base["category"] = tt["category"].clone();
+        base["ticket_state"] = seed::initial_state(st, tt);
+        base["open"] = json!(true);
     }
     // Ids keep the kind's shape: a supplied id replaces the generated one everywhere it appears.
     let old_id = base["id"].clone();
@@ -286,7 +303,11 @@ pub(crate) fn handle(
             Err(e) => err(400, format!("invalid config: {e}")),
         },
         ("POST", ["churn"]) => {
-            let n = body.get("count").and_then(as_int).unwrap_or(1).max(0) as usize;
+            let n = body
+                .get("count")
+                .and_then(as_int)
+                .unwrap_or(1)
+                .clamp(0, MAX_CHURN) as usize;
             let changed: Vec<Value> = sim
                 .churn(n)
                 .into_iter()

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct Faults {
     /// Extra latency added before every request is answered, in milliseconds.
     pub latency_ms: u64,
-    /// Probability (0..=1) of answering with a random 5xx `server_error`.
+    /// Probability (0..=1) of answering with a random 5xx (500/502/503/504) with code
+    /// `server_error`.
     pub error_rate: f64,
     /// Probability (0..=1) of answering with a 429 `rate_limit_exceeded`.
     pub rate_limit_rate: f64,
@@ -138,7 +139,7 @@ impl Faults {
             let status = [500u16, 502, 503, 504][rng.usize(0..4)];
             return Some(FaultAction::Fail {
                 status,
-                code: default_code(status).to_string(),
+                code: "server_error".to_string(),
                 message: default_message(status).to_string(),
             });
         }

@@ -9,6 +9,31 @@
 //! shapes), `state` (everything behind the lock), `seed` (deterministic data and churn), `search`
 //! (query grammar, day truncation, cursors), `routes` (Intercom endpoints), `control` (`/_sim`),
 //! `faults`, `audit`, `error`.
+//!
+//! # Decisions where the Intercom docs are silent
+//!
+//! - Auth is checked first (401 even on unknown paths, without rate-limit headers); every
+//!   authenticated request counts against the 10-second window, including 4xx answers.
+//! - Any `Intercom-Version` of the 2.15 enum (`1.0` … `2.15`) is accepted and answered with 2.15
+//!   shapes; anything else is 400 `intercom_version_invalid`. A 406 carries code `not_acceptable`.
+//! - Search: default sort `created_at` descending; ties broken by id. `per_page` above 150 is
+//!   silently capped, below 1 is 400. Query errors are 400 `parameter_invalid` (bad sort order:
+//!   `invalid_sort_order`). A group inside a group is the deepest nesting allowed. Unknown fields
+//!   are accepted as strings. Conversations reject `>=`/`<=` on timestamps (tickets accept them).
+//!   The cursor is base64 JSON `[page, total_count, last sort key, last id]`: `total_count` is
+//!   fixed at the first page; an invalid cursor is 400 `parameter_invalid`.
+//! - Index lag applies to creates and updates (API or `/_sim`); deletes vanish at once; seeded
+//!   data is indexed from the start.
+//! - Scroll: the `scroll_param` stays the same across pages; an expired or unknown one is 400
+//!   `parameter_invalid`; an injected 5xx on a scroll closes it (the client must restart).
+//! - Company list: `last_request_at` descending, `per_page` default 15 (max 60), 10,000 cap.
+//! - Contact conflicts (409): same email within the same role, or same `external_id`.
+//! - Ticket create with `{email}` creates a user when none exists; a state change through
+//!   `PUT /tickets/{id}` adds a `ticket_state_updated_by_admin` part and sets `open` to
+//!   `category != resolved` unless `open` is given. Tickets also carry `tags` and `company_id`.
+//! - Deleting a company detaches its contacts without bumping their `updated_at`.
+//! - A `fail_next` rule with status 0 drops the connection; without a connection tap (router used
+//!   directly) a drop answers an empty 502.
 
 mod audit;
 mod clock;
@@ -136,6 +161,9 @@ pub struct SimArgs {
     /// Accepted bearer token (repeatable); default `sim-token`.
     #[arg(long = "token")]
     pub tokens: Vec<String>,
+    /// Companies per scroll page.
+    #[arg(long, default_value_t = 50)]
+    pub scroll_page_size: usize,
 }
 
 impl SimArgs {
@@ -162,7 +190,7 @@ impl SimArgs {
             timezone,
             start_time: self.start_time.unwrap_or(defaults.start_time),
             frozen_clock: self.frozen_clock,
-            scroll_page_size: defaults.scroll_page_size,
+            scroll_page_size: self.scroll_page_size.max(1),
         })
     }
 }
@@ -464,7 +492,8 @@ impl AsyncWrite for TapIo {
 }
 
 fn http_date(ts: i64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(u64::try_from(ts).unwrap_or(0)))
+    let secs = u64::try_from(ts.clamp(0, clock::MAX_TS)).unwrap_or(0);
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 fn set_header(resp: &mut Response, name: &'static str, value: &str) {
@@ -488,6 +517,7 @@ async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
         *resp.status_mut() =
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         set_header(&mut resp, "content-type", "application/json");
+        set_header(&mut resp, "date", &http_date(sim.now()));
         return resp;
     }
     let latency = sim.lock().faults.latency_ms;

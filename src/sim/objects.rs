@@ -34,6 +34,7 @@ pub(crate) fn contact(id: &str, workspace_id: &str, created_at: i64) -> Value {
     });
     let rest = json!({
         "language_override": null,
+        "enabled_push_messaging": null,
         "browser": null,
         "browser_version": null,
         "browser_language": null,

@@ -293,6 +293,7 @@ fn route(
             .map(Out::Json)
             .ok_or_else(|| ApiError::not_found("admin_not_found", "Admin not found")),
 
+        ("GET", ["contacts"]) => list_contacts(st, &pairs),
         ("POST", ["contacts"]) => create_contact(st, obj(body)?),
         ("POST", ["contacts", "search"]) => run_search(st, Kind::Contact, obj(body)?),
         ("GET", ["contacts", "find_by_external_id", eid]) => st
@@ -349,6 +350,15 @@ fn route(
                 .ok_or_else(|| ApiError::bad("parameter_not_found", "company not specified"))?;
             st.get(Kind::Company, &cid)
                 .ok_or_else(ApiError::company_not_found)?;
+            let attached = contact(st, id)?["companies"]["data"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if attached >= 1000 {
+                return Err(ApiError::bad(
+                    "contact_company_limit_exceeded",
+                    "A contact can be attached to at most 1000 companies",
+                ));
+            }
             st.attach_company(id, &cid, true);
             st.cloned(Kind::Company, &cid)
                 .map(Out::Json)
@@ -395,6 +405,27 @@ fn route(
             .map(Out::Json)
             .ok_or_else(ApiError::company_not_found),
         ("PUT", ["companies", id]) => update_company(st, id, obj(body)?),
+        ("GET", ["companies", id, "contacts"]) => {
+            st.get(Kind::Company, id)
+                .ok_or_else(ApiError::company_not_found)?;
+            let contacts: Vec<Value> = st
+                .tables
+                .t(Kind::Contact)
+                .ordered()
+                .into_iter()
+                .filter(|c| {
+                    c["companies"]["data"]
+                        .as_array()
+                        .is_some_and(|d| d.iter().any(|x| x["id"] == *id))
+                })
+                .cloned()
+                .collect();
+            let n = contacts.len();
+            Ok(Out::Json(json!({
+                "type": "list", "data": contacts, "total_count": n,
+                "pages": { "type": "pages", "page": 1, "per_page": n.max(1), "total_pages": 1 },
+            })))
+        }
         ("DELETE", ["companies", id]) => delete_company(st, id),
 
         ("POST", ["tickets"]) => create_ticket(st, obj(body)?),
@@ -451,6 +482,7 @@ fn route(
         }
 
         ("POST", ["conversations"]) => create_conversation(st, obj(body)?),
+        ("POST", ["messages"]) => create_message(st, obj(body)?),
         ("POST", ["conversations", "search"]) => run_search(st, Kind::Conversation, obj(body)?),
         ("GET", ["conversations", id]) => st
             .cloned(Kind::Conversation, id)
@@ -557,6 +589,58 @@ fn run_search(st: &mut State, kind: Kind, body: &Map<String, Value>) -> Res {
 fn contact(st: &State, id: &str) -> Result<Value, ApiError> {
     st.cloned(Kind::Contact, id)
         .ok_or_else(ApiError::user_not_found)
+}
+
+/// `GET /contacts`: `(created_at, id)` order with a `starting_after` query-string cursor.
+fn list_contacts(st: &mut State, pairs: &[(String, String)]) -> Res {
+    let per_page = q(pairs, "per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, search::MAX_PER_PAGE);
+    let after: Option<(u64, (i64, String))> =
+        match q(pairs, "starting_after").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(c) => {
+                let bad = || ApiError::bad("parameter_invalid", "starting_after is invalid");
+                let v: Value = search::base64_decode(c)
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .ok_or_else(bad)?;
+                let page = v[0].as_u64().ok_or_else(bad)?;
+                let key = (
+                    v[1].as_i64().ok_or_else(bad)?,
+                    v[2].as_str().ok_or_else(bad)?.to_string(),
+                );
+                Some((page, key))
+            }
+        };
+    let t = st.tables.t(Kind::Contact);
+    let iter: Box<dyn Iterator<Item = &(i64, String)>> = match &after {
+        None => Box::new(t.by_created.iter()),
+        Some((_, k)) => Box::new(t.by_created.range((
+            std::ops::Bound::Excluded(k.clone()),
+            std::ops::Bound::Unbounded,
+        ))),
+    };
+    let keys: Vec<(i64, String)> = iter.take(per_page + 1).cloned().collect();
+    let more = keys.len() > per_page;
+    let data: Vec<Value> = keys
+        .iter()
+        .take(per_page)
+        .filter_map(|(_, id)| t.get(id).cloned())
+        .collect();
+    let total = t.recs.len();
+    let page = after.map_or(1, |(p, _)| p);
+    let mut pages = json!({ "type": "pages", "page": page, "per_page": per_page, "total_pages": total.div_ceil(per_page) });
+    if more {
+        if let Some((ts, id)) = keys.get(per_page - 1) {
+            let cursor = search::base64_encode(json!([page + 1, ts, id]).to_string().as_bytes());
+            pages["next"] =
+                json!({ "page": page + 1, "per_page": per_page, "starting_after": cursor });
+        }
+    }
+    Ok(Out::Json(
+        json!({ "type": "list", "data": data, "total_count": total, "pages": pages }),
+    ))
 }
 
 fn conflicting_contact(
@@ -886,7 +970,7 @@ fn find_companies(st: &mut State, pairs: &[(String, String)], post_list: bool) -
         .and_then(|p| p.parse::<usize>().ok())
         .unwrap_or(15)
         .clamp(1, 60);
-    if page * per_page > 10_000 {
+    if page.saturating_mul(per_page) > 10_000 {
         return Err(ApiError::bad(
             "parameter_invalid",
             "page limit reached, please use scroll API",
@@ -1373,6 +1457,84 @@ fn create_conversation(st: &mut State, body: &Map<String, Value>) -> Res {
     });
     if !subject.is_empty() {
         msg["subject"] = json!(subject);
+    }
+    Ok(Out::Json(msg))
+}
+
+/// `POST /messages`: an admin-initiated message. A conversation exists only when
+/// `create_conversation_without_contact_reply` is true (the contact never replies here).
+fn create_message(st: &mut State, body: &Map<String, Value>) -> Res {
+    let missing = |f: &str| ApiError::bad("parameter_not_found", format!("{f} not specified"));
+    let message_type = body
+        .get("message_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| missing("message_type"))?;
+    let message_type = match message_type {
+        "in_app" | "inapp" | "conversation" => "inapp",
+        "email" => "email",
+        other => {
+            return Err(ApiError::bad(
+                "parameter_invalid",
+                format!("message_type '{other}' is not supported"),
+            ))
+        }
+    };
+    let text = body
+        .get("body")
+        .and_then(Value::as_str)
+        .filter(|b| !b.is_empty())
+        .ok_or_else(|| missing("body"))?;
+    let subject = body.get("subject").and_then(Value::as_str).unwrap_or("");
+    if message_type == "email" && subject.is_empty() {
+        return Err(ApiError::bad(
+            "parameter_invalid",
+            "subject is required for email messages",
+        ));
+    }
+    let from = body
+        .get("from")
+        .and_then(Value::as_object)
+        .ok_or_else(|| missing("from"))?;
+    let admin_id = from
+        .get("id")
+        .and_then(as_id)
+        .ok_or_else(|| missing("from.id"))?;
+    let admin = st
+        .cloned(Kind::Admin, &admin_id)
+        .ok_or_else(|| ApiError::not_found("admin_not_found", "Admin not found"))?;
+    let to = body
+        .get("to")
+        .and_then(Value::as_object)
+        .ok_or_else(|| missing("to"))?;
+    let c = match (
+        to.get("id").and_then(as_id),
+        to.get("email").and_then(Value::as_str),
+    ) {
+        (Some(id), _) => contact(st, &id)?,
+        (None, Some(email)) => st
+            .contact_by_email(email)
+            .cloned()
+            .ok_or_else(ApiError::user_not_found)?,
+        _ => return Err(missing("to.id")),
+    };
+    let now = st.now();
+    let created = body.get("created_at").and_then(as_int).unwrap_or(now);
+    let mut msg = json!({
+        "type": "admin_message",
+        "id": st.next_num("messages", 403_918_330),
+        "created_at": created,
+        "subject": subject,
+        "body": text,
+        "message_type": message_type,
+    });
+    if body.get("create_conversation_without_contact_reply") == Some(&json!(true)) {
+        let (mut conv, _) = seed::build_conversation(st, &c, text, subject, created);
+        conv["source"]["delivered_as"] = json!("admin_initiated");
+        conv["source"]["author"] = objects::admin_author(&admin);
+        conv["source"]["id"] = msg["id"].clone();
+        conv["waiting_since"] = Value::Null;
+        msg["conversation_id"] = conv["id"].clone();
+        st.write_bumped(Kind::Conversation, conv);
     }
     Ok(Out::Json(msg))
 }

@@ -185,7 +185,7 @@ fn local_midnight(tz: Tz, date: NaiveDate) -> i64 {
 pub(crate) fn day_bounds(tz: Tz, ts: i64) -> (i64, i64) {
     let date = match tz.timestamp_opt(ts, 0).single() {
         Some(dt) => dt.date_naive(),
-        None => return (ts, ts + 86_400),
+        None => return (ts, ts.saturating_add(86_400)),
     };
     let start = local_midnight(tz, date);
     let next = date

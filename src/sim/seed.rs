@@ -236,13 +236,13 @@ pub(crate) fn seed(st: &mut State) {
     let mut contact_ids = Vec::new();
     for _ in 0..st.config.contacts {
         let (c, u) = spread(st, now);
-        let v = gen_contact(st, c, u);
+        let mut v = gen_contact(st, c, u);
         let id = v["id"].as_str().unwrap_or("").to_string();
-        st.write(Kind::Contact, v);
         if attachable > 0 && st.rng.u8(0..10) < 8 {
             let company = company_ids[st.rng.usize(0..attachable)].clone();
-            attach_seeded(st, &id, &company);
+            attach_seeded(st, &mut v, &company);
         }
+        st.write(Kind::Contact, v);
         contact_ids.push(id);
     }
     // Picking from the id list keeps seeding linear for large workspaces.
@@ -273,21 +273,18 @@ pub(crate) fn seed(st: &mut State) {
     }
 }
 
-/// Attaches without moving `updated_at` (seed data keeps its spread timestamps).
-fn attach_seeded(st: &mut State, contact_id: &str, company_id: &str) {
-    let (Some(mut contact), Some(mut company)) = (
-        st.cloned(Kind::Contact, contact_id),
-        st.cloned(Kind::Company, company_id),
-    ) else {
+/// Attaches a contact that is about to be stored, without moving any `updated_at` (seed data
+/// keeps its spread timestamps). The company's count is changed in place: companies have no
+/// search form and their index keys do not change.
+fn attach_seeded(st: &mut State, contact: &mut Value, company_id: &str) {
+    let Some(rec) = st.tables.t_mut(Kind::Company).recs.get_mut(company_id) else {
         return;
     };
+    rec.cur["user_count"] = Value::from(objects::as_int(&rec.cur["user_count"]).unwrap_or(0) + 1);
     if let Some(d) = contact["companies"]["data"].as_array_mut() {
         d.push(json!({ "type": "company", "id": company_id, "url": format!("/companies/{company_id}") }));
         contact["companies"]["total_count"] = Value::from(d.len());
     }
-    company["user_count"] = Value::from(objects::as_int(&company["user_count"]).unwrap_or(0) + 1);
-    st.write(Kind::Contact, contact);
-    st.write(Kind::Company, company);
 }
 
 /// A realistic contact created at `created` and last updated at `updated`.
@@ -367,7 +364,7 @@ pub(crate) fn gen_company(st: &mut State, created: i64, updated: i64) -> Value {
     input.insert("monthly_spend".into(), json!(st.rng.i64(0..5000)));
     input.insert(
         "remote_created_at".into(),
-        json!(created - st.rng.i64(0..=THIRTY_DAYS * 12)),
+        json!(created.saturating_sub(st.rng.i64(0..=THIRTY_DAYS * 12))),
     );
     input.insert(
         "custom_attributes".into(),

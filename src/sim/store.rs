@@ -185,7 +185,7 @@ impl Table {
                 if lag <= 0 {
                     // Without lag search always reads `cur`; keeping old versions only costs memory.
                     None
-                } else if now - old.written_at >= lag {
+                } else if now.saturating_sub(old.written_at) >= lag {
                     Some(Arc::new(Snapshot {
                         value: old.cur,
                         json: old.json,
@@ -238,13 +238,13 @@ impl Table {
 
     /// True when no record is inside the lag window, so search may read current versions.
     pub(crate) fn settled(&self, now: i64, lag: i64) -> bool {
-        lag <= 0 || now - self.last_write >= lag
+        lag <= 0 || now.saturating_sub(self.last_write) >= lag
     }
 }
 
 /// The visible-to-search version of a record and its search form, honouring index lag.
 pub(crate) fn visible(rec: &Rec, now: i64, lag: i64) -> Option<(&Value, &str)> {
-    if lag <= 0 || now - rec.written_at >= lag {
+    if lag <= 0 || now.saturating_sub(rec.written_at) >= lag {
         Some((&rec.cur, &rec.json))
     } else {
         rec.prev.as_deref().map(|p| (&p.value, &*p.json))

@@ -87,7 +87,11 @@ fn direct(sim: &Sim, method: &str, path: &str, body: Option<Value>) -> (u16, Val
     h.insert("authorization", "Bearer sim-token".parse().unwrap());
     h.insert("accept", "application/json".parse().unwrap());
     let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let r = routes::intercom(&mut sim.lock(), method, path, None, &h, bytes.as_bytes());
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let r = routes::intercom(&mut sim.lock(), method, path, query, &h, bytes.as_bytes());
     (
         r.status,
         r.body
@@ -1097,6 +1101,19 @@ async fn control_api_round_trip() {
         1,
         "control calls are not audited"
     );
+    let seq = v[0]["seq"].as_u64().unwrap();
+    t.call("GET", "/me", None).await;
+    let v: Value = c
+        .get(format!("{base}/_sim/audit?since={seq}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["auth"], "valid");
+    assert_eq!(v[0]["intercom_version"], "2.15");
     let s = c
         .delete(format!("{base}/_sim/contacts/{id}"))
         .send()
@@ -1290,4 +1307,548 @@ fn bench_search_50k_contacts() {
     }
     eprintln!("{pages} pages, {n} contacts, simulator time {spent:?}");
     assert_eq!(n, 50_000);
+}
+
+#[tokio::test]
+async fn contact_list_pages_with_query_cursor() {
+    let t = Client::start(cfg()).await;
+    let mut seen = Vec::new();
+    let mut path = "/contacts?per_page=8".to_string();
+    loop {
+        let (s, v) = t.call("GET", &path, None).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["total_count"], 20);
+        seen.extend(ids(&v["data"]));
+        match v["pages"]["next"]["starting_after"].as_str() {
+            Some(c) => path = format!("/contacts?per_page=8&starting_after={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 20);
+}
+
+#[tokio::test]
+async fn scroll_server_error_requires_restart() {
+    let t = Client::start(SimConfig {
+        scroll_page_size: 1,
+        ..cfg()
+    })
+    .await;
+    let (_, p) = t.call("GET", "/companies/scroll", None).await;
+    let param = p["scroll_param"].as_str().unwrap().to_string();
+    t.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/companies/scroll".into(),
+            method: None,
+            status: 500,
+            code: None,
+            message: Some("Request failed due to an internal network error. Please restart the scroll operation.".into()),
+            count: 1,
+        }],
+        ..Faults::default()
+    });
+    let path = format!("/companies/scroll?scroll_param={param}");
+    assert_eq!(t.call("GET", &path, None).await.0, 500);
+    assert_eq!(t.call("GET", &path, None).await.0, 400);
+    assert_eq!(t.call("GET", "/companies/scroll", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let t = Client::start(cfg()).await;
+    assert_eq!(t.call("GET", "/me", None).await.0, 200);
+    let base = t.h.base_url.clone();
+    t.h.shutdown().await.unwrap();
+    let fresh = reqwest::Client::builder().build().unwrap();
+    assert!(fresh.get(format!("{base}/me")).send().await.is_err());
+}
+
+#[test]
+fn sim_args_build_a_config() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+    let cli = Cli::parse_from([
+        "x",
+        "--seed",
+        "7",
+        "--token",
+        "a",
+        "--token",
+        "b",
+        "--timezone",
+        "America/New_York",
+        "--frozen-clock",
+        "--start-time",
+        "100",
+    ]);
+    let c = cli.sim.config().unwrap();
+    assert_eq!(
+        (c.seed, c.tokens.clone(), c.start_time, c.frozen_clock),
+        (7, vec!["a".to_string(), "b".to_string()], 100, true)
+    );
+    assert_eq!(c.timezone, chrono_tz::America::New_York);
+    let cli = Cli::parse_from(["x", "--timezone", "Mars/Olympus"]);
+    assert!(cli.sim.config().is_err());
+    let c = Cli::parse_from(["x"]).sim.config().unwrap();
+    assert_eq!(
+        (c.tokens, c.rate_limit_per_window, c.contacts),
+        (vec!["sim-token".to_string()], 1666, 20)
+    );
+}
+
+#[test]
+fn odd_inputs_never_panic_or_500() {
+    let sim = Sim::new(cfg());
+    let contact = sim.records(Kind::Contact)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = sim.records(Kind::Ticket)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conv = sim.records(Kind::Conversation)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let routes = [
+        ("POST", "/contacts".to_string()),
+        ("POST", "/contacts/search".to_string()),
+        ("PUT", format!("/contacts/{contact}")),
+        ("POST", format!("/contacts/{contact}/notes")),
+        ("POST", format!("/contacts/{contact}/tags")),
+        ("POST", format!("/contacts/{contact}/companies")),
+        ("POST", "/companies".to_string()),
+        ("PUT", format!("/companies/{company}")),
+        ("POST", "/tickets".to_string()),
+        ("POST", "/tickets/search".to_string()),
+        ("PUT", format!("/tickets/{ticket}")),
+        ("POST", format!("/tickets/{ticket}/tags")),
+        ("DELETE", format!("/tickets/{ticket}/tags/100")),
+        ("POST", "/conversations".to_string()),
+        ("POST", "/conversations/search".to_string()),
+        ("PUT", format!("/conversations/{conv}")),
+        ("POST", format!("/conversations/{conv}/convert")),
+        ("POST", format!("/conversations/{conv}/parts")),
+        ("POST", format!("/conversations/{conv}/tags")),
+        ("DELETE", format!("/conversations/{conv}/tags/100")),
+        ("POST", "/tags".to_string()),
+        ("POST", "/events".to_string()),
+    ];
+    let bodies = [
+        json!(null),
+        json!([]),
+        json!("x"),
+        json!(12),
+        json!({}),
+        json!({ "query": 5 }),
+        json!({ "query": { "field": "created_at", "operator": ">", "value": "abc" } }),
+        json!({ "query": { "field": "created_at", "operator": ">", "value": 1e300 } }),
+        json!({ "query": { "field": "updated_at", "operator": "=", "value": -9_223_372_036_854_775_807_i64 } }),
+        json!({ "query": { "operator": "AND", "value": [] }, "pagination": { "per_page": -1 } }),
+        json!({ "query": { "field": "email", "operator": "IN", "value": "notalist" } }),
+        json!({ "query": { "field": "x", "operator": "~", "value": {} }, "sort": { "field": 5 } }),
+        json!({ "id": {}, "admin_id": [], "name": 5, "email": 7, "role": "admin" }),
+        json!({ "contacts": [{}], "ticket_type_id": {}, "from": { "type": "user", "id": 5 }, "body": 3 }),
+        json!({ "ticket_state_id": "x", "assignee_id": "991267700", "company_id": 5, "open": "no" }),
+        json!({ "message_type": "snoozed", "admin_id": "991267700", "snoozed_until": "soon" }),
+        json!({ "event_name": "e", "created_at": "x", "email": null, "metadata": [] }),
+        json!({ "company_id": "acme", "monthly_spend": "lots", "size": 1e300, "plan": 5, "custom_attributes": 3 }),
+        json!({ "name": "VIP", "users": [{ "id": "nope" }], "companies": [{}] }),
+    ];
+    for (method, path) in &routes {
+        for body in &bodies {
+            let (s, v) = direct(&sim, method, path, Some(body.clone()));
+            assert!(s < 500, "{method} {path} {body} -> {s} {v}");
+        }
+    }
+    let (s, _) = direct(
+        &sim,
+        "GET",
+        "/companies?page=99999999999999999999&per_page=60",
+        None,
+    );
+    assert_eq!(s, 200);
+    let (s, _) = direct(
+        &sim,
+        "GET",
+        "/companies?page=18446744073709551615&per_page=60",
+        None,
+    );
+    assert_eq!(s, 400);
+    sim.set_clock(i64::MAX);
+    sim.advance_clock(i64::MAX);
+    assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
+}
+
+/// A small JSON-schema checker for the OpenAPI 2.15 component schemas (type, nullable, enum,
+/// properties, required, items, allOf/oneOf/anyOf), used to keep object shapes conformant.
+fn schema_errors(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.rsplit('/').next().unwrap();
+        return schema_errors(spec, &spec["components"]["schemas"][name], v, at, errs);
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for s in all {
+            schema_errors(spec, s, v, at, errs);
+        }
+    }
+    for key in ["oneOf", "anyOf"] {
+        if let Some(any) = schema.get(key).and_then(Value::as_array) {
+            let ok = any.iter().any(|s| {
+                let mut e = Vec::new();
+                schema_errors(spec, s, v, at, &mut e);
+                e.is_empty()
+            });
+            let null_ok = v.is_null() && schema["nullable"] == true;
+            if !(ok || null_ok) {
+                errs.push(format!("{at}: matches no {key} branch: {v}"));
+            }
+        }
+    }
+    if v.is_null() {
+        if schema.get("type").is_some() && schema["nullable"] != true {
+            errs.push(format!("{at}: null but not nullable"));
+        }
+        return;
+    }
+    let ok = match schema.get("type").and_then(Value::as_str) {
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_i64() || v.is_u64(),
+        Some("number") => v.is_number(),
+        Some("boolean") => v.is_boolean(),
+        Some("object") => v.is_object(),
+        Some("array") => v.is_array(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{at}: expected {} got {v}", schema["type"]));
+        return;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            errs.push(format!("{at}: {v} not in enum {e:?}"));
+        }
+    }
+    if let (Some(props), Some(obj)) = (
+        schema.get("properties").and_then(Value::as_object),
+        v.as_object(),
+    ) {
+        for (k, s) in props {
+            if let Some(x) = obj.get(k) {
+                schema_errors(spec, s, x, &format!("{at}.{k}"), errs);
+            }
+        }
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !obj.contains_key(r.as_str().unwrap()) {
+                errs.push(format!("{at}: missing required {r}"));
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), v.as_array()) {
+        for (i, x) in arr.iter().enumerate() {
+            schema_errors(spec, items, x, &format!("{at}[{i}]"), errs);
+        }
+    }
+}
+
+#[test]
+fn objects_conform_to_the_openapi_schemas() {
+    let path = "/work/shared/intercom-openapi/api.intercom.io-2.15.yaml";
+    let Ok(text) = std::fs::read_to_string(path) else {
+        eprintln!("skipping: {path} not found");
+        return;
+    };
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let spec = serde_json::to_value(yaml).unwrap();
+    let sim = Sim::new(cfg());
+    let contact = sim.records(Kind::Contact)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conv = sim.records(Kind::Conversation)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ticket = sim.records(Kind::Ticket)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let search = |field: &str| json!({ "query": { "field": field, "operator": ">", "value": 0 }, "pagination": { "per_page": 3 } });
+    let cases: Vec<(&str, &str, String, Option<Value>)> = vec![
+        ("admin_with_app", "GET", "/me".into(), None),
+        ("contact", "GET", format!("/contacts/{contact}"), None),
+        (
+            "contact_list",
+            "POST",
+            "/contacts/search".into(),
+            Some(search("created_at")),
+        ),
+        ("contact_list", "GET", "/contacts?per_page=2".into(), None),
+        (
+            "conversation_list",
+            "POST",
+            "/conversations/search".into(),
+            Some(search("created_at")),
+        ),
+        (
+            "ticket_list",
+            "POST",
+            "/tickets/search".into(),
+            Some(search("created_at")),
+        ),
+        (
+            "conversation",
+            "GET",
+            format!("/conversations/{conv}"),
+            None,
+        ),
+        ("ticket", "GET", format!("/tickets/{ticket}"), None),
+        ("company", "GET", format!("/companies/{company}"), None),
+        ("company_scroll", "GET", "/companies/scroll".into(), None),
+        ("company_list", "GET", "/companies?per_page=2".into(), None),
+        (
+            "company_attached_contacts",
+            "GET",
+            format!("/companies/{company}/contacts"),
+            None,
+        ),
+        (
+            "contact_attached_companies",
+            "GET",
+            format!("/contacts/{contact}/companies"),
+            None,
+        ),
+        (
+            "note",
+            "POST",
+            format!("/contacts/{contact}/notes"),
+            Some(json!({ "body": "hi" })),
+        ),
+        (
+            "note_list",
+            "GET",
+            format!("/contacts/{contact}/notes"),
+            None,
+        ),
+        (
+            "tag",
+            "POST",
+            format!("/contacts/{contact}/tags"),
+            Some(json!({ "id": "100" })),
+        ),
+        ("tag_list", "GET", "/tags".into(), None),
+        (
+            "tag_basic",
+            "POST",
+            "/tags".into(),
+            Some(json!({ "name": "New" })),
+        ),
+        ("ticket_type_list", "GET", "/ticket_types".into(), None),
+        ("ticket_state_list", "GET", "/ticket_states".into(), None),
+        (
+            "ticket",
+            "PUT",
+            format!("/tickets/{ticket}"),
+            Some(json!({ "ticket_state_id": "8571", "snoozed_until": T0 + 60 })),
+        ),
+        (
+            "ticket",
+            "POST",
+            format!("/conversations/{conv}/convert"),
+            Some(json!({ "ticket_type_id": "100" })),
+        ),
+        (
+            "conversation",
+            "POST",
+            format!("/conversations/{conv}/parts"),
+            Some(json!({ "message_type": "close", "admin_id": "991267700", "body": "bye" })),
+        ),
+        (
+            "message",
+            "POST",
+            "/messages".into(),
+            Some(
+                json!({ "message_type": "email", "subject": "Hi", "body": "Hello", "from": { "type": "admin", "id": "991267700" },
+                "to": { "type": "user", "id": contact }, "create_conversation_without_contact_reply": true }),
+            ),
+        ),
+        (
+            "message",
+            "POST",
+            "/conversations".into(),
+            Some(json!({ "from": { "type": "user", "id": contact }, "body": "yo" })),
+        ),
+        (
+            "contact",
+            "POST",
+            "/contacts".into(),
+            Some(json!({ "role": "lead" })),
+        ),
+        (
+            "company",
+            "POST",
+            "/companies".into(),
+            Some(json!({ "company_id": "c-1" })),
+        ),
+        (
+            "contact_deleted",
+            "DELETE",
+            format!("/contacts/{contact}"),
+            None,
+        ),
+        (
+            "ticket_deleted",
+            "DELETE",
+            format!("/tickets/{ticket}"),
+            None,
+        ),
+        (
+            "conversation_deleted",
+            "DELETE",
+            format!("/conversations/{conv}"),
+            None,
+        ),
+        (
+            "deleted_company_object",
+            "DELETE",
+            format!("/companies/{company}"),
+            None,
+        ),
+        ("error", "GET", "/contacts/nope".into(), None),
+    ];
+    let mut errs = Vec::new();
+    for (schema, method, path, body) in cases {
+        let (s, v) = direct(&sim, method, &path, body);
+        assert!(s < 300 || schema == "error", "{method} {path}: {s} {v}");
+        schema_errors(
+            &spec,
+            &json!({ "$ref": format!("#/components/schemas/{schema}") }),
+            &v,
+            &format!("{method} {path}"),
+            &mut errs,
+        );
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+    // The checker itself catches wrong types and nulls.
+    let mut bad = Vec::new();
+    let bad_contact =
+        json!({ "type": "contact", "id": 5, "email": null, "tags": { "data": [{ "id": 1 }] } });
+    schema_errors(
+        &spec,
+        &json!({ "$ref": "#/components/schemas/contact" }),
+        &bad_contact,
+        "bad",
+        &mut bad,
+    );
+    assert_eq!(bad.len(), 3, "{bad:?}");
+}
+
+#[test]
+fn random_faults_follow_their_rates() {
+    let sim = Sim::new(cfg());
+    sim.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    for _ in 0..5 {
+        let (s, v) = direct(&sim, "GET", "/me", None);
+        assert!(matches!(s, 500 | 502 | 503 | 504));
+        assert_eq!(err_code(&v), "server_error");
+    }
+    sim.set_faults(Faults {
+        rate_limit_rate: 1.0,
+        ..Faults::default()
+    });
+    let (s, v) = direct(&sim, "GET", "/me", None);
+    assert_eq!((s, err_code(&v)), (429, "rate_limit_exceeded"));
+    sim.set_faults(Faults::default());
+    assert_eq!(direct(&sim, "GET", "/me", None).0, 200);
+    assert!(sim.audit().iter().all(|e| e.auth == AuthSeen::Valid));
+}
+
+#[test]
+fn control_create_fills_and_links_records() {
+    let sim = Sim::new(cfg());
+    let company = sim.records(Kind::Company)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = sim.record(Kind::Company, &company).unwrap()["user_count"]
+        .as_i64()
+        .unwrap();
+    let c = sim
+        .create(
+            Kind::Contact,
+            json!({ "role": "lead", "company_ids": [company], "custom_attributes": { "x": 1 } }),
+        )
+        .unwrap();
+    assert_eq!(c["role"], "lead");
+    assert_eq!(c["external_id"], Value::Null);
+    assert!(c["email"].as_str().unwrap().contains('@'));
+    assert_eq!(c["custom_attributes"]["x"], 1);
+    assert!(c["custom_attributes"]["plan_tier"].is_string());
+    assert_eq!(c["companies"]["total_count"], 1);
+    assert_eq!(
+        sim.record(Kind::Company, &company).unwrap()["user_count"]
+            .as_i64()
+            .unwrap(),
+        before + 1
+    );
+    let cid = c["id"].as_str().unwrap();
+    let t = sim
+        .create(
+            Kind::Ticket,
+            json!({ "contact_id": cid, "ticket_type_id": "102", "created_at": T0 - 50 }),
+        )
+        .unwrap();
+    assert_eq!(
+        (t["category"].as_str(), t["ticket_type"]["name"].as_str()),
+        (Some("Back-office"), Some("Billing Task"))
+    );
+    assert_eq!(t["contacts"]["contacts"][0]["id"], cid);
+    assert_eq!(
+        (t["created_at"].as_i64(), t["updated_at"].as_i64()),
+        (Some(T0 - 50), Some(T0 - 50))
+    );
+    let conv = sim
+        .create(
+            Kind::Conversation,
+            json!({ "contact_id": cid, "id": "777" }),
+        )
+        .unwrap();
+    assert_eq!(conv["id"], "777");
+    assert!(sim
+        .create(Kind::Conversation, json!({ "id": "777" }))
+        .is_err());
+    assert!(sim
+        .create(Kind::Ticket, json!({ "contact_id": "nope" }))
+        .is_err());
+    let tag = sim.create(Kind::Tag, json!({ "name": "Made" })).unwrap();
+    assert_eq!(tag["name"], "Made");
+    assert!(sim.delete(Kind::Contact, cid));
+    assert_eq!(
+        sim.record(Kind::Company, &company).unwrap()["user_count"]
+            .as_i64()
+            .unwrap(),
+        before
+    );
 }
