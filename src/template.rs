@@ -536,7 +536,10 @@ mod tests {
     fn helpers_render() {
         let s = Scope::new(json!({"a": " MiXed ", "n": null, "o": {"k": [1, "&"]}}));
         let r = |src: &str| Template::compile(src).unwrap().render(&s).unwrap().unwrap();
-        assert_eq!(r("{{lowercase a}}|{{uppercase a}}|{{trim a}}"), json!(" mixed | MIXED |MiXed"));
+        assert_eq!(
+            r("{{lowercase a}}|{{uppercase a}}|{{trim a}}"),
+            json!(" mixed | MIXED |MiXed")
+        );
         assert_eq!(r("x{{default n \"none\"}}"), json!("xnone"));
         assert_eq!(r("{{json o}}!"), json!("{\"k\":[1,\"&\"]}!"));
     }

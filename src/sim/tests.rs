@@ -1568,11 +1568,12 @@ fn schema_errors(spec: &Value, schema: &Value, v: &Value, at: &str, errs: &mut V
 
 #[test]
 fn objects_conform_to_the_openapi_schemas() {
-    let path = "/work/shared/intercom-openapi/api.intercom.io-2.15.yaml";
-    let Ok(text) = std::fs::read_to_string(path) else {
-        eprintln!("skipping: {path} not found");
-        return;
-    };
+    // Intercom's official description, vendored (MIT) so the check always runs.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/intercom-openapi/api.intercom.io-2.15.yaml"
+    );
+    let text = std::fs::read_to_string(path).expect("the vendored OpenAPI description");
     let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let spec = serde_json::to_value(yaml).unwrap();
     let sim = Sim::new(cfg());
