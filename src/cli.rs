@@ -213,15 +213,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sim(args) => {
             let config = args.config()?;
+            let tokens = config.tokens.join(", ");
+            // Seed before listening, so the first request finds the data in place.
+            let sim = crate::sim::Sim::new(config);
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
                 .await
                 .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
             let addr = listener.local_addr()?;
             eprintln!(
-                "Intercom simulator listening on http://{addr} (tokens: {}). Ctrl-C stops it.",
-                config.tokens.join(", ")
+                "Intercom simulator listening on http://{addr} (tokens: {tokens}). Ctrl-C stops it."
             );
-            let sim = crate::sim::Sim::new(config);
             crate::sim::serve(listener, sim, async {
                 let _ = tokio::signal::ctrl_c().await;
             })

@@ -1262,52 +1262,6 @@ fn paging_2000_contacts_returns_each_once_in_order_despite_updates() {
 }
 
 /// Manual benchmark: `cargo test --release --lib sim::tests::bench -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn bench_search_50k_contacts() {
-    let t = std::time::Instant::now();
-    let sim = Sim::new(SimConfig {
-        contacts: 50_000,
-        companies: 500,
-        tickets: 0,
-        conversations: 0,
-        ..cfg()
-    });
-    eprintln!("seed: {:?}", t.elapsed());
-    let mut h = HeaderMap::new();
-    h.insert("authorization", "Bearer sim-token".parse().unwrap());
-    h.insert("accept", "application/json".parse().unwrap());
-    let mut spent = std::time::Duration::ZERO;
-    let mut after: Option<String> = None;
-    let (mut pages, mut n) = (0, 0);
-    loop {
-        let mut body = json!({ "query": { "field": "updated_at", "operator": ">", "value": 0 },
-            "sort": { "field": "updated_at", "order": "ascending" }, "pagination": { "per_page": 150 } });
-        if let Some(a) = &after {
-            body["pagination"]["starting_after"] = json!(a);
-        }
-        let bytes = body.to_string();
-        let t = std::time::Instant::now();
-        let r = routes::intercom(
-            &mut sim.lock(),
-            "POST",
-            "/contacts/search",
-            None,
-            &h,
-            bytes.as_bytes(),
-        );
-        spent += t.elapsed();
-        let v: Value = serde_json::from_str(&r.body.unwrap()).unwrap();
-        pages += 1;
-        n += v["data"].as_array().unwrap().len();
-        match v["pages"]["next"]["starting_after"].as_str() {
-            Some(c) => after = Some(c.to_string()),
-            None => break,
-        }
-    }
-    eprintln!("{pages} pages, {n} contacts, simulator time {spent:?}");
-    assert_eq!(n, 50_000);
-}
 
 #[tokio::test]
 async fn contact_list_pages_with_query_cursor() {

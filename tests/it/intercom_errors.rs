@@ -140,6 +140,9 @@ async fn rate_limits_wait_for_the_reset_then_succeed_or_give_up() {
         .as_str()
         .unwrap()
         .to_string();
+    // One second before the 10-second window ends, so each wait for X-RateLimit-Reset
+    // (measured against the response's Date) is about a second.
+    env.sim().set_clock(crate::util::T0 + 9);
     env.sim().set_faults(fail("/contacts/", 429, 1));
     let out = env.ok("find_contact", json!({"id": id})).await;
     assert_eq!(out["id"], id.as_str());

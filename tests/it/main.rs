@@ -3,6 +3,7 @@
 
 mod util;
 
+mod cli;
 mod demo;
 mod generic;
 mod intercom_actions;
