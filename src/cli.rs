@@ -98,14 +98,34 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectorsCommand,
     },
-    /// Check connector definitions and report every problem with file:line:col.
+    /// Check connector and recipe files and report every problem with file:line:col.
     Validate {
-        /// Files or directories (default: `connectors/`).
+        /// Files or directories (default: `connectors/` and `recipes/`).
         paths: Vec<PathBuf>,
         /// Print problems as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Dry-run a recipe for a sample record: print every request it would send, send nothing.
+    Test {
+        /// The recipe file.
+        recipe: PathBuf,
+        /// A JSON file: the trigger record, or `{"record": …, "steps": {<id>: <output>}}`.
+        #[arg(
+            long,
+            conflicts_with = "sample_from",
+            required_unless_present = "sample_from"
+        )]
+        sample: Option<PathBuf>,
+        /// Take the newest real record of the trigger from this connection instead.
+        #[arg(long)]
+        sample_from: Option<String>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of recipe files (for editors: yaml-language-server).
+    Schema,
     /// Run the built-in Intercom simulator on loopback.
     Sim(crate::sim::SimArgs),
     /// Show sluice working against the built-in Intercom simulator (no account needed).
@@ -204,7 +224,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Validate { paths, json } => cmd_validate(paths, *json),
+        Command::Validate { paths, json } => cmd_validate(&cli, paths, *json),
+        Command::Test {
+            recipe,
+            sample,
+            sample_from,
+            json,
+        } => {
+            cmd_test(
+                &cli,
+                recipe,
+                sample.as_deref(),
+                sample_from.as_deref(),
+                *json,
+            )
+            .await
+        }
+        Command::Schema => {
+            println!("{}", recipe_schema());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             let connectors = load_connectors(&cli)?;
             let report = crate::demo::run(&connectors).await?;
@@ -230,6 +269,165 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The JSON Schema of recipe files, generated from the types the parser uses.
+pub fn recipe_schema() -> String {
+    let schema = schemars::schema_for!(spec::RecipeSpec);
+    serde_json::to_string_pretty(&schema).expect("invariant: a schema serialises")
+}
+
+async fn cmd_test(
+    cli: &Cli,
+    file: &Path,
+    sample: Option<&Path>,
+    sample_from: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let connectors = load_connectors(cli)?;
+    let config = read_config(cli).map_err(|d| anyhow!("{d}"))?;
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read `{}`", file.display()))?;
+    let recipe = match plan::recipe::load_recipe(file, &text, &connectors, config.as_ref()) {
+        Ok(r) => r,
+        Err(mut diags) => {
+            diag::sort(&mut diags);
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "{} error(s): fix them first (`sluice validate {}`)",
+                diags.len(),
+                file.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    // Open every connection the recipe uses. A dry run sends nothing, so a secret that is not
+    // set is reported but does not stop it.
+    let mut names: Vec<&str> = recipe.steps.iter().map(|s| s.connection.as_str()).collect();
+    names.push(&recipe.connection);
+    if let Some(s) = sample_from {
+        names.push(s);
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut conns = std::collections::HashMap::new();
+    for name in names {
+        let conn = match open_connection(cli, &connectors, name) {
+            Ok(c) => c,
+            Err(e)
+                if format!("{e:#}").contains("environment variable")
+                    && sample_from != Some(name) =>
+            {
+                eprintln!("note: {e:#}; showing requests anyway");
+                open_connection_with_env(cli, &connectors, name, &|k| {
+                    Some(std::env::var(k).unwrap_or_default())
+                })?
+            }
+            Err(e) => return Err(e),
+        };
+        conns.insert(name.to_string(), conn);
+    }
+    let sample = match (sample, sample_from) {
+        (Some(p), _) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the sample `{}`", p.display()))?;
+            let v: Value = serde_json::from_str(&text)
+                .with_context(|| format!("the sample `{}` is not valid JSON", p.display()))?;
+            crate::dryrun::Sample::from_json(v).map_err(|e| anyhow!("{}: {e}", p.display()))?
+        }
+        (None, Some(name)) => {
+            let conn = &conns[name];
+            match newest_record(conn, &recipe).await? {
+                Some(record) => crate::dryrun::Sample {
+                    record,
+                    steps: Map::new(),
+                },
+                None => {
+                    eprintln!("error: trigger `{}.{}` returned no record in the last year on connection `{name}`", recipe.connector.id, recipe.trigger_id);
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        (None, None) => bail!("give --sample FILE or --sample-from CONNECTION"),
+    };
+    let plan = match crate::dryrun::run(&recipe, &sample, &conns) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    let id = crate::trigger::id_of(recipe.trigger(), &sample.record).unwrap_or_else(|| "?".into());
+    writeln!(
+        out,
+        "recipe {}: trigger {}.{}, record {id}",
+        recipe.id, recipe.connector.id, recipe.trigger_id
+    )?;
+    if !plan.passes_filter {
+        writeln!(out, "filter: false for this record, so no step would run")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &plan.steps {
+        let mocked = if s.mocked_output {
+            " (output mocked by the sample)"
+        } else {
+            ""
+        };
+        match &s.skipped {
+            Some(why) => writeln!(out, "\nstep {} ({}): skipped, {why}", s.step, s.action)?,
+            None => writeln!(out, "\nstep {} ({}){mocked}", s.step, s.action)?,
+        }
+        for r in &s.requests {
+            writeln!(
+                out,
+                "  {} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["url"].as_str().unwrap_or("")
+            )?;
+            if let Some(h) = r["headers"].as_object() {
+                for (k, v) in h {
+                    writeln!(out, "    {k}: {}", v.as_str().unwrap_or(""))?;
+                }
+            }
+            if !r["body"].is_null() {
+                writeln!(out, "    {}", r["body"])?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The newest record the recipe's trigger returns, looking back one hour, then a day, a week,
+/// a month and a year.
+async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Option<Value>> {
+    let now = chrono::Utc::now().timestamp();
+    for window in [3600, 86_400, 7 * 86_400, 30 * 86_400, 365 * 86_400] {
+        let mut poll = crate::trigger::Poll::start(
+            conn,
+            recipe.trigger(),
+            now - window,
+            recipe.options.clone(),
+        )
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+        let mut last = None;
+        while let Some(page) = poll.next_page().await.map_err(|e| anyhow!("{e}"))? {
+            if let Some(r) = page.into_iter().last() {
+                last = Some(r);
+            }
+        }
+        if last.is_some() {
+            return Ok(last);
+        }
+    }
+    Ok(None)
 }
 
 /// Loads connectors: the `--connectors` directory, else `./connectors` if it exists, else the
@@ -301,6 +499,16 @@ fn find_named<'a, T>(
 
 /// Opens the named connection from the config file.
 pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> Result<Connection> {
+    open_connection_with_env(cli, connectors, name, &|k| std::env::var(k).ok())
+}
+
+/// As [`open_connection`], with a given environment lookup.
+fn open_connection_with_env(
+    cli: &Cli,
+    connectors: &[Arc<Connector>],
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Connection> {
     let text = std::fs::read_to_string(&cli.config).with_context(|| {
         format!(
             "cannot read the config file `{}` (set --config or SLUICE_CONFIG)",
@@ -319,7 +527,7 @@ pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> 
         )
     })?;
     let connector = find_connector(connectors, &conn.connector)?;
-    Connection::new(name, connector.clone(), conn, &|k| std::env::var(k).ok())
+    Connection::new(name, connector.clone(), conn, env)
         .with_context(|| format!("connection `{name}` in `{}`", cli.config.display()))
 }
 
@@ -354,25 +562,10 @@ async fn cmd_call(
         };
         let conn = open_connection(cli, &connectors, connection)?;
         for r in &prepared.requests {
-            let query = if r.query.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "?{}",
-                    r.query
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join("&")
-                )
-            };
-            let shown = json!({
-                "method": crate::http::method_str(r.method),
-                "url": format!("{}{}{}", conn.base_url(), r.path, query),
-                "headers": conn.redacted_headers().into_iter().map(|(k, v)| (k, Value::String(v))).collect::<Map<String, Value>>(),
-                "body": r.body,
-            });
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::dryrun::describe_request(&conn, r))?
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -459,14 +652,10 @@ async fn cmd_poll(
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
-    let paths: Vec<PathBuf> = if paths.is_empty() {
-        vec![PathBuf::from("connectors")]
-    } else {
-        paths.to_vec()
-    };
+/// Lists the YAML files under `paths` (directories are read one level deep, sorted).
+fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    for p in &paths {
+    for p in paths {
         if p.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .with_context(|| format!("cannot read `{}`", p.display()))?
@@ -482,17 +671,64 @@ fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             bail!("`{}` does not exist", p.display());
         }
     }
+    Ok(files)
+}
+
+/// Reads the config file; `Ok(None)` when it does not exist.
+fn read_config(cli: &Cli) -> Result<Option<spec::ConfigSpec>, Diagnostic> {
+    match std::fs::read_to_string(&cli.config) {
+        Ok(text) => spec::parse_config(&cli.config, &text).map(|(c, _)| Some(c)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Diagnostic::error(
+            &cli.config,
+            format!("cannot read the config file: {e}"),
+        )),
+    }
+}
+
+fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let paths: Vec<PathBuf> = if paths.is_empty() {
+        ["connectors", "recipes"]
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .collect()
+    } else {
+        paths.to_vec()
+    };
+    let files = yaml_files(&paths)?;
     let mut diags: Vec<Diagnostic> = Vec::new();
-    let mut counts = (0usize, 0usize, 0usize);
+    let mut counts = (0usize, 0usize, 0usize, 0usize);
+    // Recipes are checked against the runtime's connectors and the config file, read once.
+    let mut runtime: Option<(Vec<Arc<Connector>>, Option<spec::ConfigSpec>)> = None;
     for f in &files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
-        match plan::load_connector_text(f, &text) {
-            Ok(c) => {
-                counts.0 += 1;
-                counts.1 += c.triggers.len();
-                counts.2 += c.actions.len();
+        if spec::looks_like_connector(&text) {
+            match plan::load_connector_text(f, &text) {
+                Ok(c) => {
+                    counts.0 += 1;
+                    counts.1 += c.triggers.len();
+                    counts.2 += c.actions.len();
+                }
+                Err(d) => diags.extend(d),
             }
+            continue;
+        }
+        if runtime.is_none() {
+            let connectors = load_connectors(cli)?;
+            let config = match read_config(cli) {
+                Ok(c) => c,
+                Err(d) => {
+                    diags.push(d);
+                    None
+                }
+            };
+            runtime = Some((connectors, config));
+        }
+        let (connectors, config) = runtime.as_ref().expect("invariant: set just above");
+        match plan::recipe::load_recipe(f, &text, connectors, config.as_ref()) {
+            Ok(_) => counts.3 += 1,
             Err(d) => diags.extend(d),
         }
     }
@@ -514,10 +750,11 @@ fn cmd_validate(paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     }
     if !json {
         println!(
-            "ok: {} connector(s), {} trigger(s), {} action(s) in {} file(s)",
+            "ok: {} connector(s), {} trigger(s), {} action(s), {} recipe(s) in {} file(s)",
             counts.0,
             counts.1,
             counts.2,
+            counts.3,
             files.len()
         );
     }

@@ -7,12 +7,13 @@
 //!
 //! * `cli`       — argument parsing and commands; the only module that prints.
 //! * `diag`      — `Diagnostic` (file:line:col, message, help) and YAML position lookup.
-//! * `spec`      — serde shapes of connector files and `sluice.yaml` (data, no behaviour).
-//! * `plan`      — specs → compiled, validated `Connector` / `Trigger` / `Action`.
+//! * `spec`      — serde shapes of connector, recipe and `sluice.yaml` files (data only).
+//! * `plan`      — specs → compiled, validated `Connector` / `Trigger` / `Action` / `Recipe`.
 //! * `template`  — the Handlebars registry, compiled templates and template trees.
 //! * `http`      — a `Connection`: auth, headers, retries, rate limits, failure classes.
 //! * `trigger`   — polling one trigger: paging, server filter widening, local cursor filter.
 //! * `action`    — checking inputs, choosing variants, rendering and executing requests.
+//! * `dryrun`    — `sluice test`: a recipe's requests for a sample record, nothing sent.
 //! * `secret`    — `Secret`, which never prints itself.
 //! * `telemetry` — the tracing subscriber.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
@@ -38,6 +39,7 @@ pub mod action;
 pub mod cli;
 pub mod demo;
 pub mod diag;
+pub mod dryrun;
 pub mod http;
 pub mod plan;
 pub mod secret;

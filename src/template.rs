@@ -57,6 +57,9 @@ pub enum Template {
     Literal(String),
     /// Exactly one path expression: the value at that path, JSON type kept.
     Path(Vec<String>),
+    /// Exactly one helper expression (`{{default record.plan "free"}}`): its JSON value, type
+    /// kept. Compiled as `{{json (…)}}` and parsed back.
+    Expr(Box<handlebars::Template>, String),
     /// Anything else: rendered to a string by Handlebars.
     Text(Box<handlebars::Template>, String),
 }
@@ -82,7 +85,78 @@ impl Template {
         if let Some(path) = single_path(src) {
             return Ok(Template::Path(path));
         }
-        let tpl = handlebars::Template::compile(src).map_err(|e| {
+        let tpl = compile_hb(src)?;
+        if let Some(inner) = single_expression(src) {
+            let typed = compile_hb(&format!("{{{{json ({inner})}}}}"))?;
+            return Ok(Template::Expr(Box::new(typed), src.to_string()));
+        }
+        Ok(Template::Text(Box::new(tpl), src.to_string()))
+    }
+
+    /// Renders to a JSON value. `Ok(None)` means a single-path template whose path is absent,
+    /// which callers treat as "leave this field out" (connector bodies) or as an error naming
+    /// the field (recipe inputs, see [`Template::render_required`]).
+    pub fn render(&self, scope: &Scope) -> Result<Option<Value>, RenderError> {
+        match self {
+            Template::Literal(s) => Ok(Some(Value::String(s.clone()))),
+            Template::Path(p) => Ok(lookup(scope.value(), p).cloned()),
+            Template::Expr(t, src) => {
+                let text = render_hb(t, src, scope)?;
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| RenderError(format!("`{src}` did not produce a value: {e}")))
+            }
+            Template::Text(t, src) => render_hb(t, src, scope).map(|s| Some(Value::String(s))),
+        }
+    }
+
+    /// As [`Template::render`], but an absent field is an error naming it and the fields that
+    /// do exist (strict mode for recipe templates).
+    pub fn render_required(&self, scope: &Scope) -> Result<Value, RenderError> {
+        match self.render(scope)? {
+            Some(v) => Ok(v),
+            None => {
+                let path = match self {
+                    Template::Path(p) => p.join("."),
+                    _ => String::new(),
+                };
+                Err(RenderError(missing_message(
+                    &path,
+                    self.source(),
+                    scope.value(),
+                )))
+            }
+        }
+    }
+
+    /// The template's source text.
+    pub fn source(&self) -> &str {
+        match self {
+            Template::Literal(s) => s,
+            Template::Path(_) => "",
+            Template::Expr(_, s) | Template::Text(_, s) => s,
+        }
+    }
+
+    /// Renders a condition: false, null, 0, "", "false", empty lists and objects are false;
+    /// everything else is true. An absent field is an error.
+    pub fn truthy(&self, scope: &Scope) -> Result<bool, RenderError> {
+        Ok(match self.render_required(scope)? {
+            Value::Null => false,
+            Value::Bool(b) => b,
+            Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+            Value::String(s) => {
+                let t = s.trim();
+                !(t.is_empty() || t == "false" || t == "0" || t == "null")
+            }
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+        })
+    }
+}
+
+fn compile_hb(src: &str) -> Result<handlebars::Template, String> {
+    handlebars::Template::compile(src).map_err(|e| {
             let mut reason = e.reason().to_string();
             if reason.starts_with("invalid handlebars syntax") {
                 reason = "every `{{` needs a matching `}}`, and a block like `{{#if x}}` needs its argument and a closing `{{/if}}`".into();
@@ -91,26 +165,17 @@ impl Template {
                 Some((l, c)) => format!("template syntax error at {l}:{c}: {reason}"),
                 None => format!("template syntax error: {reason}"),
             }
-        })?;
-        Ok(Template::Text(Box::new(tpl), src.to_string()))
-    }
+    })
+}
 
-    /// Renders to a JSON value. `Ok(None)` means a single-path template whose path is absent,
-    /// which callers treat as "leave this field out".
-    pub fn render(&self, scope: &Scope) -> Result<Option<Value>, RenderError> {
-        match self {
-            Template::Literal(s) => Ok(Some(Value::String(s.clone()))),
-            Template::Path(p) => Ok(lookup(scope.value(), p).cloned()),
-            Template::Text(t, src) => {
-                let reg = registry();
-                let mut rc = handlebars::RenderContext::new(None);
-                t.renders(reg, scope.hb(), &mut rc)
-                    .map(|s| Some(Value::String(s)))
-                    .map_err(|e| RenderError(explain_render_error(&e, src, scope.value())))
-            }
-        }
-    }
+fn render_hb(t: &handlebars::Template, src: &str, scope: &Scope) -> Result<String, RenderError> {
+    let reg = registry();
+    let mut rc = handlebars::RenderContext::new(None);
+    t.renders(reg, scope.hb(), &mut rc)
+        .map_err(|e| RenderError(explain_render_error(&e, src, scope.value())))
+}
 
+impl Template {
     /// Renders to text (numbers and booleans as written in JSON; absent → `None`).
     pub fn render_string(&self, scope: &Scope) -> Result<Option<String>, RenderError> {
         Ok(self.render(scope)?.map(|v| match v {
@@ -124,8 +189,45 @@ impl Template {
         match self {
             Template::Literal(_) => vec![],
             Template::Path(p) => vec![p.clone()],
-            Template::Text(_, src) => text_refs(src),
+            Template::Expr(_, src) | Template::Text(_, src) => text_refs(src),
         }
+    }
+}
+
+/// `{{helper args…}}` alone (not a block, comment, partial or `else`) → `helper args…`.
+fn single_expression(src: &str) -> Option<&str> {
+    let t = src.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") || inner.starts_with('{') {
+        return None;
+    }
+    let inner = inner.trim_matches('~').trim();
+    if inner.is_empty() || inner.starts_with(['#', '/', '^', '!', '>', '&']) || inner == "else" {
+        return None;
+    }
+    Some(inner)
+}
+
+fn missing_message(path: &str, src: &str, scope: &Value) -> String {
+    let (parent, _) = path.rsplit_once('.').unwrap_or(("", path));
+    let parent_path: Vec<&str> = if parent.is_empty() {
+        vec![]
+    } else {
+        parent.split('.').collect()
+    };
+    let available = match lookup(scope, &parent_path) {
+        Some(Value::Object(m)) => m.keys().cloned().collect::<Vec<_>>().join(", "),
+        _ => String::new(),
+    };
+    let what = if src.is_empty() {
+        format!("`{path}` does not exist")
+    } else {
+        format!("`{path}` does not exist (in template `{src}`)")
+    };
+    if available.is_empty() {
+        what
+    } else {
+        format!("{what}; available: {available}")
     }
 }
 
@@ -144,14 +246,16 @@ fn single_path(src: &str) -> Option<Vec<String>> {
         return None;
     }
     // Literals and keywords are not paths.
-    if matches!(inner, "true" | "false" | "null" | "this" | "else") {
+    if matches!(inner, "true" | "false" | "null" | "this" | "else")
+        || helpers::NAMES.contains(&inner)
+    {
         return None;
     }
     Some(inner.split('.').map(str::to_string).collect())
 }
 
 /// Paths read by a Handlebars template, found lexically: every identifier-like token inside
-/// `{{ }}` that is not a helper name, keyword or literal.
+/// `{{ }}` that is not a helper name, keyword, literal or `key=` hash name.
 fn text_refs(src: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let mut rest = src;
@@ -159,35 +263,80 @@ fn text_refs(src: &str) -> Vec<Vec<String>> {
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else { break };
         let inner = after[..end]
-            .trim_start_matches(['#', '/', '~', '^', '{'])
+            .trim_start_matches(['#', '/', '~', '^', '{', '!', '>'])
             .trim();
-        let mut tokens = inner
-            .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
-            .filter(|t| !t.is_empty());
-        let first = tokens.next();
-        let is_helper_call = inner.split_whitespace().count() > 1
-            || first.is_some_and(|f| helpers::NAMES.contains(&f) || is_keyword(f));
-        let candidates: Vec<&str> = if is_helper_call {
-            tokens.collect()
-        } else {
-            first.into_iter().collect()
-        };
-        for t in candidates {
-            if t.contains('=') || t.starts_with(['"', '\'', '@']) || is_keyword(t) {
+        let tokens = tokenize(inner);
+        // In `helper a b` the first token is the helper; `(helper a)` likewise.
+        let mut prev_open = true;
+        for t in &tokens {
+            let tok = t.as_str();
+            let is_head = prev_open;
+            prev_open = tok == "(";
+            if tok == "(" || tok == ")" || tok.starts_with(['"', '\'']) || tok.contains('=') {
                 continue;
             }
-            if t.chars()
+            if is_head && (helpers::NAMES.contains(&tok) || is_keyword(tok)) {
+                continue;
+            }
+            if is_keyword(tok) || tok.starts_with('@') || tok.starts_with("..") {
+                continue;
+            }
+            if tok
+                .chars()
                 .next()
                 .is_some_and(|c| c.is_ascii_digit() || c == '-')
             {
                 continue;
             }
-            if helpers::NAMES.contains(&t) {
+            if is_head && tokens.len() > 1 && tokens[1] != ")" {
+                // An unknown helper name: Handlebars reports it when rendering.
                 continue;
             }
-            out.push(t.split('.').map(str::to_string).collect());
+            out.push(tok.split('.').map(str::to_string).collect());
         }
         rest = &after[end + 2..];
+    }
+    out
+}
+
+/// Splits the inside of a mustache into tokens: quoted strings stay whole, parentheses stand
+/// alone.
+fn tokenize(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote: Option<char> = None;
+    for c in s.chars() {
+        match quote {
+            Some(q) => {
+                cur.push(c);
+                if c == q {
+                    quote = None;
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            None if c == '"' || c == '\'' => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                quote = Some(c);
+                cur.push(c);
+            }
+            None if c == '(' || c == ')' => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+                out.push(c.to_string());
+            }
+            None if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            None => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
     }
     out
 }
@@ -225,24 +374,10 @@ pub fn lookup_str<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 }
 
 fn explain_render_error(e: &handlebars::RenderError, src: &str, scope: &Value) -> String {
-    let reason = e.reason().to_string();
     if let handlebars::RenderErrorReason::MissingVariable(Some(var)) = e.reason() {
-        let (parent, _) = var.rsplit_once('.').unwrap_or(("", var));
-        let parent_path: Vec<&str> = if parent.is_empty() {
-            vec![]
-        } else {
-            parent.split('.').collect()
-        };
-        let available = match lookup(scope, &parent_path) {
-            Some(Value::Object(m)) => m.keys().cloned().collect::<Vec<_>>().join(", "),
-            _ => String::new(),
-        };
-        if available.is_empty() {
-            return format!("`{var}` does not exist (in template `{src}`)");
-        }
-        return format!("`{var}` does not exist (in template `{src}`); available: {available}");
+        return missing_message(var, src, scope);
     }
-    format!("{reason} (in template `{src}`)")
+    format!("{} (in template `{src}`)", e.reason())
 }
 
 /// A YAML value whose string leaves are templates.
@@ -291,6 +426,46 @@ impl Tree {
                 }
                 Ok((!out.is_empty() || items.is_empty()).then_some(Value::Array(out)))
             }
+        }
+    }
+
+    /// Renders the tree where every field must exist (recipe inputs): a reference to an absent
+    /// field is an error naming it and the fields that exist.
+    pub fn render_strict(&self, scope: &Scope) -> Result<Value, RenderError> {
+        match self {
+            Tree::Value(v) => Ok(v.clone()),
+            Tree::Template(t) => t.render_required(scope),
+            Tree::Map(entries) => {
+                let mut m = Map::with_capacity(entries.len());
+                for (k, t) in entries {
+                    m.insert(k.clone(), t.render_strict(scope)?);
+                }
+                Ok(Value::Object(m))
+            }
+            Tree::List(items) => items
+                .iter()
+                .map(|t| t.render_strict(scope))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array),
+        }
+    }
+
+    /// The tree's value when it has no templates at all (a literal), else `None`.
+    pub fn literal(&self) -> Option<Value> {
+        match self {
+            Tree::Value(v) => Some(v.clone()),
+            Tree::Template(Template::Literal(s)) => Some(Value::String(s.clone())),
+            Tree::Template(_) => None,
+            Tree::Map(entries) => entries
+                .iter()
+                .map(|(k, t)| t.literal().map(|v| (k.clone(), v)))
+                .collect::<Option<Map<String, Value>>>()
+                .map(Value::Object),
+            Tree::List(items) => items
+                .iter()
+                .map(Tree::literal)
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array),
         }
     }
 
@@ -378,10 +553,12 @@ fn compile_tree(v: &serde_yaml::Value, path: &str, errors: &mut Vec<(String, Str
 }
 
 mod helpers {
-    //! The helper set. Handlebars 6 brings `eq ne gt gte lt lte and or not len lookup`.
+    //! The helper set. Handlebars 6 brings `eq ne gt gte lt lte and or not len lookup if unless
+    //! each with`. Ours return JSON values (so `{{first record.tags}}` keeps its type) and, like
+    //! strict mode, refuse a missing argument, except `default`, whose job is to replace one.
     use handlebars::{
-        Context, Handlebars, Helper, HelperDef, HelperResult, Output, RenderContext,
-        RenderErrorReason,
+        Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason,
+        ScopedJson,
     };
     use serde_json::Value;
 
@@ -403,20 +580,134 @@ mod helpers {
         "uppercase",
         "trim",
         "json",
+        "join",
+        "concat",
+        "first",
+        "date",
+        "now",
     ];
 
+    type Fun = fn(&[Value]) -> Result<Value, String>;
+
+    /// A helper computing a JSON value from its arguments.
+    struct ValueFn {
+        name: &'static str,
+        /// Fewest arguments.
+        min: usize,
+        /// Whether a missing (not merely null) argument is allowed.
+        lenient: bool,
+        f: Fun,
+    }
+
+    impl HelperDef for ValueFn {
+        fn call_inner<'reg: 'rc, 'rc>(
+            &self,
+            h: &Helper<'rc>,
+            r: &'reg Handlebars<'reg>,
+            _: &'rc Context,
+            _: &mut RenderContext<'reg, 'rc>,
+        ) -> Result<ScopedJson<'rc>, RenderError> {
+            let mut args = Vec::with_capacity(h.params().len());
+            for p in h.params() {
+                if r.strict_mode() && p.is_value_missing() && !self.lenient {
+                    return Err(
+                        RenderErrorReason::MissingVariable(p.relative_path().cloned()).into(),
+                    );
+                }
+                args.push(p.value().clone());
+            }
+            if args.len() < self.min {
+                return Err(RenderErrorReason::Other(format!(
+                    "`{}` needs {} argument(s), got {}",
+                    self.name,
+                    self.min,
+                    args.len()
+                ))
+                .into());
+            }
+            (self.f)(&args)
+                .map(ScopedJson::Derived)
+                .map_err(|m| RenderErrorReason::Other(format!("`{}`: {m}", self.name)).into())
+        }
+    }
+
     pub fn register(h: &mut Handlebars<'static>) {
-        h.register_helper(
-            "lowercase",
-            Box::new(TextFn("lowercase", |s| s.to_lowercase())),
-        );
-        h.register_helper(
-            "uppercase",
-            Box::new(TextFn("uppercase", |s| s.to_uppercase())),
-        );
-        h.register_helper("trim", Box::new(TextFn("trim", |s| s.trim().to_string())));
-        h.register_helper("json", Box::new(json));
-        h.register_helper("default", Box::new(default));
+        let mut add = |name: &'static str, min: usize, lenient: bool, f: Fun| {
+            h.register_helper(
+                name,
+                Box::new(ValueFn {
+                    name,
+                    min,
+                    lenient,
+                    f,
+                }),
+            );
+        };
+        add("lowercase", 1, false, |a| {
+            Ok(text(&a[0]).to_lowercase().into())
+        });
+        add("uppercase", 1, false, |a| {
+            Ok(text(&a[0]).to_uppercase().into())
+        });
+        add("trim", 1, false, |a| Ok(text(&a[0]).trim().into()));
+        add("json", 1, false, |a| Ok(a[0].to_string().into()));
+        add("default", 2, true, |a| {
+            Ok(match &a[0] {
+                Value::Null => a[1].clone(),
+                Value::String(s) if s.is_empty() => a[1].clone(),
+                other => other.clone(),
+            })
+        });
+        add("concat", 1, false, |a| {
+            Ok(a.iter().map(text).collect::<String>().into())
+        });
+        add("join", 2, false, |a| match &a[0] {
+            Value::Array(items) => Ok(items
+                .iter()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(&text(&a[1]))
+                .into()),
+            other => Err(format!("the first argument must be a list, not {other}")),
+        });
+        add("first", 1, false, |a| match &a[0] {
+            Value::Array(items) => Ok(items.first().cloned().unwrap_or(Value::Null)),
+            other => Err(format!("the argument must be a list, not {other}")),
+        });
+        add("now", 0, false, |_| {
+            Ok(chrono::Utc::now().timestamp().into())
+        });
+        // `{{date ts "%Y-%m-%d"}}`, optionally with an IANA timezone: `{{date ts "%H:%M" "Europe/Dublin"}}`.
+        add("date", 2, false, |a| {
+            let ts = match &a[0] {
+                Value::Number(n) => n.as_i64(),
+                Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| format!("{} is not a Unix timestamp in seconds", a[0]))?;
+            let fmt = text(&a[1]);
+            let utc = chrono::DateTime::from_timestamp(ts, 0)
+                .ok_or_else(|| format!("{ts} is out of range"))?;
+            let items: Vec<chrono::format::Item> =
+                chrono::format::StrftimeItems::new(&fmt).collect();
+            if items.contains(&chrono::format::Item::Error) {
+                return Err(format!(
+                    "`{fmt}` is not a valid date format (use strftime codes such as %Y-%m-%d)"
+                ));
+            }
+            Ok(match a.get(2) {
+                Some(tz) => {
+                    let tz: chrono_tz::Tz = text(tz)
+                        .parse()
+                        .map_err(|_| format!("{tz} is not an IANA timezone name"))?;
+                    utc.with_timezone(&tz)
+                        .format_with_items(items.into_iter())
+                        .to_string()
+                }
+                None => utc.format_with_items(items.into_iter()).to_string(),
+            }
+            .into())
+        });
     }
 
     fn text(v: &Value) -> String {
@@ -425,62 +716,6 @@ mod helpers {
             Value::Null => String::new(),
             other => other.to_string(),
         }
-    }
-
-    fn param<'a>(
-        h: &'a Helper,
-        i: usize,
-        name: &'static str,
-    ) -> Result<&'a Value, RenderErrorReason> {
-        h.param(i)
-            .map(|p| p.value())
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, i))
-    }
-
-    /// A helper that maps its one argument's text to new text.
-    struct TextFn(&'static str, fn(&str) -> String);
-
-    impl HelperDef for TextFn {
-        fn call<'reg: 'rc, 'rc>(
-            &self,
-            h: &Helper<'rc>,
-            _: &'reg Handlebars<'reg>,
-            _: &'rc Context,
-            _: &mut RenderContext<'reg, 'rc>,
-            out: &mut dyn Output,
-        ) -> HelperResult {
-            out.write(&(self.1)(&text(param(h, 0, self.0)?)))?;
-            Ok(())
-        }
-    }
-
-    fn json(
-        h: &Helper,
-        _: &Handlebars,
-        _: &Context,
-        _: &mut RenderContext,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        out.write(&param(h, 0, "json")?.to_string())?;
-        Ok(())
-    }
-
-    /// `{{default value fallback}}`: the fallback when value is missing, null or "".
-    fn default(
-        h: &Helper,
-        _: &Handlebars,
-        _: &Context,
-        _: &mut RenderContext,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        let v = h.param(0).map(|p| p.value()).unwrap_or(&Value::Null);
-        let chosen = match v {
-            Value::Null => param(h, 1, "default")?,
-            Value::String(s) if s.is_empty() => param(h, 1, "default")?,
-            other => other,
-        };
-        out.write(&text(chosen))?;
-        Ok(())
     }
 }
 
@@ -542,6 +777,51 @@ mod tests {
         );
         assert_eq!(r("x{{default n \"none\"}}"), json!("xnone"));
         assert_eq!(r("{{json o}}!"), json!("{\"k\":[1,\"&\"]}!"));
+        // A single helper expression keeps its JSON type.
+        assert_eq!(r("{{first o.k}}"), json!(1));
+        assert_eq!(r("{{default n 5}}"), json!(5));
+        assert_eq!(r("{{default missing \"x\"}}"), json!("x"));
+        assert_eq!(r("{{eq (first o.k) 1}}"), json!(true));
+        assert_eq!(r("{{concat \"a\" 1 true}}"), json!("a1true"));
+        assert_eq!(r("{{join o.k \", \"}}"), json!("1, &"));
+        assert_eq!(
+            r("{{date 1783695600 \"%Y-%m-%d %H:%M\"}}"),
+            json!("2026-07-10 15:00")
+        );
+        assert_eq!(
+            r("{{date 1783695600 \"%H:%M\" \"Europe/Dublin\"}}"),
+            json!("16:00")
+        );
+        assert!(r("{{now}}").as_i64().unwrap() > 1_700_000_000);
+        // Missing arguments are errors (strict), except for `default`.
+        let e = Template::compile("{{lowercase nope}}")
+            .unwrap()
+            .render(&s)
+            .unwrap_err();
+        assert!(e.0.contains("`nope` does not exist"), "{e}");
+        let e = Template::compile("{{date a \"%Y\"}}")
+            .unwrap()
+            .render(&s)
+            .unwrap_err();
+        assert!(e.0.contains("not a Unix timestamp"), "{e}");
+    }
+
+    #[test]
+    fn conditions_and_required_paths() {
+        let s = Scope::new(json!({"record": {"role": "user", "n": 0, "tags": []}}));
+        let t = |src: &str| Template::compile(src).unwrap().truthy(&s).unwrap();
+        assert!(t("{{eq record.role \"user\"}}"));
+        assert!(!t("{{record.n}}"));
+        assert!(!t("{{record.tags}}"));
+        assert!(t("{{or (eq record.role \"lead\") (not record.n)}}"));
+        let e = Template::compile("{{record.email}}")
+            .unwrap()
+            .render_required(&s)
+            .unwrap_err();
+        assert_eq!(
+            e.0,
+            "`record.email` does not exist; available: n, role, tags"
+        );
     }
 
     #[test]
@@ -551,6 +831,12 @@ mod tests {
             t.refs(),
             vec![vec!["input".to_string(), "s".into()], vec!["since".into()]]
         );
+        let t = Template::compile(
+            r#"{{default record.title "A b (c)"}} {{#if (eq x.y 'q r')}}{{z}}{{/if}}"#,
+        )
+        .unwrap();
+        let refs: Vec<String> = t.refs().iter().map(|r| r.join(".")).collect();
+        assert_eq!(refs, ["record.title", "x.y", "z"]);
         assert!(Template::compile("{{#if x}").is_err() || Template::compile("{{#if x}}").is_err());
     }
 }

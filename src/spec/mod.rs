@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod connector;
+pub mod recipe;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use crate::diag::{Diagnostic, LocationIndex};
 pub use config::{ConfigSpec, ConnectionSpec, RetrySpec};
 pub use connector::*;
+pub use recipe::{OnErrorSpec, RecipeSpec, ScheduleSpec, StepSpec, TriggerRefSpec};
 
 /// A parsed connector file.
 #[derive(Debug, Clone)]
@@ -151,6 +153,81 @@ pub fn parse_connector(file: &Path, text: &str) -> (Option<ConnectorSpec>, Vec<D
         actions,
     });
     (spec, diags)
+}
+
+/// A parsed recipe file with its positions.
+#[derive(Debug, Clone)]
+pub struct ParsedRecipe {
+    /// Where it was read from.
+    pub file: PathBuf,
+    /// Field positions.
+    pub index: LocationIndex,
+    /// The recipe.
+    pub spec: RecipeSpec,
+}
+
+/// Parses a recipe file, reading each step separately so every broken step is reported.
+pub fn parse_recipe(file: &Path, text: &str) -> (Option<ParsedRecipe>, Vec<Diagnostic>) {
+    let value = match parse_yaml(file, text) {
+        Ok(v) => v,
+        Err(d) => return (None, vec![d]),
+    };
+    let index = LocationIndex::build(text);
+    let serde_yaml::Value::Mapping(mut map) = value else {
+        let d = Diagnostic::error(file, "a recipe file must be a YAML mapping (key: value)")
+            .at(&index, "")
+            .help("start the file with `id: <recipe id>`");
+        return (None, vec![d]);
+    };
+    let mut diags = Vec::new();
+    let mut steps = Vec::new();
+    match map.remove("steps") {
+        Some(serde_yaml::Value::Sequence(items)) => {
+            for (i, v) in items.into_iter().enumerate() {
+                match from_value::<StepSpec>(file, &index, &format!("steps.{i}"), v) {
+                    Ok(s) => steps.push(s),
+                    Err(d) => diags.push(d),
+                }
+            }
+        }
+        Some(_) => diags.push(
+            Diagnostic::error(file, "`steps` must be a list of steps")
+                .at(&index, "steps")
+                .help("write each step as `- id: …` on its own line under `steps:`"),
+        ),
+        None => diags.push(
+            Diagnostic::error(file, "the recipe has no `steps`")
+                .at(&index, "")
+                .help("add `steps:` with at least one `- id: …, action: …` entry"),
+        ),
+    }
+    map.insert("steps".into(), serde_yaml::Value::Sequence(vec![]));
+    match from_value::<RecipeSpec>(file, &index, "", serde_yaml::Value::Mapping(map)) {
+        Ok(mut spec) if diags.is_empty() => {
+            spec.steps = steps;
+            (
+                Some(ParsedRecipe {
+                    file: file.to_path_buf(),
+                    index,
+                    spec,
+                }),
+                diags,
+            )
+        }
+        Ok(_) => (None, diags),
+        Err(d) => {
+            diags.push(d);
+            (None, diags)
+        }
+    }
+}
+
+/// Whether a YAML file looks like a connector (rather than a recipe): it has `triggers`,
+/// `actions` or `regions` at the top.
+pub fn looks_like_connector(text: &str) -> bool {
+    text.lines().any(|l| {
+        l.starts_with("triggers:") || l.starts_with("actions:") || l.starts_with("regions:")
+    })
 }
 
 /// Parses `sluice.yaml`.

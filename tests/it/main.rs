@@ -9,4 +9,5 @@ mod generic;
 mod intercom_actions;
 mod intercom_errors;
 mod intercom_triggers;
+mod recipes;
 mod validate;

@@ -12,7 +12,7 @@ fn shipped_connectors_validate() {
     r.assert_ok();
     assert!(
         r.stdout
-            .contains("ok: 1 connector(s), 7 trigger(s), 23 action(s)"),
+            .contains("ok: 1 connector(s), 7 trigger(s), 23 action(s), 0 recipe(s) in 1 file(s)"),
         "{}",
         r.stdout
     );

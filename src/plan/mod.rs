@@ -16,6 +16,9 @@ use crate::diag::{Diagnostic, LocationIndex};
 use crate::spec::{self, *};
 use crate::template::{Template, Tree};
 
+pub mod recipe;
+pub use recipe::{Recipe, Schedule, StartFrom, Step};
+
 /// A compiled connector.
 #[derive(Debug)]
 pub struct Connector {

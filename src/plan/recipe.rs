@@ -1,0 +1,857 @@
+//! Recipe plans: a recipe file checked against the connectors and `sluice.yaml`, with every
+//! template compiled and every reference resolved.
+//!
+//! Owns the recipe checks behind `sluice validate` (unknown triggers, actions, inputs and
+//! connections with "did you mean", missing inputs, literal types, references to later steps or
+//! to fields a trigger does not produce, schedules, start dates, duplicate ids). Every problem
+//! is collected; none stops the others.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use super::{type_matches, Action, Condition, Connector, Trigger};
+use crate::diag::{Diagnostic, LocationIndex};
+use crate::spec::{self, ConfigSpec, FieldSpec, FieldTypeSpec, OnErrorSpec, ParsedRecipe};
+use crate::template::{Template, Tree};
+
+/// A compiled recipe.
+#[derive(Debug)]
+pub struct Recipe {
+    /// Recipe id (the file stem).
+    pub id: String,
+    /// What it does.
+    pub description: String,
+    /// The connection of the trigger.
+    pub connection: String,
+    /// The trigger's connector.
+    pub connector: Arc<Connector>,
+    /// Trigger id within the connector.
+    pub trigger_id: String,
+    /// Trigger options.
+    pub options: Map<String, Value>,
+    /// When to poll.
+    pub schedule: Schedule,
+    /// Where the first run starts.
+    pub start_from: StartFrom,
+    /// Records for which this is false are skipped.
+    pub filter: Option<Template>,
+    /// The chain of steps.
+    pub steps: Vec<Step>,
+}
+
+impl Recipe {
+    /// The trigger.
+    pub fn trigger(&self) -> &Trigger {
+        &self.connector.triggers[&self.trigger_id]
+    }
+
+    /// `recipe.*` fields templates may read.
+    pub fn metadata(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "description": self.description,
+            "connection": self.connection,
+            "trigger": format!("{}.{}", self.connector.id, self.trigger_id),
+        })
+    }
+}
+
+/// Poll schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// Every so many seconds.
+    Every(u64),
+    /// A cron expression normalised to six fields (seconds first), in UTC.
+    Cron(String),
+}
+
+/// Where the first run of a recipe starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only records changed after the first run fire.
+    Now,
+    /// Records changed at or after this Unix time fire (backfill).
+    At(i64),
+}
+
+/// A compiled step.
+#[derive(Debug)]
+pub struct Step {
+    /// Step id.
+    pub id: String,
+    /// Connection it uses.
+    pub connection: String,
+    /// The action's connector.
+    pub connector: Arc<Connector>,
+    /// Action id within the connector.
+    pub action_id: String,
+    /// Inputs as templates.
+    pub with: Vec<(String, Tree)>,
+    /// Run only when true.
+    pub condition: Option<Template>,
+    /// Run once per item of this list.
+    pub for_each: Option<Template>,
+    /// Failure policy.
+    pub on_error: OnErrorSpec,
+}
+
+impl Step {
+    /// The action.
+    pub fn action(&self) -> &Action {
+        &self.connector.actions[&self.action_id]
+    }
+
+    /// Renders the step's inputs against a scope (`record`, `steps`, `recipe`, maybe `item`).
+    /// Every referenced field must exist.
+    pub fn render_inputs(
+        &self,
+        scope: &crate::template::Scope,
+    ) -> Result<Map<String, Value>, String> {
+        let mut m = Map::with_capacity(self.with.len());
+        for (k, t) in &self.with {
+            let v = t
+                .render_strict(scope)
+                .map_err(|e| format!("input `{k}`: {e}"))?;
+            m.insert(k.clone(), v);
+        }
+        Ok(m)
+    }
+
+    /// Whether the step's output is a list (it runs per item, or its action does).
+    pub fn outputs_list(&self) -> bool {
+        self.for_each.is_some() || self.action().spec.for_each.is_some()
+    }
+}
+
+/// The fields `recipe.*` offers.
+const RECIPE_FIELDS: &[&str] = &["id", "description", "connection", "trigger"];
+
+struct Cx<'a> {
+    file: &'a Path,
+    index: &'a LocationIndex,
+    diags: Vec<Diagnostic>,
+}
+
+impl Cx<'_> {
+    fn err(&mut self, path: &str, msg: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::error(self.file, msg).at(self.index, path);
+        d.help = help;
+        self.diags.push(d);
+    }
+}
+
+fn suggest<'a>(word: &str, options: impl IntoIterator<Item = &'a str> + Clone) -> String {
+    match spec::did_you_mean(word, options.clone()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => {
+            let all: Vec<&str> = options.into_iter().collect();
+            if all.is_empty() {
+                "there is nothing to choose from".into()
+            } else {
+                format!("choose one of: {}", all.join(", "))
+            }
+        }
+    }
+}
+
+/// What templates of one place may read, for reference checks.
+struct RefScope<'a> {
+    record_fields: Option<BTreeSet<String>>,
+    /// Earlier steps: id → (declared output fields, output is a list).
+    steps: IndexMap<String, (BTreeSet<String>, bool)>,
+    /// Later steps (for a better message).
+    later: BTreeSet<&'a str>,
+    item: bool,
+    trigger_name: String,
+}
+
+fn check_refs(cx: &mut Cx, path: &str, tpl: &Template, scope: &RefScope) {
+    let mut roots = vec!["record", "steps", "recipe"];
+    if scope.item {
+        roots.push("item");
+    }
+    for r in tpl.refs() {
+        let Some(root) = r.first().map(String::as_str) else {
+            continue;
+        };
+        match root {
+            "record" => {
+                if let (Some(fields), Some(f)) = (&scope.record_fields, r.get(1)) {
+                    if !fields.contains(f.as_str()) {
+                        cx.err(
+                            path,
+                            format!(
+                                "`record.{f}` is not a field of trigger `{}`",
+                                scope.trigger_name
+                            ),
+                            Some(format!(
+                                "{} (see `sluice connectors show`)",
+                                suggest(f, fields.iter().map(String::as_str))
+                            )),
+                        );
+                    }
+                }
+            }
+            "steps" => {
+                let Some(id) = r.get(1) else {
+                    cx.err(
+                        path,
+                        "`steps` must be followed by a step id, e.g. `steps.find_contact.id`",
+                        None,
+                    );
+                    continue;
+                };
+                match scope.steps.get(id.as_str()) {
+                    Some((fields, list)) => {
+                        if let Some(f) = r.get(2) {
+                            let index_ok = *list && f.parse::<usize>().is_ok();
+                            if !index_ok && !fields.is_empty() && !fields.contains(f.as_str()) {
+                                cx.err(
+                                    path,
+                                    format!("`steps.{id}.{f}` is not an output of step `{id}`"),
+                                    Some(suggest(f, fields.iter().map(String::as_str))),
+                                );
+                            }
+                        }
+                    }
+                    None if scope.later.contains(id.as_str()) => cx.err(
+                        path,
+                        format!("step `{id}` runs later, so its output does not exist yet here"),
+                        Some("a step can only use the outputs of steps above it; move it up or change the reference".into()),
+                    ),
+                    None => cx.err(
+                        path,
+                        format!("there is no step `{id}` before this one"),
+                        Some(suggest(id, scope.steps.keys().map(String::as_str))),
+                    ),
+                }
+            }
+            "recipe" => {
+                if let Some(f) = r.get(1) {
+                    if !RECIPE_FIELDS.contains(&f.as_str()) {
+                        cx.err(
+                            path,
+                            format!("`recipe.{f}` does not exist"),
+                            Some(suggest(f, RECIPE_FIELDS.iter().copied())),
+                        );
+                    }
+                }
+            }
+            "item" if scope.item => {}
+            other => {
+                let help = if other == "item" {
+                    "`item` exists only in steps with `for_each`".to_string()
+                } else {
+                    format!(
+                        "{}; templates here read `record.…`, `steps.<id>.…` and `recipe.…`",
+                        suggest(other, roots.iter().copied())
+                    )
+                };
+                cx.err(
+                    path,
+                    format!(
+                        "template refers to `{}`, which does not exist here",
+                        r.join(".")
+                    ),
+                    Some(help),
+                );
+            }
+        }
+    }
+}
+
+fn compile_template(cx: &mut Cx, path: &str, src: &str, scope: &RefScope) -> Option<Template> {
+    match Template::compile(src) {
+        Ok(t) => {
+            check_refs(cx, path, &t, scope);
+            Some(t)
+        }
+        Err(e) => {
+            cx.err(path, e, Some("templates look like `{{record.email}}` or `{{default record.name \"friend\"}}`".into()));
+            None
+        }
+    }
+}
+
+/// Parses `start_from`.
+pub fn parse_start_from(s: &str) -> Result<StartFrom, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("now") {
+        return Ok(StartFrom::Now);
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
+            return Ok(StartFrom::At(dt.and_utc().timestamp()));
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| StartFrom::At(d.timestamp()))
+        .map_err(|_| format!("`{s}` is not `now`, a date like `2026-11-01` or a time like `2026-11-01T09:00:00Z`"))
+}
+
+/// Parses a schedule.
+pub fn parse_schedule(s: &spec::ScheduleSpec) -> Result<Schedule, (String, &'static str)> {
+    match (&s.every, &s.cron) {
+        (Some(e), None) => {
+            let secs = super::parse_duration(e).map_err(|m| (m, "every"))?;
+            if secs < 1 {
+                return Err(("the interval must be at least one second".into(), "every"));
+            }
+            Ok(Schedule::Every(secs as u64))
+        }
+        (None, Some(c)) => {
+            let fields = c.split_whitespace().count();
+            let parser = croner::parser::CronParser::builder()
+                .seconds(croner::parser::Seconds::Optional)
+                .build();
+            if !(5..=6).contains(&fields) {
+                return Err((format!("cron `{c}` has {fields} fields; write five (minute hour day month weekday) or six (seconds first)"), "cron"));
+            }
+            parser
+                .parse(c)
+                .map_err(|e| (format!("cron `{c}` is not valid: {e}"), "cron"))?;
+            let six = if fields == 5 {
+                format!("0 {c}")
+            } else {
+                c.clone()
+            };
+            Ok(Schedule::Cron(six))
+        }
+        (Some(_), Some(_)) => Err(("give either `every` or `cron`, not both".into(), "")),
+        (None, None) => Err((
+            "say how often to run: `every: 5m` or `cron: \"*/5 * * * *\"`".into(),
+            "",
+        )),
+    }
+}
+
+/// Builds a recipe against the connectors and the configuration (`None`: no `sluice.yaml`).
+pub fn build_recipe(
+    parsed: &ParsedRecipe,
+    connectors: &[Arc<Connector>],
+    config: Option<&ConfigSpec>,
+) -> Result<Recipe, Vec<Diagnostic>> {
+    let spec = &parsed.spec;
+    let mut cx = Cx {
+        file: &parsed.file,
+        index: &parsed.index,
+        diags: Vec::new(),
+    };
+    if let Some(stem) = parsed.file.file_stem().and_then(|s| s.to_str()) {
+        if stem != spec.id {
+            cx.err(
+                "id",
+                format!(
+                    "recipe id `{}` differs from the file name `{stem}`",
+                    spec.id
+                ),
+                Some(format!(
+                    "set `id: {stem}` or rename the file to `{}.yaml`",
+                    spec.id
+                )),
+            );
+        }
+    }
+    if !is_snake(&spec.id) {
+        cx.err(
+            "id",
+            format!(
+                "recipe id `{}` must be snake_case (lowercase letters, digits, `_`)",
+                spec.id
+            ),
+            Some(format!(
+                "for example `{}` (and name the file the same)",
+                to_snake(&spec.id)
+            )),
+        );
+    }
+
+    // Connection.
+    let conn_connector = connection_connector(&mut cx, "connection", &spec.connection, config);
+
+    // Trigger.
+    let trigger_path = if matches!(spec.trigger, spec::TriggerRefSpec::Full { .. }) {
+        "trigger.use"
+    } else {
+        "trigger"
+    };
+    let trigger = resolve(&mut cx, trigger_path, spec.trigger.name(), connectors, true);
+    let mut options = Map::new();
+    if let Some((c, tid)) = &trigger {
+        for (k, v) in spec.trigger.options() {
+            options.insert(k, v);
+        }
+        if let Err(m) =
+            crate::action::check_fields("option", &c.triggers[tid].spec.options, &options)
+        {
+            cx.err(
+                "trigger.with",
+                m,
+                Some(format!("see `sluice connectors show {}`", c.id)),
+            );
+        }
+        if let Some(cc) = &conn_connector {
+            if *cc != c.id {
+                cx.err(
+                    "connection",
+                    format!(
+                        "connection `{}` is for connector `{cc}`, but the trigger is from `{}`",
+                        spec.connection, c.id
+                    ),
+                    Some(format!("use a connection of connector `{}`", c.id)),
+                );
+            }
+        }
+    }
+
+    let schedule = match parse_schedule(&spec.schedule) {
+        Ok(s) => Some(s),
+        Err((m, field)) => {
+            let path = if field.is_empty() {
+                "schedule".to_string()
+            } else {
+                format!("schedule.{field}")
+            };
+            cx.err(
+                &path,
+                m,
+                Some("examples: `every: 5m`, `cron: \"*/10 * * * *\"` (UTC)".into()),
+            );
+            None
+        }
+    };
+    let start_from = match spec
+        .start_from
+        .as_deref()
+        .map(parse_start_from)
+        .unwrap_or(Ok(StartFrom::Now))
+    {
+        Ok(s) => s,
+        Err(m) => {
+            cx.err(
+                "start_from",
+                m,
+                Some("leave it out (or write `now`) to start with new changes only".into()),
+            );
+            StartFrom::Now
+        }
+    };
+
+    let trigger_name = spec.trigger.name().to_string();
+    let record_fields: Option<BTreeSet<String>> = trigger.as_ref().and_then(|(c, t)| {
+        let outs = &c.triggers[t].spec.outputs;
+        (!outs.is_empty()).then(|| outs.keys().cloned().collect())
+    });
+    let all_ids: Vec<&str> = spec.steps.iter().map(|s| s.id.as_str()).collect();
+    let filter = spec.filter.as_deref().and_then(|f| {
+        let scope = RefScope {
+            record_fields: record_fields.clone(),
+            steps: IndexMap::new(),
+            later: all_ids.iter().copied().collect(),
+            item: false,
+            trigger_name: trigger_name.clone(),
+        };
+        compile_template(&mut cx, "filter", f, &scope)
+    });
+
+    if spec.steps.is_empty() {
+        cx.err(
+            "steps",
+            "the recipe has no steps",
+            Some("add at least one step with `id` and `action`".into()),
+        );
+    }
+    let mut steps = Vec::new();
+    let mut earlier: IndexMap<String, (BTreeSet<String>, bool)> = IndexMap::new();
+    for (i, s) in spec.steps.iter().enumerate() {
+        let base = format!("steps.{i}");
+        if !is_snake(&s.id) {
+            cx.err(
+                &format!("{base}.id"),
+                format!(
+                    "step id `{}` must be snake_case (lowercase letters, digits, `_`)",
+                    s.id
+                ),
+                Some(format!("for example `{}`", to_snake(&s.id))),
+            );
+        }
+        if earlier.contains_key(&s.id) {
+            cx.err(
+                &format!("{base}.id"),
+                format!("step id `{}` is used twice", s.id),
+                Some("give every step its own id".into()),
+            );
+        }
+        let later: BTreeSet<&str> = spec.steps[i + 1..].iter().map(|s| s.id.as_str()).collect();
+        let scope_plain = RefScope {
+            record_fields: record_fields.clone(),
+            steps: earlier.clone(),
+            later: later.clone(),
+            item: false,
+            trigger_name: trigger_name.clone(),
+        };
+        let condition = s
+            .condition
+            .as_deref()
+            .and_then(|c| compile_template(&mut cx, &format!("{base}.if"), c, &scope_plain));
+        let for_each = s
+            .for_each
+            .as_deref()
+            .and_then(|c| compile_template(&mut cx, &format!("{base}.for_each"), c, &scope_plain));
+        let scope_with = RefScope {
+            item: s.for_each.is_some(),
+            ..scope_plain
+        };
+
+        let step_conn = s
+            .connection
+            .clone()
+            .unwrap_or_else(|| spec.connection.clone());
+        let step_conn_connector = match &s.connection {
+            Some(c) => connection_connector(&mut cx, &format!("{base}.connection"), c, config),
+            None => conn_connector.clone(),
+        };
+        let action = resolve(
+            &mut cx,
+            &format!("{base}.action"),
+            &s.action,
+            connectors,
+            false,
+        );
+        let mut with = Vec::new();
+        let mut outputs = (BTreeSet::new(), s.for_each.is_some());
+        if let Some((c, aid)) = &action {
+            let a = &c.actions[aid];
+            outputs = (
+                a.spec.outputs.keys().cloned().collect(),
+                s.for_each.is_some() || a.spec.for_each.is_some(),
+            );
+            if let Some(cc) = &step_conn_connector {
+                if *cc != c.id {
+                    cx.err(&format!("{base}.action"), format!("action `{}` is from connector `{}`, but connection `{step_conn}` is for `{cc}`", s.action, c.id), Some(format!("add `connection:` with a connection of connector `{}` to this step", c.id)));
+                }
+            }
+            with = check_inputs(&mut cx, &base, s, a, &scope_with);
+        }
+        if let Some((c, aid)) = &action {
+            earlier.insert(s.id.clone(), outputs);
+            if cx.diags.is_empty() {
+                steps.push(Step {
+                    id: s.id.clone(),
+                    connection: step_conn,
+                    connector: c.clone(),
+                    action_id: aid.clone(),
+                    with,
+                    condition,
+                    for_each,
+                    on_error: s.on_error,
+                });
+            }
+        } else {
+            earlier.insert(s.id.clone(), (BTreeSet::new(), false));
+        }
+    }
+
+    match (cx.diags.is_empty(), trigger, schedule) {
+        (true, Some((connector, trigger_id)), Some(schedule)) => Ok(Recipe {
+            id: spec.id.clone(),
+            description: spec.description.clone(),
+            connection: spec.connection.clone(),
+            connector,
+            trigger_id,
+            options,
+            schedule,
+            start_from,
+            filter,
+            steps,
+        }),
+        _ => Err(cx.diags),
+    }
+}
+
+/// `Tag-It` → `tag_it`.
+fn to_snake(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let t = out.trim_matches('_').to_string();
+    if t.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+        format!("s_{t}")
+    } else {
+        t
+    }
+}
+
+fn is_snake(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Checks a connection name against the config; returns its connector id.
+fn connection_connector(
+    cx: &mut Cx,
+    path: &str,
+    name: &str,
+    config: Option<&ConfigSpec>,
+) -> Option<String> {
+    let Some(config) = config else {
+        cx.err(
+            path,
+            format!("connection `{name}` cannot be checked: there is no config file"),
+            Some(
+                "create `sluice.yaml` with a `connections:` section, or pass `--config FILE`"
+                    .into(),
+            ),
+        );
+        return None;
+    };
+    match config.connections.get(name) {
+        Some(c) => Some(c.connector.clone()),
+        None => {
+            cx.err(
+                path,
+                format!("there is no connection `{name}` in the config file"),
+                Some(suggest(name, config.connections.keys().map(String::as_str))),
+            );
+            None
+        }
+    }
+}
+
+/// Resolves `connector.name` to a trigger (or action).
+fn resolve(
+    cx: &mut Cx,
+    path: &str,
+    r: &str,
+    connectors: &[Arc<Connector>],
+    trigger: bool,
+) -> Option<(Arc<Connector>, String)> {
+    let what = if trigger { "trigger" } else { "action" };
+    let Some((cid, name)) = r.split_once('.') else {
+        let example = if trigger {
+            "intercom.new_ticket"
+        } else {
+            "intercom.assign_tags"
+        };
+        cx.err(
+            path,
+            format!("`{r}` must be written `<connector>.<{what}>`"),
+            Some(format!("for example `{example}`")),
+        );
+        return None;
+    };
+    let Some(c) = connectors.iter().find(|c| c.id == cid) else {
+        cx.err(
+            path,
+            format!("there is no connector `{cid}`"),
+            Some(suggest(cid, connectors.iter().map(|c| c.id.as_str()))),
+        );
+        return None;
+    };
+    let names: Vec<&str> = if trigger {
+        c.triggers.keys().map(String::as_str).collect()
+    } else {
+        c.actions.keys().map(String::as_str).collect()
+    };
+    if !names.contains(&name) {
+        cx.err(
+            path,
+            format!("connector `{cid}` has no {what} `{name}`"),
+            Some(format!(
+                "{} (see `sluice connectors show {cid}`)",
+                suggest(name, names.iter().copied())
+            )),
+        );
+        return None;
+    }
+    Some((c.clone(), name.to_string()))
+}
+
+fn describe_type(f: &FieldSpec) -> &'static str {
+    crate::action::type_name(f.ty)
+}
+
+fn check_inputs(
+    cx: &mut Cx,
+    base: &str,
+    s: &spec::StepSpec,
+    a: &Action,
+    scope: &RefScope,
+) -> Vec<(String, Tree)> {
+    let inputs = &a.spec.inputs;
+    let mut out = Vec::new();
+    let mut literals: Map<String, Value> = Map::new();
+    for (k, v) in &s.with {
+        let path = format!("{base}.with.{k}");
+        let Some(field) = inputs.get(k) else {
+            cx.err(
+                &path,
+                format!("action `{}` has no input `{k}`", s.action),
+                Some(suggest(k, inputs.keys().map(String::as_str))),
+            );
+            continue;
+        };
+        let (tree, errs) = Tree::compile(v);
+        for (p, e) in errs {
+            let at = if p.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}.{p}")
+            };
+            cx.err(
+                &at,
+                e,
+                Some("templates look like `{{record.email}}`".into()),
+            );
+        }
+        for (p, t) in tree.templates() {
+            let at = if p.is_empty() {
+                path.clone()
+            } else {
+                format!("{path}.{p}")
+            };
+            check_refs(cx, &at, t, scope);
+        }
+        if let Some(lit) = tree.literal() {
+            check_literal(cx, &path, k, field, &lit);
+            literals.insert(k.clone(), lit);
+        }
+        out.push((k.clone(), tree));
+    }
+    for (k, f) in inputs {
+        if f.required && !s.with.contains_key(k) {
+            let ex = f
+                .example
+                .as_ref()
+                .map(|e| format!(" (e.g. `{k}: {e}`)"))
+                .unwrap_or_default();
+            cx.err(
+                &format!("{base}.with"),
+                format!("required input `{k}` of `{}` is missing", s.action),
+                Some(format!(
+                    "add `{k}:` under `with:` — {}{ex}",
+                    describe_type(f)
+                )),
+            );
+        }
+    }
+    if !a.spec.require_any.is_empty() && !a.spec.require_any.iter().any(|k| s.with.contains_key(k))
+    {
+        cx.err(
+            &format!("{base}.with"),
+            format!(
+                "`{}` needs at least one of `{}`",
+                s.action,
+                a.spec.require_any.join("`, `")
+            ),
+            Some(format!(
+                "add one of them under `with:`, e.g. `{}: …`",
+                a.spec.require_any[0]
+            )),
+        );
+    }
+    // A variant chosen by a literal value may require more inputs.
+    for v in &a.variants {
+        if let Some(Condition::Equals(input, value)) = &v.when {
+            if literals.get(input) == Some(value) {
+                for r in &v.requires {
+                    if !s.with.contains_key(r) {
+                        cx.err(
+                            &format!("{base}.with"),
+                            format!("input `{r}` is required when `{input}` is {value}"),
+                            Some(format!("add `{r}:` under `with:`")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn check_literal(cx: &mut Cx, path: &str, k: &str, f: &FieldSpec, v: &Value) {
+    if v.is_null() {
+        return;
+    }
+    if !type_matches(f.ty, v) {
+        let hint = match (f.ty, v) {
+            (
+                FieldTypeSpec::Integer | FieldTypeSpec::Number | FieldTypeSpec::Timestamp,
+                Value::String(s),
+            ) if s.trim().parse::<f64>().is_ok() => {
+                format!("remove the quotes: `{k}: {}`", s.trim())
+            }
+            (FieldTypeSpec::String, Value::Number(n)) => {
+                format!("put it in quotes: `{k}: \"{n}\"`")
+            }
+            (FieldTypeSpec::Boolean, Value::String(s))
+                if matches!(s.as_str(), "true" | "false") =>
+            {
+                format!("remove the quotes: `{k}: {s}`")
+            }
+            (FieldTypeSpec::Array, _) => format!("write a list: `{k}: [a, b]`"),
+            _ => format!("`{k}` takes {}", describe_type(f)),
+        };
+        cx.err(
+            path,
+            format!(
+                "input `{k}` must be {}, but {v} was given",
+                describe_type(f)
+            ),
+            Some(hint),
+        );
+        return;
+    }
+    if let Some(allowed) = &f.allowed {
+        if !allowed.contains(v) {
+            let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
+            let best = v
+                .as_str()
+                .and_then(|w| spec::did_you_mean(w, allowed.iter().filter_map(Value::as_str)));
+            let help = match best {
+                Some(b) => format!("did you mean `{b}`?"),
+                None => format!("write one of: {}", list.join(", ")),
+            };
+            cx.err(
+                path,
+                format!(
+                    "input `{k}` must be one of {}, but {v} was given",
+                    list.join(", ")
+                ),
+                Some(help),
+            );
+        }
+    }
+}
+
+/// Reads, parses and builds one recipe file.
+pub fn load_recipe(
+    file: &Path,
+    text: &str,
+    connectors: &[Arc<Connector>],
+    config: Option<&ConfigSpec>,
+) -> Result<Recipe, Vec<Diagnostic>> {
+    let (parsed, mut diags) = spec::parse_recipe(file, text);
+    match parsed {
+        Some(p) => match build_recipe(&p, connectors, config) {
+            Ok(r) if diags.is_empty() => Ok(r),
+            Ok(_) => Err(diags),
+            Err(more) => {
+                diags.extend(more);
+                Err(diags)
+            }
+        },
+        None => Err(diags),
+    }
+}
