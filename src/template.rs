@@ -793,6 +793,9 @@ mod tests {
             json!("16:00")
         );
         assert!(r("{{now}}").as_i64().unwrap() > 1_700_000_000);
+        assert_eq!(r("{{len o.k}}"), json!(2));
+        assert_eq!(r("{{gte (len o.k) 2}}"), json!(true));
+        assert_eq!(r("{{lookup o \"k\"}}"), json!([1, "&"]));
         // Missing arguments are errors (strict), except for `default`.
         let e = Template::compile("{{lowercase nope}}")
             .unwrap()

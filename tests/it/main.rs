@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod demo;
+mod docs;
 mod generic;
 mod intercom_actions;
 mod intercom_errors;
