@@ -4,6 +4,7 @@
 mod util;
 
 mod cli;
+mod conformance;
 mod demo;
 mod generic;
 mod intercom_actions;
