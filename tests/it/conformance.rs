@@ -170,7 +170,9 @@ fn hop_header(name: &HeaderName) -> bool {
 
 async fn forward(State(rec): State<Arc<Recorder>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
     let pq = parts
         .uri
         .path_and_query()
@@ -263,7 +265,13 @@ async fn start_prism(spec: &Path, upstream: &str, dir: &Path) -> (Prism, String)
         .args(["proxy"])
         .arg(spec)
         .arg(upstream)
-        .args(["--errors", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--errors",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
         // Prism's dependencies would report installs; it must touch nothing but loopback.
         .env("SCARF_ANALYTICS", "false")
         .env("DO_NOT_TRACK", "1")
@@ -545,33 +553,96 @@ async fn conformance_all_actions_required_and_optional_inputs() {
     let c = &chain;
 
     // Companies.
-    let cmin = id(&act(c, r, "create_or_update_company", "required", json!({"company_id": "conf-min"})).await);
+    let cmin = id(&act(
+        c,
+        r,
+        "create_or_update_company",
+        "required",
+        json!({"company_id": "conf-min"}),
+    )
+    .await);
     let cfull = id(&act(c, r, "create_or_update_company", "all", json!({
         "company_id": "conf-full", "name": "Conformance Ltd", "plan": "Pro", "size": 40,
         "website": "https://conformance.example", "industry": "Manufacturing",
         "custom_attributes": {"region": "EMEA"}, "remote_created_at": 1_700_000_000, "monthly_spend": 250,
     })).await);
     act(c, r, "update_company", "required", json!({"id": cmin})).await;
-    act(c, r, "update_company", "all", json!({
-        "id": cfull, "name": "Conformance Group", "plan": "Enterprise", "size": 45,
-        "website": "https://group.example", "industry": "Logistics",
-        "custom_attributes": {"region": "APAC"}, "monthly_spend": 300,
-    })).await;
+    act(
+        c,
+        r,
+        "update_company",
+        "all",
+        json!({
+            "id": cfull, "name": "Conformance Group", "plan": "Enterprise", "size": 45,
+            "website": "https://group.example", "industry": "Logistics",
+            "custom_attributes": {"region": "APAC"}, "monthly_spend": 300,
+        }),
+    )
+    .await;
     act(c, r, "find_company", "by id", json!({"id": cfull})).await;
-    act(c, r, "find_company", "by company_id", json!({"company_id": "conf-full"})).await;
-    act(c, r, "find_company", "by name", json!({"name": "Conformance Group"})).await;
-    act(c, r, "add_contact_to_company", "required = all", json!({"contact_id": user_id, "company_id": cfull})).await;
+    act(
+        c,
+        r,
+        "find_company",
+        "by company_id",
+        json!({"company_id": "conf-full"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "find_company",
+        "by name",
+        json!({"name": "Conformance Group"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "add_contact_to_company",
+        "required = all",
+        json!({"contact_id": user_id, "company_id": cfull}),
+    )
+    .await;
 
     // Contacts.
-    act(c, r, "create_contact", "required: email", json!({"email": "min@example.com"})).await;
-    act(c, r, "create_contact", "required: external_id", json!({"external_id": "usr_conf_min"})).await;
-    act(c, r, "create_contact", "required: role", json!({"role": "lead"})).await;
-    let full = act(c, r, "create_contact", "all", json!({
-        "role": "user", "external_id": "usr_conf_full", "email": "full@example.com",
-        "phone": "+353871234567", "name": "Joe Bloggs", "avatar": "https://example.com/joe.png",
-        "signed_up_at": 1_734_537_424, "last_seen_at": 1_734_537_500, "owner_id": admin_int,
-        "unsubscribed_from_emails": false, "custom_attributes": {"plan_tier": "pro"},
-    })).await;
+    act(
+        c,
+        r,
+        "create_contact",
+        "required: email",
+        json!({"email": "min@example.com"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_contact",
+        "required: external_id",
+        json!({"external_id": "usr_conf_min"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_contact",
+        "required: role",
+        json!({"role": "lead"}),
+    )
+    .await;
+    let full = act(
+        c,
+        r,
+        "create_contact",
+        "all",
+        json!({
+            "role": "user", "external_id": "usr_conf_full", "email": "full@example.com",
+            "phone": "+353871234567", "name": "Joe Bloggs", "avatar": "https://example.com/joe.png",
+            "signed_up_at": 1_734_537_424, "last_seen_at": 1_734_537_500, "owner_id": admin_int,
+            "unsubscribed_from_emails": false, "custom_attributes": {"plan_tier": "pro"},
+        }),
+    )
+    .await;
     let contact = id(&full);
     act(c, r, "update_contact", "required", json!({"id": contact})).await;
     act(c, r, "update_contact", "all", json!({
@@ -581,15 +652,64 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         "unsubscribed_from_emails": true, "custom_attributes": {"plan_tier": "team"},
     })).await;
     act(c, r, "find_contact", "by id", json!({"id": contact})).await;
-    act(c, r, "find_contact", "by external_id", json!({"external_id": "usr_conf_full2"})).await;
-    act(c, r, "find_contact", "by email", json!({"email": "full2@example.com"})).await;
-    act(c, r, "add_note_to_contact", "required", json!({"contact_id": contact, "body": "Called about the renewal & pricing"})).await;
-    act(c, r, "add_note_to_contact", "all", json!({"contact_id": contact, "body": "Follow-up <b>done</b>", "admin_id": admin})).await;
+    act(
+        c,
+        r,
+        "find_contact",
+        "by external_id",
+        json!({"external_id": "usr_conf_full2"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "find_contact",
+        "by email",
+        json!({"email": "full2@example.com"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "add_note_to_contact",
+        "required",
+        json!({"contact_id": contact, "body": "Called about the renewal & pricing"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "add_note_to_contact",
+        "all",
+        json!({"contact_id": contact, "body": "Follow-up <b>done</b>", "admin_id": admin}),
+    )
+    .await;
 
     // Tickets.
-    act(c, r, "create_ticket", "required: contact_id", json!({"ticket_type_id": customer_type_id, "contact_id": user_id})).await;
-    act(c, r, "create_ticket", "required: contact_external_id", json!({"ticket_type_id": customer_type_id, "contact_external_id": "usr_conf_full2"})).await;
-    act(c, r, "create_ticket", "required: contact_email", json!({"ticket_type_id": customer_type_id, "contact_email": "new-from-ticket@example.com"})).await;
+    act(
+        c,
+        r,
+        "create_ticket",
+        "required: contact_id",
+        json!({"ticket_type_id": customer_type_id, "contact_id": user_id}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_ticket",
+        "required: contact_external_id",
+        json!({"ticket_type_id": customer_type_id, "contact_external_id": "usr_conf_full2"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_ticket",
+        "required: contact_email",
+        json!({"ticket_type_id": customer_type_id, "contact_email": "new-from-ticket@example.com"}),
+    )
+    .await;
     let ticket = id(&act(c, r, "create_ticket", "all", json!({
         "ticket_type_id": customer_type_id, "contact_id": contact,
         "ticket_attributes": {"_default_title_": "Checkout broken", "_default_description_": "500 on pay"},
@@ -597,14 +717,28 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         "admin_assignee_id": admin, "team_assignee_id": "0", "skip_notifications": true,
     })).await);
     act(c, r, "update_ticket", "required", json!({"id": ticket})).await;
-    act(c, r, "update_ticket", "all", json!({
-        "id": ticket, "ticket_attributes": {"_default_title_": "Checkout fixed"},
-        "ticket_state_id": state_id, "company_id": cfull, "open": true, "is_shared": true,
-        "snoozed_until": T0 + 86_400, "admin_id": admin_int, "assignee_id": admin,
-        "skip_notifications": false,
-    })).await;
+    act(
+        c,
+        r,
+        "update_ticket",
+        "all",
+        json!({
+            "id": ticket, "ticket_attributes": {"_default_title_": "Checkout fixed"},
+            "ticket_state_id": state_id, "company_id": cfull, "open": true, "is_shared": true,
+            "snoozed_until": T0 + 86_400, "admin_id": admin_int, "assignee_id": admin,
+            "skip_notifications": false,
+        }),
+    )
+    .await;
     act(c, r, "find_ticket", "required = all", json!({"id": ticket})).await;
-    act(c, r, "convert_conversation_to_ticket", "required", json!({"conversation_id": convs[1], "ticket_type_id": customer_type_id})).await;
+    act(
+        c,
+        r,
+        "convert_conversation_to_ticket",
+        "required",
+        json!({"conversation_id": convs[1], "ticket_type_id": customer_type_id}),
+    )
+    .await;
     act(c, r, "convert_conversation_to_ticket", "all", json!({"conversation_id": convs[2], "ticket_type_id": customer_type_id, "attributes": {"_default_title_": "From chat"}})).await;
 
     // Conversations.
@@ -613,48 +747,356 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         "contact_id": user_id, "contact_type": "user", "body": "Invoice question", "subject": "Invoice",
         "attachment_urls": ["https://example.com/a.png"], "created_at": T0 - 30,
     })).await;
-    let conv = msg["conversation_id"].as_str().map_or_else(|| convs[3].clone(), str::to_string);
+    let conv = msg["conversation_id"]
+        .as_str()
+        .map_or_else(|| convs[3].clone(), str::to_string);
     act(c, r, "update_conversation", "required", json!({"id": conv})).await;
     act(c, r, "update_conversation", "all", json!({"id": conv, "read": true, "title": "Billing question", "custom_attributes": {"issue_type": "Billing"}, "company_id": cfull})).await;
-    act(c, r, "find_conversation", "required = all", json!({"id": conv})).await;
+    act(
+        c,
+        r,
+        "find_conversation",
+        "required = all",
+        json!({"id": conv}),
+    )
+    .await;
 
     // Tags: every target, with and without the optional admin_id where it is optional.
-    let tag = id(&act(c, r, "create_tag", "required = all", json!({"name": "Conformance"})).await);
+    let tag = id(&act(
+        c,
+        r,
+        "create_tag",
+        "required = all",
+        json!({"name": "Conformance"}),
+    )
+    .await);
     let two = json!([tags[0], tag]);
-    act(c, r, "assign_tags", "contact, required", json!({"target": "contact", "target_id": contact, "tag_ids": two})).await;
-    act(c, r, "assign_tags", "contact, all", json!({"target": "contact", "target_id": contact, "tag_ids": two, "admin_id": admin})).await;
-    act(c, r, "assign_tags", "conversation", json!({"target": "conversation", "target_id": conv, "tag_ids": two, "admin_id": admin})).await;
-    act(c, r, "assign_tags", "ticket", json!({"target": "ticket", "target_id": ticket, "tag_ids": two, "admin_id": admin})).await;
-    act(c, r, "remove_tags", "contact, required", json!({"target": "contact", "target_id": contact, "tag_ids": [tags[0]]})).await;
-    act(c, r, "remove_tags", "contact, all", json!({"target": "contact", "target_id": contact, "tag_ids": [tag], "admin_id": admin})).await;
-    act(c, r, "remove_tags", "conversation", json!({"target": "conversation", "target_id": conv, "tag_ids": two, "admin_id": admin})).await;
-    act(c, r, "remove_tags", "ticket", json!({"target": "ticket", "target_id": ticket, "tag_ids": two, "admin_id": admin})).await;
+    act(
+        c,
+        r,
+        "assign_tags",
+        "contact, required",
+        json!({"target": "contact", "target_id": contact, "tag_ids": two}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "assign_tags",
+        "contact, all",
+        json!({"target": "contact", "target_id": contact, "tag_ids": two, "admin_id": admin}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "assign_tags",
+        "conversation",
+        json!({"target": "conversation", "target_id": conv, "tag_ids": two, "admin_id": admin}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "assign_tags",
+        "ticket",
+        json!({"target": "ticket", "target_id": ticket, "tag_ids": two, "admin_id": admin}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "remove_tags",
+        "contact, required",
+        json!({"target": "contact", "target_id": contact, "tag_ids": [tags[0]]}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "remove_tags",
+        "contact, all",
+        json!({"target": "contact", "target_id": contact, "tag_ids": [tag], "admin_id": admin}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "remove_tags",
+        "conversation",
+        json!({"target": "conversation", "target_id": conv, "tag_ids": two, "admin_id": admin}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "remove_tags",
+        "ticket",
+        json!({"target": "ticket", "target_id": ticket, "tag_ids": two, "admin_id": admin}),
+    )
+    .await;
 
     // Events.
-    act(c, r, "create_event", "required: user_id", json!({"event_name": "placed-order", "created_at": T0, "user_id": "usr_conf_full2"})).await;
-    act(c, r, "create_event", "required: contact_id", json!({"event_name": "placed-order", "created_at": T0 + 1, "contact_id": contact})).await;
-    act(c, r, "create_event", "required: email", json!({"event_name": "placed-order", "created_at": T0 + 2, "email": "full2@example.com"})).await;
+    act(
+        c,
+        r,
+        "create_event",
+        "required: user_id",
+        json!({"event_name": "placed-order", "created_at": T0, "user_id": "usr_conf_full2"}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_event",
+        "required: contact_id",
+        json!({"event_name": "placed-order", "created_at": T0 + 1, "contact_id": contact}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_event",
+        "required: email",
+        json!({"event_name": "placed-order", "created_at": T0 + 2, "email": "full2@example.com"}),
+    )
+    .await;
     act(c, r, "create_event", "all", json!({"event_name": "placed-order", "created_at": T0 + 3, "user_id": "usr_conf_full2", "contact_id": contact, "email": "full2@example.com", "metadata": {"order_id": "A-1", "amount": 42}})).await;
 
     // Deletes last: they remove what the steps above used.
     act(c, r, "delete_tag", "required = all", json!({"id": tag})).await;
-    act(c, r, "delete_ticket", "required = all", json!({"id": ticket})).await;
-    act(c, r, "delete_conversation", "required = all", json!({"id": conv})).await;
-    act(c, r, "delete_company", "required = all", json!({"id": cmin})).await;
+    act(
+        c,
+        r,
+        "delete_ticket",
+        "required = all",
+        json!({"id": ticket}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "delete_conversation",
+        "required = all",
+        json!({"id": conv}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "delete_company",
+        "required = all",
+        json!({"id": cmin}),
+    )
+    .await;
 
     // Every action ran through Prism (the connector defines exactly these 23).
     let ran: std::collections::BTreeSet<&str> = [
-        "create_or_update_company", "update_company", "find_company", "delete_company",
-        "add_contact_to_company", "create_contact", "update_contact", "find_contact",
-        "add_note_to_contact", "create_ticket", "update_ticket", "find_ticket", "delete_ticket",
-        "convert_conversation_to_ticket", "create_conversation", "update_conversation",
-        "find_conversation", "delete_conversation", "create_tag", "assign_tags", "remove_tags",
-        "delete_tag", "create_event",
+        "create_or_update_company",
+        "update_company",
+        "find_company",
+        "delete_company",
+        "add_contact_to_company",
+        "create_contact",
+        "update_contact",
+        "find_contact",
+        "add_note_to_contact",
+        "create_ticket",
+        "update_ticket",
+        "find_ticket",
+        "delete_ticket",
+        "convert_conversation_to_ticket",
+        "create_conversation",
+        "update_conversation",
+        "find_conversation",
+        "delete_conversation",
+        "create_tag",
+        "assign_tags",
+        "remove_tags",
+        "delete_tag",
+        "create_event",
     ]
     .into();
     assert_eq!(ran.len(), 23);
     r.assert_clean("actions");
     let n = chain.exchanges().len();
     assert!(n >= 56, "only {n} requests went through Prism");
-    eprintln!("conformance: {n} action requests checked in {:?}", started.elapsed());
+    eprintln!(
+        "conformance: {n} action requests checked in {:?}",
+        started.elapsed()
+    );
+}
+
+/// Records per trigger: more than one page of 150 (and several scroll pages of 50).
+const MANY: i64 = 160;
+
+/// All 7 triggers over more than one page each, including the contact search's widening to
+/// whole local days.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_all_triggers_first_and_following_pages() {
+    let started = Instant::now();
+    let chain = Chain::start(config(3, 0, 0, 0)).await;
+    let sim = chain.sim();
+    // 16:00 in Dublin at T0, so `since` is an hour into the afternoon: mid local day.
+    let since = T0 - 3600;
+    for i in 0..MANY {
+        let ts = since + 600 + i;
+        let company = sim
+            .create(Kind::Company, json!({"name": format!("Pager {i}"), "company_id": format!("pager-{i}"), "created_at": ts, "updated_at": ts}))
+            .unwrap();
+        // Companies without contacts are not listed by Intercom: give each one.
+        sim.create(Kind::Contact, json!({"role": "user", "email": format!("pager{i}@example.com"), "created_at": ts, "updated_at": ts, "company_ids": [id(&company)]}))
+            .unwrap();
+        sim.create(Kind::Ticket, json!({"created_at": ts, "updated_at": ts}))
+            .unwrap();
+        sim.create(
+            Kind::Conversation,
+            json!({"created_at": ts, "updated_at": ts}),
+        )
+        .unwrap();
+    }
+    // Earlier the same local day: the widened contact search returns them, sluice drops them.
+    let early = (0..3)
+        .map(|i| {
+            let ts = since - 5 * 3600 + i;
+            id(&sim
+                .create(
+                    Kind::Contact,
+                    json!({"role": "lead", "created_at": ts, "updated_at": ts}),
+                )
+                .unwrap())
+        })
+        .collect::<Vec<_>>();
+
+    let r = &mut Report::default();
+    for (trigger, path) in [
+        ("new_contact", "/contacts/search"),
+        ("contact_updated", "/contacts/search"),
+        ("new_or_updated_company", "/companies/scroll"),
+        ("new_ticket", "/tickets/search"),
+        ("ticket_updated", "/tickets/search"),
+        ("new_conversation", "/conversations/search"),
+        ("conversation_updated", "/conversations/search"),
+    ] {
+        let before = chain.exchanges().len();
+        let run = chain.poll(trigger, since).await;
+        let pages: Vec<Exchange> = chain.exchanges()[before..]
+            .iter()
+            .filter(|e| e.path.split('?').next() == Some(path))
+            .cloned()
+            .collect();
+        r.step(
+            &chain,
+            &format!("poll {trigger} --since {since}"),
+            &run,
+            true,
+        );
+        if run.code != 0 {
+            continue;
+        }
+        let ids: Vec<String> = run.json_lines().iter().map(id).collect();
+        assert!(
+            ids.len() as i64 >= MANY,
+            "{trigger}: {} records, want at least {MANY}",
+            ids.len()
+        );
+        // A following page was asked for with the previous page's cursor.
+        let follow = pages
+            .iter()
+            .skip(1)
+            .filter(|e| {
+                e.path.contains("scroll_param=") || e.request_body.contains("\"starting_after\"")
+            })
+            .count();
+        assert!(follow >= 1, "{trigger}: no following page in {pages:#?}");
+        if path == "/contacts/search" {
+            assert!(
+                early.iter().all(|e| !ids.contains(e)),
+                "{trigger}: records before since were not dropped"
+            );
+            // Last second of the previous local day (Dublin, UTC+1 in July).
+            let body: Value = serde_json::from_str(&pages[0].request_body).unwrap();
+            let sent = &body["query"]["value"];
+            let sent = sent
+                .as_i64()
+                .or_else(|| sent.as_str().and_then(|s| s.parse().ok()));
+            assert_eq!(sent, Some(T0 - 16 * 3600 - 1), "{trigger}: widened value");
+        }
+    }
+    r.assert_clean("triggers");
+    eprintln!(
+        "conformance: {} trigger requests checked in {:?}",
+        chain.exchanges().len(),
+        started.elapsed()
+    );
+}
+
+/// The check bites: a request Intercom would reject (a contact with none of email,
+/// external_id or role) is reported with Prism's message and never reaches the simulator, and a
+/// simulator response that breaks the schema is reported too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_reports_malformed_request_and_response() {
+    let chain = Chain::start(config(2, 0, 0, 0)).await;
+    // sluice refuses this input itself, so send it raw through the same chain.
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = client
+        .post(format!("{}/contacts", chain.base_url))
+        .bearer_auth(TOKEN)
+        .header("Accept", "application/json")
+        .header("Intercom-Version", "2.15")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 422);
+    let v = chain.violations();
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert!(
+        v[0].contains("UNPROCESSABLE_ENTITY")
+            && v[0].contains("Request body must have required property 'email'"),
+        "{}",
+        v[0]
+    );
+    assert!(
+        chain.sim().audit().iter().all(|e| e.path != "/contacts"),
+        "Prism must not forward an invalid request"
+    );
+
+    // An undocumented body field is reported even though Prism lets it through.
+    let run = chain
+        .call("find_contact", &json!({"email": "nobody@example.com"}))
+        .await;
+    assert_eq!(run.code, 1, "nothing is found: {}", run.stderr);
+    assert!(chain.violations().is_empty(), "`sort` is allow-listed");
+    let resp = client
+        .post(format!("{}/contacts/search", chain.base_url))
+        .bearer_auth(TOKEN)
+        .header("Accept", "application/json")
+        .header("Intercom-Version", "2.15")
+        .json(&json!({"query": {"field": "email", "operator": "=", "value": "a@b.c"}, "order": "asc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let v = chain.violations();
+    assert!(
+        v.len() == 1 && v[0].contains("request body fields [\"order\"] are not documented"),
+        "{v:#?}"
+    );
+
+    // A response violation: a contact whose `created_at` is no integer.
+    let contact = id(&chain.sim().records(Kind::Contact)[0]);
+    chain
+        .sim()
+        .patch(Kind::Contact, &contact, json!({"created_at": "yesterday"}))
+        .unwrap();
+    let run = chain.call("find_contact", &json!({"id": contact})).await;
+    assert_ne!(run.code, 0);
+    let v = chain.violations();
+    assert!(
+        !v.is_empty()
+            && v.iter().all(|x| x.contains("VIOLATIONS")
+                && x.contains("Response body property created_at must be integer")),
+        "{v:#?}"
+    );
 }
