@@ -154,7 +154,10 @@ struct Exchange {
     response_body: String,
 }
 
+/// The loopback proxy sluice talks to: forwards everything to Prism unchanged and keeps a copy
+/// of each exchange.
 struct Recorder {
+    /// Prism's URL.
     upstream: String,
     client: reqwest::Client,
     log: Mutex<Vec<Exchange>>,
@@ -168,6 +171,7 @@ fn hop_header(name: &HeaderName) -> bool {
     )
 }
 
+/// Forwards one request to Prism and records it with Prism's answer.
 async fn forward(State(rec): State<Arc<Recorder>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, 64 << 20)
