@@ -720,6 +720,15 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         "company_id": cfull, "created_at": T0 - 60, "conversation_to_link_id": convs[0],
         "admin_assignee_id": admin, "team_assignee_id": "0", "skip_notifications": true,
     })).await);
+    // All three contact identifiers at once: the first wins, one key is sent (a oneOf).
+    act(
+        c,
+        r,
+        "create_ticket",
+        "every contact identifier",
+        json!({"ticket_type_id": customer_type_id, "contact_id": user_id, "contact_external_id": "usr_conf_full2", "contact_email": "full2@example.com"}),
+    )
+    .await;
     act(c, r, "update_ticket", "required", json!({"id": ticket})).await;
     act(
         c,
@@ -924,7 +933,7 @@ async fn conformance_all_actions_required_and_optional_inputs() {
     assert_eq!(ran.len(), 23);
     r.assert_clean("actions");
     let n = chain.exchanges().len();
-    assert!(n >= 56, "only {n} requests went through Prism");
+    assert!(n >= 57, "only {n} requests went through Prism");
     eprintln!(
         "conformance: {n} action requests checked in {:?}",
         started.elapsed()
