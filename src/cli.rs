@@ -40,6 +40,12 @@ pub struct Cli {
     /// Directory of connector definitions (default: ./connectors if present, else built-in).
     #[arg(long, global = true, env = "SLUICE_CONNECTORS")]
     pub connectors: Option<PathBuf>,
+    /// Directory of recipe files.
+    #[arg(long, global = true, env = "SLUICE_RECIPES", default_value = "recipes")]
+    pub recipes: PathBuf,
+    /// State directory (the sled store: cursors, dedupe keys, journal, dead letters).
+    #[arg(long, global = true, env = "SLUICE_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
     /// Log format on stderr.
     #[arg(
         long,
@@ -126,10 +132,82 @@ pub enum Command {
     },
     /// Print the JSON Schema of recipe files (for editors: yaml-language-server).
     Schema,
+    /// Run recipes: `--once` runs one cycle of every recipe (or of `--recipe`) and prints a
+    /// summary per recipe.
+    Run {
+        /// One cycle, then exit (the long-running scheduler is not built yet).
+        #[arg(long)]
+        once: bool,
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or reset recipe state (cursors, dedupe keys, journal).
+    State {
+        /// What to do.
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+    /// Records whose chain failed for good.
+    DeadLetters {
+        /// What to do.
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
     /// Run the built-in Intercom simulator on loopback.
     Sim(crate::sim::SimArgs),
     /// Show sluice working against the built-in Intercom simulator (no account needed).
     Demo,
+}
+
+/// `state` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Cursors, key counts and the records under way.
+    Show {
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a recipe's cursor, dedupe keys and journal (its next run starts afresh from
+    /// `start_from`). Dead letters are kept.
+    Reset {
+        /// The recipe.
+        #[arg(long)]
+        recipe: String,
+    },
+}
+
+/// `dead-letters` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// One line per dead letter.
+    List {
+        /// Only this recipe.
+        #[arg(long)]
+        recipe: Option<String>,
+    },
+    /// Everything about one dead letter (record, failed step, error, request).
+    Show {
+        /// Its id (from `list`).
+        id: u64,
+    },
+    /// Run the record's chain again from the step that failed.
+    Replay {
+        /// Its id.
+        id: u64,
+    },
+    /// Delete a dead letter.
+    Drop {
+        /// Its id.
+        id: u64,
+    },
 }
 
 /// `connectors` subcommands.
@@ -240,6 +318,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
+        Command::Run { once, recipe, json } => {
+            if !*once {
+                bail!("only `sluice run --once` exists so far: the long-running scheduler is not built yet");
+            }
+            cmd_run_once(&cli, recipe.as_deref(), *json).await
+        }
+        Command::State { command } => cmd_state(&cli, command),
+        Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
         Command::Schema => {
             println!("{}", recipe_schema());
             Ok(ExitCode::SUCCESS)
@@ -267,6 +353,260 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             })
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads every recipe in `--recipes` (all must be valid), or only `only`.
+fn load_recipes(
+    cli: &Cli,
+    connectors: &[Arc<Connector>],
+    only: Option<&str>,
+) -> Result<Vec<plan::Recipe>> {
+    let config = read_config(cli).map_err(|d| anyhow!("{d}"))?;
+    let files = yaml_files(std::slice::from_ref(&cli.recipes))?;
+    let mut out = Vec::new();
+    let mut diags = Vec::new();
+    for f in files {
+        let stem = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if only.is_some_and(|o| o != stem) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read `{}`", f.display()))?;
+        match plan::recipe::load_recipe(&f, &text, connectors, config.as_ref()) {
+            Ok(r) => out.push(r),
+            Err(d) => diags.extend(d),
+        }
+    }
+    if !diags.is_empty() {
+        diag::sort(&mut diags);
+        let list: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        bail!(
+            "the recipes have problems; run `sluice validate {}`:\n{}",
+            cli.recipes.display(),
+            list.join("\n")
+        );
+    }
+    if let Some(o) = only {
+        if out.is_empty() {
+            bail!("no recipe `{o}` in `{}`", cli.recipes.display());
+        }
+    }
+    Ok(out)
+}
+
+/// Opens every connection the recipes use.
+fn open_connections(
+    cli: &Cli,
+    connectors: &[Arc<Connector>],
+    recipes: &[plan::Recipe],
+) -> Result<std::collections::HashMap<String, Connection>> {
+    let mut names: Vec<&str> = Vec::new();
+    for r in recipes {
+        names.push(&r.connection);
+        names.extend(
+            r.steps
+                .iter()
+                .filter(|s| s.action().is_some())
+                .map(|s| s.connection.as_str()),
+        );
+    }
+    names.sort_unstable();
+    names.dedup();
+    let mut conns = std::collections::HashMap::new();
+    for n in names {
+        conns.insert(n.to_string(), open_connection(cli, connectors, n)?);
+    }
+    Ok(conns)
+}
+
+fn fmt_ts(ts: Option<i64>) -> String {
+    match ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
+        Some(d) => d.format("%Y-%m-%d %H:%M:%S").to_string(),
+        None => "-".into(),
+    }
+}
+
+async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
+    let connectors = load_connectors(cli)?;
+    let recipes = load_recipes(cli, &connectors, only)?;
+    let conns = open_connections(cli, &connectors, &recipes)?;
+    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let emit = crate::engine::Emitter::default();
+    let deps = crate::engine::Deps {
+        store: &store,
+        conns: &conns,
+        emit: &emit,
+        now: chrono::Utc::now().timestamp(),
+    };
+    let mut reports = Vec::new();
+    for r in &recipes {
+        reports.push(crate::engine::run_cycle(r, &deps).await);
+    }
+    let failed = reports.iter().any(|r| r.error.is_some());
+    if json {
+        eprintln!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            eprintln!(
+                "{}: polled {}, already seen {}, filtered {}, fired {} ({} resumed), finished {}, steps ok {} / failed {} / skipped {}, dead letters {}, unfinished {}, cursor {} -> {}",
+                r.recipe, r.polled, r.skipped_seen, r.filtered, r.fired, r.resumed, r.finished, r.steps_ok, r.steps_failed, r.steps_skipped, r.dead_letters, r.unfinished,
+                fmt_ts(r.cursor_before), fmt_ts(r.cursor_after)
+            );
+            if let Some(e) = &r.error {
+                eprintln!("  error: {e}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
+    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    match command {
+        StateCommand::Show { recipe, json } => {
+            let ids = match recipe {
+                Some(r) => vec![r.clone()],
+                None => store.recipes()?,
+            };
+            let mut states = Vec::new();
+            for id in &ids {
+                let st = store.recipe_state(id)?;
+                let journal: Vec<Value> = store
+                    .journal_entries(id)?
+                    .into_iter()
+                    .map(|(k, e)| json!({"key": k, "ts": e.ts, "steps_done": e.done.iter().map(|d| d.step.clone()).collect::<Vec<_>>(), "attempts": e.attempts}))
+                    .collect();
+                states.push((st, journal));
+            }
+            if *json {
+                let v: Vec<Value> = states
+                    .iter()
+                    .map(|(s, j)| json!({"state": s, "journal": j}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else if states.is_empty() {
+                println!(
+                    "no recipe has run yet (state directory `{}`)",
+                    cli.state_dir.display()
+                );
+            } else {
+                for (s, j) in &states {
+                    println!(
+                        "{}: cursor {} (floor {}), {} dedupe keys, {} under way, {} dead letters",
+                        s.recipe,
+                        fmt_ts(s.checkpoint.map(|c| c.cursor)),
+                        fmt_ts(s.checkpoint.map(|c| c.floor)),
+                        s.dedupe_keys,
+                        s.in_journal,
+                        s.dead_letters
+                    );
+                    for e in j {
+                        println!(
+                            "  under way: {} (done: {})",
+                            e["key"].as_str().unwrap_or(""),
+                            e["steps_done"]
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        StateCommand::Reset { recipe } => {
+            store.reset(recipe)?;
+            println!("reset `{recipe}`: its next run starts from its `start_from`");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
+    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    match command {
+        DeadLetterCommand::List { recipe } => {
+            let all = store.dead_letters(recipe.as_deref())?;
+            if all.is_empty() {
+                println!("no dead letters");
+            }
+            for (id, d) in all {
+                println!(
+                    "{id:>6}  {}  {}  step `{}`  {}  {}",
+                    fmt_ts(Some(d.at)),
+                    d.recipe,
+                    d.failed_step,
+                    d.key,
+                    d.error
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DeadLetterCommand::Show { id } => match store.dead_letter(*id)? {
+            Some(d) => {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("error: no dead letter {id} (see `sluice dead-letters list`)");
+                Ok(ExitCode::from(1))
+            }
+        },
+        DeadLetterCommand::Drop { id } => {
+            if store.drop_dead_letter(*id)? {
+                println!("dropped dead letter {id}");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: no dead letter {id}");
+                Ok(ExitCode::from(1))
+            }
+        }
+        DeadLetterCommand::Replay { id } => {
+            let Some(d) = store.dead_letter(*id)? else {
+                eprintln!("error: no dead letter {id}");
+                return Ok(ExitCode::from(1));
+            };
+            let connectors = load_connectors(cli)?;
+            let recipes = load_recipes(cli, &connectors, Some(&d.recipe))?;
+            let conns = open_connections(cli, &connectors, &recipes)?;
+            store.requeue_dead_letter(*id)?;
+            let emit = crate::engine::Emitter::default();
+            let deps = crate::engine::Deps {
+                store: &store,
+                conns: &conns,
+                emit: &emit,
+                now: chrono::Utc::now().timestamp(),
+            };
+            let mut rep = crate::engine::CycleReport {
+                recipe: d.recipe.clone(),
+                ..Default::default()
+            };
+            let res = crate::engine::resume_journal(&recipes[0], &deps, &mut rep).await;
+            emit.flush()?;
+            match res {
+                Ok(_) if rep.finished == 1 => {
+                    println!(
+                        "replayed: `{}` finished from step `{}`",
+                        d.key, d.failed_step
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(_) => {
+                    eprintln!("replay did not finish: {} dead letter(s), {} unfinished (see `sluice dead-letters list`)", rep.dead_letters, rep.unfinished);
+                    Ok(ExitCode::from(1))
+                }
+                Err(e) => {
+                    eprintln!("error: replay stopped: {e:#}");
+                    Ok(ExitCode::from(1))
+                }
+            }
         }
     }
 }
@@ -305,7 +645,12 @@ async fn cmd_test(
     };
     // Open every connection the recipe uses. A dry run sends nothing, so a secret that is not
     // set is reported but does not stop it.
-    let mut names: Vec<&str> = recipe.steps.iter().map(|s| s.connection.as_str()).collect();
+    let mut names: Vec<&str> = recipe
+        .steps
+        .iter()
+        .filter(|s| s.action().is_some())
+        .map(|s| s.connection.as_str())
+        .collect();
     names.push(&recipe.connection);
     if let Some(s) = sample_from {
         names.push(s);
@@ -385,6 +730,14 @@ async fn cmd_test(
             None => writeln!(out, "\nstep {} ({}){mocked}", s.step, s.action)?,
         }
         for r in &s.requests {
+            if let Some(v) = r.get("emit") {
+                writeln!(
+                    out,
+                    "  emit to {}: {v}",
+                    r["to"].as_str().unwrap_or("stdout")
+                )?;
+                continue;
+            }
             writeln!(
                 out,
                 "  {} {}",

@@ -123,7 +123,11 @@ pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Value {
 /// `"<steps.ID.FIELD>"` text (a one-item list when the step outputs a list).
 fn placeholder(step: &Step) -> Value {
     let mut m = Map::new();
-    for k in step.action().spec.outputs.keys() {
+    let declared: Vec<String> = step
+        .action()
+        .map(|a| a.spec.outputs.keys().cloned().collect())
+        .unwrap_or_default();
+    for k in &declared {
         m.insert(k.clone(), Value::String(format!("<steps.{}.{k}>", step.id)));
     }
     let obj = Value::Object(m);
@@ -157,16 +161,10 @@ pub fn run(
         }
     }
     for step in &recipe.steps {
-        let conn = conns.get(&step.connection).ok_or_else(|| {
-            format!(
-                "step `{}`: connection `{}` is not open",
-                step.id, step.connection
-            )
-        })?;
         let scope = Scope::new(Value::Object(ctx.clone()));
         let mut plan = StepPlan {
             step: step.id.clone(),
-            action: format!("{}.{}", step.connector.id, step.action_id),
+            action: step.action_name(),
             skipped: None,
             requests: Vec::new(),
             mocked_output: sample.steps.contains_key(&step.id),
@@ -207,8 +205,28 @@ pub fn run(
                 let input = step
                     .render_inputs(&scope)
                     .map_err(|e| format!("step `{}`: {e}", step.id))?;
-                let prepared = action::prepare(step.action(), &input)
-                    .map_err(|e| format!("step `{}`: {e}", step.id))?;
+                let Some(a) = step.action() else {
+                    // `emit` sends no request: show the line it would write.
+                    let value = input
+                        .get("value")
+                        .cloned()
+                        .unwrap_or_else(|| sample.record.clone());
+                    let to = input
+                        .get("to")
+                        .and_then(Value::as_str)
+                        .unwrap_or("stdout")
+                        .to_string();
+                    plan.requests.push(json!({"emit": value, "to": to}));
+                    continue;
+                };
+                let conn = conns.get(&step.connection).ok_or_else(|| {
+                    format!(
+                        "step `{}`: connection `{}` is not open",
+                        step.id, step.connection
+                    )
+                })?;
+                let prepared =
+                    action::prepare(a, &input).map_err(|e| format!("step `{}`: {e}", step.id))?;
                 plan.requests
                     .extend(prepared.requests.iter().map(|r| describe_request(conn, r)));
             }

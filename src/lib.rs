@@ -13,8 +13,10 @@
 //! * `http`      — a `Connection`: auth, headers, retries, rate limits, failure classes.
 //! * `trigger`   — polling one trigger: paging, server filter widening, local cursor filter.
 //! * `action`    — checking inputs, choosing variants, rendering and executing requests.
+//! * `engine`    — one cycle of a recipe: poll, dedupe, run chains, journal, commit.
 //! * `dryrun`    — `sluice test`: a recipe's requests for a sample record, nothing sent.
 //! * `secret`    — `Secret`, which never prints itself.
+//! * `store`     — the sled state store: cursors, dedupe keys, run journal, dead letters.
 //! * `telemetry` — the tracing subscriber.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
@@ -40,11 +42,13 @@ pub mod cli;
 pub mod demo;
 pub mod diag;
 pub mod dryrun;
+pub mod engine;
 pub mod http;
 pub mod plan;
 pub mod secret;
 pub mod sim;
 pub mod spec;
+pub mod store;
 pub mod telemetry;
 pub mod template;
 pub mod trigger;

@@ -78,17 +78,32 @@ pub enum StartFrom {
     At(i64),
 }
 
+/// What a step does.
+#[derive(Debug)]
+pub enum StepAction {
+    /// A connector's action, sent over a connection.
+    Http {
+        /// The action's connector.
+        connector: Arc<Connector>,
+        /// Action id within the connector.
+        action_id: String,
+    },
+    /// The built-in `emit`: write a value as one JSON line to stdout or a file.
+    Emit,
+}
+
+/// Inputs of the built-in `emit` action.
+pub const EMIT_INPUTS: &[&str] = &["value", "to"];
+
 /// A compiled step.
 #[derive(Debug)]
 pub struct Step {
     /// Step id.
     pub id: String,
-    /// Connection it uses.
+    /// Connection it uses (unused by `emit`).
     pub connection: String,
-    /// The action's connector.
-    pub connector: Arc<Connector>,
-    /// Action id within the connector.
-    pub action_id: String,
+    /// What it does.
+    pub kind: StepAction,
     /// Inputs as templates.
     pub with: Vec<(String, Tree)>,
     /// Run only when true.
@@ -100,9 +115,26 @@ pub struct Step {
 }
 
 impl Step {
-    /// The action.
-    pub fn action(&self) -> &Action {
-        &self.connector.actions[&self.action_id]
+    /// The connector action, or `None` for `emit`.
+    pub fn action(&self) -> Option<&Action> {
+        match &self.kind {
+            StepAction::Http {
+                connector,
+                action_id,
+            } => Some(&connector.actions[action_id]),
+            StepAction::Emit => None,
+        }
+    }
+
+    /// `<connector>.<action>`, or `emit`.
+    pub fn action_name(&self) -> String {
+        match &self.kind {
+            StepAction::Http {
+                connector,
+                action_id,
+            } => format!("{}.{action_id}", connector.id),
+            StepAction::Emit => "emit".into(),
+        }
     }
 
     /// Renders the step's inputs against a scope (`record`, `steps`, `recipe`, maybe `item`).
@@ -123,7 +155,7 @@ impl Step {
 
     /// Whether the step's output is a list (it runs per item, or its action does).
     pub fn outputs_list(&self) -> bool {
-        self.for_each.is_some() || self.action().spec.for_each.is_some()
+        self.for_each.is_some() || self.action().is_some_and(|a| a.spec.for_each.is_some())
     }
 }
 
@@ -511,6 +543,57 @@ pub fn build_recipe(
             .connection
             .clone()
             .unwrap_or_else(|| spec.connection.clone());
+        if s.action == "emit" {
+            let mut with = Vec::new();
+            for (k, v) in &s.with {
+                let path = format!("{base}.with.{k}");
+                if !EMIT_INPUTS.contains(&k.as_str()) {
+                    cx.err(
+                        &path,
+                        format!("`emit` has no input `{k}`"),
+                        Some(suggest(k, EMIT_INPUTS.iter().copied())),
+                    );
+                    continue;
+                }
+                let (tree, errs) = Tree::compile(v);
+                for (p, e) in errs {
+                    cx.err(
+                        &path,
+                        format!("{e} (at {p})"),
+                        Some("templates look like `{{record.email}}`".into()),
+                    );
+                }
+                for (p, t) in tree.templates() {
+                    let at = if p.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path}.{p}")
+                    };
+                    check_refs(&mut cx, &at, t, &scope_with);
+                }
+                if k == "to" && tree.literal().is_some_and(|v| !v.is_string()) {
+                    cx.err(
+                        &path,
+                        "`to` must be `stdout` or a file path",
+                        Some("e.g. `to: out/records.jsonl`".into()),
+                    );
+                }
+                with.push((k.clone(), tree));
+            }
+            earlier.insert(s.id.clone(), (BTreeSet::new(), s.for_each.is_some()));
+            if cx.diags.is_empty() {
+                steps.push(Step {
+                    id: s.id.clone(),
+                    connection: step_conn,
+                    kind: StepAction::Emit,
+                    with,
+                    condition,
+                    for_each,
+                    on_error: s.on_error,
+                });
+            }
+            continue;
+        }
         let step_conn_connector = match &s.connection {
             Some(c) => connection_connector(&mut cx, &format!("{base}.connection"), c, config),
             None => conn_connector.clone(),
@@ -543,8 +626,10 @@ pub fn build_recipe(
                 steps.push(Step {
                     id: s.id.clone(),
                     connection: step_conn,
-                    connector: c.clone(),
-                    action_id: aid.clone(),
+                    kind: StepAction::Http {
+                        connector: c.clone(),
+                        action_id: aid.clone(),
+                    },
                     with,
                     condition,
                     for_each,

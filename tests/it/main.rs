@@ -7,6 +7,7 @@ mod cli;
 mod conformance;
 mod demo;
 mod docs;
+mod engine;
 mod generic;
 mod intercom_actions;
 mod intercom_errors;

@@ -1,0 +1,589 @@
+//! Engine: one cycle of one recipe. The only place that orders load cursor → poll → dedupe →
+//! run the chain → commit.
+//!
+//! A cycle first resumes records left in the run journal (a crash or `on_error: retry`), then
+//! polls the trigger from `cursor − lookback` (never before the recipe's `start_from`), skips
+//! records whose dedupe key was handled, and runs the chain for each new record in cursor
+//! order. After each page, one transaction stores the dedupe keys of the finished records
+//! (succeeded, filtered out, or ended as dead letters), their dead letters and the new cursor,
+//! which never passes a record whose chain is unfinished. Each finished HTTP step is journaled
+//! (and fsynced) before the next one starts, so after a crash only the step in flight can run
+//! again. `emit` lines are flushed before the page commit (see the README's guarantees).
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::action::{self, ActionError};
+use crate::http::{Connection, FailureClass};
+use crate::plan::{Recipe, StartFrom, Step, StepAction};
+use crate::spec::OnErrorSpec;
+use crate::store::{Checkpoint, DeadLetter, JournalEntry, StateStore, StepDone};
+use crate::template::Scope;
+use crate::trigger::{cursor_of, Poll};
+
+/// Dedupe keys are kept this long beyond the lookback before pruning.
+pub const PRUNE_MARGIN_SECS: i64 = 3600;
+
+/// Where `emit` writes: stdout or files, buffered until [`Emitter::flush`].
+#[derive(Debug, Default)]
+pub struct Emitter {
+    stdout: Mutex<Vec<u8>>,
+    files: Mutex<HashMap<PathBuf, std::io::BufWriter<std::fs::File>>>,
+}
+
+impl Emitter {
+    /// Queues one JSON line for `to` (`stdout` or a file path).
+    pub fn emit(&self, to: &str, v: &Value) -> Result<()> {
+        if to == "stdout" || to == "-" {
+            let mut buf = self
+                .stdout
+                .lock()
+                .map_err(|_| anyhow!("emit buffer poisoned"))?;
+            serde_json::to_writer(&mut *buf, v)?;
+            buf.push(b'\n');
+            return Ok(());
+        }
+        let path = PathBuf::from(to);
+        let mut files = self
+            .files
+            .lock()
+            .map_err(|_| anyhow!("emit files poisoned"))?;
+        if !files.contains_key(&path) {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("emit: cannot create `{}`", dir.display()))?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("emit: cannot open `{}`", path.display()))?;
+            files.insert(path.clone(), std::io::BufWriter::with_capacity(1 << 16, f));
+        }
+        let w = files.get_mut(&path).expect("invariant: inserted above");
+        serde_json::to_writer(&mut *w, v)?;
+        w.write_all(b"\n")?;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub fn flush(&self) -> Result<()> {
+        let mut buf = self
+            .stdout
+            .lock()
+            .map_err(|_| anyhow!("emit buffer poisoned"))?;
+        if !buf.is_empty() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&buf)?;
+            out.flush()?;
+            buf.clear();
+        }
+        for w in self
+            .files
+            .lock()
+            .map_err(|_| anyhow!("emit files poisoned"))?
+            .values_mut()
+        {
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// What a cycle needs from outside.
+pub struct Deps<'a> {
+    /// The state store.
+    pub store: &'a StateStore,
+    /// Open connections by name.
+    pub conns: &'a HashMap<String, Connection>,
+    /// Where `emit` writes.
+    pub emit: &'a Emitter,
+    /// The cycle's clock (Unix seconds): `start_from: now` and the cursor's upper bound.
+    pub now: i64,
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    /// Recipe id.
+    pub recipe: String,
+    /// Records the trigger returned (at or after the poll's start).
+    pub polled: u64,
+    /// Records skipped because their dedupe key was already handled.
+    pub skipped_seen: u64,
+    /// Records the filter stopped.
+    pub filtered: u64,
+    /// Records whose chain ran (new, or resumed from the journal).
+    pub fired: u64,
+    /// Of those, resumed from the journal.
+    pub resumed: u64,
+    /// Chains that finished successfully.
+    pub finished: u64,
+    /// Steps that succeeded.
+    pub steps_ok: u64,
+    /// Steps that failed.
+    pub steps_failed: u64,
+    /// Steps skipped (`if` false or `on_error: skip`).
+    pub steps_skipped: u64,
+    /// Records that ended as dead letters.
+    pub dead_letters: u64,
+    /// Records left unfinished for the next cycle.
+    pub unfinished: u64,
+    /// Cursor before the cycle.
+    pub cursor_before: Option<i64>,
+    /// Cursor after the cycle.
+    pub cursor_after: Option<i64>,
+    /// Dedupe keys pruned.
+    pub pruned: u64,
+    /// Why the cycle stopped early, if it did.
+    pub error: Option<String>,
+}
+
+enum Outcome {
+    Finished,
+    Dead(Box<DeadLetter>),
+    /// Try again next cycle (`on_error: retry`).
+    Unfinished,
+    /// Stop the cycle: credentials, or the API is down (retries exhausted).
+    Abort(String),
+}
+
+struct StepFailure {
+    class: FailureClass,
+    message: String,
+    request: Option<String>,
+    status: Option<u16>,
+}
+
+/// Runs one cycle of `recipe`. Errors are reported in the result, never panicked; the cursor
+/// stays where the last commit put it.
+pub async fn run_cycle(recipe: &Recipe, deps: &Deps<'_>) -> CycleReport {
+    let mut rep = CycleReport {
+        recipe: recipe.id.clone(),
+        ..CycleReport::default()
+    };
+    if let Err(e) = cycle(recipe, deps, &mut rep).await {
+        tracing::warn!(recipe = %recipe.id, error = %format!("{e:#}"), "Cycle stopped early; the cursor stays at the last committed record.");
+        rep.error = Some(format!("{e:#}"));
+    }
+    let _ = deps.emit.flush();
+    rep
+}
+
+/// Resumes every record in the journal (after a crash, `retry`, or a dead-letter replay),
+/// without polling. Part of every cycle; also used by `dead-letters replay`.
+pub async fn resume_journal(
+    recipe: &Recipe,
+    deps: &Deps<'_>,
+    rep: &mut CycleReport,
+) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
+    let store = deps.store;
+    let cp = store.checkpoint(&recipe.id)?;
+    rep.cursor_before = cp.map(|c| c.cursor);
+    let mut cp = cp.unwrap_or_else(|| {
+        let floor = match recipe.start_from {
+            StartFrom::Now => deps.now,
+            StartFrom::At(t) => t,
+        };
+        Checkpoint {
+            cursor: floor,
+            floor,
+        }
+    });
+    let mut entries = store.journal_entries(&recipe.id)?;
+    entries.sort_by_key(|(_, e)| e.ts);
+    let mut open = HashSet::new();
+    let mut min_open: Option<i64> = None;
+    let mut finished = Vec::new();
+    let mut dead = Vec::new();
+    let mut abort = None;
+    for (key, entry) in entries {
+        if abort.is_some() {
+            min_open = Some(min_open.map_or(entry.ts, |m| m.min(entry.ts)));
+            open.insert(key);
+            continue;
+        }
+        rep.fired += 1;
+        rep.resumed += 1;
+        let ts = entry.ts;
+        match run_chain(recipe, deps, &key, entry, rep).await? {
+            Outcome::Finished => finished.push((key, ts)),
+            Outcome::Dead(d) => {
+                finished.push((key, ts));
+                dead.push(*d);
+            }
+            Outcome::Unfinished => {
+                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                open.insert(key);
+            }
+            Outcome::Abort(m) => {
+                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                open.insert(key);
+                abort = Some(m);
+            }
+        }
+    }
+    if let Some(u) = min_open {
+        cp.cursor = cp.cursor.min(u);
+    }
+    if !finished.is_empty() || !dead.is_empty() || rep.cursor_before.is_none() {
+        deps.emit.flush()?;
+        store.commit(&recipe.id, &finished, &dead, cp)?;
+    }
+    if let Some(m) = abort {
+        return Err(anyhow!(m));
+    }
+    Ok((cp, min_open, open))
+}
+
+async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Result<()> {
+    let store = deps.store;
+    let trigger = recipe.trigger();
+    let conn = deps
+        .conns
+        .get(&recipe.connection)
+        .ok_or_else(|| anyhow!("connection `{}` is not open", recipe.connection))?;
+    let (mut cp, mut min_open, open) = resume_journal(recipe, deps, rep).await?;
+    let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
+    let mut poll = Poll::start(conn, trigger, since, recipe.options.clone())
+        .await
+        .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
+    let mut max_done = cp.cursor;
+    let mut batch_keys: HashSet<String> = HashSet::new();
+    loop {
+        let page = poll
+            .next_page()
+            .await
+            .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
+        let Some(page) = page else { break };
+        let mut finished: Vec<(String, i64)> = Vec::with_capacity(page.len());
+        let mut dead = Vec::new();
+        let mut abort = None;
+        for record in page {
+            rep.polled += 1;
+            let ts = cursor_of(trigger, &record).unwrap_or(i64::MIN);
+            if ts < cp.floor {
+                continue;
+            }
+            let key = trigger
+                .dedupe_key
+                .render(&record)
+                .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
+            if open.contains(&key) {
+                continue;
+            }
+            if batch_keys.contains(&key) || store.seen(&recipe.id, &key)? {
+                // Handled before: finished, so the cursor may move past it.
+                rep.skipped_seen += 1;
+                max_done = max_done.max(ts);
+                continue;
+            }
+            if abort.is_some() {
+                // After an abort nothing else runs; the cursor must not pass this record.
+                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                continue;
+            }
+            if let Some(f) = &recipe.filter {
+                let scope = chain_scope(recipe, &record, &[]);
+                match f.truthy(&scope) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        rep.filtered += 1;
+                        max_done = max_done.max(ts);
+                        batch_keys.insert(key.clone());
+                        finished.push((key, ts));
+                        continue;
+                    }
+                    Err(e) => {
+                        rep.dead_letters += 1;
+                        max_done = max_done.max(ts);
+                        dead.push(*dead_letter(
+                            recipe,
+                            &key,
+                            ts,
+                            record,
+                            vec![],
+                            "filter",
+                            FailureClass::Fatal,
+                            &e.0,
+                            None,
+                            None,
+                            deps.now,
+                        ));
+                        batch_keys.insert(key.clone());
+                        finished.push((key, ts));
+                        continue;
+                    }
+                }
+            }
+            rep.fired += 1;
+            let entry = JournalEntry {
+                record,
+                ts,
+                done: Vec::new(),
+                attempts: 0,
+            };
+            match run_chain(recipe, deps, &key, entry, rep).await? {
+                Outcome::Finished => {
+                    max_done = max_done.max(ts);
+                    batch_keys.insert(key.clone());
+                    finished.push((key, ts));
+                }
+                Outcome::Dead(d) => {
+                    max_done = max_done.max(ts);
+                    batch_keys.insert(key.clone());
+                    finished.push((key, ts));
+                    dead.push(*d);
+                }
+                Outcome::Unfinished => {
+                    min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                }
+                Outcome::Abort(m) => {
+                    min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                    abort = Some(m);
+                }
+            }
+        }
+        let cursor = match min_open {
+            Some(u) => max_done.min(u),
+            None => max_done,
+        };
+        cp.cursor = cursor.min(deps.now.max(cp.cursor));
+        // Emitted lines go out before the state says their records are done.
+        deps.emit.flush()?;
+        store.commit(&recipe.id, &finished, &dead, cp)?;
+        if let Some(m) = abort {
+            rep.cursor_after = Some(cp.cursor);
+            return Err(anyhow!(m));
+        }
+    }
+    rep.cursor_after = Some(cp.cursor);
+    rep.pruned = store.prune(
+        &recipe.id,
+        cp.cursor - trigger.lookback_secs - PRUNE_MARGIN_SECS,
+    )? as u64;
+    Ok(())
+}
+
+/// The template scope of a chain: `record`, `steps` (outputs so far) and `recipe`.
+fn chain_scope(recipe: &Recipe, record: &Value, done: &[StepDone]) -> Scope {
+    let mut steps = Map::new();
+    for d in done {
+        steps.insert(d.step.clone(), d.output.clone());
+    }
+    let mut ctx = Map::new();
+    ctx.insert("record".into(), record.clone());
+    ctx.insert("steps".into(), Value::Object(steps));
+    ctx.insert("recipe".into(), recipe.metadata());
+    Scope::new(Value::Object(ctx))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dead_letter(
+    recipe: &Recipe,
+    key: &str,
+    ts: i64,
+    record: Value,
+    done: Vec<StepDone>,
+    step: &str,
+    class: FailureClass,
+    error: &str,
+    request: Option<String>,
+    status: Option<u16>,
+    now: i64,
+) -> Box<DeadLetter> {
+    Box::new(DeadLetter {
+        recipe: recipe.id.clone(),
+        key: key.to_string(),
+        ts,
+        record,
+        done,
+        failed_step: step.to_string(),
+        class: class.to_string(),
+        error: error.to_string(),
+        request,
+        status,
+        at: now,
+    })
+}
+
+async fn run_chain(
+    recipe: &Recipe,
+    deps: &Deps<'_>,
+    key: &str,
+    mut entry: JournalEntry,
+    rep: &mut CycleReport,
+) -> Result<Outcome> {
+    while entry.done.len() < recipe.steps.len() {
+        let step = &recipe.steps[entry.done.len()];
+        let scope = chain_scope(recipe, &entry.record, &entry.done);
+        let run = match &step.condition {
+            Some(c) => c.truthy(&scope).map_err(|e| StepFailure {
+                class: FailureClass::Fatal,
+                message: format!("if: {e}"),
+                request: None,
+                status: None,
+            }),
+            None => Ok(true),
+        };
+        let result = match run {
+            Ok(false) => {
+                rep.steps_skipped += 1;
+                entry.done.push(StepDone {
+                    step: step.id.clone(),
+                    output: Value::Null,
+                    skipped: true,
+                    error: None,
+                });
+                continue;
+            }
+            Ok(true) => execute_step(step, &scope, deps, &entry.record).await,
+            Err(f) => Err(f),
+        };
+        match result {
+            Ok(output) => {
+                rep.steps_ok += 1;
+                entry.attempts = 0;
+                entry.done.push(StepDone {
+                    step: step.id.clone(),
+                    output,
+                    skipped: false,
+                    error: None,
+                });
+                // A finished HTTP step is made durable before anything else happens, so it is
+                // never repeated. `emit` is local and batched per page instead.
+                if matches!(step.kind, StepAction::Http { .. })
+                    && entry.done.len() < recipe.steps.len()
+                {
+                    deps.store.journal_step(&recipe.id, key, &entry)?;
+                }
+            }
+            Err(f) => {
+                rep.steps_failed += 1;
+                tracing::info!(recipe = %recipe.id, step = %step.id, error = %f.message, "Step failed.");
+                if matches!(
+                    f.class,
+                    FailureClass::Auth | FailureClass::Retryable | FailureClass::RateLimited
+                ) {
+                    if !entry.done.is_empty() {
+                        deps.store.journal_step(&recipe.id, key, &entry)?;
+                    }
+                    rep.unfinished += 1;
+                    return Ok(Outcome::Abort(format!("step `{}`: {}", step.id, f.message)));
+                }
+                match step.on_error {
+                    OnErrorSpec::Skip => {
+                        rep.steps_skipped += 1;
+                        entry.done.push(StepDone {
+                            step: step.id.clone(),
+                            output: Value::Null,
+                            skipped: true,
+                            error: Some(f.message),
+                        });
+                    }
+                    OnErrorSpec::Stop => {
+                        rep.dead_letters += 1;
+                        let JournalEntry {
+                            record, ts, done, ..
+                        } = entry;
+                        return Ok(Outcome::Dead(dead_letter(
+                            recipe, key, ts, record, done, &step.id, f.class, &f.message,
+                            f.request, f.status, deps.now,
+                        )));
+                    }
+                    OnErrorSpec::Retry => {
+                        entry.attempts += 1;
+                        deps.store.journal_step(&recipe.id, key, &entry)?;
+                        rep.unfinished += 1;
+                        return Ok(Outcome::Unfinished);
+                    }
+                }
+            }
+        }
+    }
+    rep.finished += 1;
+    Ok(Outcome::Finished)
+}
+
+async fn execute_step(
+    step: &Step,
+    scope: &Scope,
+    deps: &Deps<'_>,
+    record: &Value,
+) -> Result<Value, StepFailure> {
+    let input_err = |m: String| StepFailure {
+        class: FailureClass::Fatal,
+        message: m,
+        request: None,
+        status: None,
+    };
+    let items: Option<Vec<Value>> = match &step.for_each {
+        Some(t) => match t
+            .render_required(scope)
+            .map_err(|e| input_err(format!("for_each: {e}")))?
+        {
+            Value::Array(a) => Some(a),
+            other => return Err(input_err(format!("for_each must give a list, got {other}"))),
+        },
+        None => None,
+    };
+    let mut outputs = Vec::new();
+    let scopes: Vec<Scope> = match items {
+        Some(items) => items
+            .into_iter()
+            .map(|it| {
+                let mut v = scope.value().clone();
+                if let Value::Object(m) = &mut v {
+                    m.insert("item".into(), it);
+                }
+                Scope::new(v)
+            })
+            .collect(),
+        None => vec![Scope::new(scope.value().clone())],
+    };
+    for sc in &scopes {
+        let input = step.render_inputs(sc).map_err(input_err)?;
+        let out = match &step.kind {
+            StepAction::Emit => {
+                let value = input.get("value").unwrap_or(record);
+                let to = input.get("to").and_then(Value::as_str).unwrap_or("stdout");
+                deps.emit
+                    .emit(to, value)
+                    .map_err(|e| input_err(format!("emit: {e:#}")))?;
+                Value::Null
+            }
+            StepAction::Http {
+                connector,
+                action_id,
+            } => {
+                let conn = deps.conns.get(&step.connection).ok_or_else(|| {
+                    input_err(format!("connection `{}` is not open", step.connection))
+                })?;
+                let a = &connector.actions[action_id];
+                action::execute(conn, a, &input)
+                    .await
+                    .map_err(|e| match e {
+                        ActionError::Input(m) => input_err(m),
+                        ActionError::Failed(f) => StepFailure {
+                            class: f.class,
+                            message: f.to_string(),
+                            request: Some(f.request.clone()),
+                            status: f.status,
+                        },
+                    })?
+            }
+        };
+        outputs.push(out);
+    }
+    Ok(if step.for_each.is_some() {
+        Value::Array(outputs)
+    } else {
+        outputs.pop().unwrap_or(Value::Null)
+    })
+}

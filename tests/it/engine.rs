@@ -1,0 +1,385 @@
+//! The engine through `sluice run --once`, with the simulator's audit log as the oracle:
+//! first cycle fires, later cycles do not repeat, same-second and late records, changes twice
+//! between polls, dead letters and replay, retries that hold the cursor, pruning, emit.
+
+use serde_json::{json, Value};
+use sluice::sim::{FailRule, Faults, Kind};
+
+use crate::util::{run_async, Run, SimEnv, T0};
+
+/// A simulator, a workspace with one recipe, and a state directory.
+struct Engine {
+    env: SimEnv,
+}
+
+impl Engine {
+    async fn start(contacts: usize, recipe: &str) -> Engine {
+        let env = SimEnv::start(SimEnv::config(contacts, 0, 0, 0)).await;
+        std::fs::create_dir_all(env.ws.path().join("recipes")).unwrap();
+        let id = recipe
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .unwrap()
+            .trim()
+            .to_string();
+        std::fs::write(env.ws.path().join(format!("recipes/{id}.yaml")), recipe).unwrap();
+        Engine { env }
+    }
+
+    /// `sluice run --once --json`; returns the run and the recipe's report.
+    async fn run_once(&self) -> (Run, Value) {
+        let dir = self.env.ws.path();
+        let mut c = self.env.cmd(&["run", "--once", "--json"]);
+        c.arg("--recipes")
+            .arg(dir.join("recipes"))
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        let r = run_async(c).await;
+        let reports: Value =
+            serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
+        let rep = reports[0].clone();
+        (r, rep)
+    }
+
+    async fn sluice(&self, args: &[&str]) -> Run {
+        let dir = self.env.ws.path();
+        let mut c = self.env.cmd(args);
+        c.arg("--recipes")
+            .arg(dir.join("recipes"))
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        run_async(c).await
+    }
+
+    fn count(&self, method: &str, path_suffix: &str) -> usize {
+        self.env
+            .sim()
+            .audit()
+            .iter()
+            .filter(|e| e.method == method && e.path.ends_with(path_suffix) && e.status < 300)
+            .count()
+    }
+
+    fn contact(&self, email: &str, ts: i64) -> String {
+        let c = self
+            .env
+            .sim()
+            .create(
+                Kind::Contact,
+                json!({"email": email, "role": "user", "created_at": ts, "updated_at": ts}),
+            )
+            .unwrap();
+        c["id"].as_str().unwrap().to_string()
+    }
+}
+
+const NOTE_ON_NEW: &str = "id: note_new\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"hello {{record.email}}\"\n";
+
+// Emits instead of writing to Intercom: a note would itself bump the contact's `updated_at`.
+const EMIT_ON_UPDATE: &str = "id: emit_updated\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{record.name}}\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_cycle_fires_each_record_once_and_later_cycles_repeat_nothing() {
+    let e = Engine::start(0, NOTE_ON_NEW).await;
+    for i in 0..5 {
+        e.contact(&format!("c{i}@x.io"), T0 - 3600 + i);
+    }
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(
+        (
+            rep["fired"].as_u64(),
+            rep["finished"].as_u64(),
+            rep["steps_ok"].as_u64()
+        ),
+        (Some(5), Some(5), Some(5)),
+        "{rep}"
+    );
+    assert_eq!(rep["cursor_after"], json!(T0 - 3600 + 4));
+    assert_eq!(e.count("POST", "/notes"), 5);
+    // A new process, same state: nothing fires again.
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["skipped_seen"].as_u64()),
+        (Some(0), Some(5)),
+        "{rep}"
+    );
+    assert_eq!(e.count("POST", "/notes"), 5);
+    // A new contact fires alone.
+    e.contact("late@x.io", T0 - 60);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 1);
+    assert_eq!(e.count("POST", "/notes"), 6);
+    let st = e.sluice(&["state", "show", "--json"]).await;
+    st.assert_ok();
+    let v = st.json();
+    assert_eq!(v[0]["state"]["checkpoint"]["cursor"], json!(T0 - 60));
+    assert_eq!(v[0]["state"]["dedupe_keys"], 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_second_updates_across_two_polls_fire_once_each() {
+    let e = Engine::start(0, EMIT_ON_UPDATE).await;
+    let a = e.contact("a@x.io", T0 - 100);
+    e.env
+        .sim()
+        .patch(
+            Kind::Contact,
+            &a,
+            json!({"name": "A", "updated_at": T0 - 5}),
+        )
+        .unwrap();
+    let (r, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 1);
+    assert_eq!(r.stdout, "\"A\"\n");
+    // After the poll, another contact changes in the very same second.
+    let b = e.contact("b@x.io", T0 - 100);
+    e.env
+        .sim()
+        .patch(
+            Kind::Contact,
+            &b,
+            json!({"name": "B", "updated_at": T0 - 5}),
+        )
+        .unwrap();
+    let (r, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["skipped_seen"].as_u64()),
+        (Some(1), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(r.stdout, "\"B\"\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_changed_twice_between_polls_fires_once_with_the_latest_data() {
+    let e = Engine::start(0, EMIT_ON_UPDATE).await;
+    let a = e.contact("a@x.io", T0 - 100);
+    e.env
+        .sim()
+        .patch(
+            Kind::Contact,
+            &a,
+            json!({"name": "first", "updated_at": T0 - 50}),
+        )
+        .unwrap();
+    e.env
+        .sim()
+        .patch(
+            Kind::Contact,
+            &a,
+            json!({"name": "second", "updated_at": T0 - 40}),
+        )
+        .unwrap();
+    let (r, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 1);
+    assert_eq!(r.stdout, "\"second\"\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_reach_search_minutes_late_still_fire_and_later_same_day_changes_too() {
+    let e = Engine::start(0, NOTE_ON_NEW).await;
+    e.contact("early@x.io", T0 - 7200);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 1);
+    // Search lags four minutes behind writes: a contact created now is invisible at first.
+    e.env.sim().set_search_lag(240);
+    e.contact("lagging@x.io", T0 - 10);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 0, "not searchable yet: {rep}");
+    // Five minutes later it shows up with its original created_at, behind the cursor but
+    // inside the lookback, later the same day as the cursor: it fires.
+    e.env.sim().advance_clock(300);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["skipped_seen"].as_u64()),
+        (Some(1), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(e.count("POST", "/notes"), 2);
+}
+
+const THREE_STEPS: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done {{steps.note.id}}\"\n    on_error: ON_ERROR\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_makes_a_dead_letter_that_replays_from_that_step() {
+    let e = Engine::start(0, &THREE_STEPS.replace("ON_ERROR", "stop")).await;
+    let id = e.contact("dead@x.io", T0 - 100);
+    e.env.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/contacts/".into(),
+            method: Some("PUT".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count: 1,
+        }],
+        ..Faults::default()
+    });
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(
+        (
+            rep["dead_letters"].as_u64(),
+            rep["finished"].as_u64(),
+            rep["steps_ok"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2)),
+        "{rep}"
+    );
+    // The dead record does not hold the cursor or fire again.
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["skipped_seen"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let list = e.sluice(&["dead-letters", "list"]).await;
+    list.assert_ok();
+    assert!(
+        list.stdout.contains("step `rename`") && list.stdout.contains("HTTP 422"),
+        "{}",
+        list.stdout
+    );
+    let dl_id = list.stdout.split_whitespace().next().unwrap().to_string();
+    let show = e.sluice(&["dead-letters", "show", &dl_id]).await;
+    let d = show.json();
+    assert_eq!(d["failed_step"], "rename");
+    assert_eq!(d["request"], format!("PUT /contacts/{id}"));
+    assert_eq!(d["status"], 422);
+    assert_eq!(d["done"].as_array().unwrap().len(), 2);
+    assert!(!show.stdout.contains(crate::util::TOKEN));
+    // Replay resumes at the failed step: notes and events are not repeated.
+    let rp = e.sluice(&["dead-letters", "replay", &dl_id]).await;
+    rp.assert_ok();
+    assert_eq!(
+        (
+            e.count("POST", "/notes"),
+            e.count("POST", "/events"),
+            e.count("PUT", &id)
+        ),
+        (1, 1, 1)
+    );
+    assert!(e.env.sim().record(Kind::Contact, &id).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("done "));
+    let list = e.sluice(&["dead-letters", "list"]).await;
+    assert!(list.stdout.contains("no dead letters"), "{}", list.stdout);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_keeps_the_record_and_holds_the_cursor_without_repeating_done_steps() {
+    let e = Engine::start(0, &THREE_STEPS.replace("ON_ERROR", "retry")).await;
+    let first = e.contact("first@x.io", T0 - 200);
+    e.contact("second@x.io", T0 - 100);
+    e.env.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: format!("/contacts/{first}"),
+            method: Some("PUT".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count: 1,
+        }],
+        ..Faults::default()
+    });
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["finished"].as_u64(), rep["unfinished"].as_u64()),
+        (Some(1), Some(1)),
+        "{rep}"
+    );
+    // The cursor stays at the unfinished record although a later one finished.
+    assert_eq!(rep["cursor_after"], json!(T0 - 200));
+    let st = e.sluice(&["state", "show"]).await;
+    assert!(
+        st.stdout.contains("1 under way") && st.stdout.contains("done: [\"note\",\"event\"]"),
+        "{}",
+        st.stdout
+    );
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (
+            rep["resumed"].as_u64(),
+            rep["finished"].as_u64(),
+            rep["fired"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(rep["cursor_after"], json!(T0 - 100));
+    // Each step ran once per record; the retried step twice for the first record (one failure).
+    assert_eq!(
+        (e.count("POST", "/notes"), e.count("POST", "/events")),
+        (2, 2)
+    );
+    assert_eq!(
+        e.env
+            .sim()
+            .audit()
+            .iter()
+            .filter(|x| x.method == "PUT")
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_keys_behind_the_lookback_are_pruned() {
+    let e = Engine::start(0, NOTE_ON_NEW).await;
+    for i in 0..3 {
+        e.contact(&format!("old{i}@x.io"), T0 - 3 * 86_400 + i);
+    }
+    for i in 0..2 {
+        e.contact(&format!("new{i}@x.io"), T0 - 60 + i);
+    }
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["pruned"].as_u64()),
+        (Some(5), Some(3)),
+        "{rep}"
+    );
+    let v = e.sluice(&["state", "show", "--json"]).await.json();
+    assert_eq!(v[0]["state"]["dedupe_keys"], 2);
+    // The pruned records are behind the poll window: they never fire again.
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["fired"], 0);
+    assert_eq!(e.count("POST", "/notes"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_writes_one_json_line_per_record_and_start_from_now_fires_no_history() {
+    let recipe = "id: emit_all\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value:\n        id: \"{{record.id}}\"\n        email: \"{{record.email}}\"\n      to: OUT\n";
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out/records.jsonl");
+    let e = Engine::start(0, &recipe.replace("OUT", out.to_str().unwrap())).await;
+    let ids: Vec<String> = (0..3)
+        .map(|i| e.contact(&format!("e{i}@x.io"), T0 - 30 + i))
+        .collect();
+    let (r, _) = e.run_once().await;
+    r.assert_ok();
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ids
+    );
+    assert_eq!(lines[0]["email"], "e0@x.io");
+
+    // `start_from: now` (the default): existing records never fire.
+    let recipe2 = "id: from_now\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nsteps:\n  - id: out\n    action: emit\n";
+    std::fs::write(e.env.ws.path().join("recipes/from_now.yaml"), recipe2).unwrap();
+    std::fs::remove_file(e.env.ws.path().join("recipes/emit_all.yaml")).unwrap();
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(rep["fired"], 0, "{rep}");
+    assert_eq!(r.stdout, "");
+}
