@@ -456,11 +456,10 @@ async fn run_chain(
                     skipped: false,
                     error: None,
                 });
-                // A finished HTTP step is made durable before anything else happens, so it is
-                // never repeated. `emit` is local and batched per page instead.
-                if matches!(step.kind, StepAction::Http { .. })
-                    && entry.done.len() < recipe.steps.len()
-                {
+                // A finished HTTP step is made durable before anything else happens (the last
+                // one too: the page commit comes later), so it is never repeated. `emit` is
+                // local and batched per page instead.
+                if matches!(step.kind, StepAction::Http { .. }) {
                     deps.store.journal_step(&recipe.id, key, &entry)?;
                 }
             }

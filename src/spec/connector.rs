@@ -391,6 +391,23 @@ pub struct ActionSpec {
     /// Error rules checked before the connector's.
     #[serde(default)]
     pub errors: Vec<ErrorRuleSpec>,
+    /// On a `conflict` failure (the object exists), fetch the existing object instead, so that
+    /// repeating a create is harmless.
+    #[serde(default)]
+    pub on_conflict: Option<OnConflictSpec>,
+}
+
+/// How to turn a `conflict` into the existing object: take its id from the error message and
+/// run another action of the same connector with it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnConflictSpec {
+    /// The id follows this text in the error message (`id=` in "…exists with id=6762…").
+    pub id_after: String,
+    /// The action to run with the id (e.g. `find_contact`).
+    pub then: String,
+    /// The input of `then` that takes the id.
+    pub input: String,
 }
 
 /// One way to perform an action, chosen by its inputs.

@@ -14,3 +14,4 @@ mod intercom_errors;
 mod intercom_triggers;
 mod recipes;
 mod validate;
+mod crash;
