@@ -233,14 +233,28 @@ fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Vari
 
 /// Runs an action and returns its output (a list with `for_each`). A `conflict` on an action
 /// with `on_conflict` returns the existing object instead.
-pub async fn execute(conn: &Connection, action: &Action, input: &Map<String, Value>) -> Result<Value, ActionError> {
+pub async fn execute(
+    conn: &Connection,
+    action: &Action,
+    input: &Map<String, Value>,
+) -> Result<Value, ActionError> {
     match execute_once(conn, action, input).await {
-        Err(ActionError::Failed(f)) if f.class == FailureClass::Conflict && action.spec.on_conflict.is_some() => {
-            let oc = action.spec.on_conflict.as_ref().expect("invariant: checked in the guard");
+        Err(ActionError::Failed(f))
+            if f.class == FailureClass::Conflict && action.spec.on_conflict.is_some() =>
+        {
+            let oc = action
+                .spec
+                .on_conflict
+                .as_ref()
+                .expect("invariant: checked in the guard");
             let id = f
                 .message
                 .split_once(oc.id_after.as_str())
-                .map(|(_, rest)| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').collect::<String>())
+                .map(|(_, rest)| {
+                    rest.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                        .collect::<String>()
+                })
                 .filter(|id| !id.is_empty());
             let (Some(id), Some(then)) = (id, conn.connector.actions.get(&oc.then)) else {
                 return Err(ActionError::Failed(f));
@@ -254,7 +268,11 @@ pub async fn execute(conn: &Connection, action: &Action, input: &Map<String, Val
     }
 }
 
-async fn execute_once(conn: &Connection, action: &Action, input: &Map<String, Value>) -> Result<Value, ActionError> {
+async fn execute_once(
+    conn: &Connection,
+    action: &Action,
+    input: &Map<String, Value>,
+) -> Result<Value, ActionError> {
     let prepared = prepare(action, input)?;
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {

@@ -332,7 +332,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo => {
             let connectors = load_connectors(&cli)?;
-            let report = crate::demo::run(&connectors).await?;
+            let report = crate::demo::run(&connectors, &cli.recipes).await?;
             print!("{report}");
             Ok(ExitCode::SUCCESS)
         }

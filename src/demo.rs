@@ -1,37 +1,41 @@
-//! `sluice demo`: the Intercom connector end to end against the built-in simulator.
+//! `sluice demo`: the shipped recipes running against the built-in Intercom simulator.
 //!
-//! Starts the simulator in-process on a free loopback port with seeded data, polls every
-//! trigger (a 30-day backfill), lets the simulator make changes, polls again, runs a chain of
-//! actions on a new contact, and prints a report with the simulator's audit totals. Uses only
-//! public runtime pieces (`Connection`, `trigger::Poll`, `action::execute`); the simulator is
-//! the only stand-in.
+//! Starts the simulator in-process on a free loopback port with seeded data, opens the
+//! recipes' connections against it, and runs every recipe in `recipes/` for several cycles
+//! while the simulator keeps making changes (new contacts, ticket and conversation updates,
+//! companies). State lives in a temporary directory that is removed at exit. Prints a report
+//! per recipe and the simulator's audit totals. Uses only the runtime's public pieces; the
+//! simulator is the only stand-in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::{json, Map, Value};
 
+use crate::engine::{CycleReport, Deps, Emitter};
 use crate::http::Connection;
-use crate::plan::Connector;
+use crate::plan::{self, Connector};
 use crate::sim::{Sim, SimConfig};
-use crate::spec::ConnectionSpec;
+use crate::spec::{ConfigSpec, ConnectionSpec};
+use crate::store::StateStore;
 
-/// Runs the demo and returns the report text.
-pub async fn run(connectors: &[Arc<Connector>]) -> Result<String> {
-    let connector = connectors
-        .iter()
-        .find(|c| c.id == "intercom")
-        .ok_or_else(|| anyhow!("the demo needs the `intercom` connector"))?
-        .clone();
+/// Cycles the demo runs.
+pub const CYCLES: usize = 6;
+/// Changes the simulator makes before each cycle after the first.
+pub const CHANGES_PER_CYCLE: usize = 150;
+
+/// Runs the demo with the recipes in `recipes_dir` and returns the report text.
+pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<String> {
+    let started = Instant::now();
     let config = SimConfig {
         seed: 42,
-        contacts: 5_000,
-        companies: 300,
-        tickets: 1_000,
-        conversations: 1_000,
+        contacts: 400,
+        companies: 60,
+        tickets: 200,
+        conversations: 200,
         ..SimConfig::default()
     };
     let sizes = (
@@ -42,7 +46,7 @@ pub async fn run(connectors: &[Arc<Connector>]) -> Result<String> {
     );
     let handle = Sim::start(config).await.context("starting the simulator")?;
     let sim = handle.sim.clone();
-    let spec = ConnectionSpec {
+    let spec = || ConnectionSpec {
         connector: "intercom".into(),
         region: None,
         base_url: Some(handle.base_url.clone()),
@@ -52,52 +56,157 @@ pub async fn run(connectors: &[Arc<Connector>]) -> Result<String> {
         timeout_secs: None,
         retry: None,
     };
-    let conn = Connection::new("demo", connector.clone(), &spec, &|_| None)?;
+    // Every connection the recipes name points at the simulator.
+    let mut cfg = ConfigSpec::default();
+    for name in ["intercom", "intercom_backup"] {
+        cfg.connections.insert(name.into(), spec());
+    }
+    let mut files: Vec<_> = std::fs::read_dir(recipes_dir)
+        .with_context(|| {
+            format!(
+                "the demo runs the recipes in `{}`; run it from the repository",
+                recipes_dir.display()
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut recipes = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        let r = plan::recipe::load_recipe(f, &text, connectors, Some(&cfg)).map_err(|d| {
+            let list: Vec<String> = d.iter().map(ToString::to_string).collect();
+            anyhow!("{}", list.join("\n"))
+        })?;
+        recipes.push(r);
+    }
+    let mut conns = HashMap::new();
+    for (name, c) in &cfg.connections {
+        let connector = connectors
+            .iter()
+            .find(|x| x.id == c.connector)
+            .ok_or_else(|| anyhow!("the demo needs the `{}` connector", c.connector))?;
+        conns.insert(
+            name.clone(),
+            Connection::new(name, connector.clone(), c, &|_| None)?,
+        );
+    }
+    let state = tempfile_dir()?;
+    let store = StateStore::open(state.path())?;
+    let emit = Emitter::default();
+
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "sluice demo: Intercom simulator at {} (seed 42: {} contacts, {} companies, {} tickets, {} conversations)\n",
-        handle.base_url, sizes.0, sizes.1, sizes.2, sizes.3
+        "sluice demo: {} recipes against the Intercom simulator at {} (seed 42: {} contacts, {} companies, {} tickets, {} conversations)\n",
+        recipes.len(),
+        handle.base_url,
+        sizes.0,
+        sizes.1,
+        sizes.2,
+        sizes.3
     );
-
-    let backfill_since = sim.now() - 30 * 86_400;
-    let _ = writeln!(out, "1. Backfill: every trigger since 30 days ago");
-    poll_all(&conn, &connector, backfill_since, &mut out).await?;
-
-    let before = sim.now();
-    sim.advance_clock(1);
-    let changed = sim.churn(300);
-    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
-    for (k, _) in &changed {
-        *by_kind.entry(format!("{k:?}").to_lowercase()).or_default() += 1;
+    let mut totals: BTreeMap<String, CycleReport> = BTreeMap::new();
+    for cycle in 1..=CYCLES {
+        let what = if cycle == 1 {
+            "first run: recipes start from now (new_contact_welcome backfills from its start_from)"
+                .to_string()
+        } else {
+            sim.advance_clock(30);
+            let changed = sim.churn(CHANGES_PER_CYCLE);
+            let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+            for (k, _) in &changed {
+                *by_kind.entry(format!("{k:?}").to_lowercase()).or_default() += 1;
+            }
+            format!(
+                "the simulator made {} changes ({})",
+                changed.len(),
+                by_kind
+                    .iter()
+                    .map(|(k, n)| format!("{n} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let t = Instant::now();
+        let deps = Deps {
+            store: &store,
+            conns: &conns,
+            emit: &emit,
+            now: chrono::Utc::now().timestamp(),
+        };
+        let mut fired = 0;
+        for r in &recipes {
+            let rep = crate::engine::run_cycle(r, &deps).await;
+            fired += rep.fired;
+            let tot = totals.entry(r.id.clone()).or_insert_with(|| CycleReport {
+                recipe: r.id.clone(),
+                ..Default::default()
+            });
+            tot.fired += rep.fired;
+            tot.steps_ok += rep.steps_ok;
+            tot.steps_failed += rep.steps_failed;
+            tot.steps_skipped += rep.steps_skipped;
+            tot.dead_letters += rep.dead_letters;
+            tot.filtered += rep.filtered;
+            tot.unfinished += rep.unfinished;
+            if rep.error.is_some() {
+                tot.error = rep.error;
+            }
+        }
+        let _ = writeln!(
+            out,
+            "cycle {cycle}: {what}; {fired} records fired ({:.0} ms)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
     }
+
     let _ = writeln!(
         out,
-        "\n2. The simulator made {} changes ({}); every trigger since then",
-        changed.len(),
-        by_kind
-            .iter()
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "\n{:<28} {:>6} {:>9} {:>7} {:>8} {:>9} {:>6}",
+        "recipe", "fired", "filtered", "steps", "failed", "skipped", "dead"
     );
-    poll_all(&conn, &connector, before, &mut out).await?;
+    for r in totals.values() {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>6} {:>9} {:>7} {:>8} {:>9} {:>6}{}",
+            r.recipe,
+            r.fired,
+            r.filtered,
+            r.steps_ok,
+            r.steps_failed,
+            r.steps_skipped,
+            r.dead_letters,
+            r.error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    let dead = store.dead_letters(None)?;
+    if let Some((_, d)) = dead.first() {
+        let _ = writeln!(
+            out,
+            "\nfirst dead letter: recipe {} step `{}`: {}",
+            d.recipe, d.failed_step, d.error
+        );
+    }
 
-    let _ = writeln!(out, "\n3. A chain of actions for a new contact");
-    chain(&conn, &connector, &sim, &mut out).await?;
-
-    let _ = writeln!(out, "\n4. What the simulator saw");
+    let _ = writeln!(out, "\nWhat the simulator saw");
     let audit = sim.audit();
-    let mut totals: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut by_endpoint: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for e in &audit {
-        let key = format!("{} {}", e.method, pattern(&e.path));
-        let t = totals.entry(key).or_default();
+        let t = by_endpoint
+            .entry(format!("{} {}", e.method, pattern(&e.path)))
+            .or_default();
         t.0 += 1;
         if e.status >= 400 || e.status == 0 {
             t.1 += 1;
         }
     }
-    for (k, (n, failed)) in &totals {
+    for (k, (n, failed)) in &by_endpoint {
         let _ = writeln!(
             out,
             "   {n:>5}  {k}{}",
@@ -108,144 +217,40 @@ pub async fn run(connectors: &[Arc<Connector>]) -> Result<String> {
             }
         );
     }
-    let _ = writeln!(out, "   {:>5}  requests in all", audit.len());
+    let _ = writeln!(
+        out,
+        "   {:>5}  requests in all; demo took {:.1} s",
+        audit.len(),
+        started.elapsed().as_secs_f64()
+    );
+    drop(store);
     handle.shutdown().await?;
     Ok(out)
 }
 
-async fn poll_all(
-    conn: &Connection,
-    connector: &Connector,
-    since: i64,
-    out: &mut String,
-) -> Result<()> {
-    for t in connector.triggers.values() {
-        let started = Instant::now();
-        let mut poll = crate::trigger::Poll::start(conn, t, since, Map::new()).await?;
-        let mut n = 0usize;
-        while let Some(page) = poll
-            .next_page()
-            .await
-            .with_context(|| format!("polling {}", t.id))?
-        {
-            n += page.len();
-        }
-        let _ = writeln!(
-            out,
-            "   {:<24} {:>6} records  {:>4} pages  {:>6.1} ms",
-            t.id,
-            n,
-            poll.pages,
-            started.elapsed().as_secs_f64() * 1e3
-        );
+/// A temporary state directory, removed on drop.
+fn tempfile_dir() -> Result<TempDir> {
+    let base = std::env::temp_dir().join(format!(
+        "sluice-demo-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&base)?;
+    Ok(TempDir(base))
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
     }
-    Ok(())
 }
 
-async fn call(
-    conn: &Connection,
-    connector: &Connector,
-    action: &str,
-    input: Value,
-    out: &mut String,
-) -> Result<Value> {
-    let a = connector
-        .actions
-        .get(action)
-        .ok_or_else(|| anyhow!("no action {action}"))?;
-    let Value::Object(input) = input else {
-        return Err(anyhow!("inputs must be an object"));
-    };
-    let started = Instant::now();
-    let result = crate::action::execute(conn, a, &input)
-        .await
-        .map_err(|e| anyhow!("{action}: {e}"))?;
-    let summary = match &result {
-        Value::Object(m) => m
-            .get("id")
-            .map(|id| format!("id {id}"))
-            .unwrap_or_else(|| "ok".into()),
-        Value::Array(a) => format!("{} results", a.len()),
-        Value::Null => "accepted".into(),
-        other => other.to_string(),
-    };
-    let _ = writeln!(
-        out,
-        "   {action:<32} {summary:<40} {:>6.1} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(result)
-}
-
-async fn chain(conn: &Connection, c: &Connector, sim: &Sim, out: &mut String) -> Result<()> {
-    let contact = call(conn, c, "create_contact", json!({"email": "ada@example.com", "name": "Ada Lovelace", "role": "user", "external_id": "usr_ada"}), out).await?;
-    let contact_id = contact["id"].clone();
-    call(
-        conn,
-        c,
-        "find_contact",
-        json!({"email": "ada@example.com"}),
-        out,
-    )
-    .await?;
-    let vip = call(conn, c, "create_tag", json!({"name": "VIP"}), out).await?;
-    let trial = call(conn, c, "create_tag", json!({"name": "Trial"}), out).await?;
-    call(
-        conn,
-        c,
-        "assign_tags",
-        json!({"target": "contact", "target_id": contact_id, "tag_ids": [vip["id"], trial["id"]]}),
-        out,
-    )
-    .await?;
-    call(
-        conn,
-        c,
-        "add_note_to_contact",
-        json!({"contact_id": contact_id, "body": "Signed up through the demo."}),
-        out,
-    )
-    .await?;
-    let company = call(
-        conn,
-        c,
-        "create_or_update_company",
-        json!({"company_id": "analytical-engines", "name": "Analytical Engines", "plan": "Pro"}),
-        out,
-    )
-    .await?;
-    call(
-        conn,
-        c,
-        "add_contact_to_company",
-        json!({"contact_id": contact_id, "company_id": company["id"]}),
-        out,
-    )
-    .await?;
-    let ticket_type = sim
-        .records(crate::sim::Kind::TicketType)
-        .into_iter()
-        .find(|t| t["category"] == "Customer")
-        .map(|t| t["id"].clone())
-        .ok_or_else(|| anyhow!("the simulator has no Customer ticket type"))?;
-    let ticket = call(conn, c, "create_ticket", json!({"ticket_type_id": ticket_type, "contact_id": contact_id, "ticket_attributes": {"_default_title_": "Welcome call", "_default_description_": "Book a call"}}), out).await?;
-    call(
-        conn,
-        c,
-        "update_ticket",
-        json!({"id": ticket["id"], "open": false}),
-        out,
-    )
-    .await?;
-    call(
-        conn,
-        c,
-        "create_event",
-        json!({"event_name": "finished-demo", "created_at": sim.now(), "contact_id": contact_id}),
-        out,
-    )
-    .await?;
-    Ok(())
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// `/contacts/6762…/tags` → `/contacts/{id}/tags`.

@@ -294,12 +294,27 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         if let Some(oc) = &a.on_conflict {
             let path = format!("actions.{id}.on_conflict");
             match spec.actions.get(&oc.then) {
-                None => cx.err(&format!("{path}.then"), format!("`then` names `{}`, which is not an action of this connector", oc.then), None),
-                Some(t) if !t.inputs.contains_key(&oc.input) => cx.err(&format!("{path}.input"), format!("action `{}` has no input `{}`", oc.then, oc.input), None),
+                None => cx.err(
+                    &format!("{path}.then"),
+                    format!(
+                        "`then` names `{}`, which is not an action of this connector",
+                        oc.then
+                    ),
+                    None,
+                ),
+                Some(t) if !t.inputs.contains_key(&oc.input) => cx.err(
+                    &format!("{path}.input"),
+                    format!("action `{}` has no input `{}`", oc.then, oc.input),
+                    None,
+                ),
                 Some(_) => {}
             }
             if oc.id_after.is_empty() {
-                cx.err(&format!("{path}.id_after"), "`id_after` must not be empty", None);
+                cx.err(
+                    &format!("{path}.id_after"),
+                    "`id_after` must not be empty",
+                    None,
+                );
             }
         }
     }

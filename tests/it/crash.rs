@@ -28,11 +28,25 @@ impl Drop for Reap {
 }
 
 async fn audit(client: &reqwest::Client, url: &str) -> Vec<Value> {
-    client.get(format!("{url}/_sim/audit")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("{url}/_sim/audit"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn audit_len(client: &reqwest::Client, url: &str, since: u64) -> u64 {
-    let v: Vec<Value> = client.get(format!("{url}/_sim/audit?since={since}")).send().await.unwrap().json().await.unwrap();
+    let v: Vec<Value> = client
+        .get(format!("{url}/_sim/audit?since={since}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     v.last().and_then(|e| e["seq"].as_u64()).unwrap_or(since)
 }
 
@@ -40,24 +54,50 @@ async fn audit_len(client: &reqwest::Client, url: &str, since: u64) -> u64 {
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_flight() {
     // The simulator in its own process: killing sluice must not touch it.
     let mut sim = sluice()
-        .args(["sim", "--port", "0", "--seed", "11", "--contacts", &RECORDS.to_string(), "--companies", "0", "--tickets", "0", "--conversations", "0", "--frozen-clock", "--rate-limit", "10000000"])
+        .args([
+            "sim",
+            "--port",
+            "0",
+            "--seed",
+            "11",
+            "--contacts",
+            &RECORDS.to_string(),
+            "--companies",
+            "0",
+            "--tickets",
+            "0",
+            "--conversations",
+            "0",
+            "--frozen-clock",
+            "--rate-limit",
+            "10000000",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(sim.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(sim.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let _reap = Reap(sim);
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
     let ws = Workspace::new(&format!("connections:\n  intercom:\n    connector: intercom\n    base_url: {url}\n    token: sim-token\n    retry: {{max_attempts: 3, base_delay_ms: 5, max_delay_ms: 20}}\n"));
     std::fs::create_dir_all(ws.path().join("recipes")).unwrap();
     std::fs::write(ws.path().join("recipes/chain.yaml"), RECIPE).unwrap();
     let run_cmd = || {
         let mut c = ws.sluice(&["run", "--once", "--json"]);
-        c.arg("--recipes").arg(ws.path().join("recipes")).arg("--state-dir").arg(ws.path().join("state"));
+        c.arg("--recipes")
+            .arg(ws.path().join("recipes"))
+            .arg("--state-dir")
+            .arg(ws.path().join("state"));
         c.stdout(Stdio::null()).stderr(Stdio::piped());
         c
     };
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder().build().unwrap();
     let mut rng = fastrand::Rng::with_seed(20261122);
     let mut kills = 0usize;
     let mut seq = 0u64;
@@ -101,7 +141,14 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
 
     // The oracle: what the simulator saw.
     let entries = audit(&client, &url).await;
-    let contacts: Vec<Value> = client.get(format!("{url}/_sim/contacts")).send().await.unwrap().json().await.unwrap();
+    let contacts: Vec<Value> = client
+        .get(format!("{url}/_sim/contacts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(contacts.len(), RECORDS);
     let mut counts: HashMap<(String, &str), usize> = HashMap::new();
     for e in &entries {
@@ -111,7 +158,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
         let path = e["path"].as_str().unwrap();
         let method = e["method"].as_str().unwrap();
         let (id, step) = if method == "POST" && path.ends_with("/notes") {
-            (path.trim_start_matches("/contacts/").trim_end_matches("/notes").to_string(), "note")
+            (
+                path.trim_start_matches("/contacts/")
+                    .trim_end_matches("/notes")
+                    .to_string(),
+                "note",
+            )
         } else if method == "POST" && path == "/events" {
             (e["body"]["id"].as_str().unwrap().to_string(), "event")
         } else if method == "PUT" && path.starts_with("/contacts/") {
@@ -132,7 +184,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
         }
         assert_eq!(c["name"], "done", "record {id} did not finish");
     }
-    assert!(repeats <= kills, "{repeats} repeated steps for {kills} kills: a finished step ran again");
+    assert!(
+        repeats <= kills,
+        "{repeats} repeated steps for {kills} kills: a finished step ran again"
+    );
     // Nothing left under way, nothing dead.
     let mut c = ws.sluice(&["state", "show", "--json"]);
     c.arg("--state-dir").arg(ws.path().join("state"));
@@ -142,5 +197,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
     assert_eq!(v[0]["state"]["dead_letters"], 0, "{v}");
     // Keys behind the lookback are pruned; never more keys than records.
     assert!(v[0]["state"]["dedupe_keys"].as_u64().unwrap() as usize <= RECORDS);
-    eprintln!("crash test: {kills} kills, {repeats} in-flight steps repeated, {} requests", entries.len());
+    eprintln!(
+        "crash test: {kills} kills, {repeats} in-flight steps repeated, {} requests",
+        entries.len()
+    );
 }

@@ -70,13 +70,45 @@ async fn not_found_conflict_and_unprocessable_are_permanent() {
     env.sim().clear_audit();
     let out = env.ok("create_contact", json!({"email": email})).await;
     assert_eq!(out["id"], existing["id"]);
-    let statuses: Vec<(String, u16)> = env.audit().iter().map(|e| (format!("{} {}", e.method, e.path), e.status)).collect();
-    assert_eq!(statuses, vec![("POST /contacts".to_string(), 409), (format!("GET /contacts/{}", existing["id"].as_str().unwrap()), 200)]);
+    let statuses: Vec<(String, u16)> = env
+        .audit()
+        .iter()
+        .map(|e| (format!("{} {}", e.method, e.path), e.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("POST /contacts".to_string(), 409),
+            (
+                format!("GET /contacts/{}", existing["id"].as_str().unwrap()),
+                200
+            )
+        ]
+    );
     // A 409 elsewhere is the `conflict` class.
-    env.sim().set_faults(Faults { fail_next: vec![FailRule { path_prefix: "/contacts/".into(), method: Some("PUT".into()), status: 409, code: Some("conflict".into()), message: None, count: 1 }], ..Faults::default() });
-    let r = env.call("update_contact", json!({"id": existing["id"], "email": "x@y.z"})).await;
+    env.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/contacts/".into(),
+            method: Some("PUT".into()),
+            status: 409,
+            code: Some("conflict".into()),
+            message: None,
+            count: 1,
+        }],
+        ..Faults::default()
+    });
+    let r = env
+        .call(
+            "update_contact",
+            json!({"id": existing["id"], "email": "x@y.z"}),
+        )
+        .await;
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("HTTP 409 `conflict` (conflict)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("HTTP 409 `conflict` (conflict)"),
+        "{}",
+        r.stderr
+    );
 
     env.sim().set_faults(fail("/contacts", 422, 1));
     env.sim().clear_audit();

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod conformance;
+mod crash;
 mod demo;
 mod docs;
 mod engine;
@@ -14,4 +15,3 @@ mod intercom_errors;
 mod intercom_triggers;
 mod recipes;
 mod validate;
-mod crash;
