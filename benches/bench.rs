@@ -1,6 +1,14 @@
 //! sluice's benchmarks: `cargo bench --bench bench [NAME…]`. Prints figures; asserts nothing
 //! about time. Results are recorded in docs/BENCHMARKS.md.
 //!
+//! * `engine_50k` — (a) the first `sluice run --once` over 50,000 contacts through a recipe
+//!   with one `emit` step (records/s, CPU µs per record including dedupe and cursor commit, peak
+//!   RSS), then (b) the next cycle after 1% of the contacts changed (wall time).
+//! * `engine_chain_5k` — (c) a three-step Intercom chain over 5,000 records (actions/s, CPU per
+//!   action).
+//!
+//! The `sluice` process is measured with GNU time (`/usr/bin/time`, Debian package `time`).
+//!
 //! * `sim_search_50k` — `sluice sim` (its own process) serving 50,000 contacts through
 //!   `POST /contacts/search` in pages of 150 over loopback, read by `sluice poll`'s code path
 //!   (trigger `contact_updated`). Reports the simulator's CPU and the client's CPU separately.
@@ -115,6 +123,224 @@ async fn sim_search_50k() {
     );
 }
 
+/// Runs `sluice ARGS` under GNU time; returns (wall s, user+sys CPU s, peak RSS KiB, stderr).
+fn timed(args: &[&str], dir: &std::path::Path) -> (f64, f64, u64, String) {
+    let out = std::process::Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("TIME %e %U %S %M")
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("/usr/bin/time (apt-get install time)");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let line = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("TIME "))
+        .unwrap_or_else(|| panic!("no timing in {err}"));
+    let f: Vec<f64> = line[5..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(out.status.success(), "sluice {args:?} failed:\n{err}");
+    (f[0], f[1] + f[2], f[3] as u64, err)
+}
+
+fn workspace(url: &str, recipe: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(dir.join("recipes")).unwrap();
+    std::fs::write(dir.join("sluice.yaml"), format!("connections:\n  intercom:\n    connector: intercom\n    base_url: {url}\n    token: sim-token\n    timezone: Europe/Dublin\n")).unwrap();
+    let id = recipe.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+    std::fs::write(dir.join(format!("recipes/{id}.yaml")), recipe).unwrap();
+    dir
+}
+
+fn run_args(dir: &std::path::Path) -> Vec<String> {
+    vec![
+        "--connectors".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/connectors").into(),
+        "run".into(),
+        "--once".into(),
+        "--json".into(),
+    ]
+    .into_iter()
+    .chain([
+        "--state-dir".to_string(),
+        dir.join("state").display().to_string(),
+    ])
+    .collect()
+}
+
+async fn engine_50k() {
+    let (child, url) = spawn_sim(&[
+        "--contacts",
+        "50000",
+        "--companies",
+        "0",
+        "--tickets",
+        "0",
+        "--conversations",
+        "0",
+        "--rate-limit",
+        "100000000",
+    ]);
+    let _reap = Reap(child);
+    let recipe = "id: emit_contacts\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      to: /dev/null\n";
+    let dir = workspace(&url, recipe);
+    let args = run_args(&dir);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (wall, cpu, rss, err) = timed(&a, &dir);
+    let fired = fired_of(&err);
+    println!(
+        "engine_50k (a) first cycle: {fired} records fired in {wall:.2} s = {:.0} records/s; CPU {cpu:.2} s = {:.1} µs/record; peak RSS {:.1} MB",
+        fired as f64 / wall,
+        cpu * 1e6 / fired as f64,
+        rss as f64 / 1024.0
+    );
+    // (b) 1% of the contacts change, then the next cycle.
+    let client = reqwest::Client::builder().build().unwrap();
+    let contacts: Vec<serde_json::Value> = client
+        .get(format!("{url}/_sim/contacts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for c in contacts.iter().step_by(100) {
+        let id = c["id"].as_str().unwrap();
+        client
+            .patch(format!("{url}/_sim/contacts/{id}"))
+            .json(&serde_json::json!({"name": "changed"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (wall, cpu, rss, err) = timed(&a, &dir);
+    let rep = report_of(&err);
+    println!(
+        "engine_50k (b) next cycle with 1% changed: {} fired ({} already seen); the cycle took {:.0} ms; the whole process {:.0} ms, CPU {cpu:.3} s, peak RSS {:.1} MB",
+        rep["fired"],
+        rep["skipped_seen"],
+        rep["elapsed_ms"].as_f64().unwrap_or(0.0),
+        wall * 1e3,
+        rss as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn engine_chain_5k() {
+    let (child, url) = spawn_sim(&[
+        "--contacts",
+        "5000",
+        "--companies",
+        "0",
+        "--tickets",
+        "0",
+        "--conversations",
+        "0",
+        "--rate-limit",
+        "100000000",
+    ]);
+    let _reap = Reap(child);
+    let recipe = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n";
+    let dir = workspace(&url, recipe);
+    let args = run_args(&dir);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (wall, cpu, rss, err) = timed(&a, &dir);
+    let fired = fired_of(&err);
+    let actions = fired * 3;
+    println!(
+        "engine_chain_5k (c): {fired} records, {actions} actions in {wall:.2} s = {:.0} actions/s; sluice CPU {cpu:.2} s = {:.0} µs/action; peak RSS {:.1} MB",
+        actions as f64 / wall,
+        cpu * 1e6 / actions as f64,
+        rss as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn report_of(stderr: &str) -> serde_json::Value {
+    let json_start = stderr.find('[').expect("run report");
+    let json_end = stderr.rfind(']').expect("run report");
+    let v: serde_json::Value =
+        serde_json::from_str(&stderr[json_start..=json_end]).expect("run report JSON");
+    v[0].clone()
+}
+
+fn fired_of(stderr: &str) -> u64 {
+    let json_start = stderr.find('[').expect("run report");
+    let json_end = stderr.rfind(']').expect("run report");
+    let v: serde_json::Value =
+        serde_json::from_str(&stderr[json_start..=json_end]).expect("run report JSON");
+    v[0]["fired"].as_u64().unwrap_or(0)
+}
+
+/// Kills a child process on drop.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Resident memory of this process, KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The state store alone: 50,000 dedupe keys committed in pages of 150.
+fn store_50k() {
+    let dir = std::env::temp_dir().join(format!("sluice-bench-store-{}", std::process::id()));
+    let store = sluice::store::StateStore::open(&dir).expect("store");
+    let before = rss_kib();
+    let (cpu0, t0) = (cpu_secs(), Instant::now());
+    let mut n = 0i64;
+    for _page in 0..334 {
+        let batch: Vec<(String, i64, bool)> = (0..150)
+            .map(|_| {
+                n += 1;
+                (
+                    format!("6762f0d01bb69f9f{n:08x}:{}", 1_700_000_000 + n),
+                    1_700_000_000 + n,
+                    false,
+                )
+            })
+            .collect();
+        store
+            .commit(
+                "bench",
+                &batch,
+                &[],
+                sluice::store::Checkpoint {
+                    cursor: 1_700_000_000 + n,
+                    floor: 0,
+                },
+            )
+            .expect("commit");
+    }
+    let (cpu, wall) = (cpu_secs() - cpu0, t0.elapsed().as_secs_f64());
+    println!(
+        "store_50k: {n} keys in 334 commits: wall {wall:.2} s, CPU {cpu:.2} s = {:.1} µs/key; RSS +{:.1} MB",
+        cpu * 1e6 / n as f64,
+        (rss_kib().saturating_sub(before)) as f64 / 1024.0
+    );
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -128,5 +354,14 @@ fn main() {
         .expect("runtime");
     if run("sim_search_50k") {
         rt.block_on(sim_search_50k());
+    }
+    if run("store_50k") {
+        store_50k();
+    }
+    if run("engine_50k") {
+        rt.block_on(engine_50k());
+    }
+    if run("engine_chain_5k") {
+        rt.block_on(engine_chain_5k());
     }
 }

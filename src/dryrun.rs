@@ -147,7 +147,7 @@ pub fn run(
     let mut ctx = Map::new();
     ctx.insert("record".into(), sample.record.clone());
     ctx.insert("steps".into(), Value::Object(Map::new()));
-    ctx.insert("recipe".into(), recipe.metadata());
+    ctx.insert("recipe".into(), recipe.metadata().clone());
     let mut out = DryRun {
         recipe: recipe.id.clone(),
         passes_filter: true,

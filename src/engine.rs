@@ -23,7 +23,7 @@ use crate::action::{self, ActionError};
 use crate::http::{Connection, FailureClass};
 use crate::plan::{Recipe, StartFrom, Step, StepAction};
 use crate::spec::OnErrorSpec;
-use crate::store::{Checkpoint, DeadLetter, JournalEntry, StateStore, StepDone};
+use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
 use crate::template::Scope;
 use crate::trigger::{cursor_of, Poll};
 
@@ -143,6 +143,8 @@ pub struct CycleReport {
     pub pruned: u64,
     /// Why the cycle stopped early, if it did.
     pub error: Option<String>,
+    /// How long the cycle took, in milliseconds.
+    pub elapsed_ms: f64,
 }
 
 enum Outcome {
@@ -164,6 +166,7 @@ struct StepFailure {
 /// Runs one cycle of `recipe`. Errors are reported in the result, never panicked; the cursor
 /// stays where the last commit put it.
 pub async fn run_cycle(recipe: &Recipe, deps: &Deps<'_>) -> CycleReport {
+    let started = std::time::Instant::now();
     let mut rep = CycleReport {
         recipe: recipe.id.clone(),
         ..CycleReport::default()
@@ -173,6 +176,7 @@ pub async fn run_cycle(recipe: &Recipe, deps: &Deps<'_>) -> CycleReport {
         rep.error = Some(format!("{e:#}"));
     }
     let _ = deps.emit.flush();
+    rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     rep
 }
 
@@ -212,10 +216,18 @@ pub async fn resume_journal(
         rep.fired += 1;
         rep.resumed += 1;
         let ts = entry.ts;
-        match run_chain(recipe, deps, &key, entry, rep).await? {
-            Outcome::Finished => finished.push((key, ts)),
+        let scope = chain_scope(recipe, entry.record, &entry.done);
+        let mut chain = Some(Chain {
+            scope,
+            ts,
+            done: entry.done,
+            attempts: entry.attempts,
+            journaled: true,
+        });
+        match run_chain(recipe, deps, &key, &mut chain, rep).await? {
+            Outcome::Finished => finished.push((key, ts, true)),
             Outcome::Dead(d) => {
-                finished.push((key, ts));
+                finished.push((key, ts, true));
                 dead.push(*d);
             }
             Outcome::Unfinished => {
@@ -262,7 +274,7 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             .await
             .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
         let Some(page) = page else { break };
-        let mut finished: Vec<(String, i64)> = Vec::with_capacity(page.len());
+        let mut finished: Vec<(String, i64, bool)> = Vec::with_capacity(page.len());
         let mut dead = Vec::new();
         let mut abort = None;
         for record in page {
@@ -289,20 +301,24 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
                 min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
                 continue;
             }
+            let scope = chain_scope(recipe, record, &[]);
             if let Some(f) = &recipe.filter {
-                let scope = chain_scope(recipe, &record, &[]);
                 match f.truthy(&scope) {
                     Ok(true) => {}
                     Ok(false) => {
                         rep.filtered += 1;
                         max_done = max_done.max(ts);
                         batch_keys.insert(key.clone());
-                        finished.push((key, ts));
+                        finished.push((key, ts, false));
                         continue;
                     }
                     Err(e) => {
                         rep.dead_letters += 1;
                         max_done = max_done.max(ts);
+                        let record = match scope.into_value() {
+                            Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
+                            _ => Value::Null,
+                        };
                         dead.push(*dead_letter(
                             recipe,
                             &key,
@@ -317,28 +333,31 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
                             deps.now,
                         ));
                         batch_keys.insert(key.clone());
-                        finished.push((key, ts));
+                        finished.push((key, ts, false));
                         continue;
                     }
                 }
             }
             rep.fired += 1;
-            let entry = JournalEntry {
-                record,
+            let mut chain = Some(Chain {
+                scope,
                 ts,
                 done: Vec::new(),
                 attempts: 0,
-            };
-            match run_chain(recipe, deps, &key, entry, rep).await? {
+                journaled: false,
+            });
+            let outcome = run_chain(recipe, deps, &key, &mut chain, rep).await?;
+            let journaled = chain.as_ref().is_none_or(|c| c.journaled);
+            match outcome {
                 Outcome::Finished => {
                     max_done = max_done.max(ts);
                     batch_keys.insert(key.clone());
-                    finished.push((key, ts));
+                    finished.push((key, ts, journaled));
                 }
                 Outcome::Dead(d) => {
                     max_done = max_done.max(ts);
                     batch_keys.insert(key.clone());
-                    finished.push((key, ts));
+                    finished.push((key, ts, journaled));
                     dead.push(*d);
                 }
                 Outcome::Unfinished => {
@@ -371,17 +390,73 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
     Ok(())
 }
 
-/// The template scope of a chain: `record`, `steps` (outputs so far) and `recipe`.
-fn chain_scope(recipe: &Recipe, record: &Value, done: &[StepDone]) -> Scope {
+/// The template scope of a chain: `record`, `steps` (outputs so far) and `recipe`. The record
+/// is moved in, not copied; it is read back from the scope for the journal.
+fn chain_scope(recipe: &Recipe, record: Value, done: &[StepDone]) -> Scope {
     let mut steps = Map::new();
     for d in done {
         steps.insert(d.step.clone(), d.output.clone());
     }
-    let mut ctx = Map::new();
-    ctx.insert("record".into(), record.clone());
+    let mut ctx = Map::with_capacity(3);
+    ctx.insert("record".into(), record);
     ctx.insert("steps".into(), Value::Object(steps));
-    ctx.insert("recipe".into(), recipe.metadata());
+    ctx.insert("recipe".into(), recipe.metadata().clone());
     Scope::new(Value::Object(ctx))
+}
+
+/// A record's chain in progress.
+struct Chain {
+    scope: Scope,
+    ts: i64,
+    done: Vec<StepDone>,
+    attempts: u32,
+    /// Whether it has a journal entry (to remove at commit).
+    journaled: bool,
+}
+
+impl Chain {
+    fn record(&self) -> &Value {
+        &self.scope.value()["record"]
+    }
+
+    fn journal(&mut self, deps: &Deps<'_>, recipe: &str, key: &str) -> Result<()> {
+        let view = JournalView {
+            record: self.record(),
+            ts: self.ts,
+            done: &self.done,
+            attempts: self.attempts,
+        };
+        deps.store.journal_step(recipe, key, &view)?;
+        self.journaled = true;
+        Ok(())
+    }
+
+    fn push(&mut self, d: StepDone) {
+        if let Some(Value::Object(steps)) = self.scope.value_mut().get_mut("steps") {
+            steps.insert(d.step.clone(), d.output.clone());
+        }
+        self.done.push(d);
+    }
+
+    fn into_dead(
+        self,
+        recipe: &Recipe,
+        key: &str,
+        step: &str,
+        f: StepFailure,
+        now: i64,
+    ) -> Box<DeadLetter> {
+        let Chain {
+            scope, ts, done, ..
+        } = self;
+        let record = match scope.into_value() {
+            Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
+            _ => Value::Null,
+        };
+        dead_letter(
+            recipe, key, ts, record, done, step, f.class, &f.message, f.request, f.status, now,
+        )
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -417,14 +492,14 @@ async fn run_chain(
     recipe: &Recipe,
     deps: &Deps<'_>,
     key: &str,
-    mut entry: JournalEntry,
+    chain: &mut Option<Chain>,
     rep: &mut CycleReport,
 ) -> Result<Outcome> {
-    while entry.done.len() < recipe.steps.len() {
-        let step = &recipe.steps[entry.done.len()];
-        let scope = chain_scope(recipe, &entry.record, &entry.done);
+    let c = chain.as_mut().expect("invariant: a chain to run");
+    while c.done.len() < recipe.steps.len() {
+        let step = &recipe.steps[c.done.len()];
         let run = match &step.condition {
-            Some(c) => c.truthy(&scope).map_err(|e| StepFailure {
+            Some(cond) => cond.truthy(&c.scope).map_err(|e| StepFailure {
                 class: FailureClass::Fatal,
                 message: format!("if: {e}"),
                 request: None,
@@ -435,7 +510,7 @@ async fn run_chain(
         let result = match run {
             Ok(false) => {
                 rep.steps_skipped += 1;
-                entry.done.push(StepDone {
+                c.push(StepDone {
                     step: step.id.clone(),
                     output: Value::Null,
                     skipped: true,
@@ -443,14 +518,14 @@ async fn run_chain(
                 });
                 continue;
             }
-            Ok(true) => execute_step(step, &scope, deps, &entry.record).await,
+            Ok(true) => execute_step(step, &c.scope, deps).await,
             Err(f) => Err(f),
         };
         match result {
             Ok(output) => {
                 rep.steps_ok += 1;
-                entry.attempts = 0;
-                entry.done.push(StepDone {
+                c.attempts = 0;
+                c.push(StepDone {
                     step: step.id.clone(),
                     output,
                     skipped: false,
@@ -460,7 +535,7 @@ async fn run_chain(
                 // one too: the page commit comes later), so it is never repeated. `emit` is
                 // local and batched per page instead.
                 if matches!(step.kind, StepAction::Http { .. }) {
-                    deps.store.journal_step(&recipe.id, key, &entry)?;
+                    c.journal(deps, &recipe.id, key)?;
                 }
             }
             Err(f) => {
@@ -470,8 +545,8 @@ async fn run_chain(
                     f.class,
                     FailureClass::Auth | FailureClass::Retryable | FailureClass::RateLimited
                 ) {
-                    if !entry.done.is_empty() {
-                        deps.store.journal_step(&recipe.id, key, &entry)?;
+                    if !c.done.is_empty() {
+                        c.journal(deps, &recipe.id, key)?;
                     }
                     rep.unfinished += 1;
                     return Ok(Outcome::Abort(format!("step `{}`: {}", step.id, f.message)));
@@ -479,7 +554,7 @@ async fn run_chain(
                 match step.on_error {
                     OnErrorSpec::Skip => {
                         rep.steps_skipped += 1;
-                        entry.done.push(StepDone {
+                        c.push(StepDone {
                             step: step.id.clone(),
                             output: Value::Null,
                             skipped: true,
@@ -488,17 +563,14 @@ async fn run_chain(
                     }
                     OnErrorSpec::Stop => {
                         rep.dead_letters += 1;
-                        let JournalEntry {
-                            record, ts, done, ..
-                        } = entry;
-                        return Ok(Outcome::Dead(dead_letter(
-                            recipe, key, ts, record, done, &step.id, f.class, &f.message,
-                            f.request, f.status, deps.now,
-                        )));
+                        let owned = chain.take().expect("invariant: present");
+                        return Ok(Outcome::Dead(
+                            owned.into_dead(recipe, key, &step.id, f, deps.now),
+                        ));
                     }
                     OnErrorSpec::Retry => {
-                        entry.attempts += 1;
-                        deps.store.journal_step(&recipe.id, key, &entry)?;
+                        c.attempts += 1;
+                        c.journal(deps, &recipe.id, key)?;
                         rep.unfinished += 1;
                         return Ok(Outcome::Unfinished);
                     }
@@ -510,79 +582,69 @@ async fn run_chain(
     Ok(Outcome::Finished)
 }
 
-async fn execute_step(
-    step: &Step,
-    scope: &Scope,
-    deps: &Deps<'_>,
-    record: &Value,
-) -> Result<Value, StepFailure> {
+async fn execute_step(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Value, StepFailure> {
     let input_err = |m: String| StepFailure {
         class: FailureClass::Fatal,
         message: m,
         request: None,
         status: None,
     };
-    let items: Option<Vec<Value>> = match &step.for_each {
-        Some(t) => match t
-            .render_required(scope)
-            .map_err(|e| input_err(format!("for_each: {e}")))?
-        {
-            Value::Array(a) => Some(a),
-            other => return Err(input_err(format!("for_each must give a list, got {other}"))),
-        },
-        None => None,
+    let Some(each) = &step.for_each else {
+        return execute_one(step, scope, deps).await;
     };
-    let mut outputs = Vec::new();
-    let scopes: Vec<Scope> = match items {
-        Some(items) => items
-            .into_iter()
-            .map(|it| {
-                let mut v = scope.value().clone();
-                if let Value::Object(m) = &mut v {
-                    m.insert("item".into(), it);
-                }
-                Scope::new(v)
-            })
-            .collect(),
-        None => vec![Scope::new(scope.value().clone())],
+    let items = match each
+        .render_required(scope)
+        .map_err(|e| input_err(format!("for_each: {e}")))?
+    {
+        Value::Array(a) => a,
+        other => return Err(input_err(format!("for_each must give a list, got {other}"))),
     };
-    for sc in &scopes {
-        let input = step.render_inputs(sc).map_err(input_err)?;
-        let out = match &step.kind {
-            StepAction::Emit => {
-                let value = input.get("value").unwrap_or(record);
-                let to = input.get("to").and_then(Value::as_str).unwrap_or("stdout");
-                deps.emit
-                    .emit(to, value)
-                    .map_err(|e| input_err(format!("emit: {e:#}")))?;
-                Value::Null
-            }
-            StepAction::Http {
-                connector,
-                action_id,
-            } => {
-                let conn = deps.conns.get(&step.connection).ok_or_else(|| {
-                    input_err(format!("connection `{}` is not open", step.connection))
-                })?;
-                let a = &connector.actions[action_id];
-                action::execute(conn, a, &input)
-                    .await
-                    .map_err(|e| match e {
-                        ActionError::Input(m) => input_err(m),
-                        ActionError::Failed(f) => StepFailure {
-                            class: f.class,
-                            message: f.to_string(),
-                            request: Some(f.request.clone()),
-                            status: f.status,
-                        },
-                    })?
-            }
-        };
-        outputs.push(out);
+    let mut outputs = Vec::with_capacity(items.len());
+    for it in items {
+        let mut v = scope.value().clone();
+        if let Value::Object(m) = &mut v {
+            m.insert("item".into(), it);
+        }
+        outputs.push(execute_one(step, &Scope::new(v), deps).await?);
     }
-    Ok(if step.for_each.is_some() {
-        Value::Array(outputs)
-    } else {
-        outputs.pop().unwrap_or(Value::Null)
-    })
+    Ok(Value::Array(outputs))
+}
+
+async fn execute_one(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Value, StepFailure> {
+    let input_err = |m: String| StepFailure {
+        class: FailureClass::Fatal,
+        message: m,
+        request: None,
+        status: None,
+    };
+    let input = step.render_inputs(scope).map_err(input_err)?;
+    match &step.kind {
+        StepAction::Emit => {
+            let value = input.get("value").unwrap_or(&scope.value()["record"]);
+            let to = input.get("to").and_then(Value::as_str).unwrap_or("stdout");
+            deps.emit
+                .emit(to, value)
+                .map_err(|e| input_err(format!("emit: {e:#}")))?;
+            Ok(Value::Null)
+        }
+        StepAction::Http {
+            connector,
+            action_id,
+        } => {
+            let conn = deps.conns.get(&step.connection).ok_or_else(|| {
+                input_err(format!("connection `{}` is not open", step.connection))
+            })?;
+            action::execute(conn, &connector.actions[action_id], &input)
+                .await
+                .map_err(|e| match e {
+                    ActionError::Input(m) => input_err(m),
+                    ActionError::Failed(f) => StepFailure {
+                        class: f.class,
+                        message: f.to_string(),
+                        request: Some(f.request.clone()),
+                        status: f.status,
+                    },
+                })
+        }
+    }
 }

@@ -44,6 +44,17 @@ impl Scope {
         &self.value
     }
 
+    /// The JSON value, for changing it (the Handlebars form is rebuilt when next needed).
+    pub fn value_mut(&mut self) -> &mut Value {
+        self.hb = OnceCell::new();
+        &mut self.value
+    }
+
+    /// Takes the JSON value back.
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
     fn hb(&self) -> &handlebars::Context {
         self.hb
             .get_or_init(|| handlebars::Context::from(self.value.clone()))

@@ -41,6 +41,8 @@ pub struct Recipe {
     pub filter: Option<Template>,
     /// The chain of steps.
     pub steps: Vec<Step>,
+    /// `recipe.*` as templates see it, built once.
+    meta: Value,
 }
 
 impl Recipe {
@@ -50,13 +52,8 @@ impl Recipe {
     }
 
     /// `recipe.*` fields templates may read.
-    pub fn metadata(&self) -> Value {
-        serde_json::json!({
-            "id": self.id,
-            "description": self.description,
-            "connection": self.connection,
-            "trigger": format!("{}.{}", self.connector.id, self.trigger_id),
-        })
+    pub fn metadata(&self) -> &Value {
+        &self.meta
     }
 }
 
@@ -643,6 +640,12 @@ pub fn build_recipe(
 
     match (cx.diags.is_empty(), trigger, schedule) {
         (true, Some((connector, trigger_id)), Some(schedule)) => Ok(Recipe {
+            meta: serde_json::json!({
+                "id": spec.id,
+                "description": spec.description,
+                "connection": spec.connection,
+                "trigger": format!("{}.{}", connector.id, trigger_id),
+            }),
             id: spec.id.clone(),
             description: spec.description.clone(),
             connection: spec.connection.clone(),
