@@ -327,6 +327,7 @@ fn store_50k() {
                 sluice::store::Checkpoint {
                     cursor: 1_700_000_000 + n,
                     floor: 0,
+                    high: 1_700_000_000 + n,
                 },
             )
             .expect("commit");

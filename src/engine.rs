@@ -29,6 +29,8 @@ use crate::trigger::{cursor_of, Poll};
 
 /// Dedupe keys are kept this long beyond the lookback before pruning.
 pub const PRUNE_MARGIN_SECS: i64 = 3600;
+/// At most this many dedupe keys are pruned per cycle (a backfill's backlog goes over several).
+pub const PRUNE_MAX_PER_CYCLE: usize = 5_000;
 
 /// Where `emit` writes: stdout or files, buffered until [`Emitter::flush`].
 #[derive(Debug, Default)]
@@ -198,6 +200,7 @@ pub async fn resume_journal(
         Checkpoint {
             cursor: floor,
             floor,
+            high: floor,
         }
     });
     let mut entries = store.journal_entries(&recipe.id)?;
@@ -243,6 +246,12 @@ pub async fn resume_journal(
     }
     if let Some(u) = min_open {
         cp.cursor = cp.cursor.min(u);
+    }
+    for (_, ts, _) in &finished {
+        cp.high = cp.high.max(*ts);
+    }
+    for d in &dead {
+        cp.high = cp.high.max(d.ts);
     }
     if !finished.is_empty() || !dead.is_empty() || rep.cursor_before.is_none() {
         deps.emit.flush()?;
@@ -290,7 +299,8 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             if open.contains(&key) {
                 continue;
             }
-            if batch_keys.contains(&key) || store.seen(&recipe.id, &key)? {
+            // Above the highest record ever handled nothing can have been seen: no lookup.
+            if batch_keys.contains(&key) || (ts <= cp.high && store.seen(&recipe.id, &key)?) {
                 // Handled before: finished, so the cursor may move past it.
                 rep.skipped_seen += 1;
                 max_done = max_done.max(ts);
@@ -374,6 +384,7 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             None => max_done,
         };
         cp.cursor = cursor.min(deps.now.max(cp.cursor));
+        cp.high = cp.high.max(max_done);
         // Emitted lines go out before the state says their records are done.
         deps.emit.flush()?;
         store.commit(&recipe.id, &finished, &dead, cp)?;
@@ -386,6 +397,7 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
     rep.pruned = store.prune(
         &recipe.id,
         cp.cursor - trigger.lookback_secs - PRUNE_MARGIN_SECS,
+        PRUNE_MAX_PER_CYCLE,
     )? as u64;
     Ok(())
 }

@@ -38,6 +38,10 @@ pub struct Checkpoint {
     pub cursor: i64,
     /// Records changed before this never fire.
     pub floor: i64,
+    /// The largest cursor value of any record ever marked handled: a record above it cannot
+    /// have been seen, so its dedupe lookup is skipped.
+    #[serde(default)]
+    pub high: i64,
 }
 
 /// One finished step in a record's chain.
@@ -284,9 +288,10 @@ impl StateStore {
         Ok(())
     }
 
-    /// Deletes dedupe keys of records older than `before`; returns how many. Works in chunks
-    /// so that pruning a large backlog does not hold it all in memory at once.
-    pub fn prune(&self, recipe: &str, before: i64) -> Result<usize> {
+    /// Deletes up to `max` dedupe keys of records older than `before`, oldest first; returns
+    /// how many. Works in chunks so that pruning a large backlog does not hold it in memory;
+    /// the cap spreads a large backlog (after a backfill) over several cycles.
+    pub fn prune(&self, recipe: &str, before: i64, max: usize) -> Result<usize> {
         const CHUNK: usize = 1024;
         let start = prefix(DEDUPE_BY_TIME, recipe);
         let plen = start.len();
@@ -298,7 +303,7 @@ impl StateStore {
                 .tree
                 .range(start.clone()..end.clone())
                 .keys()
-                .take(CHUNK)
+                .take(CHUNK.min(max - n))
                 .collect::<sled::Result<_>>()?;
             if keys.is_empty() {
                 break;
@@ -314,6 +319,9 @@ impl StateStore {
             }
             self.tree.apply_batch(b)?;
             n += keys.len();
+            if n >= max {
+                break;
+            }
         }
         Ok(n)
     }
@@ -452,6 +460,7 @@ mod tests {
         let cp = Checkpoint {
             cursor: 30,
             floor: 0,
+            high: 30,
         };
         let dl = DeadLetter {
             recipe: "r".into(),
@@ -484,7 +493,7 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].1, dl);
         // Pruning removes only keys older than the bound.
-        assert_eq!(s.prune("r", 15).unwrap(), 1);
+        assert_eq!(s.prune("r", 25, 1).unwrap(), 1);
         assert!(!s.seen("r", "a").unwrap() && s.seen("r", "b").unwrap());
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 1);
         // Requeue moves the dead letter back to the journal.
