@@ -388,26 +388,64 @@ async fn emit_writes_one_json_line_per_record_and_start_from_now_fires_no_histor
 async fn a_record_updated_while_the_trigger_pages_is_not_missed_and_each_version_fires_once() {
     let recipe = "id: versions\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{record.id}}@{{record.updated_at}}\"\n";
     let e = Engine::start(0, recipe).await;
-    let ids: Vec<String> = (0..200).map(|i| e.contact(&format!("p{i}@x.io"), T0 - 1000 + i)).collect();
+    let ids: Vec<String> = (0..200)
+        .map(|i| e.contact(&format!("p{i}@x.io"), T0 - 1000 + i))
+        .collect();
     // Each request waits 300 ms at the simulator: a window to change a record between pages.
-    e.env.sim().set_faults(Faults { latency_ms: 300, ..Faults::default() });
+    e.env.sim().set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
     let dir = e.env.ws.path();
     let mut c = e.env.cmd(&["run", "--once", "--json"]);
-    c.arg("--recipes").arg(dir.join("recipes")).arg("--state-dir").arg(dir.join("state"));
-    let child = c.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    c.arg("--recipes")
+        .arg(dir.join("recipes"))
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    let child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // As soon as the first page has been answered, move a record of that page to the end.
     loop {
-        if e.env.sim().audit().iter().any(|x| x.path == "/contacts/search" && x.status == 200) {
+        if e.env
+            .sim()
+            .audit()
+            .iter()
+            .any(|x| x.path == "/contacts/search" && x.status == 200)
+        {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-    e.env.sim().patch(Kind::Contact, &ids[5], json!({"name": "moved", "updated_at": T0 - 10})).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str::<String>(l).unwrap()).collect();
+    e.env
+        .sim()
+        .patch(
+            Kind::Contact,
+            &ids[5],
+            json!({"name": "moved", "updated_at": T0 - 10}),
+        )
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<String>(l).unwrap())
+        .collect();
     // Every original version once, in order, and the moved record's new version at the end.
-    let mut want: Vec<String> = ids.iter().enumerate().map(|(i, id)| format!("{id}@{}", T0 - 1000 + i as i64)).collect();
+    let mut want: Vec<String> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| format!("{id}@{}", T0 - 1000 + i as i64))
+        .collect();
     want.push(format!("{}@{}", ids[5], T0 - 10));
     assert_eq!(lines, want);
     e.env.sim().set_faults(Faults::default());
