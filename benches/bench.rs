@@ -178,19 +178,7 @@ fn run_args(dir: &std::path::Path) -> Vec<String> {
 }
 
 async fn engine_50k() {
-    let (child, url) = spawn_sim(&[
-        "--contacts",
-        "50000",
-        "--companies",
-        "0",
-        "--tickets",
-        "0",
-        "--conversations",
-        "0",
-        "--rate-limit",
-        "100000000",
-    ]);
-    let _reap = Reap(child);
+    let (_reap, url) = contacts_sim(50_000);
     let recipe = "id: emit_contacts\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      to: /dev/null\n";
     let dir = workspace(&url, recipe);
     let args = run_args(&dir);
@@ -236,19 +224,7 @@ async fn engine_50k() {
 }
 
 async fn engine_chain_5k() {
-    let (child, url) = spawn_sim(&[
-        "--contacts",
-        "5000",
-        "--companies",
-        "0",
-        "--tickets",
-        "0",
-        "--conversations",
-        "0",
-        "--rate-limit",
-        "100000000",
-    ]);
-    let _reap = Reap(child);
+    let (_reap, url) = contacts_sim(5_000);
     let recipe = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n";
     let dir = workspace(&url, recipe);
     let args = run_args(&dir);
@@ -279,6 +255,24 @@ fn fired_of(stderr: &str) -> u64 {
     let v: serde_json::Value =
         serde_json::from_str(&stderr[json_start..=json_end]).expect("run report JSON");
     v[0]["fired"].as_u64().unwrap_or(0)
+}
+
+/// `sluice sim` with `n` contacts and nothing else, no rate limit in the way.
+fn contacts_sim(n: usize) -> (Reap, String) {
+    let n = n.to_string();
+    let (child, url) = spawn_sim(&[
+        "--contacts",
+        &n,
+        "--companies",
+        "0",
+        "--tickets",
+        "0",
+        "--conversations",
+        "0",
+        "--rate-limit",
+        "100000000",
+    ]);
+    (Reap(child), url)
 }
 
 /// Kills a child process on drop.
