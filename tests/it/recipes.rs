@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use sluice::sim::Kind;
 
 use crate::util::{root, run, run_async, sluice, SimEnv};
