@@ -1010,14 +1010,9 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .with_context(|| format!("cannot read `{}`", p.display()))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|f| matches!(f.extension().and_then(|s| s.to_str()), Some("yaml" | "yml")))
-                .collect();
-            found.sort();
-            files.extend(found);
+            files.extend(
+                spec::yaml_files_in(p).with_context(|| format!("cannot read `{}`", p.display()))?,
+            );
         } else if p.is_file() {
             files.push(p.clone());
         } else {

@@ -61,18 +61,12 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
     for name in ["intercom", "intercom_backup"] {
         cfg.connections.insert(name.into(), spec());
     }
-    let mut files: Vec<_> = std::fs::read_dir(recipes_dir)
-        .with_context(|| {
-            format!(
-                "the demo runs the recipes in `{}`; run it from the repository",
-                recipes_dir.display()
-            )
-        })?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = crate::spec::yaml_files_in(recipes_dir).with_context(|| {
+        format!(
+            "the demo runs the recipes in `{}`; run it from the repository",
+            recipes_dir.display()
+        )
+    })?;
     let mut recipes = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f)?;

@@ -149,6 +149,82 @@ pub struct CycleReport {
     pub elapsed_ms: f64,
 }
 
+/// What a cycle has decided so far about the records it saw, and so where the cursor may go.
+struct Progress {
+    /// Finished since the last commit: (dedupe key, cursor value, has a journal entry).
+    finished: Vec<(String, i64, bool)>,
+    /// Dead letters since the last commit.
+    dead: Vec<DeadLetter>,
+    /// Largest cursor value of a finished (or already handled) record.
+    max_done: i64,
+    /// Smallest cursor value of an unfinished record: the cursor must not pass it.
+    min_open: Option<i64>,
+    /// Why the cycle must stop, if it must.
+    abort: Option<String>,
+}
+
+impl Progress {
+    fn new(cursor: i64) -> Progress {
+        Progress {
+            finished: Vec::new(),
+            dead: Vec::new(),
+            max_done: cursor,
+            min_open: None,
+            abort: None,
+        }
+    }
+
+    /// A record handled in an earlier cycle or page.
+    fn seen(&mut self, ts: i64) {
+        self.max_done = self.max_done.max(ts);
+    }
+
+    fn finish(&mut self, key: String, ts: i64, journaled: bool) {
+        self.seen(ts);
+        self.finished.push((key, ts, journaled));
+    }
+
+    fn hold(&mut self, ts: i64) {
+        self.min_open = Some(self.min_open.map_or(ts, |m| m.min(ts)));
+    }
+
+    /// Records a chain's outcome; true when the record stays unfinished.
+    fn outcome(&mut self, o: Outcome, key: String, ts: i64, journaled: bool) -> bool {
+        match o {
+            Outcome::Finished => self.finish(key, ts, journaled),
+            Outcome::Dead(d) => {
+                self.finish(key, ts, journaled);
+                self.dead.push(*d);
+            }
+            Outcome::Unfinished => {
+                self.hold(ts);
+                return true;
+            }
+            Outcome::Abort(m) => {
+                self.hold(ts);
+                self.abort = Some(m);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The cursor: past every finished record, never past an unfinished one.
+    fn cursor(&self) -> i64 {
+        self.min_open
+            .map_or(self.max_done, |u| self.max_done.min(u))
+    }
+
+    /// Commits what is pending (emit lines first), keeping the cursor bounds.
+    fn commit(&mut self, deps: &Deps<'_>, recipe: &str, cp: &Checkpoint) -> Result<()> {
+        deps.emit.flush()?;
+        deps.store.commit(recipe, &self.finished, &self.dead, *cp)?;
+        self.finished.clear();
+        self.dead.clear();
+        Ok(())
+    }
+}
+
 enum Outcome {
     Finished,
     Dead(Box<DeadLetter>),
@@ -206,13 +282,10 @@ pub async fn resume_journal(
     let mut entries = store.journal_entries(&recipe.id)?;
     entries.sort_by_key(|(_, e)| e.ts);
     let mut open = HashSet::new();
-    let mut min_open: Option<i64> = None;
-    let mut finished = Vec::new();
-    let mut dead = Vec::new();
-    let mut abort = None;
+    let mut progress = Progress::new(cp.cursor);
     for (key, entry) in entries {
-        if abort.is_some() {
-            min_open = Some(min_open.map_or(entry.ts, |m| m.min(entry.ts)));
+        if progress.abort.is_some() {
+            progress.hold(entry.ts);
             open.insert(key);
             continue;
         }
@@ -227,40 +300,21 @@ pub async fn resume_journal(
             attempts: entry.attempts,
             journaled: true,
         });
-        match run_chain(recipe, deps, &key, &mut chain, rep).await? {
-            Outcome::Finished => finished.push((key, ts, true)),
-            Outcome::Dead(d) => {
-                finished.push((key, ts, true));
-                dead.push(*d);
-            }
-            Outcome::Unfinished => {
-                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
-                open.insert(key);
-            }
-            Outcome::Abort(m) => {
-                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
-                open.insert(key);
-                abort = Some(m);
-            }
+        let outcome = run_chain(recipe, deps, &key, &mut chain, rep).await?;
+        if progress.outcome(outcome, key.clone(), ts, true) {
+            open.insert(key);
         }
     }
-    if let Some(u) = min_open {
-        cp.cursor = cp.cursor.min(u);
+    // Resumed records are older than the cursor: they can hold it back, never move it on.
+    cp.cursor = cp.cursor.min(progress.cursor());
+    cp.high = cp.high.max(progress.max_done);
+    if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
+        progress.commit(deps, &recipe.id, &cp)?;
     }
-    for (_, ts, _) in &finished {
-        cp.high = cp.high.max(*ts);
-    }
-    for d in &dead {
-        cp.high = cp.high.max(d.ts);
-    }
-    if !finished.is_empty() || !dead.is_empty() || rep.cursor_before.is_none() {
-        deps.emit.flush()?;
-        store.commit(&recipe.id, &finished, &dead, cp)?;
-    }
-    if let Some(m) = abort {
+    if let Some(m) = progress.abort {
         return Err(anyhow!(m));
     }
-    Ok((cp, min_open, open))
+    Ok((cp, progress.min_open, open))
 }
 
 async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Result<()> {
@@ -270,12 +324,13 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         .conns
         .get(&recipe.connection)
         .ok_or_else(|| anyhow!("connection `{}` is not open", recipe.connection))?;
-    let (mut cp, mut min_open, open) = resume_journal(recipe, deps, rep).await?;
+    let (mut cp, min_open, open) = resume_journal(recipe, deps, rep).await?;
     let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
     let mut poll = Poll::start(conn, trigger, since, recipe.options.clone())
         .await
         .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
-    let mut max_done = cp.cursor;
+    let mut progress = Progress::new(cp.cursor);
+    progress.min_open = min_open;
     let mut batch_keys: HashSet<String> = HashSet::new();
     loop {
         let page = poll
@@ -283,9 +338,6 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             .await
             .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
         let Some(page) = page else { break };
-        let mut finished: Vec<(String, i64, bool)> = Vec::with_capacity(page.len());
-        let mut dead = Vec::new();
-        let mut abort = None;
         for record in page {
             rep.polled += 1;
             let ts = cursor_of(trigger, &record).unwrap_or(i64::MIN);
@@ -303,52 +355,15 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             if batch_keys.contains(&key) || (ts <= cp.high && store.seen(&recipe.id, &key)?) {
                 // Handled before: finished, so the cursor may move past it.
                 rep.skipped_seen += 1;
-                max_done = max_done.max(ts);
+                progress.seen(ts);
                 continue;
             }
-            if abort.is_some() {
+            if progress.abort.is_some() {
                 // After an abort nothing else runs; the cursor must not pass this record.
-                min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                progress.hold(ts);
                 continue;
             }
             let scope = chain_scope(recipe, record, &[]);
-            if let Some(f) = &recipe.filter {
-                match f.truthy(&scope) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        rep.filtered += 1;
-                        max_done = max_done.max(ts);
-                        batch_keys.insert(key.clone());
-                        finished.push((key, ts, false));
-                        continue;
-                    }
-                    Err(e) => {
-                        rep.dead_letters += 1;
-                        max_done = max_done.max(ts);
-                        let record = match scope.into_value() {
-                            Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
-                            _ => Value::Null,
-                        };
-                        dead.push(*dead_letter(
-                            recipe,
-                            &key,
-                            ts,
-                            record,
-                            vec![],
-                            "filter",
-                            FailureClass::Fatal,
-                            &e.0,
-                            None,
-                            None,
-                            deps.now,
-                        ));
-                        batch_keys.insert(key.clone());
-                        finished.push((key, ts, false));
-                        continue;
-                    }
-                }
-            }
-            rep.fired += 1;
             let mut chain = Some(Chain {
                 scope,
                 ts,
@@ -356,39 +371,44 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
                 attempts: 0,
                 journaled: false,
             });
-            let outcome = run_chain(recipe, deps, &key, &mut chain, rep).await?;
-            let journaled = chain.as_ref().is_none_or(|c| c.journaled);
-            match outcome {
-                Outcome::Finished => {
-                    max_done = max_done.max(ts);
+            let outcome = match recipe
+                .filter
+                .as_ref()
+                .map(|f| f.truthy(&chain.as_ref().expect("invariant: just built").scope))
+            {
+                Some(Ok(false)) => {
+                    rep.filtered += 1;
                     batch_keys.insert(key.clone());
-                    finished.push((key, ts, journaled));
+                    progress.finish(key, ts, false);
+                    continue;
                 }
-                Outcome::Dead(d) => {
-                    max_done = max_done.max(ts);
-                    batch_keys.insert(key.clone());
-                    finished.push((key, ts, journaled));
-                    dead.push(*d);
+                Some(Err(e)) => {
+                    rep.dead_letters += 1;
+                    let failure = StepFailure {
+                        class: FailureClass::Fatal,
+                        message: e.0,
+                        request: None,
+                        status: None,
+                    };
+                    let chain = chain.take().expect("invariant: just built");
+                    Outcome::Dead(chain.into_dead(recipe, &key, "filter", failure, deps.now))
                 }
-                Outcome::Unfinished => {
-                    min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
+                Some(Ok(true)) | None => {
+                    rep.fired += 1;
+                    run_chain(recipe, deps, &key, &mut chain, rep).await?
                 }
-                Outcome::Abort(m) => {
-                    min_open = Some(min_open.map_or(ts, |m| m.min(ts)));
-                    abort = Some(m);
-                }
+            };
+            let journaled = chain.as_ref().is_some_and(|c| c.journaled);
+            let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
+            if !unfinished {
+                batch_keys.insert(key.clone());
             }
+            progress.outcome(outcome, key, ts, journaled);
         }
-        let cursor = match min_open {
-            Some(u) => max_done.min(u),
-            None => max_done,
-        };
-        cp.cursor = cursor.min(deps.now.max(cp.cursor));
-        cp.high = cp.high.max(max_done);
-        // Emitted lines go out before the state says their records are done.
-        deps.emit.flush()?;
-        store.commit(&recipe.id, &finished, &dead, cp)?;
-        if let Some(m) = abort {
+        cp.cursor = progress.cursor().min(deps.now.max(cp.cursor));
+        cp.high = cp.high.max(progress.max_done);
+        progress.commit(deps, &recipe.id, &cp)?;
+        if let Some(m) = progress.abort.take() {
             rep.cursor_after = Some(cp.cursor);
             return Err(anyhow!(m));
         }

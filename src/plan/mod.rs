@@ -796,20 +796,12 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
 
 /// Reads and builds every connector file (`*.yaml`) in a directory.
 pub fn load_connectors_dir(dir: &Path) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
-    let mut files = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| {
+    let files = spec::yaml_files_in(dir).map_err(|e| {
         vec![Diagnostic::error(
             dir,
             format!("cannot read the connectors directory: {e}"),
         )]
     })?;
-    for e in entries.flatten() {
-        let p = e.path();
-        if matches!(p.extension().and_then(|s| s.to_str()), Some("yaml" | "yml")) {
-            files.push(p);
-        }
-    }
-    files.sort();
     let mut out = Vec::new();
     let mut diags = Vec::new();
     for f in files {

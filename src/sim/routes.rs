@@ -436,22 +436,14 @@ fn route(
             .ok_or_else(ApiError::ticket_not_found),
         ("PUT", ["tickets", id]) => update_ticket(st, id, obj(body)?),
         ("DELETE", ["tickets", id]) => {
-            st.tables
-                .t_mut(Kind::Ticket)
-                .remove(id)
-                .ok_or_else(ApiError::ticket_not_found)?;
-            Ok(Out::Json(
-                json!({ "id": id, "object": "ticket", "deleted": true }),
-            ))
+            hard_delete(st, Kind::Ticket, id, ApiError::ticket_not_found)
         }
         ("POST", ["tickets", id, "tags"]) => {
-            st.get(Kind::Ticket, id)
-                .ok_or_else(ApiError::ticket_not_found)?;
+            exists(st, Kind::Ticket, id, ApiError::ticket_not_found)?;
             tag_object(st, Kind::Ticket, id, obj(body)?)
         }
         ("DELETE", ["tickets", id, "tags", tag_id]) => {
-            st.get(Kind::Ticket, id)
-                .ok_or_else(ApiError::ticket_not_found)?;
+            exists(st, Kind::Ticket, id, ApiError::ticket_not_found)?;
             untag_object(st, Kind::Ticket, id, tag_id, obj(body)?)
         }
         ("GET", ["ticket_types"]) => {
@@ -490,24 +482,16 @@ fn route(
             .ok_or_else(ApiError::resource_not_found),
         ("PUT", ["conversations", id]) => update_conversation(st, id, obj(body)?),
         ("DELETE", ["conversations", id]) => {
-            st.tables
-                .t_mut(Kind::Conversation)
-                .remove(id)
-                .ok_or_else(ApiError::resource_not_found)?;
-            Ok(Out::Json(
-                json!({ "id": id, "object": "conversation", "deleted": true }),
-            ))
+            hard_delete(st, Kind::Conversation, id, ApiError::resource_not_found)
         }
         ("POST", ["conversations", id, "convert"]) => convert(st, id, obj(body)?),
         ("POST", ["conversations", id, "parts"]) => conversation_part(st, id, obj(body)?),
         ("POST", ["conversations", id, "tags"]) => {
-            st.get(Kind::Conversation, id)
-                .ok_or_else(|| ApiError::not_found("not_found", "Conversation not found"))?;
+            exists(st, Kind::Conversation, id, conversation_not_found)?;
             tag_object(st, Kind::Conversation, id, obj(body)?)
         }
         ("DELETE", ["conversations", id, "tags", tag_id]) => {
-            st.get(Kind::Conversation, id)
-                .ok_or_else(|| ApiError::not_found("not_found", "Conversation not found"))?;
+            exists(st, Kind::Conversation, id, conversation_not_found)?;
             untag_object(st, Kind::Conversation, id, tag_id, obj(body)?)
         }
 
@@ -893,6 +877,28 @@ fn update_company(st: &mut State, id: &str, body: &Map<String, Value>) -> Res {
     st.cloned(Kind::Company, id)
         .map(Out::Json)
         .ok_or_else(ApiError::company_not_found)
+}
+
+/// The tag endpoints' 404 for a conversation.
+fn conversation_not_found() -> ApiError {
+    ApiError::not_found("not_found", "Conversation not found")
+}
+
+/// Fails with `missing()` unless the object exists.
+fn exists(st: &State, kind: Kind, id: &str, missing: fn() -> ApiError) -> Result<(), ApiError> {
+    st.get(kind, id).map(|_| ()).ok_or_else(missing)
+}
+
+/// A permanent delete (tickets, conversations): `{"id", "object", "deleted": true}`.
+fn hard_delete(st: &mut State, kind: Kind, id: &str, missing: fn() -> ApiError) -> Res {
+    st.tables.t_mut(kind).remove(id).ok_or_else(missing)?;
+    let object = match kind {
+        Kind::Ticket => "ticket",
+        _ => "conversation",
+    };
+    Ok(Out::Json(
+        json!({ "id": id, "object": object, "deleted": true }),
+    ))
 }
 
 fn delete_company(st: &mut State, id: &str) -> Res {

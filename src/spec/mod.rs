@@ -33,6 +33,17 @@ pub struct ConnectorSpec {
     pub actions: IndexMap<String, ActionSpec>,
 }
 
+/// The `*.yaml` / `*.yml` files directly in `dir`, sorted by name.
+pub fn yaml_files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|f| matches!(f.extension().and_then(|s| s.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// Parses YAML text into a `serde_yaml::Value`, reporting a syntax error with its position.
 pub fn parse_yaml(file: &Path, text: &str) -> Result<serde_yaml::Value, Diagnostic> {
     serde_yaml::from_str(text).map_err(|e| {

@@ -1,35 +1,12 @@
 //! CLI faces not covered elsewhere: `sluice sim`, connection settings (region, API version,
 //! environment secrets) and argument errors.
 
-use std::io::BufRead;
-
-use crate::util::{run, sluice, Workspace};
+use crate::util::{run, sluice, SimProcess, Workspace};
 
 #[test]
 fn sim_command_serves_intercom_on_loopback() {
-    let mut child = sluice()
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--seed",
-            "3",
-            "--contacts",
-            "4",
-            "--frozen-clock",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let sim = SimProcess::start(&["--seed", "3", "--contacts", "4", "--frozen-clock"]);
+    let url = sim.url.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,8 +32,7 @@ fn sim_command_serves_intercom_on_loopback() {
             .status();
         (me, denied)
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(sim);
     assert_eq!(me["app"]["timezone"], "Europe/Dublin");
     assert_eq!(denied.as_u16(), 401);
 }

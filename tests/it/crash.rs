@@ -5,27 +5,16 @@
 //! it in flight (at most one step per kill).
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::util::{sluice, Workspace};
+use crate::util::{SimProcess, Workspace};
 
 const RECORDS: usize = 2_000;
 const MIN_KILLS: usize = 20;
 
 const RECIPE: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n";
-
-/// Kills the simulator even when an assertion fails.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn audit(client: &reqwest::Client, url: &str) -> Vec<Value> {
     client
@@ -53,38 +42,23 @@ async fn audit_len(client: &reqwest::Client, url: &str, since: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_flight() {
     // The simulator in its own process: killing sluice must not touch it.
-    let mut sim = sluice()
-        .args([
-            "sim",
-            "--port",
-            "0",
-            "--seed",
-            "11",
-            "--contacts",
-            &RECORDS.to_string(),
-            "--companies",
-            "0",
-            "--tickets",
-            "0",
-            "--conversations",
-            "0",
-            "--frozen-clock",
-            "--rate-limit",
-            "10000000",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(sim.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _reap = Reap(sim);
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
+    let records = RECORDS.to_string();
+    let sim = SimProcess::start(&[
+        "--seed",
+        "11",
+        "--contacts",
+        &records,
+        "--companies",
+        "0",
+        "--tickets",
+        "0",
+        "--conversations",
+        "0",
+        "--frozen-clock",
+        "--rate-limit",
+        "10000000",
+    ]);
+    let url = sim.url.clone();
     let ws = Workspace::new(&format!("connections:\n  intercom:\n    connector: intercom\n    base_url: {url}\n    token: sim-token\n    retry: {{max_attempts: 3, base_delay_ms: 5, max_delay_ms: 20}}\n"));
     std::fs::create_dir_all(ws.path().join("recipes")).unwrap();
     std::fs::write(ws.path().join("recipes/chain.yaml"), RECIPE).unwrap();

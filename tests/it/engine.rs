@@ -453,3 +453,28 @@ async fn a_record_updated_while_the_trigger_pages_is_not_missed_and_each_version
     assert_eq!(rep["fired"], 0, "{rep}");
     assert_eq!(r.stdout, "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_that_cannot_be_evaluated_makes_a_dead_letter_not_a_stuck_cursor() {
+    let recipe = "id: strict_filter\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nfilter: '{{eq record.custom_attributes.tier \"gold\"}}'\nsteps:\n  - id: out\n    action: emit\n";
+    let e = Engine::start(0, recipe).await;
+    let id = e.contact("nofield@x.io", T0 - 60);
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(
+        (rep["dead_letters"].as_u64(), rep["fired"].as_u64()),
+        (Some(1), Some(0)),
+        "{rep}"
+    );
+    assert_eq!(rep["cursor_after"], json!(T0 - 60));
+    let list = e.sluice(&["dead-letters", "list"]).await;
+    assert!(
+        list.stdout.contains("step `filter`")
+            && list.stdout.contains("record.custom_attributes.tier"),
+        "{}",
+        list.stdout
+    );
+    let dl_id = list.stdout.split_whitespace().next().unwrap().to_string();
+    let d = e.sluice(&["dead-letters", "show", &dl_id]).await.json();
+    assert_eq!(d["record"]["id"], id.as_str());
+}

@@ -199,3 +199,40 @@ impl SimEnv {
             .collect()
     }
 }
+
+/// A `sluice sim` process (own process, port chosen by the OS), killed on drop.
+pub struct SimProcess {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl SimProcess {
+    /// Starts `sluice sim --port 0 ARGS…` and reads its address from the banner.
+    pub fn start(args: &[&str]) -> SimProcess {
+        use std::io::BufRead;
+        let mut child = sluice()
+            .args(["sim", "--port", "0"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in the simulator's banner: {line:?}"))
+            .to_string();
+        SimProcess { child, url }
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
