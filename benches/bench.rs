@@ -323,6 +323,7 @@ fn store_50k() {
                     floor: 0,
                     high: 1_700_000_000 + n,
                 },
+                i64::MIN,
             )
             .expect("commit");
     }

@@ -777,7 +777,7 @@ async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Optio
             }
         }
         if last.is_some() {
-            return Ok(last);
+            return Ok(last.map(|r| r.to_value()));
         }
     }
     Ok(None)
@@ -984,8 +984,7 @@ async fn cmd_poll(
                     if limit.is_some_and(|l| emitted >= l) {
                         break 'pages;
                     }
-                    serde_json::to_writer(&mut out, &r)?;
-                    out.write_all(b"\n")?;
+                    crate::record::write_line(&mut out, r.raw())?;
                     emitted += 1;
                 }
             }

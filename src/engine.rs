@@ -4,59 +4,86 @@
 //! A cycle first resumes records left in the run journal (a crash or `on_error: retry`), then
 //! polls the trigger from `cursor − lookback` (never before the recipe's `start_from`), skips
 //! records whose dedupe key was handled, and runs the chain for each new record in cursor
-//! order. After each page, one transaction stores the dedupe keys of the finished records
-//! (succeeded, filtered out, or ended as dead letters), their dead letters and the new cursor,
-//! which never passes a record whose chain is unfinished. Each finished HTTP step is journaled
-//! (and fsynced) before the next one starts, so after a crash only the step in flight can run
-//! again. `emit` lines are flushed before the page commit (see the README's guarantees).
+//! order, while the trigger already fetches the next page. Every [`COMMIT_EVERY`] (or
+//! [`COMMIT_MAX_RECORDS`] records, and at the end) one atomic batch stores the dedupe keys of
+//! the finished records (succeeded, filtered out, or ended as dead letters), their dead letters
+//! and the new cursor, which never passes a record whose chain is unfinished and never moves
+//! back. Dedupe keys are loaded once per cycle; keys already behind the pruning bound
+//! (`cursor − lookback − PRUNE_MARGIN_SECS`) are never written. Each finished HTTP step is journaled (and fsynced) before the next one starts, so
+//! after a crash only the step in flight can run again. `emit` lines are flushed before each
+//! commit (see the README's guarantees).
+//!
+//! Records stay JSON text ([`Record`]) unless a template needs them: a chain parses its record
+//! the first time a filter, condition or templated input reads it.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::action::{self, ActionError};
 use crate::http::{Connection, FailureClass};
 use crate::plan::{Recipe, StartFrom, Step, StepAction};
+use crate::record::{parse_raw, write_line, Record};
 use crate::spec::OnErrorSpec;
 use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
 use crate::template::Scope;
-use crate::trigger::{cursor_of, Poll};
+use crate::trigger::Poll;
 
 /// Dedupe keys are kept this long beyond the lookback before pruning.
 pub const PRUNE_MARGIN_SECS: i64 = 3600;
 /// At most this many dedupe keys are pruned per cycle (a backfill's backlog goes over several).
 pub const PRUNE_MAX_PER_CYCLE: usize = 5_000;
+/// Finished records are committed at least this often…
+pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+/// …and whenever this many are pending.
+pub const COMMIT_MAX_RECORDS: usize = 1_000;
 
 /// Where `emit` writes: stdout or files, buffered until [`Emitter::flush`].
 #[derive(Debug, Default)]
 pub struct Emitter {
     stdout: Mutex<Vec<u8>>,
-    files: Mutex<HashMap<PathBuf, std::io::BufWriter<std::fs::File>>>,
+    files: Mutex<HashMap<String, std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Emitter {
     /// Queues one JSON line for `to` (`stdout` or a file path).
     pub fn emit(&self, to: &str, v: &Value) -> Result<()> {
+        self.with_writer(to, |w| {
+            serde_json::to_writer(&mut *w, v)?;
+            w.write_all(b"\n")
+        })
+    }
+
+    /// Queues a record's JSON text as one line for `to`, without parsing it.
+    pub fn emit_raw(&self, to: &str, raw: &RawValue) -> Result<()> {
+        self.with_writer(to, |w| write_line(w, raw))
+    }
+
+    fn with_writer(
+        &self,
+        to: &str,
+        write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<()> {
         if to == "stdout" || to == "-" {
             let mut buf = self
                 .stdout
                 .lock()
                 .map_err(|_| anyhow!("emit buffer poisoned"))?;
-            serde_json::to_writer(&mut *buf, v)?;
-            buf.push(b'\n');
-            return Ok(());
+            return Ok(write(&mut *buf)?);
         }
-        let path = PathBuf::from(to);
         let mut files = self
             .files
             .lock()
             .map_err(|_| anyhow!("emit files poisoned"))?;
-        if !files.contains_key(&path) {
+        if !files.contains_key(to) {
+            let path = Path::new(to);
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("emit: cannot create `{}`", dir.display()))?;
@@ -64,14 +91,15 @@ impl Emitter {
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(&path)
-                .with_context(|| format!("emit: cannot open `{}`", path.display()))?;
-            files.insert(path.clone(), std::io::BufWriter::with_capacity(1 << 16, f));
+                .open(path)
+                .with_context(|| format!("emit: cannot open `{to}`"))?;
+            files.insert(
+                to.to_string(),
+                std::io::BufWriter::with_capacity(1 << 16, f),
+            );
         }
-        let w = files.get_mut(&path).expect("invariant: inserted above");
-        serde_json::to_writer(&mut *w, v)?;
-        w.write_all(b"\n")?;
-        Ok(())
+        let w = files.get_mut(to).expect("invariant: inserted above");
+        write(w).with_context(|| format!("emit: cannot write `{to}`"))
     }
 
     /// Writes everything queued.
@@ -161,6 +189,8 @@ struct Progress {
     min_open: Option<i64>,
     /// Why the cycle must stop, if it must.
     abort: Option<String>,
+    /// When the last commit was made.
+    committed_at: Instant,
 }
 
 impl Progress {
@@ -171,6 +201,7 @@ impl Progress {
             max_done: cursor,
             min_open: None,
             abort: None,
+            committed_at: Instant::now(),
         }
     }
 
@@ -215,14 +246,37 @@ impl Progress {
             .map_or(self.max_done, |u| self.max_done.min(u))
     }
 
-    /// Commits what is pending (emit lines first), keeping the cursor bounds.
-    fn commit(&mut self, deps: &Deps<'_>, recipe: &str, cp: &Checkpoint) -> Result<()> {
+    /// Whether enough is pending (or enough time has passed) to commit.
+    fn due(&self) -> bool {
+        self.finished.len() >= COMMIT_MAX_RECORDS
+            || self.committed_at.elapsed() >= COMMIT_EVERY
+            || self.abort.is_some()
+    }
+
+    /// Commits what is pending (emit lines first), keeping the cursor bounds. Dedupe keys
+    /// already behind the pruning bound of the new cursor are not written.
+    fn commit(&mut self, deps: &Deps<'_>, recipe: &Recipe, cp: &Checkpoint) -> Result<()> {
         deps.emit.flush()?;
-        deps.store.commit(recipe, &self.finished, &self.dead, *cp)?;
+        deps.store.commit(
+            &recipe.id,
+            &self.finished,
+            &self.dead,
+            *cp,
+            prune_bound(recipe, cp.cursor),
+        )?;
         self.finished.clear();
         self.dead.clear();
+        self.committed_at = Instant::now();
         Ok(())
     }
+}
+
+/// Dedupe keys of records older than this are never needed again: the next poll starts at
+/// `cursor − lookback` and the cursor never moves back (see [`Cycle::commit`]).
+fn prune_bound(recipe: &Recipe, cursor: i64) -> i64 {
+    cursor
+        .saturating_sub(recipe.trigger().lookback_secs)
+        .saturating_sub(PRUNE_MARGIN_SECS)
 }
 
 enum Outcome {
@@ -259,7 +313,9 @@ pub async fn run_cycle(recipe: &Recipe, deps: &Deps<'_>) -> CycleReport {
 }
 
 /// Resumes every record in the journal (after a crash, `retry`, or a dead-letter replay),
-/// without polling. Part of every cycle; also used by `dead-letters replay`.
+/// without polling. Part of every cycle; also used by `dead-letters replay`. Returns the
+/// checkpoint, the smallest cursor value of a record still unfinished, and the keys still in
+/// the journal. The cursor does not move here: resumed records can only hold it back.
 pub async fn resume_journal(
     recipe: &Recipe,
     deps: &Deps<'_>,
@@ -292,9 +348,9 @@ pub async fn resume_journal(
         rep.fired += 1;
         rep.resumed += 1;
         let ts = entry.ts;
-        let scope = chain_scope(recipe, entry.record, &entry.done);
         let mut chain = Some(Chain {
-            scope,
+            raw: entry.record,
+            scope: None,
             ts,
             done: entry.done,
             attempts: entry.attempts,
@@ -305,11 +361,9 @@ pub async fn resume_journal(
             open.insert(key);
         }
     }
-    // Resumed records are older than the cursor: they can hold it back, never move it on.
-    cp.cursor = cp.cursor.min(progress.cursor());
     cp.high = cp.high.max(progress.max_done);
     if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
-        progress.commit(deps, &recipe.id, &cp)?;
+        progress.commit(deps, recipe, &cp)?;
     }
     if let Some(m) = progress.abort {
         return Err(anyhow!(m));
@@ -317,113 +371,173 @@ pub async fn resume_journal(
     Ok((cp, progress.min_open, open))
 }
 
+/// The poll part of a cycle: what it has decided, and the state it checks records against.
+struct Cycle<'r, 'd> {
+    recipe: &'r Recipe,
+    deps: &'r Deps<'d>,
+    cp: Checkpoint,
+    progress: Progress,
+    /// Keys still in the journal (resumed or left unfinished): never started again here.
+    open: HashSet<String>,
+    /// Keys of handled records (loaded from the store, plus those finished since) with their
+    /// cursor values; those behind the pruning bound are dropped at each commit.
+    handled: HashMap<String, i64>,
+}
+
+impl Cycle<'_, '_> {
+    /// Dedupes one polled record and runs its chain.
+    async fn handle(&mut self, record: Record, rep: &mut CycleReport) -> Result<()> {
+        let (recipe, deps) = (self.recipe, self.deps);
+        let trigger = recipe.trigger();
+        rep.polled += 1;
+        let ts = record.ts;
+        if ts < self.cp.floor {
+            return Ok(());
+        }
+        let key = trigger
+            .dedupe_key
+            .render(record.fields())
+            .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
+        if self.open.contains(&key) {
+            return Ok(());
+        }
+        if self.handled.contains_key(&key) {
+            // Handled before: finished, so the cursor may move past it.
+            rep.skipped_seen += 1;
+            self.progress.seen(ts);
+            return Ok(());
+        }
+        if self.progress.abort.is_some() {
+            // After an abort nothing else runs; the cursor must not pass this record.
+            self.progress.hold(ts);
+            return Ok(());
+        }
+        let mut chain = Some(Chain {
+            raw: record.into_raw(),
+            scope: None,
+            ts,
+            done: Vec::new(),
+            attempts: 0,
+            journaled: false,
+        });
+        let verdict = recipe
+            .filter
+            .as_ref()
+            .map(|f| f.truthy(chain.as_mut().expect("invariant: just built").scope(recipe)));
+        let outcome = match verdict {
+            Some(Ok(false)) => {
+                rep.filtered += 1;
+                self.handled.insert(key.clone(), ts);
+                self.progress.finish(key, ts, false);
+                return Ok(());
+            }
+            Some(Err(e)) => {
+                rep.dead_letters += 1;
+                let failure = StepFailure {
+                    class: FailureClass::Fatal,
+                    message: e.0,
+                    request: None,
+                    status: None,
+                };
+                let chain = chain.take().expect("invariant: just built");
+                Outcome::Dead(chain.into_dead(recipe, &key, "filter", failure, deps.now))
+            }
+            Some(Ok(true)) | None => {
+                rep.fired += 1;
+                run_chain(recipe, deps, &key, &mut chain, rep).await?
+            }
+        };
+        let journaled = chain.as_ref().is_some_and(|c| c.journaled);
+        if matches!(outcome, Outcome::Unfinished | Outcome::Abort(_)) {
+            self.open.insert(key.clone());
+        } else {
+            self.handled.insert(key.clone(), ts);
+        }
+        self.progress.outcome(outcome, key, ts, journaled);
+        Ok(())
+    }
+
+    /// Commits what is pending and moves the cursor: past every finished record, never past
+    /// an unfinished one, never beyond the clock, and never back (a replayed dead letter older
+    /// than the cursor waits in the journal; it does not pull the cursor back to re-poll
+    /// records whose dedupe keys may be gone).
+    fn commit(&mut self) -> Result<()> {
+        self.cp.cursor = self
+            .progress
+            .cursor()
+            .min(self.deps.now.max(self.cp.cursor))
+            .max(self.cp.cursor);
+        self.cp.high = self.cp.high.max(self.progress.max_done);
+        self.progress.commit(self.deps, self.recipe, &self.cp)?;
+        let bound = prune_bound(self.recipe, self.cp.cursor);
+        self.handled.retain(|_, ts| *ts >= bound);
+        Ok(())
+    }
+}
+
 async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Result<()> {
-    let store = deps.store;
     let trigger = recipe.trigger();
     let conn = deps
         .conns
         .get(&recipe.connection)
         .ok_or_else(|| anyhow!("connection `{}` is not open", recipe.connection))?;
-    let (mut cp, min_open, open) = resume_journal(recipe, deps, rep).await?;
+    let (cp, min_open, open) = resume_journal(recipe, deps, rep).await?;
     let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
+    let polling = |f: crate::http::Failure| {
+        anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id)
+    };
     let mut poll = Poll::start(conn, trigger, since, recipe.options.clone())
         .await
-        .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
+        .map_err(polling)?;
     let mut progress = Progress::new(cp.cursor);
     progress.min_open = min_open;
-    let mut batch_keys: HashSet<String> = HashSet::new();
-    loop {
-        let page = poll
-            .next_page()
-            .await
-            .map_err(|f| anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id))?;
-        let Some(page) = page else { break };
-        for record in page {
-            rep.polled += 1;
-            let ts = cursor_of(trigger, &record).unwrap_or(i64::MIN);
-            if ts < cp.floor {
-                continue;
+    let mut cy = Cycle {
+        recipe,
+        deps,
+        cp,
+        progress,
+        open,
+        handled: deps.store.handled_keys(&recipe.id)?,
+    };
+    let mut page = poll.next_page().await.map_err(polling)?;
+    // Each page is handled while the next one is fetched. Whatever ends the loop, what has
+    // finished is committed before returning.
+    let result = loop {
+        let Some(records) = page.take() else {
+            break Ok(());
+        };
+        let (next, handled) = tokio::join!(poll.next_page(), async {
+            for record in records {
+                cy.handle(record, rep).await?;
             }
-            let key = trigger
-                .dedupe_key
-                .render(&record)
-                .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
-            if open.contains(&key) {
-                continue;
-            }
-            // Above the highest record ever handled nothing can have been seen: no lookup.
-            if batch_keys.contains(&key) || (ts <= cp.high && store.seen(&recipe.id, &key)?) {
-                // Handled before: finished, so the cursor may move past it.
-                rep.skipped_seen += 1;
-                progress.seen(ts);
-                continue;
-            }
-            if progress.abort.is_some() {
-                // After an abort nothing else runs; the cursor must not pass this record.
-                progress.hold(ts);
-                continue;
-            }
-            let scope = chain_scope(recipe, record, &[]);
-            let mut chain = Some(Chain {
-                scope,
-                ts,
-                done: Vec::new(),
-                attempts: 0,
-                journaled: false,
-            });
-            let outcome = match recipe
-                .filter
-                .as_ref()
-                .map(|f| f.truthy(&chain.as_ref().expect("invariant: just built").scope))
-            {
-                Some(Ok(false)) => {
-                    rep.filtered += 1;
-                    batch_keys.insert(key.clone());
-                    progress.finish(key, ts, false);
-                    continue;
-                }
-                Some(Err(e)) => {
-                    rep.dead_letters += 1;
-                    let failure = StepFailure {
-                        class: FailureClass::Fatal,
-                        message: e.0,
-                        request: None,
-                        status: None,
-                    };
-                    let chain = chain.take().expect("invariant: just built");
-                    Outcome::Dead(chain.into_dead(recipe, &key, "filter", failure, deps.now))
-                }
-                Some(Ok(true)) | None => {
-                    rep.fired += 1;
-                    run_chain(recipe, deps, &key, &mut chain, rep).await?
-                }
-            };
-            let journaled = chain.as_ref().is_some_and(|c| c.journaled);
-            let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
-            if !unfinished {
-                batch_keys.insert(key.clone());
-            }
-            progress.outcome(outcome, key, ts, journaled);
+            anyhow::Ok(())
+        });
+        if let Err(e) = handled {
+            break Err(e);
         }
-        cp.cursor = progress.cursor().min(deps.now.max(cp.cursor));
-        cp.high = cp.high.max(progress.max_done);
-        progress.commit(deps, &recipe.id, &cp)?;
-        if let Some(m) = progress.abort.take() {
-            rep.cursor_after = Some(cp.cursor);
-            return Err(anyhow!(m));
+        if let Some(m) = cy.progress.abort.take() {
+            break Err(anyhow!(m));
         }
-    }
-    rep.cursor_after = Some(cp.cursor);
-    rep.pruned = store.prune(
+        match next {
+            Ok(p) => page = p,
+            Err(f) => break Err(polling(f)),
+        }
+        if cy.progress.due() {
+            cy.commit()?;
+        }
+    };
+    cy.commit()?;
+    rep.cursor_after = Some(cy.cp.cursor);
+    result?;
+    rep.pruned = deps.store.prune(
         &recipe.id,
-        cp.cursor - trigger.lookback_secs - PRUNE_MARGIN_SECS,
+        prune_bound(recipe, cy.cp.cursor),
         PRUNE_MAX_PER_CYCLE,
     )? as u64;
     Ok(())
 }
 
-/// The template scope of a chain: `record`, `steps` (outputs so far) and `recipe`. The record
-/// is moved in, not copied; it is read back from the scope for the journal.
+/// The template scope of a chain: `record`, `steps` (outputs so far) and `recipe`.
 fn chain_scope(recipe: &Recipe, record: Value, done: &[StepDone]) -> Scope {
     let mut steps = Map::new();
     for d in done {
@@ -438,7 +552,10 @@ fn chain_scope(recipe: &Recipe, record: Value, done: &[StepDone]) -> Scope {
 
 /// A record's chain in progress.
 struct Chain {
-    scope: Scope,
+    /// The record's JSON text.
+    raw: Box<RawValue>,
+    /// The template scope, built from `raw` when a step first needs it.
+    scope: Option<Scope>,
     ts: i64,
     done: Vec<StepDone>,
     attempts: u32,
@@ -447,13 +564,16 @@ struct Chain {
 }
 
 impl Chain {
-    fn record(&self) -> &Value {
-        &self.scope.value()["record"]
+    /// The template scope, parsing the record the first time.
+    fn scope(&mut self, recipe: &Recipe) -> &Scope {
+        let (raw, done) = (&self.raw, &self.done);
+        self.scope
+            .get_or_insert_with(|| chain_scope(recipe, parse_raw(raw), done))
     }
 
     fn journal(&mut self, deps: &Deps<'_>, recipe: &str, key: &str) -> Result<()> {
         let view = JournalView {
-            record: self.record(),
+            record: &self.raw,
             ts: self.ts,
             done: &self.done,
             attempts: self.attempts,
@@ -464,8 +584,10 @@ impl Chain {
     }
 
     fn push(&mut self, d: StepDone) {
-        if let Some(Value::Object(steps)) = self.scope.value_mut().get_mut("steps") {
-            steps.insert(d.step.clone(), d.output.clone());
+        if let Some(scope) = &mut self.scope {
+            if let Some(Value::Object(steps)) = scope.value_mut().get_mut("steps") {
+                steps.insert(d.step.clone(), d.output.clone());
+            }
         }
         self.done.push(d);
     }
@@ -478,15 +600,16 @@ impl Chain {
         f: StepFailure,
         now: i64,
     ) -> Box<DeadLetter> {
-        let Chain {
-            scope, ts, done, ..
-        } = self;
-        let record = match scope.into_value() {
-            Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
-            _ => Value::Null,
+        let record = match self.scope {
+            Some(scope) => match scope.into_value() {
+                Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
+            None => parse_raw(&self.raw),
         };
         dead_letter(
-            recipe, key, ts, record, done, step, f.class, &f.message, f.request, f.status, now,
+            recipe, key, self.ts, record, self.done, step, f.class, &f.message, f.request,
+            f.status, now,
         )
     }
 }
@@ -531,7 +654,7 @@ async fn run_chain(
     while c.done.len() < recipe.steps.len() {
         let step = &recipe.steps[c.done.len()];
         let run = match &step.condition {
-            Some(cond) => cond.truthy(&c.scope).map_err(|e| StepFailure {
+            Some(cond) => cond.truthy(c.scope(recipe)).map_err(|e| StepFailure {
                 class: FailureClass::Fatal,
                 message: format!("if: {e}"),
                 request: None,
@@ -550,7 +673,7 @@ async fn run_chain(
                 });
                 continue;
             }
-            Ok(true) => execute_step(step, &c.scope, deps).await,
+            Ok(true) => execute_step(recipe, step, c, deps).await,
             Err(f) => Err(f),
         };
         match result {
@@ -614,15 +737,27 @@ async fn run_chain(
     Ok(Outcome::Finished)
 }
 
-async fn execute_step(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Value, StepFailure> {
+async fn execute_step(
+    recipe: &Recipe,
+    step: &Step,
+    chain: &mut Chain,
+    deps: &Deps<'_>,
+) -> Result<Value, StepFailure> {
     let input_err = |m: String| StepFailure {
         class: FailureClass::Fatal,
         message: m,
         request: None,
         status: None,
     };
+    if !step.needs_scope() {
+        return execute_one(step, None, &chain.raw, deps).await;
+    }
+    chain.scope(recipe);
+    let (Some(scope), raw) = (&chain.scope, &chain.raw) else {
+        unreachable!("invariant: the scope was built just above")
+    };
     let Some(each) = &step.for_each else {
-        return execute_one(step, scope, deps).await;
+        return execute_one(step, Some(scope), raw, deps).await;
     };
     let items = match each
         .render_required(scope)
@@ -637,26 +772,42 @@ async fn execute_step(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Val
         if let Value::Object(m) = &mut v {
             m.insert("item".into(), it);
         }
-        outputs.push(execute_one(step, &Scope::new(v), deps).await?);
+        outputs.push(execute_one(step, Some(&Scope::new(v)), raw, deps).await?);
     }
     Ok(Value::Array(outputs))
 }
 
-async fn execute_one(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Value, StepFailure> {
+/// Runs one step once. `scope` is `None` only for a step that does not need it (fixed
+/// inputs); `raw` is the record's JSON text, which `emit` writes as it is.
+async fn execute_one(
+    step: &Step,
+    scope: Option<&Scope>,
+    raw: &RawValue,
+    deps: &Deps<'_>,
+) -> Result<Value, StepFailure> {
     let input_err = |m: String| StepFailure {
         class: FailureClass::Fatal,
         message: m,
         request: None,
         status: None,
     };
-    let input = step.render_inputs(scope).map_err(input_err)?;
+    let rendered;
+    let input = match (&step.fixed_inputs, scope) {
+        (Some(fixed), _) => fixed,
+        (None, Some(scope)) => {
+            rendered = step.render_inputs(scope).map_err(input_err)?;
+            &rendered
+        }
+        (None, None) => unreachable!("invariant: a step with templated inputs gets a scope"),
+    };
     match &step.kind {
         StepAction::Emit => {
-            let value = input.get("value").unwrap_or(&scope.value()["record"]);
             let to = input.get("to").and_then(Value::as_str).unwrap_or("stdout");
-            deps.emit
-                .emit(to, value)
-                .map_err(|e| input_err(format!("emit: {e:#}")))?;
+            match input.get("value") {
+                Some(v) => deps.emit.emit(to, v),
+                None => deps.emit.emit_raw(to, raw),
+            }
+            .map_err(|e| input_err(format!("emit: {e:#}")))?;
             Ok(Value::Null)
         }
         StepAction::Http {
@@ -666,7 +817,7 @@ async fn execute_one(step: &Step, scope: &Scope, deps: &Deps<'_>) -> Result<Valu
             let conn = deps.conns.get(&step.connection).ok_or_else(|| {
                 input_err(format!("connection `{}` is not open", step.connection))
             })?;
-            action::execute(conn, &connector.actions[action_id], &input)
+            action::execute(conn, &connector.actions[action_id], input)
                 .await
                 .map_err(|e| match e {
                     ActionError::Input(m) => input_err(m),

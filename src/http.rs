@@ -158,6 +158,16 @@ pub struct Response {
     pub body: Value,
 }
 
+/// A response that succeeded (2xx), its body unparsed (for pages of records, which are read
+/// field by field rather than parsed whole).
+#[derive(Debug)]
+pub struct RawResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The body as received.
+    pub body: Vec<u8>,
+}
+
 /// One account of a service: base URL, credentials, headers, retry policy and shared rate-limit
 /// state. Clone the `Arc` to share it between triggers and actions of several recipes.
 pub struct Connection {
@@ -366,6 +376,33 @@ impl Connection {
         rules: &[ErrorRuleSpec],
         retry: bool,
     ) -> Result<Response, Failure> {
+        let raw = self.send_raw(req, rules, retry).await?;
+        let body = if raw.body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw.body).map_err(|_| Failure {
+                class: FailureClass::Fatal,
+                status: Some(raw.status),
+                code: None,
+                message: format!("the response is not JSON: {}", snippet(&raw.body)),
+                help: None,
+                request: req.describe(),
+                attempts: 1,
+            })?
+        };
+        Ok(Response {
+            status: raw.status,
+            body,
+        })
+    }
+
+    /// As [`Connection::send_with`], returning the body unparsed.
+    pub async fn send_raw(
+        &self,
+        req: &HttpRequest,
+        rules: &[ErrorRuleSpec],
+        retry: bool,
+    ) -> Result<RawResponse, Failure> {
         let mut attempts = 0u32;
         let mut rate_waits = 0u32;
         loop {
@@ -422,7 +459,7 @@ impl Connection {
         &self,
         req: &HttpRequest,
         rules: &[ErrorRuleSpec],
-    ) -> Result<Response, (Failure, Option<Duration>)> {
+    ) -> Result<RawResponse, (Failure, Option<Duration>)> {
         let url = format!("{}{}", self.base_url, req.path);
         let method = reqwest::Method::from_bytes(method_str(req.method).as_bytes())
             .expect("invariant: method names are valid");
@@ -486,26 +523,17 @@ impl Connection {
                 ))
             }
         };
+        if (200..300).contains(&status) {
+            return Ok(RawResponse {
+                status,
+                body: Vec::from(bytes),
+            });
+        }
         let body: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
             Some(Value::Null)
         } else {
             serde_json::from_slice(&bytes).ok()
         };
-        if (200..300).contains(&status) {
-            return match body {
-                Some(body) => Ok(Response { status, body }),
-                None => Err((
-                    fail(
-                        FailureClass::Fatal,
-                        Some(status),
-                        None,
-                        format!("the response is not JSON: {}", snippet(&bytes)),
-                        None,
-                    ),
-                    None,
-                )),
-            };
-        }
         let (code, message) = self.error_details(body.as_ref(), &bytes);
         let (class, help) = classify(status, code.as_deref(), &[rules, &self.connector.errors]);
         Err((fail(class, Some(status), code, message, help), wait))
@@ -571,7 +599,7 @@ impl Connection {
     }
 }
 
-fn snippet(raw: &[u8]) -> String {
+pub(crate) fn snippet(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let s = s.trim();
     if s.chars().count() > 200 {

@@ -12,6 +12,7 @@
 //! * `template`  — the Handlebars registry, compiled templates and template trees.
 //! * `http`      — a `Connection`: auth, headers, retries, rate limits, failure classes.
 //! * `trigger`   — polling one trigger: paging, server filter widening, local cursor filter.
+//! * `record`    — a polled record as unparsed JSON text plus its id, cursor and key fields.
 //! * `action`    — checking inputs, choosing variants, rendering and executing requests.
 //! * `engine`    — one cycle of a recipe: poll, dedupe, run chains, journal, commit.
 //! * `dryrun`    — `sluice test`: a recipe's requests for a sample record, nothing sent.
@@ -45,6 +46,7 @@ pub mod dryrun;
 pub mod engine;
 pub mod http;
 pub mod plan;
+pub mod record;
 pub mod secret;
 pub mod sim;
 pub mod spec;

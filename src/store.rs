@@ -1,9 +1,14 @@
 //! Store: the sled database in the state directory. The only module that touches sled.
 //!
 //! One sled tree, [`TREE`], with a key space per kind (the prefixes below): cursors (recipe →
-//! [`Checkpoint`]), dedupe keys (recipe + key → record time), a time index of dedupe keys for
-//! pruning, the run journal (recipe + key → [`JournalEntry`]: a record whose chain is under
-//! way) and dead letters (id → [`DeadLetter`]). One tree because sled applies a batch to one
+//! [`Checkpoint`]), dedupe-key blocks (recipe + newest record time + id → the keys one commit
+//! marked handled, with their record times), the run journal (recipe + key →
+//! [`JournalEntry`]: a record whose chain is under way) and dead letters (id →
+//! [`DeadLetter`]). Dedupe keys are stored a commit's worth per value, not one sled entry
+//! each: a cycle loads the recipe's keys once ([`StateStore::handled_keys`]; only the
+//! lookback window's worth are kept) and a commit writes one value however many records it
+//! covers, which measured several times cheaper than per-key entries plus a time index
+//! (docs/BENCHMARKS.md). A block is pruned whole once its newest key is behind the bound. One tree because sled applies a batch to one
 //! tree atomically at a fraction of the cost of a multi-tree transaction (measured: see
 //! docs/BENCHMARKS.md). Every value is versioned JSON (`{"v":1,…}`) so a later format can read
 //! old data. Owns atomicity and durability: [`StateStore::commit`] writes dedupe keys, journal
@@ -11,20 +16,26 @@
 //! [`StateStore::journal_step`] fsyncs before returning. Does not decide what to commit: the
 //! engine does.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The tree holding all state.
 pub const TREE: &str = "state";
 /// Key prefix of cursors.
 pub const CURSORS: u8 = b'c';
-/// Key prefix of handled dedupe keys.
-pub const DEDUPE: u8 = b'd';
-/// Key prefix of the dedupe-key index by record time, for pruning.
-pub const DEDUPE_BY_TIME: u8 = b't';
+/// Key prefix of blocks of handled dedupe keys.
+pub const DEDUPE_BLOCKS: u8 = b'b';
+/// Key prefix of handled dedupe keys stored one per entry (written by sluice before blocks;
+/// converted to blocks when the store is opened).
+const LEGACY_DEDUPE: u8 = b'd';
+/// Key prefix of the time index of [`LEGACY_DEDUPE`] keys.
+const LEGACY_DEDUPE_BY_TIME: u8 = b't';
 /// Key prefix of records whose chain is under way.
 pub const JOURNAL: u8 = b'j';
 /// Key prefix of dead letters.
@@ -38,8 +49,7 @@ pub struct Checkpoint {
     pub cursor: i64,
     /// Records changed before this never fire.
     pub floor: i64,
-    /// The largest cursor value of any record ever marked handled: a record above it cannot
-    /// have been seen, so its dedupe lookup is skipped.
+    /// The largest cursor value of any record ever marked handled (shown by `state show`).
     #[serde(default)]
     pub high: i64,
 }
@@ -58,11 +68,11 @@ pub struct StepDone {
     pub error: Option<String>,
 }
 
-/// A record whose chain has started but not finished.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A record whose chain has started but not finished (written as a [`JournalView`]).
+#[derive(Debug, Clone)]
 pub struct JournalEntry {
-    /// The record, as first seen (a resumed chain uses the same data).
-    pub record: Value,
+    /// The record's JSON, as first seen (a resumed chain uses the same data).
+    pub record: Box<RawValue>,
     /// Its cursor value.
     pub ts: i64,
     /// Steps finished so far, in order.
@@ -74,8 +84,8 @@ pub struct JournalEntry {
 /// A borrowed view of a [`JournalEntry`], for writing without copying the record.
 #[derive(Debug, Serialize)]
 pub struct JournalView<'a> {
-    /// The record.
-    pub record: &'a Value,
+    /// The record's JSON.
+    pub record: &'a RawValue,
     /// Its cursor value.
     pub ts: i64,
     /// Steps finished so far.
@@ -134,6 +144,33 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     Ok(v.inner)
 }
 
+/// Reads a journal entry. Not through [`decode`]: serde's `flatten` cannot carry a borrowed
+/// `RawValue`, so the version field is spelt out.
+fn decode_journal(bytes: &[u8]) -> Result<JournalEntry> {
+    #[derive(Deserialize)]
+    struct Stored {
+        v: u32,
+        record: Box<RawValue>,
+        ts: i64,
+        done: Vec<StepDone>,
+        attempts: u32,
+    }
+    let s: Stored = serde_json::from_slice(bytes)
+        .context("the state store holds an unreadable journal entry")?;
+    if s.v != 1 {
+        return Err(anyhow!(
+            "the state store holds a journal entry of version {} (this sluice reads version 1)",
+            s.v
+        ));
+    }
+    Ok(JournalEntry {
+        record: s.record,
+        ts: s.ts,
+        done: s.done,
+        attempts: s.attempts,
+    })
+}
+
 fn key(kind: u8, recipe: &str, k: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + recipe.len() + 1 + k.len());
     out.push(kind);
@@ -163,11 +200,18 @@ fn time_bytes(ts: i64) -> [u8; 8] {
     ((ts as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn time_key(recipe: &str, ts: i64, k: &str) -> Vec<u8> {
-    let mut out = prefix(DEDUPE_BY_TIME, recipe);
-    out.extend_from_slice(&time_bytes(ts));
-    out.extend_from_slice(k.as_bytes());
+/// The key of a dedupe block: recipe, its newest record time, a unique id.
+fn block_key(recipe: &str, newest: i64, id: u64) -> Vec<u8> {
+    let mut out = prefix(DEDUPE_BLOCKS, recipe);
+    out.extend_from_slice(&time_bytes(newest));
+    out.extend_from_slice(&id.to_be_bytes());
     out
+}
+
+/// The dedupe keys one commit marked handled, with their records' cursor values.
+#[derive(Serialize, Deserialize)]
+struct Block<K> {
+    keys: Vec<(K, i64)>,
 }
 
 /// Counts for `sluice state show`.
@@ -225,10 +269,12 @@ impl StateStore {
                     dir.display()
                 ),
             })?;
-        Ok(StateStore {
+        let store = StateStore {
             tree: db.open_tree(TREE)?,
             db,
-        })
+        };
+        store.migrate_legacy_dedupe()?;
+        Ok(store)
     }
 
     /// A recipe's checkpoint.
@@ -239,16 +285,23 @@ impl StateStore {
             .transpose()
     }
 
-    /// Whether a record with this dedupe key has finished.
-    pub fn seen(&self, recipe: &str, k: &str) -> Result<bool> {
-        Ok(self.tree.contains_key(key(DEDUPE, recipe, k))?)
+    /// The dedupe keys of every record marked handled and not yet pruned, with the records'
+    /// cursor values.
+    pub fn handled_keys(&self, recipe: &str) -> Result<HashMap<String, i64>> {
+        let mut out = HashMap::new();
+        for item in self.tree.scan_prefix(prefix(DEDUPE_BLOCKS, recipe)) {
+            let (_, v) = item?;
+            let b: Block<String> = decode("dedupe block", &v)?;
+            out.extend(b.keys);
+        }
+        Ok(out)
     }
 
     /// The journal entry of a record whose chain is under way.
     pub fn journal(&self, recipe: &str, k: &str) -> Result<Option<JournalEntry>> {
         self.tree
             .get(key(JOURNAL, recipe, k))?
-            .map(|b| decode("journal entry", &b))
+            .map(|b| decode_journal(&b))
             .transpose()
     }
 
@@ -262,21 +315,34 @@ impl StateStore {
 
     /// In one atomic batch: marks `finished` records handled (dedupe keys), removes the journal
     /// entries of those that had one (`journaled`), stores dead letters and sets the
-    /// checkpoint; then fsyncs.
+    /// checkpoint; then fsyncs. Dedupe keys of records older than `keep_from` are not written:
+    /// they are already behind the pruning bound (a poll never returns them again), so
+    /// writing them would only have [`StateStore::prune`] delete them next.
     pub fn commit(
         &self,
         recipe: &str,
         finished: &[(String, i64, bool)],
         dead: &[DeadLetter],
         checkpoint: Checkpoint,
+        keep_from: i64,
     ) -> Result<()> {
         let mut b = sled::Batch::default();
+        let mut block = Block {
+            keys: Vec::with_capacity(finished.len()),
+        };
         for (k, ts, journaled) in finished {
             if *journaled {
                 b.remove(key(JOURNAL, recipe, k));
             }
-            b.insert(key(DEDUPE, recipe, k), &time_bytes(*ts));
-            b.insert(time_key(recipe, *ts, k), &[]);
+            if *ts >= keep_from {
+                block.keys.push((k.as_str(), *ts));
+            }
+        }
+        if let Some(newest) = block.keys.iter().map(|(_, ts)| *ts).max() {
+            b.insert(
+                block_key(recipe, newest, self.db.generate_id()?),
+                encode(&block),
+            );
         }
         for d in dead {
             b.insert(dead_key(self.db.generate_id()?), encode(d));
@@ -288,42 +354,76 @@ impl StateStore {
         Ok(())
     }
 
-    /// Deletes up to `max` dedupe keys of records older than `before`, oldest first; returns
-    /// how many. Works in chunks so that pruning a large backlog does not hold it in memory;
-    /// the cap spreads a large backlog (after a backfill) over several cycles.
+    /// Deletes dedupe keys of records older than `before`, a block at a time (a block goes once
+    /// its newest key is older), stopping once at least `max` keys are gone; returns how many.
+    /// The cap spreads a large backlog over several cycles.
     pub fn prune(&self, recipe: &str, before: i64, max: usize) -> Result<usize> {
-        const CHUNK: usize = 1024;
-        let start = prefix(DEDUPE_BY_TIME, recipe);
-        let plen = start.len();
+        let start = prefix(DEDUPE_BLOCKS, recipe);
         let mut end = start.clone();
         end.extend_from_slice(&time_bytes(before));
         let mut n = 0;
-        loop {
-            let keys: Vec<sled::IVec> = self
-                .tree
-                .range(start.clone()..end.clone())
-                .keys()
-                .take(CHUNK.min(max - n))
-                .collect::<sled::Result<_>>()?;
-            if keys.is_empty() {
-                break;
-            }
-            let mut b = sled::Batch::default();
-            for k in &keys {
-                b.remove(key(
-                    DEDUPE,
-                    recipe,
-                    std::str::from_utf8(&k[plen + 8..]).unwrap_or_default(),
-                ));
-                b.remove(k.clone());
-            }
-            self.tree.apply_batch(b)?;
-            n += keys.len();
+        let mut b = sled::Batch::default();
+        for item in self.tree.range(start..end) {
+            let (k, v) = item?;
+            let block: Block<IgnoredAny> = decode("dedupe block", &v)?;
+            n += block.keys.len();
+            b.remove(k);
             if n >= max {
                 break;
             }
         }
+        if n > 0 {
+            self.tree.apply_batch(b)?;
+        }
         Ok(n)
+    }
+
+    /// Converts dedupe keys stored one per entry (by an earlier sluice) into blocks, once.
+    fn migrate_legacy_dedupe(&self) -> Result<()> {
+        let mut blocks: std::collections::BTreeMap<Vec<u8>, Block<String>> = Default::default();
+        let mut b = sled::Batch::default();
+        let mut any = false;
+        for item in self.tree.scan_prefix([LEGACY_DEDUPE, 0]) {
+            let (k, v) = item?;
+            any = true;
+            // d \0 recipe \0 key → 8-byte record time.
+            let rest = &k[2..];
+            let Some(sep) = rest.iter().position(|&c| c == 0) else {
+                continue;
+            };
+            let recipe = String::from_utf8_lossy(&rest[..sep]).into_owned();
+            let dkey = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
+            let ts =
+                (u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) ^ (1 << 63)) as i64;
+            blocks
+                .entry(recipe.into_bytes())
+                .or_insert_with(|| Block { keys: Vec::new() })
+                .keys
+                .push((dkey, ts));
+            b.remove(k);
+        }
+        if !any {
+            return Ok(());
+        }
+        for item in self.tree.scan_prefix([LEGACY_DEDUPE_BY_TIME, 0]) {
+            b.remove(item?.0);
+        }
+        for (recipe, block) in blocks {
+            let recipe = String::from_utf8_lossy(&recipe).into_owned();
+            let newest = block
+                .keys
+                .iter()
+                .map(|(_, ts)| *ts)
+                .max()
+                .unwrap_or(i64::MIN);
+            b.insert(
+                block_key(&recipe, newest, self.db.generate_id()?),
+                encode(&block),
+            );
+        }
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Dead letters, oldest first, with their ids; only one recipe's when given.
@@ -356,13 +456,15 @@ impl StateStore {
     }
 
     /// Puts a dead letter's record back into the journal (resuming at its failed step) and
-    /// removes the dead letter and its dedupe key, atomically.
+    /// removes the dead letter, atomically. Its dedupe key stays: a record in the journal is
+    /// resumed from there, never started again by a poll.
     pub fn requeue_dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
         let Some(d) = self.dead_letter(id)? else {
             return Ok(None);
         };
+        let record = serde_json::value::to_raw_value(&d.record)?;
         let view = JournalView {
-            record: &d.record,
+            record: &record,
             ts: d.ts,
             done: &d.done,
             attempts: 0,
@@ -370,7 +472,6 @@ impl StateStore {
         let mut b = sled::Batch::default();
         b.insert(key(JOURNAL, &d.recipe, &d.key), encode(&view));
         b.remove(dead_key(id));
-        b.remove(key(DEDUPE, &d.recipe, &d.key));
         self.tree.apply_batch(b)?;
         self.db.flush()?;
         Ok(Some(d))
@@ -384,7 +485,7 @@ impl StateStore {
             let (k, v) = item?;
             out.push((
                 String::from_utf8_lossy(&k[p.len()..]).into_owned(),
-                decode("journal entry", &v)?,
+                decode_journal(&v)?,
             ));
         }
         Ok(out)
@@ -395,7 +496,7 @@ impl StateStore {
         Ok(RecipeState {
             recipe: recipe.to_string(),
             checkpoint: self.checkpoint(recipe)?,
-            dedupe_keys: self.tree.scan_prefix(prefix(DEDUPE, recipe)).count(),
+            dedupe_keys: self.handled_keys(recipe)?.len(),
             in_journal: self.tree.scan_prefix(prefix(JOURNAL, recipe)).count(),
             dead_letters: self.dead_letters(Some(recipe))?.len(),
         })
@@ -419,7 +520,7 @@ impl StateStore {
     pub fn reset(&self, recipe: &str) -> Result<()> {
         let mut b = sled::Batch::default();
         b.remove(cursor_key(recipe));
-        for kind in [DEDUPE, DEDUPE_BY_TIME, JOURNAL] {
+        for kind in [DEDUPE_BLOCKS, JOURNAL] {
             for item in self.tree.scan_prefix(prefix(kind, recipe)) {
                 b.remove(item?.0);
             }
@@ -439,24 +540,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = StateStore::open(dir.path()).unwrap();
         assert_eq!(s.checkpoint("r").unwrap(), None);
-        let entry = JournalEntry {
-            record: serde_json::json!({"id": "a"}),
-            ts: 10,
-            done: vec![],
-            attempts: 0,
-        };
+        let record = RawValue::from_string(r#"{"id":"a"}"#.into()).unwrap();
         s.journal_step(
             "r",
             "a",
             &JournalView {
-                record: &entry.record,
-                ts: entry.ts,
-                done: &entry.done,
+                record: &record,
+                ts: 10,
+                done: &[],
                 attempts: 0,
             },
         )
         .unwrap();
-        assert_eq!(s.journal("r", "a").unwrap(), Some(entry));
+        let entry = s.journal("r", "a").unwrap().unwrap();
+        assert_eq!((entry.record.get(), entry.ts), (record.get(), 10));
         let cp = Checkpoint {
             cursor: 30,
             floor: 0,
@@ -477,24 +574,37 @@ mod tests {
         };
         s.commit(
             "r",
-            &[("a".into(), 10, true), ("b".into(), 20, false)],
+            &[
+                ("a".into(), 10, true),
+                ("b".into(), 20, false),
+                ("old".into(), 4, false),
+            ],
             std::slice::from_ref(&dl),
             cp,
+            5,
         )
         .unwrap();
-        assert!(
-            s.seen("r", "a").unwrap()
-                && s.seen("r", "b").unwrap()
-                && !s.seen("other", "a").unwrap()
+        // Behind `keep_from`: not written.
+        assert_eq!(
+            s.handled_keys("r").unwrap(),
+            HashMap::from([("a".to_string(), 10), ("b".to_string(), 20)])
         );
-        assert_eq!(s.journal("r", "a").unwrap(), None);
+        assert!(s.handled_keys("other").unwrap().is_empty());
+        assert!(s.journal("r", "a").unwrap().is_none());
         assert_eq!(s.checkpoint("r").unwrap(), Some(cp));
         let dead = s.dead_letters(Some("r")).unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].1, dl);
-        // Pruning removes only keys older than the bound.
-        assert_eq!(s.prune("r", 25, 1).unwrap(), 1);
-        assert!(!s.seen("r", "a").unwrap() && s.seen("r", "b").unwrap());
+        // A second commit makes a second block; pruning removes whole blocks whose newest key
+        // is older than the bound.
+        s.commit("r", &[("c".into(), 40, false)], &[], cp, 0)
+            .unwrap();
+        assert_eq!(s.prune("r", 20, 100).unwrap(), 0);
+        assert_eq!(s.prune("r", 21, 100).unwrap(), 2);
+        assert_eq!(
+            s.handled_keys("r").unwrap(),
+            HashMap::from([("c".to_string(), 40)])
+        );
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 1);
         // Requeue moves the dead letter back to the journal.
         let id = dead[0].0;
@@ -504,6 +614,31 @@ mod tests {
         s.reset("r").unwrap();
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 0);
         assert_eq!(s.checkpoint("r").unwrap(), None);
+    }
+
+    #[test]
+    fn legacy_per_key_dedupe_entries_become_a_block_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = StateStore::open(dir.path()).unwrap();
+            for (k, ts) in [("a", 10i64), ("b", 20)] {
+                s.tree
+                    .insert(key(LEGACY_DEDUPE, "r", k), &time_bytes(ts))
+                    .unwrap();
+                let mut t = prefix(LEGACY_DEDUPE_BY_TIME, "r");
+                t.extend_from_slice(&time_bytes(ts));
+                t.extend_from_slice(k.as_bytes());
+                s.tree.insert(t, &[]).unwrap();
+            }
+            s.db.flush().unwrap();
+        }
+        let s = StateStore::open(dir.path()).unwrap();
+        assert_eq!(
+            s.handled_keys("r").unwrap(),
+            HashMap::from([("a".to_string(), 10), ("b".to_string(), 20)])
+        );
+        assert_eq!(s.tree.scan_prefix([LEGACY_DEDUPE, 0]).count(), 0);
+        assert_eq!(s.tree.scan_prefix([LEGACY_DEDUPE_BY_TIME, 0]).count(), 0);
     }
 
     #[test]

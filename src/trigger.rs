@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
 use crate::plan::Trigger;
+use crate::record::{parse_raw, pick, Page, Record};
 use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
 use crate::template::{lookup, Scope};
 
@@ -130,7 +131,7 @@ impl<'a> Poll<'a> {
 
     /// The next batch of records with `cursor ≥ since`, in cursor order; `None` at the end.
     /// Unsorted (scan) triggers read every page first and return one sorted batch.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Value>>, Failure> {
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Record>>, Failure> {
         if self.trigger.spec.cursor.sort == SortSpec::None {
             if matches!(self.next, Next::Done) {
                 return Ok(None);
@@ -147,7 +148,7 @@ impl<'a> Poll<'a> {
         }
     }
 
-    async fn read_all_sorted(&mut self) -> Result<Vec<Value>, Failure> {
+    async fn read_all_sorted(&mut self) -> Result<Vec<Record>, Failure> {
         let restart = matches!(
             self.trigger.spec.pagination,
             PaginationSpec::Cursor {
@@ -176,18 +177,17 @@ impl<'a> Poll<'a> {
                 }
             }
             self.next = Next::Done;
-            let key = |r: &Value| cursor_of(self.trigger, r).unwrap_or(i64::MIN);
             all.sort_by(|a, b| {
-                key(a)
-                    .cmp(&key(b))
-                    .then_with(|| id_of(self.trigger, a).cmp(&id_of(self.trigger, b)))
+                a.ts.cmp(&b.ts).then_with(|| {
+                    id_of(self.trigger, a.fields()).cmp(&id_of(self.trigger, b.fields()))
+                })
             });
             return Ok(all);
         }
     }
 
     /// Fetches one page and filters it; `None` when paging has ended.
-    async fn fetch(&mut self) -> Result<Option<Vec<Value>>, Failure> {
+    async fn fetch(&mut self) -> Result<Option<Vec<Record>>, Failure> {
         let mut req = self
             .trigger
             .request
@@ -233,43 +233,52 @@ impl<'a> Poll<'a> {
         }
         let resp = self
             .conn
-            .send_with(&req, &self.trigger.spec.errors, retry_in_place)
+            .send_raw(&req, &self.trigger.spec.errors, retry_in_place)
             .await?;
         self.pages += 1;
-        let mut body = resp.body;
-        let records = match take_path(&mut body, &self.trigger.records) {
-            Some(Value::Array(a)) => a,
-            Some(Value::Null) | None => {
-                return Err(odd_response(
-                    &req,
-                    format!(
-                        "the response has no `{}` list of records",
-                        self.trigger.records.join(".")
-                    ),
-                ))
+        let odd = |m: String| odd_response(&req, m);
+        let not_json = |e: &dyn std::fmt::Display| {
+            odd(format!(
+                "the response is not the JSON the connector describes ({e}): {}",
+                crate::http::snippet(&resp.body)
+            ))
+        };
+        let text = std::str::from_utf8(&resp.body).map_err(|e| not_json(&e))?;
+        let page = match Page::read(text, &self.trigger.records) {
+            Ok(Some(page)) => page,
+            Ok(None) => return Err(odd("the response is not a JSON object".into())),
+            Err(e) => return Err(not_json(&e)),
+        };
+        let records_path = self.trigger.records.join(".");
+        let list = match page.records {
+            Ok(list) => list,
+            Err("missing" | "null") => {
+                return Err(odd(format!(
+                    "the response has no `{records_path}` list of records"
+                )))
             }
-            Some(other) => {
-                return Err(odd_response(
-                    &req,
-                    format!(
-                        "`{}` in the response is {}, not a list of records",
-                        self.trigger.records.join("."),
-                        kind_of(&other)
-                    ),
-                ))
+            Err(kind) => {
+                return Err(odd(format!(
+                    "`{records_path}` in the response is {kind}, not a list of records"
+                )))
             }
         };
-        self.received += records.len() as u64;
+        let top = page.top;
+        self.received += list.len() as u64;
+        let value_at = |path: &[String]| -> Result<Option<Value>, Failure> {
+            Ok(top.at(path).map_err(|e| not_json(&e))?.map(parse_raw))
+        };
         self.next = match &self.trigger.spec.pagination {
             PaginationSpec::None => Next::Done,
             PaginationSpec::Cursor { next, stop, .. } => {
-                let tok = crate::template::lookup_str(&body, next).and_then(|v| match v {
-                    Value::String(s) if !s.is_empty() => Some(s.clone()),
+                let path: Vec<String> = next.split('.').map(str::to_string).collect();
+                let tok = value_at(&path)?.and_then(|v| match v {
+                    Value::String(s) if !s.is_empty() => Some(s),
                     Value::Number(n) => Some(n.to_string()),
                     _ => None,
                 });
                 match (stop, tok) {
-                    (StopSpec::RecordsEmpty, _) if records.is_empty() => Next::Done,
+                    (StopSpec::RecordsEmpty, _) if list.is_empty() => Next::Done,
                     (_, Some(t)) => Next::Token(t),
                     (_, None) => Next::Done,
                 }
@@ -283,46 +292,38 @@ impl<'a> Poll<'a> {
                     Next::Page(n) => n,
                     _ => *first_page,
                 };
-                let total = total_pages
-                    .as_deref()
-                    .and_then(|p| crate::template::lookup_str(&body, p))
-                    .and_then(Value::as_u64);
+                let total = match total_pages.as_deref() {
+                    Some(p) => {
+                        let path: Vec<String> = p.split('.').map(str::to_string).collect();
+                        value_at(&path)?.as_ref().and_then(Value::as_u64)
+                    }
+                    None => None,
+                };
                 match total {
                     Some(t) if current >= t => Next::Done,
-                    _ if records.is_empty() => Next::Done,
+                    _ if list.is_empty() => Next::Done,
                     _ => Next::Page(current + 1),
                 }
             }
         };
-        let mut kept = Vec::with_capacity(records.len());
-        for (i, r) in records.into_iter().enumerate() {
-            let Some(c) = cursor_of(self.trigger, &r) else {
-                return Err(odd_response(
-                    &req,
-                    format!(
-                        "record #{} on page {} has no whole-number `{}`",
-                        i + 1,
-                        self.pages,
-                        self.trigger.cursor_field.join(".")
-                    ),
-                ));
+        let mut kept = Vec::with_capacity(list.len());
+        for (i, raw) in list.into_iter().enumerate() {
+            let fields = pick(raw, &self.trigger.record_fields)
+                .map_err(|m| odd(format!("record #{} on page {} {m}", i + 1, self.pages)))?;
+            let fields = Value::Object(fields);
+            let Some(c) = cursor_of(self.trigger, &fields) else {
+                return Err(odd(format!(
+                    "record #{} on page {} has no whole-number `{}`",
+                    i + 1,
+                    self.pages,
+                    self.trigger.cursor_field.join(".")
+                )));
             };
             if c >= self.since {
-                kept.push(r);
+                kept.push(Record::new(raw.to_owned(), fields, c));
             }
         }
         Ok(Some(kept))
-    }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -352,19 +353,6 @@ fn input_failure(trigger: &Trigger, message: String) -> Failure {
 
 fn check_options(trigger: &Trigger, options: &Map<String, Value>) -> Result<(), String> {
     crate::action::check_fields("option", &trigger.spec.options, options)
-}
-
-/// Moves the value at `path` out of `v`.
-fn take_path(v: &mut Value, path: &[String]) -> Option<Value> {
-    let mut cur = v;
-    for seg in path {
-        cur = match cur {
-            Value::Object(m) => m.get_mut(seg)?,
-            Value::Array(a) => a.get_mut(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(cur.take())
 }
 
 /// Sets `value` at a dotted path, creating objects on the way.

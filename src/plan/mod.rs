@@ -75,6 +75,9 @@ pub struct Trigger {
     pub lookback_secs: i64,
     /// The dedupe key template.
     pub dedupe_key: KeyTemplate,
+    /// The record's top-level fields the runtime reads (id, cursor, dedupe key): the only
+    /// ones parsed out of a polled record before a template needs the rest.
+    pub record_fields: Vec<String>,
 }
 
 /// A compiled action.
@@ -160,6 +163,14 @@ impl KeyTemplate {
             return Err("a dedupe key must refer to at least one record field".into());
         }
         Ok(KeyTemplate { parts })
+    }
+
+    /// The top-level record fields the key refers to.
+    pub fn field_heads(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            KeyPart::Field(path) => path.first().map(String::as_str),
+            KeyPart::Lit(_) => None,
+        })
     }
 
     /// Renders the key for a record, or names the missing field.
@@ -643,15 +654,30 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
     if cx.diags.len() != before {
         return None;
     }
+    let dedupe_key = dedupe_key?;
+    let id_field = split_path(&t.id_field);
+    let cursor_field = split_path(&t.cursor.field);
+    let mut record_fields: Vec<String> = Vec::new();
+    for head in [id_field.first(), cursor_field.first()]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(dedupe_key.field_heads())
+    {
+        if !record_fields.iter().any(|f| f == head) {
+            record_fields.push(head.to_string());
+        }
+    }
     Some(Trigger {
         id: id.to_string(),
         spec: t.clone(),
         request: request?,
         records: split_path(&t.records),
-        id_field: split_path(&t.id_field),
-        cursor_field: split_path(&t.cursor.field),
+        id_field,
+        cursor_field,
         lookback_secs,
-        dedupe_key: dedupe_key?,
+        dedupe_key,
+        record_fields,
     })
 }
 

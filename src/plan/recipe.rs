@@ -109,6 +109,8 @@ pub struct Step {
     pub for_each: Option<Template>,
     /// Failure policy.
     pub on_error: OnErrorSpec,
+    /// The inputs, when none of them is a template (rendered once, here).
+    pub fixed_inputs: Option<Map<String, Value>>,
 }
 
 impl Step {
@@ -134,6 +136,12 @@ impl Step {
         }
     }
 
+    /// Whether running the step reads the template scope (`record`, `steps`, `recipe`). A step
+    /// that does not, such as `emit` with fixed inputs, runs on the record's JSON text alone.
+    pub fn needs_scope(&self) -> bool {
+        self.condition.is_some() || self.for_each.is_some() || self.fixed_inputs.is_none()
+    }
+
     /// Renders the step's inputs against a scope (`record`, `steps`, `recipe`, maybe `item`).
     /// Every referenced field must exist.
     pub fn render_inputs(
@@ -154,6 +162,13 @@ impl Step {
     pub fn outputs_list(&self) -> bool {
         self.for_each.is_some() || self.action().is_some_and(|a| a.spec.for_each.is_some())
     }
+}
+
+/// The inputs' values when none is a template.
+fn fixed_inputs(with: &[(String, Tree)]) -> Option<Map<String, Value>> {
+    with.iter()
+        .map(|(k, t)| Some((k.clone(), t.literal()?)))
+        .collect()
 }
 
 /// The fields `recipe.*` offers.
@@ -583,6 +598,7 @@ pub fn build_recipe(
                     id: s.id.clone(),
                     connection: step_conn,
                     kind: StepAction::Emit,
+                    fixed_inputs: fixed_inputs(&with),
                     with,
                     condition,
                     for_each,
@@ -627,6 +643,7 @@ pub fn build_recipe(
                         connector: c.clone(),
                         action_id: aid.clone(),
                     },
+                    fixed_inputs: fixed_inputs(&with),
                     with,
                     condition,
                     for_each,

@@ -412,6 +412,27 @@ fn lower(v: &Value) -> Option<String> {
 }
 
 impl Node {
+    /// A value of the field at `path` below which no record can match, when the query
+    /// implies one (`updated_at > X`, alone or in an `AND`): the index is read from there.
+    fn lower_bound(&self, path: &[String]) -> Option<i64> {
+        match self {
+            Node::And(nodes) => nodes.iter().filter_map(|n| n.lower_bound(path)).max(),
+            Node::Or(nodes) => nodes
+                .iter()
+                .map(|n| n.lower_bound(path))
+                .collect::<Option<Vec<_>>>()?
+                .into_iter()
+                .min(),
+            Node::Leaf { path: p, test } if p.as_slice() == path => match test {
+                Test::Gt(x) | Test::Ge(x) => Some(x.floor() as i64),
+                Test::Range(lo, _) => Some(*lo),
+                Test::Eq(v) => num(v).map(|x| x.floor() as i64),
+                _ => None,
+            },
+            Node::Leaf { .. } => None,
+        }
+    }
+
     fn matches(&self, rec: &Value) -> bool {
         match self {
             Node::And(nodes) => nodes.iter().all(|n| n.matches(rec)),
@@ -576,13 +597,19 @@ pub(crate) fn run(t: &Table, s: &Search, now: i64, lag: i64) -> String {
             } else {
                 &t.by_updated
             };
+            // Records below the query's bound on the sort field cannot match: skip them.
+            let from = match s.root.lower_bound(&s.sort_path) {
+                Some(b) => Bound::Included((b, String::new())),
+                None => Bound::Unbounded,
+            };
             let iter: Box<dyn Iterator<Item = &(i64, String)>> = match (s.desc, start) {
-                (false, None) => Box::new(idx.iter()),
+                (false, None) => Box::new(idx.range((from.clone(), Bound::Unbounded))),
                 (false, Some(k)) => Box::new(idx.range((Bound::Excluded(k), Bound::Unbounded))),
-                (true, None) => Box::new(idx.iter().rev()),
-                (true, Some(k)) => {
-                    Box::new(idx.range((Bound::Unbounded, Bound::Excluded(k))).rev())
-                }
+                (true, None) => Box::new(idx.range((from.clone(), Bound::Unbounded)).rev()),
+                (true, Some(k)) => match &from {
+                    Bound::Included(b) if *b >= k => Box::new(std::iter::empty()),
+                    _ => Box::new(idx.range((from.clone(), Bound::Excluded(k))).rev()),
+                },
             };
             for (key, id) in iter {
                 if let Some(rec) = t.recs.get(id) {
@@ -596,7 +623,10 @@ pub(crate) fn run(t: &Table, s: &Search, now: i64, lag: i64) -> String {
             }
             total = match &s.after {
                 Some(p) => p.total,
-                None => t.recs.values().filter(|r| s.root.matches(&r.cur)).count() as u64,
+                None => idx
+                    .range((from, Bound::Unbounded))
+                    .filter(|(_, id)| t.recs.get(id).is_some_and(|r| s.root.matches(&r.cur)))
+                    .count() as u64,
             };
         }
         _ => {

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use sluice::sim::{FailRule, Faults, Kind};
 
-use crate::util::{run_async, Run, SimEnv, T0};
+use crate::util::{run_async, Run, SimEnv, T0, TOKEN};
 
 /// A simulator, a workspace with one recipe, and a state directory.
 struct Engine {
@@ -338,15 +338,27 @@ async fn dedupe_keys_behind_the_lookback_are_pruned() {
     let (_, rep) = e.run_once().await;
     assert_eq!(
         (rep["fired"].as_u64(), rep["pruned"].as_u64()),
-        (Some(5), Some(3)),
+        (Some(5), Some(0)),
+        "{rep}"
+    );
+    // The old records were already behind `cursor − lookback − 1h` when committed: their keys
+    // were never stored. The two recent ones were.
+    let v = e.sluice(&["state", "show", "--json"]).await.json();
+    assert_eq!(v[0]["state"]["dedupe_keys"], 2);
+    // A day later the cursor has moved on: the two keys fall behind the bound and are pruned.
+    e.contact("later@x.io", T0 + 86_400);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["pruned"].as_u64()),
+        (Some(1), Some(2)),
         "{rep}"
     );
     let v = e.sluice(&["state", "show", "--json"]).await.json();
-    assert_eq!(v[0]["state"]["dedupe_keys"], 2);
-    // The pruned records are behind the poll window: they never fire again.
+    assert_eq!(v[0]["state"]["dedupe_keys"], 1);
+    // Pruned and never-stored records are behind the poll window: they never fire again.
     let (_, rep) = e.run_once().await;
     assert_eq!(rep["fired"], 0);
-    assert_eq!(e.count("POST", "/notes"), 5);
+    assert_eq!(e.count("POST", "/notes"), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,6 +394,51 @@ async fn emit_writes_one_json_line_per_record_and_start_from_now_fires_no_histor
     r.assert_ok();
     assert_eq!(rep["fired"], 0, "{rep}");
     assert_eq!(r.stdout, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_without_a_value_writes_each_record_exactly_as_the_api_sent_it() {
+    let recipe = "id: raw\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n";
+    let e = Engine::start(0, recipe).await;
+    for i in 0..160 {
+        e.contact(&format!("raw{i}@x.io"), T0 - 1000 + i);
+    }
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(rep["fired"], 160, "{rep}");
+    // The oracle: the simulator's own search pages, as text.
+    let client = reqwest::Client::builder().build().unwrap();
+    let mut want = String::new();
+    let mut after = Value::Null;
+    loop {
+        let body: Value = client
+            .post(format!("{}/contacts/search", e.env.handle.base_url))
+            .bearer_auth(TOKEN)
+            .json(
+                &json!({"query": {"field": "updated_at", "operator": ">", "value": T0 - 3 * 86_400},
+                "sort": {"field": "updated_at", "order": "ascending"},
+                "pagination": {"per_page": 150, "starting_after": after}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for c in body["data"].as_array().unwrap() {
+            want.push_str(&serde_json::to_string(c).unwrap());
+            want.push('\n');
+        }
+        after = body["pages"]["next"]["starting_after"].clone();
+        if after.is_null() {
+            break;
+        }
+    }
+    assert_eq!(r.stdout.lines().count(), 160);
+    assert!(
+        r.stdout == want,
+        "emitted lines differ from the API's records"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,8 @@ struct Tiny {
     seen: Vec<Value>,
     /// How many 418s to answer before succeeding.
     teapots: u32,
+    /// When set, the list answers 200 with exactly this body.
+    odd: Option<String>,
 }
 
 type Shared = Arc<Mutex<Tiny>>;
@@ -33,7 +35,8 @@ async fn list(
     headers: HeaderMap,
     uri: Uri,
     Query(q): Query<std::collections::HashMap<String, String>>,
-) -> (StatusCode, Json<Value>) {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     s.lock().unwrap().seen.push(json!({
         "method": "GET", "uri": uri.to_string(),
         "auth": headers.get("authorization").and_then(|v| v.to_str().ok()),
@@ -44,7 +47,16 @@ async fn list(
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": {"kind": "who", "text": "bad token"}})),
-        );
+        )
+            .into_response();
+    }
+    if let Some(body) = s.lock().unwrap().odd.clone() {
+        return (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
     }
     let after: i64 = q
         .get("made_after")
@@ -67,6 +79,7 @@ async fn list(
         StatusCode::OK,
         Json(json!({"items": chunk, "meta": {"pages": pages}})),
     )
+        .into_response()
 }
 
 async fn create(
@@ -164,6 +177,70 @@ async fn tiny_connector_polls_every_page_in_order() {
     }
     // The secret never reaches the output.
     assert!(!run.stdout.contains("tiny-secret") && !run.stderr.contains("tiny-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_pages_get_a_clear_error_naming_what_is_wrong() {
+    let (url, shared, _h) = start(0).await;
+    let ws = workspace(&url);
+    let cases = [
+        (
+            r#"{"meta":{"pages":1}}"#,
+            "the response has no `items` list of records",
+        ),
+        (
+            r#"{"items":null}"#,
+            "the response has no `items` list of records",
+        ),
+        (
+            r#"{"items":{"key":"k0"}}"#,
+            "`items` in the response is an object, not a list of records",
+        ),
+        (
+            r#"{"items":"k0"}"#,
+            "`items` in the response is text, not a list of records",
+        ),
+        (r#"[1,2]"#, "the response is not a JSON object"),
+        (
+            r#"{"items":[{"key":"k0","made":100},7]}"#,
+            "record #2 on page 1 is a number, not an object",
+        ),
+        (
+            r#"{"items":[{"key":"k0","made":"soon"}]}"#,
+            "record #1 on page 1 has no whole-number `made`",
+        ),
+        (
+            r#"{"items":[{"key":"k0"}]}"#,
+            "record #1 on page 1 has no whole-number `made`",
+        ),
+    ];
+    let poll = || {
+        run_async(with_fixture(ws.sluice(&[
+            "poll",
+            "tinyapi.new_item",
+            "--connection",
+            "tiny",
+            "--since",
+            "100",
+        ])))
+    };
+    for (body, want) in cases {
+        shared.lock().unwrap().odd = Some(body.to_string());
+        let run = poll().await;
+        assert_eq!(run.code, 1, "{body}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(want),
+            "{body}: want {want:?} in {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+    // A record is passed on exactly as the API wrote it, escapes and all.
+    let text = r#"{"made":101,"key":"k\u00e9","note":"a\"b","n":1.50}"#;
+    shared.lock().unwrap().odd = Some(format!(r#"{{"items":[{text}],"meta":{{"pages":1}}}}"#));
+    let run = poll().await;
+    run.assert_ok();
+    assert_eq!(run.stdout, format!("{text}\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
