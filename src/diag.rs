@@ -111,33 +111,46 @@ pub fn sort(diags: &mut [Diagnostic]) {
 
 /// Maps dotted field paths of a YAML document to the line and column where they appear.
 ///
-/// serde gives no positions for values, so this walks the document's parse events once and
-/// records the position of every mapping key (`a.b.c`) and sequence item (`a.b.0`).
+/// serde gives no positions for values, so this walks the document's parse events and records
+/// the position of every mapping key (`a.b.c`) and sequence item (`a.b.0`). The walk happens
+/// on the first lookup: a file without problems (every file `sluice run` loads, normally)
+/// never pays for it; it was a fifth of the start-up time of a run.
 #[derive(Debug, Default, Clone)]
 pub struct LocationIndex {
-    spans: std::collections::HashMap<String, (usize, usize)>,
+    text: String,
+    spans: std::sync::OnceLock<std::collections::HashMap<String, (usize, usize)>>,
 }
 
 impl LocationIndex {
-    /// Builds the index for `text`. A document that does not parse yields what was read so far.
+    /// The index for `text`. A document that does not parse yields what was read so far.
     pub fn build(text: &str) -> LocationIndex {
-        let mut recv = IndexBuilder::default();
-        let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
-        // A syntax error is reported separately by serde_yaml with its own position.
-        let _ = parser.load(&mut recv, false);
-        LocationIndex { spans: recv.spans }
+        LocationIndex {
+            text: text.to_string(),
+            spans: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn spans(&self) -> &std::collections::HashMap<String, (usize, usize)> {
+        self.spans.get_or_init(|| {
+            let mut recv = IndexBuilder::default();
+            let mut parser = yaml_rust2::parser::Parser::new_from_str(&self.text);
+            // A syntax error is reported separately by serde_yaml with its own position.
+            let _ = parser.load(&mut recv, false);
+            recv.spans
+        })
     }
 
     /// The position of `path`, or of its nearest ancestor that has one.
     pub fn find(&self, path: &str) -> Option<(usize, usize)> {
+        let spans = self.spans();
         let mut p = path;
         loop {
-            if let Some(span) = self.spans.get(p) {
+            if let Some(span) = spans.get(p) {
                 return Some(*span);
             }
             match p.rfind('.') {
                 Some(i) => p = &p[..i],
-                None => return self.spans.get("").copied(),
+                None => return spans.get("").copied(),
             }
         }
     }
