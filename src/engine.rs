@@ -499,16 +499,18 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         open,
         handled: deps.store.handled_keys(&recipe.id)?,
     };
-    let mut page = poll.next_page().await.map_err(polling)?;
-    // Each page is handled while the next one is fetched. Whatever ends the loop, what has
-    // finished is committed before returning.
+    let picker = poll.picker();
+    let mut page = poll.next_batch().await.map_err(polling)?;
+    // Each page's records are read and handled while the next page is fetched (so the API
+    // works on it meanwhile). Whatever ends the loop, what has finished is committed before
+    // returning.
     let result = loop {
-        let Some(records) = page.take() else {
+        let Some(batch) = page.take() else {
             break Ok(());
         };
-        let (next, handled) = tokio::join!(poll.next_page(), async {
-            for record in records {
-                cy.handle(record, rep).await?;
+        let (next, handled) = tokio::join!(poll.next_batch(), async {
+            for record in picker.read(batch) {
+                cy.handle(record.map_err(polling)?, rep).await?;
             }
             anyhow::Ok(())
         });

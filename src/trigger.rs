@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
 use crate::plan::Trigger;
+use serde_json::value::RawValue;
+
 use crate::record::{parse_raw, pick, Page, Record};
 use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
 use crate::template::{lookup, Scope};
@@ -132,19 +134,43 @@ impl<'a> Poll<'a> {
     /// The next batch of records with `cursor ≥ since`, in cursor order; `None` at the end.
     /// Unsorted (scan) triggers read every page first and return one sorted batch.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Record>>, Failure> {
+        let picker = self.picker();
+        loop {
+            let Some(batch) = self.next_batch().await? else {
+                return Ok(None);
+            };
+            let recs = picker.read(batch).collect::<Result<Vec<_>, _>>()?;
+            // Skip pages whose records all fell before `since` (day widening).
+            if recs.is_empty() && !matches!(self.next, Next::Done) {
+                continue;
+            }
+            return Ok(Some(recs));
+        }
+    }
+
+    /// The next page as fetched, its records not read yet: read them with [`Poll::picker`]
+    /// (which does not borrow the poll, so a page can be read while the next is fetched).
+    /// Unsorted (scan) triggers read every page first and return one sorted batch.
+    pub async fn next_batch(&mut self) -> Result<Option<Batch>, Failure> {
         if self.trigger.spec.cursor.sort == SortSpec::None {
             if matches!(self.next, Next::Done) {
                 return Ok(None);
             }
-            return self.read_all_sorted().await.map(Some);
+            let records = self.read_all_sorted().await?;
+            return Ok(Some(Batch {
+                page: self.pages,
+                request: String::new(),
+                items: Items::Read(records),
+            }));
         }
-        loop {
-            match self.fetch().await? {
-                None => return Ok(None),
-                // Skip pages whose records all fell before `since` (day widening).
-                Some(recs) if recs.is_empty() && !matches!(self.next, Next::Done) => continue,
-                Some(recs) => return Ok(Some(recs)),
-            }
+        self.fetch().await
+    }
+
+    /// Reads records out of this poll's batches.
+    pub fn picker(&self) -> Picker<'a> {
+        Picker {
+            trigger: self.trigger,
+            since: self.since,
         }
     }
 
@@ -160,9 +186,14 @@ impl<'a> Poll<'a> {
         'again: loop {
             let mut all = Vec::new();
             self.next = Next::First;
+            let picker = self.picker();
             loop {
                 match self.fetch().await {
-                    Ok(Some(recs)) => all.extend(recs),
+                    Ok(Some(batch)) => {
+                        for r in picker.read(batch) {
+                            all.push(r?);
+                        }
+                    }
                     Ok(None) => break,
                     Err(f)
                         if restart
@@ -186,8 +217,9 @@ impl<'a> Poll<'a> {
         }
     }
 
-    /// Fetches one page and filters it; `None` when paging has ended.
-    async fn fetch(&mut self) -> Result<Option<Vec<Record>>, Failure> {
+    /// Fetches one page and splits it into records (read later by a [`Picker`]); `None` when
+    /// paging has ended.
+    async fn fetch(&mut self) -> Result<Option<Batch>, Failure> {
         let mut req = self
             .trigger
             .request
@@ -306,35 +338,113 @@ impl<'a> Poll<'a> {
                 }
             }
         };
-        let mut kept = Vec::with_capacity(list.len());
-        for (i, raw) in list.into_iter().enumerate() {
-            let fields = pick(raw, &self.trigger.record_fields)
-                .map_err(|m| odd(format!("record #{} on page {} {m}", i + 1, self.pages)))?;
-            let fields = Value::Object(fields);
-            let Some(c) = cursor_of(self.trigger, &fields) else {
-                return Err(odd(format!(
-                    "record #{} on page {} has no whole-number `{}`",
-                    i + 1,
-                    self.pages,
-                    self.trigger.cursor_field.join(".")
-                )));
-            };
-            if c >= self.since {
-                kept.push(Record::new(raw.to_owned(), fields, c));
+        Ok(Some(Batch {
+            page: self.pages,
+            request: req.describe(),
+            items: Items::Raw(list.into_iter().map(RawValue::to_owned).collect()),
+        }))
+    }
+}
+
+/// One fetched page (or, for a scan, every page sorted).
+#[derive(Debug)]
+pub struct Batch {
+    /// Page number within the poll (attempts included).
+    pub page: u64,
+    /// `METHOD /path` of the request, for errors.
+    request: String,
+    items: Items,
+}
+
+#[derive(Debug)]
+enum Items {
+    /// Records as the API sent them, not read yet.
+    Raw(Vec<Box<RawValue>>),
+    /// Records already read (and filtered).
+    Read(Vec<Record>),
+}
+
+impl Batch {
+    /// How many records the batch holds (before the `cursor ≥ since` filter).
+    pub fn len(&self) -> usize {
+        match &self.items {
+            Items::Raw(r) => r.len(),
+            Items::Read(r) => r.len(),
+        }
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads polled records: parses the fields the runtime needs (id, cursor, dedupe key) and
+/// drops records before `since`. A copy of the poll's settings, so records of one page can be
+/// read while the poll fetches the next.
+#[derive(Debug, Clone, Copy)]
+pub struct Picker<'a> {
+    trigger: &'a Trigger,
+    since: i64,
+}
+
+impl<'a> Picker<'a> {
+    /// The batch's records with `cursor ≥ since`, in order; a record that is not an object or
+    /// has no whole-number cursor is an error naming it.
+    pub fn read(self, batch: Batch) -> Box<dyn Iterator<Item = Result<Record, Failure>> + 'a> {
+        match batch.items {
+            Items::Read(records) => Box::new(records.into_iter().map(Ok)),
+            Items::Raw(raws) => {
+                let (page, request) = (batch.page, batch.request);
+                Box::new(
+                    raws.into_iter()
+                        .enumerate()
+                        .filter_map(move |(i, raw)| self.pick(page, &request, i, raw).transpose()),
+                )
             }
         }
-        Ok(Some(kept))
+    }
+
+    fn pick(
+        self,
+        page: u64,
+        request: &str,
+        i: usize,
+        raw: Box<RawValue>,
+    ) -> Result<Option<Record>, Failure> {
+        let odd = |message: String| Failure {
+            request: request.to_string(),
+            ..odd_failure(message)
+        };
+        let fields = pick(&raw, &self.trigger.record_fields)
+            .map_err(|m| odd(format!("record #{} on page {page} {m}", i + 1)))?;
+        let fields = Value::Object(fields);
+        let Some(c) = cursor_of(self.trigger, &fields) else {
+            return Err(odd(format!(
+                "record #{} on page {page} has no whole-number `{}`",
+                i + 1,
+                self.trigger.cursor_field.join(".")
+            )));
+        };
+        Ok((c >= self.since).then(|| Record::new(raw, fields, c)))
     }
 }
 
 fn odd_response(req: &HttpRequest, message: String) -> Failure {
+    Failure {
+        request: req.describe(),
+        ..odd_failure(message)
+    }
+}
+
+fn odd_failure(message: String) -> Failure {
     Failure {
         class: FailureClass::Fatal,
         status: None,
         code: Some("unexpected_response".into()),
         message,
         help: Some("the API answered in a shape the connector does not describe; check the connector's `records`/`cursor` paths".into()),
-        request: req.describe(),
+        request: String::new(),
         attempts: 1,
     }
 }
