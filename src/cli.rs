@@ -777,7 +777,10 @@ async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Optio
             }
         }
         if last.is_some() {
-            return Ok(last.map(|r| r.to_value()));
+            return last
+                .map(|r| r.to_value())
+                .transpose()
+                .map_err(|e| anyhow!(e));
         }
     }
     Ok(None)

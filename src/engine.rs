@@ -33,7 +33,7 @@ use crate::plan::{Recipe, StartFrom, Step, StepAction};
 use crate::record::{parse_raw, write_line, Record};
 use crate::spec::OnErrorSpec;
 use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
-use crate::template::Scope;
+use crate::template::{RenderError, Scope};
 use crate::trigger::Poll;
 
 /// Dedupe keys are kept this long beyond the lookback before pruning.
@@ -49,7 +49,7 @@ pub const COMMIT_MAX_RECORDS: usize = 1_000;
 #[derive(Debug, Default)]
 pub struct Emitter {
     stdout: Mutex<Vec<u8>>,
-    files: Mutex<HashMap<String, std::io::BufWriter<std::fs::File>>>,
+    files: Mutex<HashMap<std::path::PathBuf, std::io::BufWriter<std::fs::File>>>,
 }
 
 impl Emitter {
@@ -82,8 +82,8 @@ impl Emitter {
             .files
             .lock()
             .map_err(|_| anyhow!("emit files poisoned"))?;
-        if !files.contains_key(to) {
-            let path = Path::new(to);
+        let path = Path::new(to);
+        if !files.contains_key(path) {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("emit: cannot create `{}`", dir.display()))?;
@@ -93,12 +93,10 @@ impl Emitter {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("emit: cannot open `{to}`"))?;
-            files.insert(
-                to.to_string(),
-                std::io::BufWriter::with_capacity(1 << 16, f),
-            );
+            files.insert(path.into(), std::io::BufWriter::with_capacity(1 << 16, f));
         }
-        let w = files.get_mut(to).expect("invariant: inserted above");
+        // Looked up by path (`out//a.jsonl` is `out/a.jsonl`), without allocating.
+        let w = files.get_mut(path).expect("invariant: inserted above");
         write(w).with_context(|| format!("emit: cannot write `{to}`"))
     }
 
@@ -187,6 +185,8 @@ struct Progress {
     max_done: i64,
     /// Smallest cursor value of an unfinished record: the cursor must not pass it.
     min_open: Option<i64>,
+    /// The cursor when the cycle began.
+    start: i64,
     /// Why the cycle must stop, if it must.
     abort: Option<String>,
     /// When the last commit was made.
@@ -200,6 +200,7 @@ impl Progress {
             dead: Vec::new(),
             max_done: cursor,
             min_open: None,
+            start: cursor,
             abort: None,
             committed_at: Instant::now(),
         }
@@ -219,6 +220,15 @@ impl Progress {
         self.min_open = Some(self.min_open.map_or(ts, |m| m.min(ts)));
     }
 
+    /// An unfinished record. It holds the cursor unless it is in the journal and already
+    /// behind the cursor (a replayed dead letter): the journal resumes it every cycle, and
+    /// holding would pin the cursor, and so the poll window, until it finishes.
+    fn open(&mut self, ts: i64, journaled: bool) {
+        if !(journaled && ts < self.start) {
+            self.hold(ts);
+        }
+    }
+
     /// Records a chain's outcome; true when the record stays unfinished.
     fn outcome(&mut self, o: Outcome, key: String, ts: i64, journaled: bool) -> bool {
         match o {
@@ -228,11 +238,11 @@ impl Progress {
                 self.dead.push(*d);
             }
             Outcome::Unfinished => {
-                self.hold(ts);
+                self.open(ts, journaled);
                 return true;
             }
             Outcome::Abort(m) => {
-                self.hold(ts);
+                self.open(ts, journaled);
                 self.abort = Some(m);
                 return true;
             }
@@ -341,7 +351,7 @@ pub async fn resume_journal(
     let mut progress = Progress::new(cp.cursor);
     for (key, entry) in entries {
         if progress.abort.is_some() {
-            progress.hold(entry.ts);
+            progress.open(entry.ts, true);
             open.insert(key);
             continue;
         }
@@ -420,10 +430,12 @@ impl Cycle<'_, '_> {
             attempts: 0,
             journaled: false,
         });
-        let verdict = recipe
-            .filter
-            .as_ref()
-            .map(|f| f.truthy(chain.as_mut().expect("invariant: just built").scope(recipe)));
+        let verdict = recipe.filter.as_ref().map(|f| {
+            match chain.as_mut().expect("invariant: just built").scope(recipe) {
+                Ok(scope) => f.truthy(scope),
+                Err(e) => Err(RenderError(e)),
+            }
+        });
         let outcome = match verdict {
             Some(Ok(false)) => {
                 rep.filtered += 1;
@@ -468,8 +480,12 @@ impl Cycle<'_, '_> {
             .min(self.deps.now.max(self.cp.cursor))
             .max(self.cp.cursor);
         self.cp.high = self.cp.high.max(self.progress.max_done);
+        // Keys behind the pruning bound leave memory too, except this batch's own: with
+        // offset (page-number) pagination a record can show up again on the next page when
+        // records are inserted ahead of it while the trigger pages.
+        let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
         self.progress.commit(self.deps, self.recipe, &self.cp)?;
-        let bound = prune_bound(self.recipe, self.cp.cursor);
+        let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
         self.handled.retain(|_, ts| *ts >= bound);
         Ok(())
     }
@@ -508,18 +524,39 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         let Some(batch) = page.take() else {
             break Ok(());
         };
-        let (next, handled) = tokio::join!(poll.next_batch(), async {
+        // Boxed so that `work`, which borrows the cycle, can be dropped once done while the
+        // fetch goes on.
+        let mut fetch = Box::pin(poll.next_batch());
+        let mut work = Box::pin(async {
             for record in picker.read(batch) {
+                if cy.progress.abort.is_some() {
+                    // Later records are later in cursor order: the held record keeps the
+                    // cursor before them all.
+                    break;
+                }
                 cy.handle(record.map_err(polling)?, rep).await?;
             }
             anyhow::Ok(())
         });
+        let mut fetched = None;
+        let handled = loop {
+            tokio::select! {
+                done = &mut work => break done,
+                f = &mut fetch, if fetched.is_none() => fetched = Some(f),
+            }
+        };
+        drop(work);
         if let Err(e) = handled {
             break Err(e);
         }
         if let Some(m) = cy.progress.abort.take() {
+            // The next page is not needed (its request, if still under way, is dropped).
             break Err(anyhow!(m));
         }
+        let next = match fetched {
+            Some(f) => f,
+            None => fetch.await,
+        };
         match next {
             Ok(p) => page = p,
             Err(f) => break Err(polling(f)),
@@ -567,13 +604,18 @@ struct Chain {
 
 impl Chain {
     /// The template scope, parsing the record the first time.
-    fn scope(&mut self, recipe: &Recipe) -> &Scope {
-        let (raw, done) = (&self.raw, &self.done);
-        self.scope
-            .get_or_insert_with(|| chain_scope(recipe, parse_raw(raw), done))
+    fn scope(&mut self, recipe: &Recipe) -> Result<&Scope, String> {
+        if self.scope.is_none() {
+            let record = parse_raw(&self.raw)?;
+            self.scope = Some(chain_scope(recipe, record, &self.done));
+        }
+        Ok(self.scope.as_ref().expect("invariant: set just above"))
     }
 
     fn journal(&mut self, deps: &Deps<'_>, recipe: &str, key: &str) -> Result<()> {
+        // The journal will say every step so far is done: lines an earlier `emit` step of this
+        // chain queued must be written first, or a crash would lose them.
+        deps.emit.flush()?;
         let view = JournalView {
             record: &self.raw,
             ts: self.ts,
@@ -607,7 +649,8 @@ impl Chain {
                 Value::Object(mut m) => m.remove("record").unwrap_or(Value::Null),
                 _ => Value::Null,
             },
-            None => parse_raw(&self.raw),
+            // A record too deep to parse is kept as its text: nothing is lost.
+            None => parse_raw(&self.raw).unwrap_or_else(|_| Value::String(self.raw.get().into())),
         };
         dead_letter(
             recipe, key, self.ts, record, self.done, step, f.class, &f.message, f.request,
@@ -656,12 +699,16 @@ async fn run_chain(
     while c.done.len() < recipe.steps.len() {
         let step = &recipe.steps[c.done.len()];
         let run = match &step.condition {
-            Some(cond) => cond.truthy(c.scope(recipe)).map_err(|e| StepFailure {
-                class: FailureClass::Fatal,
-                message: format!("if: {e}"),
-                request: None,
-                status: None,
-            }),
+            Some(cond) => c
+                .scope(recipe)
+                .map_err(RenderError)
+                .and_then(|scope| cond.truthy(scope))
+                .map_err(|e| StepFailure {
+                    class: FailureClass::Fatal,
+                    message: format!("if: {e}"),
+                    request: None,
+                    status: None,
+                }),
             None => Ok(true),
         };
         let result = match run {
@@ -754,7 +801,7 @@ async fn execute_step(
     if !step.needs_scope() {
         return execute_one(step, None, &chain.raw, deps).await;
     }
-    chain.scope(recipe);
+    chain.scope(recipe).map_err(input_err)?;
     let (Some(scope), raw) = (&chain.scope, &chain.raw) else {
         unreachable!("invariant: the scope was built just above")
     };

@@ -166,6 +166,8 @@ pub struct RawResponse {
     pub status: u16,
     /// The body as received.
     pub body: Vec<u8>,
+    /// Attempts it took, rate-limit waits included.
+    pub attempts: u32,
 }
 
 /// One account of a service: base URL, credentials, headers, retry policy and shared rate-limit
@@ -387,7 +389,7 @@ impl Connection {
                 message: format!("the response is not JSON: {}", snippet(&raw.body)),
                 help: None,
                 request: req.describe(),
-                attempts: 1,
+                attempts: raw.attempts,
             })?
         };
         Ok(Response {
@@ -409,7 +411,12 @@ impl Connection {
             self.throttle().await;
             attempts += 1;
             let mut failure = match self.send_once(req, rules).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => {
+                    return Ok(RawResponse {
+                        attempts: attempts + rate_waits,
+                        ..resp
+                    })
+                }
                 Err((f, wait)) => {
                     if f.class == FailureClass::RateLimited
                         && rate_waits < self.retry.max_rate_limit_waits
@@ -527,6 +534,7 @@ impl Connection {
             return Ok(RawResponse {
                 status,
                 body: Vec::from(bytes),
+                attempts: 1,
             });
         }
         let body: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {

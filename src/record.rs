@@ -47,25 +47,28 @@ impl Record {
     }
 
     /// The whole record as a JSON value.
-    pub fn to_value(&self) -> Value {
+    pub fn to_value(&self) -> Result<Value, String> {
         parse_raw(&self.raw)
     }
 }
 
-/// Parses JSON text that is known to be valid (a `RawValue` always is).
-pub fn parse_raw(raw: &RawValue) -> Value {
-    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+/// Parses JSON text known to be valid (a `RawValue` always is). It can still fail: a value
+/// nested deeper than 128 levels is valid JSON that `serde_json` will not build.
+pub fn parse_raw(raw: &RawValue) -> Result<Value, String> {
+    serde_json::from_str(raw.get()).map_err(|e| format!("the record cannot be read: {e}"))
 }
 
-/// Writes `raw` as one line of JSON. The API's text is copied as it is unless it spans
-/// several lines (pretty-printed), in which case it is written again compactly.
+/// Writes `raw` as one line of JSON: the API's text as it is, except that line breaks (in
+/// valid JSON they can only be whitespace between tokens; inside strings they are escaped)
+/// become spaces, so a pretty-printed record still takes one line.
 pub fn write_line(w: &mut (impl std::io::Write + ?Sized), raw: &RawValue) -> std::io::Result<()> {
-    let text = raw.get();
-    if memchr::memchr2(b'\n', b'\r', text.as_bytes()).is_some() {
-        serde_json::to_writer(&mut *w, &parse_raw(raw))?;
-    } else {
-        w.write_all(text.as_bytes())?;
+    let mut text = raw.get().as_bytes();
+    while let Some(i) = memchr::memchr2(b'\n', b'\r', text) {
+        w.write_all(&text[..i])?;
+        w.write_all(b" ")?;
+        text = &text[i + 1..];
     }
+    w.write_all(text)?;
     w.write_all(b"\n")
 }
 
@@ -166,6 +169,14 @@ impl<'a> Page<'a> {
     /// Reads a response body whose records sit at `records` (a path of keys); `None` when the
     /// body is not an object.
     pub fn read(text: &'a str, records: &[String]) -> Result<Option<Page<'a>>, serde_json::Error> {
+        if records.is_empty() {
+            // `records: ""`: the body itself is the list.
+            let raw: &RawValue = serde_json::from_str(text)?;
+            return Ok(Some(Page {
+                top: Entries(Vec::new()),
+                records: split_list(raw)?.ok_or_else(|| kind_of_raw(raw)),
+            }));
+        }
         if !text.trim_start().starts_with('{') {
             return Ok(None);
         }
@@ -352,11 +363,18 @@ mod tests {
     fn write_line_keeps_text_and_folds_pretty_json() {
         let mut out = Vec::new();
         write_line(&mut out, &raw(r#"{"a": 1,"b":"x y"}"#)).unwrap();
-        write_line(&mut out, &raw("{\n  \"a\": [1,\r\n 2]\n}")).unwrap();
+        write_line(&mut out, &raw("{\n  \"a\": [1,\r\n \"x\\ny\"]\n}")).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"a\": 1,\"b\":\"x y\"}\n{\"a\":[1,2]}\n"
+            "{\"a\": 1,\"b\":\"x y\"}\n{   \"a\": [1,   \"x\\ny\"] }\n"
         );
+        // Deeper than serde_json builds values: still written, and `to_value` says why not.
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let mut out = Vec::new();
+        write_line(&mut out, &raw(&deep)).unwrap();
+        assert_eq!(out.len(), deep.len() + 1);
+        let rec = Record::new(raw(&deep), Value::Null, 0);
+        assert!(rec.to_value().unwrap_err().contains("recursion limit"));
     }
 
     #[test]
@@ -392,6 +410,12 @@ mod tests {
         .unwrap();
         assert_eq!(nested.records.unwrap()[0].get(), r#"{"id":3}"#);
         assert!(Page::read("[]", &["data".into()]).unwrap().is_none());
+        let whole = Page::read(r#" [{"id":4}] "#, &[]).unwrap().unwrap();
+        assert_eq!(whole.records.unwrap()[0].get(), r#"{"id":4}"#);
+        assert_eq!(
+            Page::read("{}", &[]).unwrap().unwrap().records.unwrap_err(),
+            "an object"
+        );
         assert!(Page::read(r#"{"data":[1,}"#, &["data".into()]).is_err());
     }
 

@@ -327,22 +327,25 @@ impl StateStore {
         keep_from: i64,
     ) -> Result<()> {
         let mut b = sled::Batch::default();
-        let mut block = Block {
-            keys: Vec::with_capacity(finished.len()),
-        };
+        // Keys at or before the cursor in one block; keys ahead of it (records after one that
+        // holds the cursor back, or dated in the future) in another, so that one far-ahead key
+        // cannot keep a whole commit's keys from being pruned.
+        let (mut behind, mut ahead) = (Vec::with_capacity(finished.len()), Vec::new());
         for (k, ts, journaled) in finished {
             if *journaled {
                 b.remove(key(JOURNAL, recipe, k));
             }
             if *ts >= keep_from {
-                block.keys.push((k.as_str(), *ts));
+                let side = if *ts <= checkpoint.cursor {
+                    &mut behind
+                } else {
+                    &mut ahead
+                };
+                side.push((k.as_str(), *ts));
             }
         }
-        if let Some(newest) = block.keys.iter().map(|(_, ts)| *ts).max() {
-            b.insert(
-                block_key(recipe, newest, self.db.generate_id()?),
-                encode(&block),
-            );
+        for keys in [behind, ahead] {
+            self.put_block(&mut b, recipe, Block { keys })?;
         }
         for d in dead {
             b.insert(dead_key(self.db.generate_id()?), encode(d));
@@ -351,6 +354,22 @@ impl StateStore {
         b.insert(cursor_key(recipe), encode(&checkpoint));
         self.tree.apply_batch(b)?;
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Adds a dedupe block to `b` (nothing when it is empty).
+    fn put_block<K: Serialize>(
+        &self,
+        b: &mut sled::Batch,
+        recipe: &str,
+        block: Block<K>,
+    ) -> Result<()> {
+        if let Some(newest) = block.keys.iter().map(|(_, ts)| *ts).max() {
+            b.insert(
+                block_key(recipe, newest, self.db.generate_id()?),
+                encode(&block),
+            );
+        }
         Ok(())
     }
 
@@ -408,18 +427,20 @@ impl StateStore {
         for item in self.tree.scan_prefix([LEGACY_DEDUPE_BY_TIME, 0]) {
             b.remove(item?.0);
         }
-        for (recipe, block) in blocks {
+        for (recipe, mut block) in blocks {
             let recipe = String::from_utf8_lossy(&recipe).into_owned();
-            let newest = block
-                .keys
-                .iter()
-                .map(|(_, ts)| *ts)
-                .max()
-                .unwrap_or(i64::MIN);
-            b.insert(
-                block_key(&recipe, newest, self.db.generate_id()?),
-                encode(&block),
-            );
+            // Oldest first, in blocks of the engine's commit size, so pruning can drop the old
+            // ones as the cursor moves on.
+            block.keys.sort_by_key(|(_, ts)| *ts);
+            for chunk in block.keys.chunks(1_000) {
+                self.put_block(
+                    &mut b,
+                    &recipe,
+                    Block {
+                        keys: chunk.to_vec(),
+                    },
+                )?;
+            }
         }
         self.tree.apply_batch(b)?;
         self.db.flush()?;
@@ -614,6 +635,30 @@ mod tests {
         s.reset("r").unwrap();
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 0);
         assert_eq!(s.checkpoint("r").unwrap(), None);
+    }
+
+    #[test]
+    fn a_key_ahead_of_the_cursor_does_not_keep_older_keys_from_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(dir.path()).unwrap();
+        let cp = Checkpoint {
+            cursor: 10,
+            floor: 0,
+            high: 10,
+        };
+        s.commit(
+            "r",
+            &[("x".into(), 5, false), ("far".into(), 1_000, false)],
+            &[],
+            cp,
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.prune("r", 6, 100).unwrap(), 1);
+        assert_eq!(
+            s.handled_keys("r").unwrap(),
+            HashMap::from([("far".to_string(), 1_000)])
+        );
     }
 
     #[test]

@@ -298,7 +298,10 @@ impl<'a> Poll<'a> {
         let top = page.top;
         self.received += list.len() as u64;
         let value_at = |path: &[String]| -> Result<Option<Value>, Failure> {
-            Ok(top.at(path).map_err(|e| not_json(&e))?.map(parse_raw))
+            match top.at(path).map_err(|e| not_json(&e))? {
+                Some(raw) => parse_raw(raw).map(Some).map_err(|e| not_json(&e)),
+                None => Ok(None),
+            }
         };
         self.next = match &self.trigger.spec.pagination {
             PaginationSpec::None => Next::Done,

@@ -2,7 +2,8 @@
 //! SIGKILL at random moments (seeded, by progress seen at the simulator) at least 20 times and
 //! restarted. The simulator runs in its own process and its audit log is the oracle: every
 //! record's chain completes, no record is lost, and a step can repeat only where a kill caught
-//! it in flight (at most one step per kill).
+//! it in flight (at most one step per kill). The chain opens with an `emit` step: every
+//! record's line must be in its file at the end (a kill may repeat lines, never lose one).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -14,7 +15,7 @@ use crate::util::{SimProcess, Workspace};
 const RECORDS: usize = 2_000;
 const MIN_KILLS: usize = 20;
 
-const RECIPE: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n";
+const RECIPE: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nsteps:\n  - id: log\n    action: emit\n    with:\n      value: \"{{record.id}}\"\n      to: EMIT_TO\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: event\n    action: intercom.create_event\n    with:\n      event_name: step-two\n      created_at: \"{{record.created_at}}\"\n      contact_id: \"{{record.id}}\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n";
 
 async fn audit(client: &reqwest::Client, url: &str) -> Vec<Value> {
     client
@@ -61,7 +62,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
     let url = sim.url.clone();
     let ws = Workspace::new(&format!("connections:\n  intercom:\n    connector: intercom\n    base_url: {url}\n    token: sim-token\n    retry: {{max_attempts: 3, base_delay_ms: 5, max_delay_ms: 20}}\n"));
     std::fs::create_dir_all(ws.path().join("recipes")).unwrap();
-    std::fs::write(ws.path().join("recipes/chain.yaml"), RECIPE).unwrap();
+    let emitted = ws.path().join("emitted.jsonl");
+    std::fs::write(
+        ws.path().join("recipes/chain.yaml"),
+        RECIPE.replace("EMIT_TO", emitted.to_str().unwrap()),
+    )
+    .unwrap();
     let run_cmd = || {
         let mut c = ws.sluice(&["run", "--once", "--json"]);
         c.arg("--recipes")
@@ -147,9 +153,15 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
         };
         *counts.entry((id, step)).or_default() += 1;
     }
+    let lines = std::fs::read_to_string(&emitted).unwrap();
+    let logged: std::collections::HashSet<String> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<String>(l).unwrap())
+        .collect();
     let mut repeats = 0;
     for c in &contacts {
         let id = c["id"].as_str().unwrap();
+        assert!(logged.contains(id), "record {id}: its emit line was lost");
         for step in ["note", "event", "rename"] {
             let n = counts.get(&(id.to_string(), step)).copied().unwrap_or(0);
             assert!(n >= 1, "record {id} lost: step {step} never ran");

@@ -327,6 +327,75 @@ async fn retry_keeps_the_record_and_holds_the_cursor_without_repeating_done_step
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_that_fails_again_neither_pulls_back_nor_pins_the_cursor() {
+    let e = Engine::start(0, &THREE_STEPS.replace("ON_ERROR", "stop")).await;
+    let old = e.contact("old@x.io", T0 - 3000);
+    let rule = |count| Faults {
+        fail_next: vec![FailRule {
+            path_prefix: format!("/contacts/{old}"),
+            method: Some("PUT".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count,
+        }],
+        ..Faults::default()
+    };
+    e.env.sim().set_faults(rule(1));
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["dead_letters"], 1, "{rep}");
+    e.contact("mid@x.io", T0 - 100);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(rep["cursor_after"], json!(T0 - 100), "{rep}");
+    // Replayed under `on_error: retry`, the old record fails again and stays under way.
+    let recipe = e.env.ws.path().join("recipes/chain.yaml");
+    std::fs::write(&recipe, THREE_STEPS.replace("ON_ERROR", "retry")).unwrap();
+    e.env.sim().set_faults(rule(100));
+    let list = e.sluice(&["dead-letters", "list"]).await;
+    let dl_id = list.stdout.split_whitespace().next().unwrap().to_string();
+    let rp = e.sluice(&["dead-letters", "replay", &dl_id]).await;
+    assert_eq!(rp.code, 1, "{}", rp.stderr);
+    let cursor = |v: &Value| v[0]["state"]["checkpoint"]["cursor"].clone();
+    let st = e.sluice(&["state", "show", "--json"]).await.json();
+    assert_eq!(
+        cursor(&st),
+        json!(T0 - 100),
+        "replay moved the cursor back: {st}"
+    );
+    assert_eq!(st[0]["state"]["in_journal"], 1);
+    // Newer records still move the cursor on; the old record waits in the journal.
+    e.contact("new@x.io", T0 - 50);
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (
+            rep["resumed"].as_u64(),
+            rep["unfinished"].as_u64(),
+            rep["finished"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(rep["cursor_after"], json!(T0 - 50), "{rep}");
+    // Once Intercom accepts it, it finishes from the failed step; nothing else repeats.
+    e.env.sim().set_faults(Faults::default());
+    let (_, rep) = e.run_once().await;
+    assert_eq!(
+        (
+            rep["resumed"].as_u64(),
+            rep["finished"].as_u64(),
+            rep["fired"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{rep}"
+    );
+    assert_eq!(rep["cursor_after"], json!(T0 - 50), "{rep}");
+    assert_eq!(
+        (e.count("POST", "/notes"), e.count("POST", "/events")),
+        (3, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dedupe_keys_behind_the_lookback_are_pruned() {
     let e = Engine::start(0, NOTE_ON_NEW).await;
     for i in 0..3 {
@@ -397,7 +466,7 @@ async fn emit_writes_one_json_line_per_record_and_start_from_now_fires_no_histor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emit_without_a_value_writes_each_record_exactly_as_the_api_sent_it() {
+async fn emit_without_a_value_writes_every_record_whole_in_cursor_order() {
     let recipe = "id: raw\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n";
     let e = Engine::start(0, recipe).await;
     for i in 0..160 {

@@ -241,6 +241,22 @@ async fn odd_pages_get_a_clear_error_naming_what_is_wrong() {
     let run = poll().await;
     run.assert_ok();
     assert_eq!(run.stdout, format!("{text}\n"));
+    // So does a recipe's `emit` without `value`, through the engine.
+    std::fs::create_dir_all(ws.path().join("recipes")).unwrap();
+    std::fs::write(
+        ws.path().join("recipes/tiny_raw.yaml"),
+        "id: tiny_raw\nconnection: tiny\ntrigger: tinyapi.new_item\nschedule:\n  every: 1m\nstart_from: \"1970-01-01\"\nsteps:\n  - id: out\n    action: emit\n",
+    )
+    .unwrap();
+    let (recipes, state) = (ws.path().join("recipes"), ws.path().join("state"));
+    let mut c = with_fixture(ws.sluice(&["run", "--once"]));
+    c.arg("--recipes")
+        .arg(&recipes)
+        .arg("--state-dir")
+        .arg(&state);
+    let run = run_async(c).await;
+    run.assert_ok();
+    assert_eq!(run.stdout, format!("{text}\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
