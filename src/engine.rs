@@ -541,8 +541,11 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         let mut fetched = None;
         let handled = loop {
             tokio::select! {
-                done = &mut work => break done,
+                // The fetch first: its request must be on the wire before the page's records
+                // (CPU work, often without an await) are handled.
+                biased;
                 f = &mut fetch, if fetched.is_none() => fetched = Some(f),
+                done = &mut work => break done,
             }
         };
         drop(work);
