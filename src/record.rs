@@ -298,43 +298,56 @@ pub fn split_list(raw: &RawValue) -> Result<Option<Vec<&RawValue>>, serde_json::
 }
 
 /// Parses the top-level members named in `wanted` out of the JSON object `raw`, skipping the
-/// rest without building anything. Errors when `raw` is not an object.
+/// rest without building anything, and stopping once every one has been found. Errors when
+/// `raw` is not an object. (`raw` was checked to be valid JSON when the page was split, so
+/// stopping early accepts nothing that a full parse would refuse. With a key given twice the
+/// first one counts here, where `serde_json` keeps the last when it parses the whole record.)
 pub fn pick(raw: &RawValue, wanted: &[String]) -> Result<Map<String, Value>, String> {
-    struct Pick<'w>(&'w [String]);
-    impl<'de> DeserializeSeed<'de> for Pick<'_> {
-        type Value = Map<String, Value>;
-        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+    struct Pick<'w, 'o> {
+        wanted: &'w [String],
+        out: &'o mut Map<String, Value>,
+    }
+    impl<'de> DeserializeSeed<'de> for Pick<'_, '_> {
+        type Value = ();
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_map(self)
         }
     }
-    impl<'de> Visitor<'de> for Pick<'_> {
-        type Value = Map<String, Value>;
+    impl<'de> Visitor<'de> for Pick<'_, '_> {
+        type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
-            let mut out = Map::new();
+        fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<(), M::Error> {
             while let Some(Key(k)) = m.next_key()? {
-                if self.0.iter().any(|w| *w == k) {
-                    out.insert(k.into_owned(), m.next_value()?);
+                if self.wanted.iter().any(|w| *w == k) && !self.out.contains_key(k.as_ref()) {
+                    self.out.insert(k.into_owned(), m.next_value()?);
+                    if self.out.len() == self.wanted.len() {
+                        // Everything wanted is here: stop reading (see `pick`).
+                        return Err(de::Error::custom("all wanted fields read"));
+                    }
                 } else {
                     m.next_value::<IgnoredAny>()?;
                 }
             }
-            Ok(out)
-        }
-        // Not reached for valid input; keeps the seed usable on any value.
-        fn visit_seq<S: SeqAccess<'de>>(self, _: S) -> Result<Self::Value, S::Error> {
-            Err(de::Error::invalid_type(de::Unexpected::Seq, &self))
+            Ok(())
         }
     }
     if !raw.get().starts_with('{') {
         return Err(format!("is {}, not an object", kind_of_raw(raw)));
     }
+    let mut out = Map::new();
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Pick(wanted)
-        .deserialize(&mut de)
-        .map_err(|e| format!("cannot be read: {e}"))
+    let read = Pick {
+        wanted,
+        out: &mut out,
+    }
+    .deserialize(&mut de);
+    match read {
+        Ok(()) => Ok(out),
+        Err(_) if out.len() == wanted.len() => Ok(out),
+        Err(e) => Err(format!("cannot be read: {e}")),
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +370,13 @@ mod tests {
             pick(&raw("[1]"), &["id".into()]).unwrap_err(),
             "is a list, not an object"
         );
+        // A wanted field that is missing: the whole record is read, the rest is returned.
+        let m = pick(
+            &raw(r#"{"id":"a","x":[{"y":1}]}"#),
+            &["id".into(), "updated_at".into()],
+        )
+        .unwrap();
+        assert_eq!(Value::Object(m), serde_json::json!({"id": "a"}));
     }
 
     #[test]

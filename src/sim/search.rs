@@ -770,6 +770,7 @@ pub(crate) fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn base64_round_trips() {
@@ -780,6 +781,60 @@ mod tests {
             );
         }
         assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
+    }
+
+    #[test]
+    fn the_index_is_read_from_the_querys_lower_bound_only_when_it_is_one() {
+        let tz = chrono_tz::Europe::Dublin;
+        let bound = |kind, q: Value| {
+            let s = parse(kind, &json!({"query": q}), tz).unwrap();
+            s.root.lower_bound(&s.sort_path.clone())
+        };
+        let upd = |op: &str, v: i64| json!({"field": "updated_at", "operator": op, "value": v});
+        // Default sort is created_at; sort explicitly on updated_at.
+        let sorted = |kind, q: Value| {
+            let s = parse(
+                kind,
+                &json!({"query": q, "sort": {"field": "updated_at", "order": "ascending"}}),
+                tz,
+            )
+            .unwrap();
+            s.root.lower_bound(&s.sort_path)
+        };
+        assert_eq!(sorted(Kind::Ticket, upd(">", 100)), Some(100));
+        assert_eq!(
+            sorted(
+                Kind::Ticket,
+                json!({"operator": "AND", "value": [upd(">", 100), upd(">", 300),
+                    {"field": "open", "operator": "=", "value": true}]})
+            ),
+            Some(300)
+        );
+        assert_eq!(
+            sorted(
+                Kind::Ticket,
+                json!({"operator": "OR", "value": [upd(">", 100), upd(">", 50)]})
+            ),
+            Some(50)
+        );
+        // One side of an OR without a bound: none at all.
+        assert_eq!(
+            sorted(
+                Kind::Ticket,
+                json!({"operator": "OR", "value": [upd(">", 100),
+                    {"field": "open", "operator": "=", "value": true}]})
+            ),
+            None
+        );
+        assert_eq!(sorted(Kind::Ticket, upd("<", 100)), None);
+        // Contacts compare whole days: `> X` starts at the next local day, never before X.
+        let day = sorted(Kind::Contact, upd(">", 1_719_835_200)).unwrap();
+        assert!(
+            day > 1_719_835_200 && day <= 1_719_835_200 + 86_400,
+            "{day}"
+        );
+        // A bound on another field than the sort field does not count.
+        assert_eq!(bound(Kind::Ticket, upd(">", 100)), None);
     }
 
     #[test]
