@@ -138,21 +138,7 @@ impl<'a> Entries<'a> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Entries<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut m: M) -> Result<Self::Value, M::Error> {
-                let mut out = Vec::new();
-                while let Some(Key(k)) = m.next_key()? {
-                    out.push((k, m.next_value::<&'de RawValue>()?));
-                }
-                Ok(Entries(out))
-            }
-        }
-        d.deserialize_map(V)
+        PageSeed(None).deserialize(d).map(|page| page.top)
     }
 }
 
@@ -190,13 +176,14 @@ impl<'a> Page<'a> {
             return Ok(Some(Page { top, records }));
         };
         let mut de = serde_json::Deserializer::from_str(text);
-        let page = PageSeed(key).deserialize(&mut de)?;
+        let page = PageSeed(Some(key)).deserialize(&mut de)?;
         de.end()?;
         Ok(Some(page))
     }
 }
 
-struct PageSeed<'k>(&'k str);
+/// Reads an object's members as text; the member named (if any) as a list of records.
+struct PageSeed<'k>(Option<&'k str>);
 
 impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     type Value = Page<'de>;
@@ -214,7 +201,7 @@ impl<'de> Visitor<'de> for PageSeed<'_> {
         let mut top = Vec::new();
         let mut records = Err("missing");
         while let Some(Key(k)) = m.next_key()? {
-            if k == self.0 {
+            if self.0 == Some(k.as_ref()) {
                 records = m.next_value_seed(ListSeed)?;
             } else {
                 top.push((k, m.next_value::<&'de RawValue>()?));

@@ -138,19 +138,18 @@ fn with_fixture(mut c: std::process::Command) -> std::process::Command {
     c
 }
 
+/// `sluice poll tinyapi.new_item --connection tiny EXTRA…` against the fixture connector.
+async fn poll_tiny(ws: &Workspace, extra: &[&str]) -> crate::util::Run {
+    let mut args = vec!["poll", "tinyapi.new_item", "--connection", "tiny"];
+    args.extend_from_slice(extra);
+    run_async(with_fixture(ws.sluice(&args))).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_connector_polls_every_page_in_order() {
     let (url, shared, _h) = start(0).await;
     let ws = workspace(&url);
-    let run = run_async(with_fixture(ws.sluice(&[
-        "poll",
-        "tinyapi.new_item",
-        "--connection",
-        "tiny",
-        "--since",
-        "102",
-    ])))
-    .await;
+    let run = poll_tiny(&ws, &["--since", "102"]).await;
     run.assert_ok();
     let keys: Vec<String> = run
         .json_lines()
@@ -214,16 +213,7 @@ async fn odd_pages_get_a_clear_error_naming_what_is_wrong() {
             "record #1 on page 1 has no whole-number `made`",
         ),
     ];
-    let poll = || {
-        run_async(with_fixture(ws.sluice(&[
-            "poll",
-            "tinyapi.new_item",
-            "--connection",
-            "tiny",
-            "--since",
-            "100",
-        ])))
-    };
+    let poll = || poll_tiny(&ws, &["--since", "100"]);
     for (body, want) in cases {
         shared.lock().unwrap().odd = Some(body.to_string());
         let run = poll().await;
@@ -263,17 +253,7 @@ async fn odd_pages_get_a_clear_error_naming_what_is_wrong() {
 async fn tiny_connector_options_reach_the_request() {
     let (url, shared, _h) = start(0).await;
     let ws = workspace(&url);
-    let run = run_async(with_fixture(ws.sluice(&[
-        "poll",
-        "tinyapi.new_item",
-        "--connection",
-        "tiny",
-        "--since",
-        "100",
-        "--with",
-        r#"{"shelf":"b"}"#,
-    ])))
-    .await;
+    let run = poll_tiny(&ws, &["--since", "100", "--with", r#"{"shelf":"b"}"#]).await;
     run.assert_ok();
     let keys: Vec<String> = run
         .json_lines()
@@ -286,15 +266,7 @@ async fn tiny_connector_options_reach_the_request() {
         .unwrap()
         .contains("shelf=b"));
     // An undeclared option is refused before anything is sent.
-    let run = run_async(with_fixture(ws.sluice(&[
-        "poll",
-        "tinyapi.new_item",
-        "--connection",
-        "tiny",
-        "--with",
-        r#"{"shelff":"b"}"#,
-    ])))
-    .await;
+    let run = poll_tiny(&ws, &["--with", r#"{"shelff":"b"}"#]).await;
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
