@@ -209,23 +209,7 @@ pub(crate) fn delete(st: &mut State, kind: Kind, id: &str) -> bool {
                 st.detach_company(id, &c, false);
             }
         }
-        Kind::Company => {
-            let contacts: Vec<String> = st
-                .tables
-                .t(Kind::Contact)
-                .recs
-                .iter()
-                .filter(|(_, r)| {
-                    r.cur["companies"]["data"]
-                        .as_array()
-                        .is_some_and(|d| d.iter().any(|c| c["id"] == id))
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
-            for c in contacts {
-                st.detach_company(&c, id, false);
-            }
-        }
+        Kind::Company => st.detach_all_from_company(id),
         Kind::Tag => st.strip_tag_everywhere(id),
         _ => {}
     }

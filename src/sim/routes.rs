@@ -904,21 +904,7 @@ fn hard_delete(st: &mut State, kind: Kind, id: &str, missing: fn() -> ApiError) 
 fn delete_company(st: &mut State, id: &str) -> Res {
     st.get(Kind::Company, id)
         .ok_or_else(ApiError::company_not_found)?;
-    let attached: Vec<String> = st
-        .tables
-        .t(Kind::Contact)
-        .recs
-        .iter()
-        .filter(|(_, r)| {
-            r.cur["companies"]["data"]
-                .as_array()
-                .is_some_and(|d| d.iter().any(|c| c["id"] == id))
-        })
-        .map(|(cid, _)| cid.clone())
-        .collect();
-    for cid in attached {
-        st.detach_company(&cid, id, false);
-    }
+    st.detach_all_from_company(id);
     st.tables.t_mut(Kind::Company).remove(id);
     Ok(Out::Json(
         json!({ "id": id, "object": "company", "deleted": true }),

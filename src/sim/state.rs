@@ -223,6 +223,25 @@ impl State {
         }
     }
 
+    /// Detaches every contact attached to a company (before the company is deleted).
+    pub(crate) fn detach_all_from_company(&mut self, company_id: &str) {
+        let attached: Vec<String> = self
+            .tables
+            .t(Kind::Contact)
+            .recs
+            .iter()
+            .filter(|(_, r)| {
+                r.cur["companies"]["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|c| c["id"] == company_id))
+            })
+            .map(|(cid, _)| cid.clone())
+            .collect();
+        for cid in attached {
+            self.detach_company(&cid, company_id, false);
+        }
+    }
+
     /// Detaches a contact from a company; returns whether it was attached.
     pub(crate) fn detach_company(
         &mut self,
