@@ -18,17 +18,18 @@ use crate::template::{lookup, Scope};
 
 /// The value to send as the server filter so that every record with `cursor ≥ since` matches.
 ///
-/// * second granularity, exclusive `>`: `since − 1`; inclusive `>`: `since`;
+/// * second granularity: `since − 1`;
 /// * day granularity (`>` X matches from the start of the day after X's day): the last second
 ///   of the day before `since`'s day in the account's timezone; with the timezone unknown,
 ///   `since − 2 days`, which is safe in every timezone.
+///
+/// A connector's `gt_inclusive` is not relied upon: the value is one second earlier even where
+/// the API's `>` includes the given second, so nothing is lost if that ever changes; the
+/// overlap is dropped locally and by the dedupe key.
 pub fn server_since(trigger: &Trigger, since: i64, tz: Option<Tz>) -> i64 {
-    let c = &trigger.spec.cursor;
-    match c.granularity {
-        GranularitySpec::Second if c.gt_inclusive => since,
+    match trigger.spec.cursor.granularity {
         GranularitySpec::Second => since - 1,
         GranularitySpec::Day => match tz.and_then(|tz| start_of_day(since, tz)) {
-            Some(start) if c.gt_inclusive => start,
             Some(start) => start - 1,
             None => since - 2 * 86_400,
         },

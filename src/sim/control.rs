@@ -26,6 +26,8 @@ pub struct RuntimeConfig {
     pub rate_limit_per_window: u32,
     /// Workspace timezone (IANA name).
     pub timezone: String,
+    /// `>`/`<` on stamps exclude the given second.
+    pub strict_gt: bool,
 }
 
 /// A partial [`RuntimeConfig`] for `PUT /_sim/config`.
@@ -34,6 +36,7 @@ pub(crate) struct RuntimeConfigPatch {
     search_lag_secs: Option<i64>,
     rate_limit_per_window: Option<u32>,
     timezone: Option<String>,
+    strict_gt: Option<bool>,
 }
 
 pub(crate) fn runtime_config(st: &State) -> RuntimeConfig {
@@ -41,6 +44,7 @@ pub(crate) fn runtime_config(st: &State) -> RuntimeConfig {
         search_lag_secs: st.config.search_lag_secs,
         rate_limit_per_window: st.config.rate_limit_per_window,
         timezone: st.config.timezone.name().to_string(),
+        strict_gt: st.config.strict_gt,
     }
 }
 
@@ -50,6 +54,9 @@ fn apply_config(st: &mut State, patch: RuntimeConfigPatch) -> Result<RuntimeConf
     }
     if let Some(l) = patch.search_lag_secs {
         st.config.search_lag_secs = l.max(0);
+    }
+    if let Some(s) = patch.strict_gt {
+        st.config.strict_gt = s;
     }
     if let Some(r) = patch.rate_limit_per_window {
         st.config.rate_limit_per_window = r;

@@ -42,6 +42,14 @@ pub struct FailRule {
     /// How many matching requests fail; defaults to 1.
     #[serde(default = "one")]
     pub count: u32,
+    /// Matching requests let through before the rule starts failing them (e.g. to fail a
+    /// scroll's second page rather than its first).
+    #[serde(default)]
+    pub skip: u32,
+    /// Carry the request out first, then answer with the failure (or drop the connection): the
+    /// write happened, but the client cannot know it.
+    #[serde(default)]
+    pub after_write: bool,
 }
 
 fn one() -> u32 {
@@ -59,6 +67,15 @@ pub(crate) enum FaultAction {
     },
     /// Close the connection without answering.
     Drop,
+}
+
+/// A fault and when it strikes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decision {
+    /// What to answer.
+    pub action: FaultAction,
+    /// Whether the request is carried out first.
+    pub after_write: bool,
 }
 
 /// The default error code for an injected status.
@@ -100,7 +117,13 @@ impl Faults {
         path: &str,
         rng: &mut fastrand::Rng,
         limit: u32,
-    ) -> Option<FaultAction> {
+    ) -> Option<Decision> {
+        let before = |action| {
+            Some(Decision {
+                action,
+                after_write: false,
+            })
+        };
         if let Some(pos) = self.fail_next.iter().position(|r| {
             path.starts_with(&r.path_prefix)
                 && r.method
@@ -108,6 +131,11 @@ impl Faults {
                     .is_none_or(|m| m.eq_ignore_ascii_case(method))
         }) {
             let rule = &mut self.fail_next[pos];
+            if rule.skip > 0 {
+                rule.skip -= 1;
+                return None;
+            }
+            let after_write = rule.after_write;
             let action = if rule.status == 0 {
                 FaultAction::Drop
             } else {
@@ -130,21 +158,24 @@ impl Faults {
             if rule.count == 0 {
                 self.fail_next.remove(pos);
             }
-            return Some(action);
+            return Some(Decision {
+                action,
+                after_write,
+            });
         }
         if self.drop_rate > 0.0 && rng.f64() < self.drop_rate {
-            return Some(FaultAction::Drop);
+            return before(FaultAction::Drop);
         }
         if self.error_rate > 0.0 && rng.f64() < self.error_rate {
             let status = [500u16, 502, 503, 504][rng.usize(0..4)];
-            return Some(FaultAction::Fail {
+            return before(FaultAction::Fail {
                 status,
                 code: "server_error".to_string(),
                 message: default_message(status).to_string(),
             });
         }
         if self.rate_limit_rate > 0.0 && rng.f64() < self.rate_limit_rate {
-            return Some(FaultAction::Fail {
+            return before(FaultAction::Fail {
                 status: 429,
                 code: "rate_limit_exceeded".to_string(),
                 message: format!("Exceeded rate limit of {limit} in 10_seconds"),

@@ -101,6 +101,8 @@ pub struct SimConfig {
     pub frozen_clock: bool,
     /// Companies per scroll page.
     pub scroll_page_size: usize,
+    /// Make `>`/`<` on ticket and conversation stamps exclusive (Intercom's are inclusive).
+    pub strict_gt: bool,
 }
 
 impl Default for SimConfig {
@@ -118,6 +120,7 @@ impl Default for SimConfig {
             start_time: chrono::Utc::now().timestamp(),
             frozen_clock: false,
             scroll_page_size: 50,
+            strict_gt: false,
         }
     }
 }
@@ -191,6 +194,7 @@ impl SimArgs {
             start_time: self.start_time.unwrap_or(defaults.start_time),
             frozen_clock: self.frozen_clock,
             scroll_page_size: self.scroll_page_size.max(1),
+            strict_gt: false,
         })
     }
 }

@@ -161,16 +161,14 @@ fn pipeline(
     }
     st.window.1 += 1;
     reply.rate = Some((limit, limit - st.window.1, start + 10));
-    match st.faults.decide(method, path, &mut st.fault_rng, limit) {
-        Some(FaultAction::Drop) => {
-            reply.drop = true;
-            return reply;
-        }
-        Some(FaultAction::Fail {
+    let fault = st.faults.decide(method, path, &mut st.fault_rng, limit);
+    let fail = |st: &mut State, reply: &mut Reply, action: FaultAction| match action {
+        FaultAction::Drop => reply.drop = true,
+        FaultAction::Fail {
             status,
             code,
             message,
-        }) => {
+        } => {
             if status >= 500 && path.starts_with("/companies/scroll") {
                 // A failed scroll cannot be resumed: the client must restart it.
                 st.scroll = None;
@@ -180,10 +178,16 @@ fn pipeline(
             }
             reply.status = status;
             reply.body = Some(error_body(st, &ApiError::new(status, &code, message)));
+        }
+    };
+    let after = match fault {
+        Some(d) if !d.after_write => {
+            fail(st, &mut reply, d.action);
             return reply;
         }
-        None => {}
-    }
+        Some(d) => Some(d.action),
+        None => None,
+    };
     let result = check_headers(headers).and_then(|()| {
         let body = match parsed {
             None => Ok(Value::Object(Map::new())),
@@ -203,6 +207,11 @@ fn pipeline(
             reply.status = e.status;
             reply.body = Some(error_body(st, &e));
         }
+    }
+    if let Some(action) = after {
+        // The write is done; the client hears of a failure (or nothing) all the same.
+        reply.body = None;
+        fail(st, &mut reply, action);
     }
     reply
 }
@@ -562,7 +571,12 @@ fn me(st: &mut State) -> Res {
 }
 
 fn run_search(st: &mut State, kind: Kind, body: &Map<String, Value>) -> Res {
-    let s = search::parse(kind, &Value::Object(body.clone()), st.config.timezone)?;
+    let s = search::parse(
+        kind,
+        &Value::Object(body.clone()),
+        st.config.timezone,
+        st.config.strict_gt,
+    )?;
     let now = st.now();
     let lag = st.lag();
     Ok(Out::Raw(search::run(st.tables.t(kind), &s, now, lag)))

@@ -253,6 +253,9 @@ fn words(s: &str) -> Vec<String> {
 struct Ctx {
     kind: Kind,
     tz: Tz,
+    /// `>`/`<` on second-precision stamps exclude the given second (as documented for other
+    /// APIs; Intercom's include it). For tests that clients do not rely on the inclusive form.
+    strict_gt: bool,
 }
 
 fn parse_leaf(ctx: &Ctx, obj: &serde_json::Map<String, Value>) -> Result<Node, ApiError> {
@@ -310,7 +313,7 @@ fn parse_leaf(ctx: &Ctx, obj: &serde_json::Map<String, Value>) -> Result<Node, A
             _ => Test::Range(start, next),
         }
     } else {
-        let inclusive = ft == FType::Stamp;
+        let inclusive = ft == FType::Stamp && !ctx.strict_gt;
         match op {
             "=" => Test::Eq(one(&value)?),
             "!=" => Test::Ne(one(&value)?),
@@ -490,9 +493,14 @@ pub(crate) fn default_per_page(kind: Kind) -> usize {
     }
 }
 
-/// Parses a search body. `tz` is the workspace timezone (contact day truncation).
-pub(crate) fn parse(kind: Kind, body: &Value, tz: Tz) -> Result<Search, ApiError> {
-    let ctx = Ctx { kind, tz };
+/// Parses a search body. `tz` is the workspace timezone (contact day truncation);
+/// `strict_gt` makes `>`/`<` on stamps exclusive.
+pub(crate) fn parse(kind: Kind, body: &Value, tz: Tz, strict_gt: bool) -> Result<Search, ApiError> {
+    let ctx = Ctx {
+        kind,
+        tz,
+        strict_gt,
+    };
     let query = body
         .get("query")
         .ok_or_else(|| invalid("query is required"))?;
@@ -787,7 +795,7 @@ mod tests {
     fn the_index_is_read_from_the_querys_lower_bound_only_when_it_is_one() {
         let tz = chrono_tz::Europe::Dublin;
         let bound = |kind, q: Value| {
-            let s = parse(kind, &json!({"query": q}), tz).unwrap();
+            let s = parse(kind, &json!({"query": q}), tz, false).unwrap();
             s.root.lower_bound(&s.sort_path.clone())
         };
         let upd = |op: &str, v: i64| json!({"field": "updated_at", "operator": op, "value": v});
@@ -797,6 +805,7 @@ mod tests {
                 kind,
                 &json!({"query": q, "sort": {"field": "updated_at", "order": "ascending"}}),
                 tz,
+                false,
             )
             .unwrap();
             s.root.lower_bound(&s.sort_path)

@@ -991,6 +991,8 @@ async fn fail_next_and_drop_faults() {
                 code: None,
                 message: None,
                 count: 2,
+                skip: 0,
+                after_write: false,
             },
             FailRule {
                 path_prefix: "/me".into(),
@@ -999,6 +1001,8 @@ async fn fail_next_and_drop_faults() {
                 code: None,
                 message: None,
                 count: 1,
+                skip: 0,
+                after_write: false,
             },
         ],
         ..Faults::default()
@@ -1018,6 +1022,43 @@ async fn fail_next_and_drop_faults() {
     assert!(dropped.is_err(), "{dropped:?}");
     assert_eq!(t.sim().audit().last().unwrap().status, 0);
     assert_eq!(t.call("GET", "/me", None).await.0, 200);
+    assert!(t.sim().faults().fail_next.is_empty());
+}
+
+#[tokio::test]
+async fn fail_next_skips_and_fails_after_the_write() {
+    let t = Client::start(cfg()).await;
+    let contact = t.sim().records(Kind::Contact)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/contacts/".into(),
+            method: Some("POST".into()),
+            status: 500,
+            code: None,
+            message: None,
+            count: 1,
+            skip: 1,
+            after_write: true,
+        }],
+        ..Faults::default()
+    });
+    let path = format!("/contacts/{contact}/notes");
+    let note = |b: &str| json!({"body": b, "admin_id": t.sim().records(Kind::Admin)[0]["id"]});
+    // The first matching request is let through, the second is carried out and then failed.
+    assert_eq!(t.call("POST", &path, Some(note("one"))).await.0, 200);
+    let (s, v) = t.call("POST", &path, Some(note("two"))).await;
+    assert_eq!((s, err_code(&v)), (500, "server_error"));
+    let (_, notes) = t.call("GET", &path, None).await;
+    let bodies: Vec<&str> = notes["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["body"].as_str())
+        .collect();
+    assert!(bodies.iter().any(|b| b.contains("two")), "{bodies:?}");
     assert!(t.sim().faults().fail_next.is_empty());
 }
 
@@ -1299,6 +1340,8 @@ async fn scroll_server_error_requires_restart() {
             code: None,
             message: Some("Request failed due to an internal network error. Please restart the scroll operation.".into()),
             count: 1,
+                skip: 0,
+                after_write: false,
         }],
         ..Faults::default()
     });

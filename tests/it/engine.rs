@@ -213,6 +213,8 @@ async fn a_failing_step_makes_a_dead_letter_that_replays_from_that_step() {
             code: None,
             message: None,
             count: 1,
+            skip: 0,
+            after_write: false,
         }],
         ..Faults::default()
     });
@@ -282,6 +284,8 @@ async fn retry_keeps_the_record_and_holds_the_cursor_without_repeating_done_step
             code: None,
             message: None,
             count: 1,
+            skip: 0,
+            after_write: false,
         }],
         ..Faults::default()
     });
@@ -338,6 +342,8 @@ async fn a_replayed_dead_letter_that_fails_again_neither_pulls_back_nor_pins_the
             code: None,
             message: None,
             count,
+            skip: 0,
+            after_write: false,
         }],
         ..Faults::default()
     };

@@ -15,6 +15,8 @@ fn fail(path: &str, status: u16, count: u32) -> Faults {
             code: None,
             message: None,
             count,
+            skip: 0,
+            after_write: false,
         }],
         ..Faults::default()
     }
@@ -94,6 +96,8 @@ async fn not_found_conflict_and_unprocessable_are_permanent() {
             code: Some("conflict".into()),
             message: None,
             count: 1,
+            skip: 0,
+            after_write: false,
         }],
         ..Faults::default()
     });
