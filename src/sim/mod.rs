@@ -330,6 +330,12 @@ impl Sim {
         control::runtime_config(&self.lock())
     }
 
+    /// Makes `>`/`<` on ticket and conversation stamps exclusive (`true`) or, as Intercom
+    /// documents them, inclusive (`false`).
+    pub fn set_strict_gt(&self, on: bool) {
+        self.lock().config.strict_gt = on;
+    }
+
     /// Sets the search index lag.
     pub fn set_search_lag(&self, secs: i64) {
         self.lock().config.search_lag_secs = secs.max(0);

@@ -145,7 +145,7 @@ async fn contact_updated_sees_later_same_day_changes_once_with_latest_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ticket_triggers_use_the_inclusive_gt_and_page() {
+async fn ticket_triggers_do_not_rely_on_the_inclusive_gt_and_page() {
     let env = SimEnv::start(SimEnv::config(3, 0, 0, 0)).await;
     let since = T0 - 600;
     let contact = env.sim().records(Kind::Contact)[0]["id"]
@@ -169,11 +169,16 @@ async fn ticket_triggers_use_the_inclusive_gt_and_page() {
     }
     assert_eq!(env.poll_ids("new_ticket", since).await, expected);
     let s = searches(&env, "/tickets/search");
-    // `>` is inclusive for tickets, so `since` itself is sent; 152 matches → two pages.
+    // `>` is inclusive for tickets, but sluice does not rely on it: one second earlier is
+    // sent, the extra record is dropped locally; 153 matches → two pages.
     assert_eq!(
         s.iter().map(|x| x.0.clone()).collect::<Vec<_>>(),
-        vec![json!(since), json!(since)]
+        vec![json!(since - 1), json!(since - 1)]
     );
+    // Were the API's `>` exclusive, nothing would be lost.
+    env.sim().set_strict_gt(true);
+    assert_eq!(env.poll_ids("new_ticket", since).await, expected);
+    env.sim().set_strict_gt(false);
 
     // ticket_updated: an old ticket changed now comes back; unchanged old ones do not.
     env.sim().clear_audit();
@@ -184,11 +189,11 @@ async fn ticket_triggers_use_the_inclusive_gt_and_page() {
         .unwrap();
     let ids = env.poll_ids("ticket_updated", T0 + 50).await;
     assert_eq!(ids, vec![old]);
-    assert_eq!(searches(&env, "/tickets/search")[0].0, json!(T0 + 50));
+    assert_eq!(searches(&env, "/tickets/search")[0].0, json!(T0 + 49));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conversation_triggers_use_the_inclusive_gt_and_page() {
+async fn conversation_triggers_do_not_rely_on_the_inclusive_gt_and_page() {
     let env = SimEnv::start(SimEnv::config(2, 0, 0, 0)).await;
     let since = T0 - 900;
     let contact = env.sim().records(Kind::Contact)[0]["id"]
@@ -204,7 +209,10 @@ async fn conversation_triggers_use_the_inclusive_gt_and_page() {
     assert_eq!(env.poll_ids("new_conversation", since).await, expected);
     let s = searches(&env, "/conversations/search");
     assert_eq!(s.len(), 2);
-    assert_eq!(s[0].0, json!(since));
+    assert_eq!(s[0].0, json!(since - 1));
+    env.sim().set_strict_gt(true);
+    assert_eq!(env.poll_ids("new_conversation", since).await, expected);
+    env.sim().set_strict_gt(false);
 
     env.sim().clear_audit();
     env.sim().advance_clock(60);
