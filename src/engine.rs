@@ -497,6 +497,17 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         .conns
         .get(&recipe.connection)
         .ok_or_else(|| anyhow!("connection `{}` is not open", recipe.connection))?;
+    // "Now" is the server's: a first cursor (`start_from: now`) taken from a local clock
+    // ahead of the server's would skip what the server writes meanwhile. The poll stops at
+    // the cycle's start, so changes made while the cycle runs (its own writes too) are the
+    // next cycle's.
+    let now = conn.server_now().await;
+    let deps = &Deps {
+        store: deps.store,
+        conns: deps.conns,
+        emit: deps.emit,
+        now,
+    };
     let (cp, min_open, open) = resume_journal(recipe, deps, rep).await?;
     let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
     let polling = |f: crate::http::Failure| {
@@ -505,6 +516,7 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
     let mut poll = Poll::start(conn, trigger, since, recipe.options.clone())
         .await
         .map_err(polling)?;
+    poll.until(now);
     let mut progress = Progress::new(cp.cursor);
     progress.min_open = min_open;
     let mut cy = Cycle {

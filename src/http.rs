@@ -5,6 +5,7 @@
 //! `Failure` type the rest of the runtime branches on. Never logs or returns a token, and shows
 //! URLs without their query string. Does not decide what to do with a failure beyond retrying.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,7 +186,13 @@ pub struct Connection {
     retry: RetryPolicy,
     client: reqwest::Client,
     rate: Mutex<RateState>,
+    /// The server's clock minus ours, in seconds, from the last response's `Date` header
+    /// ([`NO_OFFSET`] until one arrives).
+    clock_offset: AtomicI64,
 }
+
+/// `Connection::clock_offset` before any `Date` header was seen.
+const NO_OFFSET: i64 = i64::MIN;
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,6 +300,7 @@ impl Connection {
             retry,
             client,
             rate: Mutex::new(RateState::default()),
+            clock_offset: AtomicI64::new(NO_OFFSET),
         })
     }
 
@@ -330,6 +338,12 @@ impl Connection {
         if self.configured_tz.is_some() {
             return self.configured_tz;
         }
+        self.discover().await
+    }
+
+    /// Asks the connector's `timezone` request once per connection: the account's timezone,
+    /// and (through the response's `Date`) the server's clock.
+    async fn discover(&self) -> Option<Tz> {
         let spec = self.connector.header.timezone.as_ref()?;
         *self
             .discovered_tz
@@ -346,18 +360,51 @@ impl Connection {
                         match name.and_then(|n| n.parse::<Tz>().ok()) {
                             Some(tz) => Some(tz),
                             None => {
-                                warn!(connection = %self.name, "The account's timezone could not be read; day-granular triggers will look two days back.");
+                                if self.configured_tz.is_none() {
+                                    warn!(connection = %self.name, "The account's timezone could not be read; day-granular triggers will look two days back.");
+                                }
                                 None
                             }
                         }
                     }
                     Err(error) => {
-                        warn!(connection = %self.name, %error, "Could not learn the account's timezone; day-granular triggers will look two days back.");
+                        warn!(connection = %self.name, %error, "Could not ask the account's timezone and clock; day-granular triggers will look two days back.");
                         None
                     }
                 }
             })
             .await
+    }
+
+    /// "Now" on the server's clock (Unix seconds), from the `Date` header of the last
+    /// response. Before the first response it asks the connector's `timezone` request once (a
+    /// cheap `GET /me` for Intercom); without one, or without a usable `Date`, it is the local
+    /// clock. Cursors bounded by "now" use this, so a server whose clock is behind ours cannot
+    /// make sluice skip the records it writes meanwhile.
+    pub async fn server_now(&self) -> i64 {
+        if self.clock_offset.load(Ordering::Relaxed) == NO_OFFSET {
+            self.discover().await;
+        }
+        let local = chrono::Utc::now().timestamp();
+        match self.clock_offset.load(Ordering::Relaxed) {
+            NO_OFFSET => local,
+            off => local.saturating_add(off),
+        }
+    }
+
+    /// Notes the server's clock from a response's `Date` header.
+    fn note_date(&self, headers: &reqwest::header::HeaderMap) {
+        let server = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
+        if let Some(server) = server {
+            let off = server.saturating_sub(chrono::Utc::now().timestamp());
+            self.clock_offset
+                .store(off.max(NO_OFFSET + 1), Ordering::Relaxed);
+        }
     }
 
     /// Sends a request, retrying retryable failures with backoff and waiting out rate limits.
@@ -514,6 +561,7 @@ impl Connection {
             }
         };
         let status = resp.status().as_u16();
+        self.note_date(resp.headers());
         let wait = self.note_rate_headers(resp.headers()).await;
         let bytes = match resp.bytes().await {
             Ok(b) => b,

@@ -80,6 +80,8 @@ pub struct Poll<'a> {
     conn: &'a Connection,
     trigger: &'a Trigger,
     since: i64,
+    /// Records at or after this (server time) are left to the next poll.
+    until: i64,
     scope: Scope,
     next: Next,
     /// Pages fetched, all attempts included.
@@ -124,6 +126,7 @@ impl<'a> Poll<'a> {
             conn,
             trigger,
             since,
+            until: i64::MAX,
             scope: Scope::new(Value::Object(scope)),
             next: Next::First,
             pages: 0,
@@ -132,7 +135,16 @@ impl<'a> Poll<'a> {
         })
     }
 
-    /// The next batch of records with `cursor ≥ since`, in cursor order; `None` at the end.
+    /// Leaves records whose cursor is at or after `until` to a later poll, and stops paging a
+    /// sorted trigger once a page reaches it. A cycle passes its start (on the server's clock),
+    /// so changes made while it runs, its own writes included, are the next cycle's and a
+    /// recipe that changes the records it watches still finishes.
+    pub fn until(&mut self, until: i64) {
+        self.until = until;
+    }
+
+    /// The next batch of records with `since ≤ cursor < until`, in cursor order; `None` at the
+    /// end.
     /// Unsorted (scan) triggers read every page first and return one sorted batch.
     pub async fn next_page(&mut self) -> Result<Option<Vec<Record>>, Failure> {
         let picker = self.picker();
@@ -172,6 +184,7 @@ impl<'a> Poll<'a> {
         Picker {
             trigger: self.trigger,
             since: self.since,
+            until: self.until,
         }
     }
 
@@ -342,6 +355,20 @@ impl<'a> Poll<'a> {
                 }
             }
         };
+        if self.until < i64::MAX
+            && self.trigger.spec.cursor.sort == SortSpec::Ascending
+            && !matches!(self.next, Next::Done)
+        {
+            // Sorted oldest first: once a page reaches `until`, later pages hold only records
+            // for the next poll. (A malformed last record is left to the picker to report.)
+            let last = list
+                .last()
+                .and_then(|raw| pick(raw, &self.trigger.record_fields).ok())
+                .and_then(|fields| cursor_of(self.trigger, &Value::Object(fields)));
+            if last.is_some_and(|c| c >= self.until) {
+                self.next = Next::Done;
+            }
+        }
         Ok(Some(Batch {
             page: self.pages,
             request: req.describe(),
@@ -390,6 +417,7 @@ impl Batch {
 pub struct Picker<'a> {
     trigger: &'a Trigger,
     since: i64,
+    until: i64,
 }
 
 impl<'a> Picker<'a> {
@@ -430,7 +458,7 @@ impl<'a> Picker<'a> {
                 self.trigger.cursor_field.join(".")
             )));
         };
-        Ok((c >= self.since).then(|| Record::new(raw, fields, c)))
+        Ok((c >= self.since && c < self.until).then(|| Record::new(raw, fields, c)))
     }
 }
 

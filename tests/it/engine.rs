@@ -421,6 +421,7 @@ async fn dedupe_keys_behind_the_lookback_are_pruned() {
     let v = e.sluice(&["state", "show", "--json"]).await.json();
     assert_eq!(v[0]["state"]["dedupe_keys"], 2);
     // A day later the cursor has moved on: the two keys fall behind the bound and are pruned.
+    e.env.sim().advance_clock(86_400 + 1);
     e.contact("later@x.io", T0 + 86_400);
     let (_, rep) = e.run_once().await;
     assert_eq!(

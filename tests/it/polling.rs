@@ -1,0 +1,167 @@
+//! Polling reliability against a server that is not our clock or our order: `start_from: now`
+//! on a server whose clock is behind, a cycle whose own writes change what it watches, scans
+//! that restart, companies that become visible late, writes whose outcome is unknown. Through
+//! `sluice run --once` with the simulator's audit log and state as the oracle.
+
+use serde_json::{json, Value};
+use sluice::sim::Kind;
+
+use crate::util::{run_async, Run, SimEnv, T0};
+
+/// The seven triggers of the Intercom connector.
+const TRIGGERS: [&str; 7] = [
+    "new_contact",
+    "contact_updated",
+    "new_or_updated_company",
+    "new_ticket",
+    "ticket_updated",
+    "new_conversation",
+    "conversation_updated",
+];
+
+/// A workspace whose `recipes/` holds the given recipes (id → YAML).
+fn write_recipes(env: &SimEnv, recipes: &[(String, String)]) {
+    let dir = env.ws.path().join("recipes");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (id, yaml) in recipes {
+        std::fs::write(dir.join(format!("{id}.yaml")), yaml).unwrap();
+    }
+}
+
+/// `sluice run --once --json` over the workspace's recipes; the reports by recipe id.
+async fn run_once(env: &SimEnv) -> (Run, std::collections::BTreeMap<String, Value>) {
+    let dir = env.ws.path();
+    let mut c = env.cmd(&["run", "--once", "--json"]);
+    c.arg("--recipes")
+        .arg(dir.join("recipes"))
+        .arg("--state-dir")
+        .arg(dir.join("state"));
+    let r = run_async(c).await;
+    let reports: Value =
+        serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
+    let by_id = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|rep| (rep["recipe"].as_str().unwrap().to_string(), rep.clone()))
+        .collect();
+    (r, by_id)
+}
+
+fn emit_recipe(trigger: &str, out: &std::path::Path) -> (String, String) {
+    let id = format!("emit_{trigger}");
+    let yaml = format!(
+        "id: {id}\nconnection: intercom\ntrigger: intercom.{trigger}\nschedule:\n  every: 1m\nstart_from: now\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{{{record.id}}}}\"\n      to: {}\n",
+        out.join(format!("{trigger}.jsonl")).display()
+    );
+    (id, yaml)
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_now_takes_now_from_the_server_clock_for_every_trigger() {
+    // The simulator's clock stands at T0, months behind this machine's: a first cursor taken
+    // from the local clock would skip everything the server writes until its clock catches up.
+    let env = SimEnv::start(SimEnv::config(3, 0, 0, 0)).await;
+    let out = tempfile::tempdir().unwrap();
+    let recipes: Vec<_> = TRIGGERS
+        .iter()
+        .map(|t| emit_recipe(t, out.path()))
+        .collect();
+    write_recipes(&env, &recipes);
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    assert_eq!(reps.len(), 7);
+    for (id, rep) in &reps {
+        assert_eq!(rep["fired"], 0, "{id}: history must not fire: {rep}");
+        assert_eq!(rep["cursor_after"], json!(T0), "{id}: {rep}");
+    }
+    // One record of each kind, written on the server's clock after the first cycle.
+    env.sim().advance_clock(2);
+    let contact = id(&env
+        .sim()
+        .create(Kind::Contact, json!({"email": "skew@x.io", "role": "user"}))
+        .unwrap());
+    let company = id(&env
+        .sim()
+        .create(Kind::Company, json!({"name": "Skew Ltd"}))
+        .unwrap());
+    env.sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "skew2@x.io", "role": "user", "company_ids": [company]}),
+        )
+        .unwrap();
+    let ticket_type = env
+        .sim()
+        .records(Kind::TicketType)
+        .into_iter()
+        .find(|t| t["category"] == "Customer")
+        .map(|t| id(&t))
+        .unwrap();
+    env.sim()
+        .create(
+            Kind::Ticket,
+            json!({"ticket_type_id": ticket_type, "contact_id": contact}),
+        )
+        .unwrap();
+    env.sim()
+        .create(Kind::Conversation, json!({"contact_id": contact}))
+        .unwrap();
+    env.sim().advance_clock(2);
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    for (id, rep) in &reps {
+        let fired = rep["fired"].as_u64().unwrap();
+        assert!(
+            fired >= 1,
+            "{id} lost what the server wrote after it started: {rep}"
+        );
+    }
+    for t in TRIGGERS {
+        let lines = std::fs::read_to_string(out.path().join(format!("{t}.jsonl"))).unwrap();
+        assert!(!lines.is_empty(), "{t}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_leaves_changes_made_while_it_runs_to_the_next_cycle() {
+    // Each note bumps the contact's `updated_at`, which is what the recipe watches: without
+    // an upper bound the cycle keeps finding its own writes.
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    let recipe = "id: note_updated\nconnection: intercom\ntrigger: intercom.contact_updated\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"seen {{record.email}}\"\n";
+    write_recipes(&env, &[("note_updated".into(), recipe.into())]);
+    for i in 0..300 {
+        let ts = T0 - 3000 + i;
+        env.sim()
+            .create(
+                Kind::Contact,
+                json!({"email": format!("c{i}@x.io"), "role": "user", "created_at": ts, "updated_at": ts}),
+            )
+            .unwrap();
+    }
+    let notes = |env: &SimEnv| {
+        env.sim()
+            .audit()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with("/notes") && e.status < 300)
+            .count()
+    };
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    let rep = &reps["note_updated"];
+    assert_eq!(
+        (rep["fired"].as_u64(), rep["finished"].as_u64()),
+        (Some(300), Some(300)),
+        "{rep}"
+    );
+    assert_eq!(notes(&env), 300);
+    // The notes' changes are the next cycle's; while the server's clock stands still they
+    // are not polled.
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(reps["note_updated"]["fired"], 0, "{}", reps["note_updated"]);
+    assert_eq!(notes(&env), 300);
+}
