@@ -454,6 +454,7 @@ impl Connection {
     ) -> Result<RawResponse, Failure> {
         let mut attempts = 0u32;
         let mut rate_waits = 0u32;
+        let first = tokio::time::Instant::now();
         loop {
             self.throttle().await;
             attempts += 1;
@@ -478,9 +479,15 @@ impl Connection {
                     f
                 }
             };
+            // A rule's `retry_for` (a state that clears by itself, such as another client's
+            // scroll expiring) keeps retrying until that long has passed, whatever the count.
+            let within_window = || {
+                retry_window(&failure, &[rules, &self.connector.errors])
+                    .is_some_and(|w| first.elapsed() < w)
+            };
             if retry
                 && failure.class == FailureClass::Retryable
-                && attempts < self.retry.max_attempts
+                && (attempts < self.retry.max_attempts || within_window())
             {
                 let delay = self.retry.backoff(attempts);
                 debug!(connection = %self.name, request = %req.describe(), status = failure.status, error = %failure.message, delay_ms = delay.as_millis() as u64, "Retrying after a transient failure.");
@@ -665,6 +672,30 @@ pub(crate) fn snippet(raw: &[u8]) -> String {
     }
 }
 
+/// The first rule (action/trigger rules first, then the connector's) matching a status and
+/// error code.
+fn matching_rule<'r>(
+    status: u16,
+    code: Option<&str>,
+    rule_sets: &[&'r [ErrorRuleSpec]],
+) -> Option<&'r ErrorRuleSpec> {
+    rule_sets.iter().flat_map(|rules| rules.iter()).find(|r| {
+        let code_ok = match (&r.code, code) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want == got,
+            (Some(_), None) => false,
+        };
+        code_ok && r.status.contains(&status)
+    })
+}
+
+/// How long a failure's rule says to keep retrying it (`retry_for`), if it says so.
+fn retry_window(failure: &Failure, rule_sets: &[&[ErrorRuleSpec]]) -> Option<Duration> {
+    let rule = matching_rule(failure.status?, failure.code.as_deref(), rule_sets)?;
+    let secs = crate::plan::parse_duration(rule.retry_for.as_deref()?).ok()?;
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
 /// Classifies a failed response: the first matching rule (action/trigger rules first, then the
 /// connector's), else the built-in table. This is the only place statuses become classes.
 pub fn classify(
@@ -672,17 +703,8 @@ pub fn classify(
     code: Option<&str>,
     rule_sets: &[&[ErrorRuleSpec]],
 ) -> (FailureClass, Option<String>) {
-    for rules in rule_sets {
-        for r in rules.iter() {
-            let code_ok = match (&r.code, code) {
-                (None, _) => true,
-                (Some(want), Some(got)) => want == got,
-                (Some(_), None) => false,
-            };
-            if code_ok && r.status.contains(&status) {
-                return (r.class, r.help.clone());
-            }
-        }
+    if let Some(r) = matching_rule(status, code, rule_sets) {
+        return (r.class, r.help.clone());
     }
     let class = match status {
         401 => FailureClass::Auth,
@@ -705,6 +727,7 @@ mod tests {
             code: code.map(str::to_string),
             class,
             help: None,
+            retry_for: None,
         }
     }
 

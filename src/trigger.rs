@@ -202,6 +202,10 @@ impl<'a> Poll<'a> {
             self.next = Next::First;
             let picker = self.picker();
             loop {
+                // A scroll that fails past its first page cannot be resumed, whatever the
+                // failure (an error, or the scroll expired: Intercom answers 404 or 400):
+                // start over. Credentials and exhausted rate limits are not the scroll's fault.
+                let continuing = matches!(self.next, Next::Token(_));
                 match self.fetch().await {
                     Ok(Some(batch)) => {
                         for r in picker.read(batch) {
@@ -211,8 +215,14 @@ impl<'a> Poll<'a> {
                     Ok(None) => break,
                     Err(f)
                         if restart
-                            && f.class == FailureClass::Retryable
-                            && restarts < MAX_RESTARTS =>
+                            && restarts < MAX_RESTARTS
+                            && (f.class == FailureClass::Retryable
+                                || (continuing
+                                    && f.status.is_some()
+                                    && matches!(
+                                        f.class,
+                                        FailureClass::Fatal | FailureClass::Conflict
+                                    ))) =>
                     {
                         restarts += 1;
                         tracing::warn!(trigger = %self.trigger.id, error = %f, "Scan failed mid-way; restarting it from the first page.");

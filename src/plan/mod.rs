@@ -384,6 +384,23 @@ fn check_rules(cx: &mut Ctx, path: &str, rules: &[ErrorRuleSpec]) {
                 );
             }
         }
+        if let Some(d) = &r.retry_for {
+            let at = format!("{path}.{i}.retry_for");
+            match parse_duration(d) {
+                Err(m) => cx.err(&at, m, Some("e.g. `retry_for: 90s`".into())),
+                Ok(secs) if !(1..=3600).contains(&secs) => cx.err(
+                    &at,
+                    format!("`{d}` is outside 1s to 1h"),
+                    Some("e.g. `retry_for: 90s`".into()),
+                ),
+                Ok(_) if r.class != FailureClassSpec::Retryable => cx.err(
+                    &at,
+                    "`retry_for` only applies to rules of class `retryable`",
+                    None,
+                ),
+                Ok(_) => {}
+            }
+        }
     }
 }
 

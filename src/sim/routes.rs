@@ -169,8 +169,9 @@ fn pipeline(
             code,
             message,
         } => {
-            if status >= 500 && path.starts_with("/companies/scroll") {
-                // A failed scroll cannot be resumed: the client must restart it.
+            if status >= 400 && status != 429 && path.starts_with("/companies/scroll") {
+                // A failed (or, for an injected 404, expired) scroll cannot be resumed: the
+                // client must restart it.
                 st.scroll = None;
             }
             if status == 429 {

@@ -137,6 +137,11 @@ pub struct ErrorRuleSpec {
     /// How to fix it, shown to the user.
     #[serde(default)]
     pub help: Option<String>,
+    /// For a `retryable` rule: keep retrying (with backoff) until this long (`90s`, `2m`) has
+    /// passed since the first attempt, however many attempts that takes — for a state that
+    /// clears by itself after a known time, such as another client's scroll expiring.
+    #[serde(default)]
+    pub retry_for: Option<String>,
 }
 
 /// How to learn the account's timezone from the API.

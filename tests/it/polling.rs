@@ -165,3 +165,91 @@ async fn a_cycle_leaves_changes_made_while_it_runs_to_the_next_cycle() {
     assert_eq!(reps["note_updated"]["fired"], 0, "{}", reps["note_updated"]);
     assert_eq!(notes(&env), 300);
 }
+
+/// Companies Intercom lists (those with contacts), as the trigger returns them: oldest
+/// change first, ties by id.
+fn listed_companies(env: &SimEnv, since: i64) -> Vec<String> {
+    let mut v: Vec<(i64, String)> = env
+        .sim()
+        .records(Kind::Company)
+        .into_iter()
+        .filter(|c| c["user_count"].as_i64().unwrap_or(0) > 0)
+        .filter(|c| c["updated_at"].as_i64().unwrap() >= since)
+        .map(|c| (c["updated_at"].as_i64().unwrap(), id(&c)))
+        .collect();
+    v.sort();
+    v.into_iter().map(|x| x.1).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scroll_that_expires_mid_scan_starts_over() {
+    let env = SimEnv::start(SimEnv::config(300, 120, 0, 0)).await;
+    // The second scroll page answers 404, as Intercom does for an expired `scroll_param`.
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![sluice::sim::FailRule {
+            path_prefix: "/companies/scroll".into(),
+            method: None,
+            status: 404,
+            code: Some("not_found".into()),
+            message: Some("scroll_param not found".into()),
+            count: 1,
+            skip: 1,
+            after_write: false,
+        }],
+        ..sluice::sim::Faults::default()
+    });
+    let since = T0 - 30 * 86_400;
+    assert_eq!(
+        env.poll_ids("new_or_updated_company", since).await,
+        listed_companies(&env, since)
+    );
+    let scrolls: Vec<(Option<String>, u16)> = env
+        .audit()
+        .into_iter()
+        .filter(|e| e.path == "/companies/scroll")
+        .map(|e| (e.query, e.status))
+        .collect();
+    assert_eq!(scrolls[1].1, 404, "{scrolls:?}");
+    assert_eq!(
+        scrolls[2],
+        (None, 200),
+        "restarts from the first page: {scrolls:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_open_scroll_is_waited_out_beyond_the_retry_count() {
+    let env = SimEnv::start(SimEnv::config(300, 120, 0, 0)).await;
+    // Another client holds the app's one scroll.
+    let other = reqwest::Client::new()
+        .get(format!("{}/companies/scroll", env.handle.base_url))
+        .bearer_auth(crate::util::TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    // Once sluice has been told `scroll_exists` more often than its retry count (3 here),
+    // the other scroll expires (a minute idle on the simulator's clock).
+    let sim = env.sim().clone();
+    let watcher = tokio::spawn(async move {
+        loop {
+            let refused = sim
+                .audit()
+                .iter()
+                .filter(|e| e.path == "/companies/scroll" && e.status == 400)
+                .count();
+            if refused >= 6 {
+                sim.advance_clock(61);
+                return refused;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    let since = T0 - 30 * 86_400;
+    let r = env.poll("new_or_updated_company", since).await;
+    r.assert_ok();
+    assert!(watcher.await.unwrap() >= 6);
+    let ids: Vec<String> = r.json_lines().iter().map(id).collect();
+    assert!(!ids.is_empty());
+}
