@@ -31,7 +31,7 @@ use crate::action::{self, ActionError};
 use crate::http::{Connection, FailureClass};
 use crate::plan::{Recipe, StartFrom, Step, StepAction};
 use crate::record::{parse_raw, write_line, Record};
-use crate::spec::OnErrorSpec;
+use crate::spec::{OnErrorSpec, SortSpec};
 use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
 use crate::template::{RenderError, Scope};
 use crate::trigger::Poll;
@@ -265,14 +265,22 @@ impl Progress {
 
     /// Commits what is pending (emit lines first), keeping the cursor bounds. Dedupe keys
     /// already behind the pruning bound of the new cursor are not written.
-    fn commit(&mut self, deps: &Deps<'_>, recipe: &Recipe, cp: &Checkpoint) -> Result<()> {
+    /// `known`: for a scan, the ids to remember as listed (in the same batch).
+    fn commit(
+        &mut self,
+        deps: &Deps<'_>,
+        recipe: &Recipe,
+        cp: &Checkpoint,
+        known: Option<Vec<String>>,
+    ) -> Result<()> {
         deps.emit.flush()?;
-        deps.store.commit(
+        deps.store.commit_with_known(
             &recipe.id,
             &self.finished,
             &self.dead,
             *cp,
             prune_bound(recipe, cp.cursor),
+            known.as_deref(),
         )?;
         self.finished.clear();
         self.dead.clear();
@@ -373,7 +381,7 @@ pub async fn resume_journal(
     }
     cp.high = cp.high.max(progress.max_done);
     if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
-        progress.commit(deps, recipe, &cp)?;
+        progress.commit(deps, recipe, &cp, None)?;
     }
     if let Some(m) = progress.abort {
         return Err(anyhow!(m));
@@ -392,35 +400,55 @@ struct Cycle<'r, 'd> {
     /// Keys of handled records (loaded from the store, plus those finished since) with their
     /// cursor values; those behind the pruning bound are dropped at each commit.
     handled: HashMap<String, i64>,
+    /// Ids of a scan's late arrivals taken care of in this cycle.
+    late_done: HashSet<String>,
+    /// For a scan: the ids to remember as listed, written with the last commit.
+    known: Option<Vec<String>>,
 }
 
 impl Cycle<'_, '_> {
-    /// Dedupes one polled record and runs its chain.
+    /// Dedupes one polled record and runs its chain. A late arrival of a scan (see
+    /// [`Record::late`]) that is taken care of (finished, or in the journal) is noted, so the
+    /// next scan knows it.
     async fn handle(&mut self, record: Record, rep: &mut CycleReport) -> Result<()> {
+        let late = record
+            .late
+            .then(|| crate::trigger::id_of(self.recipe.trigger(), record.fields()))
+            .flatten();
+        let taken_care_of = self.handle_record(record, rep).await?;
+        if let (Some(id), true) = (late, taken_care_of) {
+            self.late_done.insert(id);
+        }
+        Ok(())
+    }
+
+    /// [`Cycle::handle`]; true when the record needs nothing more from the poll (finished,
+    /// seen before, or left to the journal).
+    async fn handle_record(&mut self, record: Record, rep: &mut CycleReport) -> Result<bool> {
         let (recipe, deps) = (self.recipe, self.deps);
         let trigger = recipe.trigger();
         rep.polled += 1;
         let ts = record.ts;
-        if ts < self.cp.floor {
-            return Ok(());
+        if ts < self.cp.floor && !record.late {
+            return Ok(true);
         }
         let key = trigger
             .dedupe_key
             .render(record.fields())
             .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
         if self.open.contains(&key) {
-            return Ok(());
+            return Ok(true);
         }
         if self.handled.contains_key(&key) {
             // Handled before: finished, so the cursor may move past it.
             rep.skipped_seen += 1;
             self.progress.seen(ts);
-            return Ok(());
+            return Ok(true);
         }
         if self.progress.abort.is_some() {
             // After an abort nothing else runs; the cursor must not pass this record.
             self.progress.hold(ts);
-            return Ok(());
+            return Ok(false);
         }
         let mut chain = Some(Chain {
             raw: record.into_raw(),
@@ -441,7 +469,7 @@ impl Cycle<'_, '_> {
                 rep.filtered += 1;
                 self.handled.insert(key.clone(), ts);
                 self.progress.finish(key, ts, false);
-                return Ok(());
+                return Ok(true);
             }
             Some(Err(e)) => {
                 rep.dead_letters += 1;
@@ -460,13 +488,14 @@ impl Cycle<'_, '_> {
             }
         };
         let journaled = chain.as_ref().is_some_and(|c| c.journaled);
-        if matches!(outcome, Outcome::Unfinished | Outcome::Abort(_)) {
+        let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
+        if unfinished {
             self.open.insert(key.clone());
         } else {
             self.handled.insert(key.clone(), ts);
         }
         self.progress.outcome(outcome, key, ts, journaled);
-        Ok(())
+        Ok(!unfinished || journaled)
     }
 
     /// Commits what is pending and moves the cursor: past every finished record, never past
@@ -484,7 +513,8 @@ impl Cycle<'_, '_> {
         // offset (page-number) pagination a record can show up again on the next page when
         // records are inserted ahead of it while the trigger pages.
         let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
-        self.progress.commit(self.deps, self.recipe, &self.cp)?;
+        self.progress
+            .commit(self.deps, self.recipe, &self.cp, self.known.take())?;
         let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
         self.handled.retain(|_, ts| *ts >= bound);
         Ok(())
@@ -517,6 +547,10 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         .await
         .map_err(polling)?;
     poll.until(now);
+    let scan = trigger.spec.cursor.sort == SortSpec::None;
+    if scan {
+        poll.known_ids(deps.store.known_ids(&recipe.id)?);
+    }
     let mut progress = Progress::new(cp.cursor);
     progress.min_open = min_open;
     let mut cy = Cycle {
@@ -526,9 +560,13 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
         progress,
         open,
         handled: deps.store.handled_keys(&recipe.id)?,
+        late_done: HashSet::new(),
+        known: None,
     };
     let picker = poll.picker();
     let mut page = poll.next_batch().await.map_err(polling)?;
+    // A scan reads everything in its first batch: what it listed is known now.
+    let scanned = poll.scanned_ids();
     // Each page's records are read and handled while the next page is fetched (so the API
     // works on it meanwhile). Whatever ends the loop, what has finished is committed before
     // returning.
@@ -580,6 +618,17 @@ async fn cycle(recipe: &Recipe, deps: &Deps<'_>, rep: &mut CycleReport) -> Resul
             cy.commit()?;
         }
     };
+    if let Some(scanned) = scanned {
+        // Remember what the scan listed, except late arrivals not taken care of: the next
+        // scan must see them as late again.
+        cy.known = Some(
+            scanned
+                .ids
+                .into_iter()
+                .filter(|id| !scanned.late.contains(id) || cy.late_done.contains(id))
+                .collect(),
+        );
+    }
     cy.commit()?;
     rep.cursor_after = Some(cy.cp.cursor);
     result?;

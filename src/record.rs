@@ -22,13 +22,22 @@ pub struct Record {
     fields: Value,
     /// Its cursor value.
     pub ts: i64,
+    /// A scanned record whose id the scan had never listed before although its cursor value
+    /// is older than the poll's start (Intercom lists a company only once it has a contact):
+    /// it fires all the same.
+    pub late: bool,
 }
 
 impl Record {
     /// A record from its JSON text, an object of the fields picked out of it (see [`pick`])
     /// and its cursor value.
     pub fn new(raw: Box<RawValue>, fields: Value, ts: i64) -> Record {
-        Record { raw, fields, ts }
+        Record {
+            raw,
+            fields,
+            ts,
+            late: false,
+        }
     }
 
     /// The record's JSON text, exactly as the API sent it.

@@ -40,6 +40,14 @@ const LEGACY_DEDUPE_BY_TIME: u8 = b't';
 pub const JOURNAL: u8 = b'j';
 /// Key prefix of dead letters.
 pub const DEAD_LETTERS: u8 = b'x';
+/// Key prefix of the ids a scan trigger last listed (recipe → [`KnownIds`]).
+pub const KNOWN_IDS: u8 = b'k';
+
+/// The ids a recipe's scan trigger listed in its last complete scan.
+#[derive(Debug, Serialize, Deserialize)]
+struct KnownIds {
+    ids: Vec<String>,
+}
 
 /// A recipe's progress: every record with a cursor value below `cursor` has finished, and
 /// records older than `floor` never fire (the recipe's `start_from`).
@@ -227,6 +235,9 @@ pub struct RecipeState {
     pub in_journal: usize,
     /// Dead letters.
     pub dead_letters: usize,
+    /// For a scan trigger: ids its last complete scan listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_ids: Option<usize>,
 }
 
 /// The state store.
@@ -297,6 +308,15 @@ impl StateStore {
         Ok(out)
     }
 
+    /// The ids the recipe's scan trigger listed in its last complete scan; `None` before the
+    /// first.
+    pub fn known_ids(&self, recipe: &str) -> Result<Option<std::collections::HashSet<String>>> {
+        self.tree
+            .get(key(KNOWN_IDS, recipe, ""))?
+            .map(|b| decode::<KnownIds>("known ids", &b).map(|k| k.ids.into_iter().collect()))
+            .transpose()
+    }
+
     /// The journal entry of a record whose chain is under way.
     pub fn journal(&self, recipe: &str, k: &str) -> Result<Option<JournalEntry>> {
         self.tree
@@ -326,7 +346,28 @@ impl StateStore {
         checkpoint: Checkpoint,
         keep_from: i64,
     ) -> Result<()> {
+        self.commit_with_known(recipe, finished, dead, checkpoint, keep_from, None)
+    }
+
+    /// [`StateStore::commit`], also replacing the ids the recipe's scan last listed (in the
+    /// same atomic batch, so a record that fired as a late arrival is never taken for one
+    /// again after a crash).
+    pub fn commit_with_known(
+        &self,
+        recipe: &str,
+        finished: &[(String, i64, bool)],
+        dead: &[DeadLetter],
+        checkpoint: Checkpoint,
+        keep_from: i64,
+        known: Option<&[String]>,
+    ) -> Result<()> {
         let mut b = sled::Batch::default();
+        if let Some(ids) = known {
+            b.insert(
+                key(KNOWN_IDS, recipe, ""),
+                encode(&KnownIds { ids: ids.to_vec() }),
+            );
+        }
         // Keys at or before the cursor in one block; keys ahead of it (records after one that
         // holds the cursor back, or dated in the future) in another, so that one far-ahead key
         // cannot keep a whole commit's keys from being pruned.
@@ -520,6 +561,7 @@ impl StateStore {
             dedupe_keys: self.handled_keys(recipe)?.len(),
             in_journal: self.tree.scan_prefix(prefix(JOURNAL, recipe)).count(),
             dead_letters: self.dead_letters(Some(recipe))?.len(),
+            known_ids: self.known_ids(recipe)?.map(|k| k.len()),
         })
     }
 
@@ -541,6 +583,7 @@ impl StateStore {
     pub fn reset(&self, recipe: &str) -> Result<()> {
         let mut b = sled::Batch::default();
         b.remove(cursor_key(recipe));
+        b.remove(key(KNOWN_IDS, recipe, ""));
         for kind in [DEDUPE_BLOCKS, JOURNAL] {
             for item in self.tree.scan_prefix(prefix(kind, recipe)) {
                 b.remove(item?.0);

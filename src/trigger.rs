@@ -4,6 +4,8 @@
 //! filter value (widened for day-granular and exclusive comparisons), the local `cursor ≥ since`
 //! filter and, for unsorted scans, sorting. Does not dedupe, run actions or keep state.
 
+use std::collections::HashSet;
+
 use chrono::TimeZone;
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -82,6 +84,10 @@ pub struct Poll<'a> {
     since: i64,
     /// Records at or after this (server time) are left to the next poll.
     until: i64,
+    /// For scans: the ids earlier scans listed (`None`: no earlier scan is known).
+    known: Option<HashSet<String>>,
+    /// For scans, once read: the ids this scan listed.
+    scanned: Option<Scanned>,
     scope: Scope,
     next: Next,
     /// Pages fetched, all attempts included.
@@ -127,6 +133,8 @@ impl<'a> Poll<'a> {
             trigger,
             since,
             until: i64::MAX,
+            known: None,
+            scanned: None,
             scope: Scope::new(Value::Object(scope)),
             next: Next::First,
             pages: 0,
@@ -141,6 +149,18 @@ impl<'a> Poll<'a> {
     /// recipe that changes the records it watches still finishes.
     pub fn until(&mut self, until: i64) {
         self.until = until;
+    }
+
+    /// For a scan: the ids earlier scans listed. A record whose id is not among them fires
+    /// even when its cursor value is before `since` (marked [`Record::late`]).
+    pub fn known_ids(&mut self, known: Option<HashSet<String>>) {
+        self.known = known;
+    }
+
+    /// For a scan that has been read: the ids it listed (every record, whatever its cursor)
+    /// and which of them are late arrivals.
+    pub fn scanned_ids(&mut self) -> Option<Scanned> {
+        self.scanned.take()
     }
 
     /// The next batch of records with `since ≤ cursor < until`, in cursor order; `None` at the
@@ -200,7 +220,13 @@ impl<'a> Poll<'a> {
         'again: loop {
             let mut all = Vec::new();
             self.next = Next::First;
-            let picker = self.picker();
+            // Every record is read: the scan's ids are kept, and records before `since` may
+            // still be late arrivals.
+            let picker = Picker {
+                since: i64::MIN,
+                until: i64::MAX,
+                ..self.picker()
+            };
             loop {
                 // A scroll that fails past its first page cannot be resumed, whatever the
                 // failure (an error, or the scroll expired: Intercom answers 404 or 400):
@@ -232,12 +258,25 @@ impl<'a> Poll<'a> {
                 }
             }
             self.next = Next::Done;
-            all.sort_by(|a, b| {
-                a.ts.cmp(&b.ts).then_with(|| {
-                    id_of(self.trigger, a.fields()).cmp(&id_of(self.trigger, b.fields()))
-                })
-            });
-            return Ok(all);
+            let mut ids = Vec::with_capacity(all.len());
+            let mut late = HashSet::new();
+            let mut keep = Vec::new();
+            for mut r in all {
+                let id = id_of(self.trigger, r.fields()).unwrap_or_default();
+                if r.ts < self.until {
+                    if r.ts >= self.since {
+                        keep.push((r, id.clone()));
+                    } else if self.known.as_ref().is_some_and(|k| !k.contains(&id)) {
+                        r.late = true;
+                        late.insert(id.clone());
+                        keep.push((r, id.clone()));
+                    }
+                }
+                ids.push(id);
+            }
+            self.scanned = Some(Scanned { ids, late });
+            keep.sort_by(|(a, ia), (b, ib)| a.ts.cmp(&b.ts).then_with(|| ia.cmp(ib)));
+            return Ok(keep.into_iter().map(|(r, _)| r).collect());
         }
     }
 
@@ -385,6 +424,16 @@ impl<'a> Poll<'a> {
             items: Items::Raw(list.into_iter().map(RawValue::to_owned).collect()),
         }))
     }
+}
+
+/// What a complete scan listed.
+#[derive(Debug)]
+pub struct Scanned {
+    /// Every record's id.
+    pub ids: Vec<String>,
+    /// Ids returned although their cursor is before `since`, because no earlier scan listed
+    /// them.
+    pub late: HashSet<String>,
 }
 
 /// One fetched page (or, for a scan, every page sorted).

@@ -253,3 +253,66 @@ async fn another_open_scroll_is_waited_out_beyond_the_retry_count() {
     let ids: Vec<String> = r.json_lines().iter().map(id).collect();
     assert!(!ids.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_listed_late_fires_once_although_its_change_is_old() {
+    let env = SimEnv::start(SimEnv::config(40, 10, 0, 0)).await;
+    let out = tempfile::tempdir().unwrap();
+    let (rid, mut yaml) = emit_recipe("new_or_updated_company", out.path());
+    yaml = yaml.replace("start_from: now", "start_from: \"2026-07-01\"");
+    write_recipes(&env, &[(rid.clone(), yaml)]);
+    // A company created without contacts: Intercom does not list it.
+    let hidden = id(&env
+        .sim()
+        .create(
+            Kind::Company,
+            json!({"name": "Late Ltd", "created_at": T0 - 1200, "updated_at": T0 - 1200}),
+        )
+        .unwrap());
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    let first = reps[&rid]["fired"].as_u64().unwrap();
+    // 2026-07-01T00:00:00Z, the recipe's `start_from`.
+    let floor = T0 - 9 * 86_400 - 15 * 3600;
+    assert_eq!(first as usize, listed_companies(&env, floor).len());
+    let emitted = |out: &std::path::Path| {
+        std::fs::read_to_string(out.join("new_or_updated_company.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<String>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert!(!emitted(out.path()).contains(&hidden));
+    // Twenty minutes later a contact is attached: the company is listed, with its old
+    // `updated_at`, far behind the cursor and its lookback.
+    env.sim().advance_clock(1200);
+    env.sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "late@x.io", "role": "user", "company_ids": [hidden]}),
+        )
+        .unwrap();
+    let company = env.sim().record(Kind::Company, &hidden).unwrap();
+    assert_eq!(company["updated_at"], json!(T0 - 1200), "{company}");
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    assert_eq!(reps[&rid]["fired"], 1, "{}", reps[&rid]);
+    assert_eq!(
+        emitted(out.path()).iter().filter(|i| **i == hidden).count(),
+        1
+    );
+    // Known now: it never fires again for the same change.
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(reps[&rid]["fired"], 0, "{}", reps[&rid]);
+    let st = run_async({
+        let mut c = env.cmd(&["state", "show", "--json"]);
+        c.arg("--state-dir").arg(env.ws.path().join("state"));
+        c
+    })
+    .await;
+    st.assert_ok();
+    assert_eq!(
+        st.json()[0]["state"]["known_ids"],
+        json!(listed_companies(&env, 0).len())
+    );
+}
