@@ -221,7 +221,9 @@ async fn a_scroll_that_expires_mid_scan_starts_over() {
 async fn another_open_scroll_is_waited_out_beyond_the_retry_count() {
     let env = SimEnv::start(SimEnv::config(300, 120, 0, 0)).await;
     // Another client holds the app's one scroll.
-    let other = reqwest::Client::new()
+    #[allow(clippy::disallowed_methods)]
+    let client = reqwest::Client::new();
+    let other = client
         .get(format!("{}/companies/scroll", env.handle.base_url))
         .bearer_auth(crate::util::TOKEN)
         .header("accept", "application/json")
@@ -261,6 +263,20 @@ async fn a_company_listed_late_fires_once_although_its_change_is_old() {
     let (rid, mut yaml) = emit_recipe("new_or_updated_company", out.path());
     yaml = yaml.replace("start_from: now", "start_from: \"2026-07-01\"");
     write_recipes(&env, &[(rid.clone(), yaml)]);
+    // A company changed just now, so the cursor ends up near T0.
+    let recent = id(&env
+        .sim()
+        .create(
+            Kind::Company,
+            json!({"name": "Recent Ltd", "created_at": T0 - 10, "updated_at": T0 - 10}),
+        )
+        .unwrap());
+    env.sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "recent@x.io", "role": "user", "company_ids": [recent]}),
+        )
+        .unwrap();
     // A company created without contacts: Intercom does not list it.
     let hidden = id(&env
         .sim()
@@ -271,6 +287,7 @@ async fn a_company_listed_late_fires_once_although_its_change_is_old() {
         .unwrap());
     let (r, reps) = run_once(&env).await;
     r.assert_ok();
+    assert_eq!(reps[&rid]["cursor_after"], json!(T0 - 10));
     let first = reps[&rid]["fired"].as_u64().unwrap();
     // 2026-07-01T00:00:00Z, the recipe's `start_from`.
     let floor = T0 - 9 * 86_400 - 15 * 3600;
