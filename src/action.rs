@@ -9,7 +9,7 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
-use crate::plan::{type_matches, Action, Condition, Variant};
+use crate::plan::{type_matches, Action, Condition, FindEarlier, Variant};
 use crate::spec::{FieldSpec, FieldTypeSpec};
 use crate::template::{lookup, Scope};
 
@@ -276,17 +276,162 @@ async fn execute_once(
     let prepared = prepare(action, input)?;
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {
-        let resp = conn
-            .send(req, &action.spec.errors)
-            .await
-            .map_err(ActionError::Failed)?;
-        outputs.push(extract(&prepared.variant.output, resp.body, req)?);
+        if action.retry_safe {
+            let resp = conn
+                .send(req, &action.spec.errors)
+                .await
+                .map_err(ActionError::Failed)?;
+            outputs.push(extract(&prepared.variant.output, resp.body, req)?);
+            continue;
+        }
+        match send_unrepeated(conn, action, input, req).await? {
+            Sent::Answer(body) => outputs.push(extract(&prepared.variant.output, body, req)?),
+            Sent::FoundEarlier(object) => outputs.push(object),
+        }
     }
     Ok(if prepared.many {
         Value::Array(outputs)
     } else {
         outputs.pop().unwrap_or(Value::Null)
     })
+}
+
+/// What sending a request that must not be carried out twice came to.
+enum Sent {
+    /// The response's body.
+    Answer(Value),
+    /// No answer came back, but the earlier attempt's object was found.
+    FoundEarlier(Value),
+}
+
+/// Sends a request that is not safe to repeat (a create). When it may have been carried out
+/// without an answer coming back, it is sent again only once the action's `find_earlier`
+/// lookup shows that it was not; without a lookup, or when the lookup fails, the step fails
+/// as `fatal` (a dead letter to check by hand) rather than risk a duplicate.
+async fn send_unrepeated(
+    conn: &Connection,
+    action: &Action,
+    input: &Map<String, Value>,
+    req: &HttpRequest,
+) -> Result<Sent, ActionError> {
+    // Candidates made before the first attempt cannot be its result; a minute's margin
+    // covers clock steps between the two.
+    let first_attempt = conn.server_now().await - 60;
+    let policy = conn.retry_policy();
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let failure = match conn.send_once_only(req, &action.spec.errors).await {
+            Ok(resp) => return Ok(Sent::Answer(resp.body)),
+            Err(f) if f.outcome_unknown() => f,
+            Err(f) => return Err(ActionError::Failed(f)),
+        };
+        let unknown = |why: String| {
+            ActionError::Failed(Failure {
+                class: FailureClass::Fatal,
+                code: Some("outcome_unknown".into()),
+                message: format!(
+                    "{} — the request may have been carried out, and `{}` is not safe to repeat, so it was not sent again ({why})",
+                    failure.message, action.id
+                ),
+                help: Some("check whether it was carried out, then replay or drop the dead letter".into()),
+                ..failure.clone()
+            })
+        };
+        let Some(fe) = &action.find_earlier else {
+            return Err(unknown(
+                "the connector declares no way to look for it".into(),
+            ));
+        };
+        match find_earlier(conn, fe, input, first_attempt).await {
+            Ok(Some(object)) => {
+                tracing::debug!(action = %action.id, "The earlier attempt was carried out; using its result.");
+                return Ok(Sent::FoundEarlier(object));
+            }
+            Ok(None) if attempts < policy.max_attempts => {
+                tokio::time::sleep(policy.backoff(attempts)).await;
+            }
+            // Surely not carried out: a retryable failure, safe to try again later.
+            Ok(None) => return Err(ActionError::Failed(failure)),
+            Err(e) => return Err(unknown(format!("looking for it failed: {e}"))),
+        }
+    }
+}
+
+/// Runs a `find_earlier` lookup: the first candidate created since `since` whose fields match
+/// what was sent.
+async fn find_earlier(
+    conn: &Connection,
+    fe: &FindEarlier,
+    input: &Map<String, Value>,
+    since: i64,
+) -> Result<Option<Value>, String> {
+    let mut scope = Map::new();
+    scope.insert("input".into(), Value::Object(input.clone()));
+    let scope = Scope::new(Value::Object(scope));
+    let req = fe.request.render(&scope, "input")?;
+    let mut wanted = Vec::with_capacity(fe.matches.len());
+    for (path, t) in &fe.matches {
+        let v = t
+            .render_string(&scope)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        // Sent as plain text (stored as HTML) or as HTML: either reading may match.
+        let plain = v.split_whitespace().collect::<Vec<_>>().join(" ");
+        wanted.push((path, [plain, comparable_text(&v)]));
+    }
+    let resp = conn.send(&req, &[]).await.map_err(|f| f.to_string())?;
+    let Some(Value::Array(candidates)) = lookup(&resp.body, &fe.records) else {
+        return Err(format!(
+            "{} answered without a `{}` list",
+            req.describe(),
+            fe.records.join(".")
+        ));
+    };
+    let found = candidates.iter().find(|c| {
+        let recent = fe.created_field.as_ref().is_none_or(|f| {
+            lookup(c, f)
+                .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+                .is_some_and(|t| t >= since)
+        });
+        recent
+            && wanted.iter().all(|(path, want)| {
+                let got = match lookup(c, path) {
+                    Some(Value::String(s)) => comparable_text(s),
+                    Some(Value::Number(n)) => n.to_string(),
+                    Some(Value::Bool(b)) => b.to_string(),
+                    _ => return false,
+                };
+                want.contains(&got)
+            })
+    });
+    Ok(found.cloned())
+}
+
+/// Text as compared by `find_earlier`: HTML tags removed, common entities decoded, white
+/// space collapsed (an API may store `hello` as `<p>hello</p>`).
+fn comparable_text(s: &str) -> String {
+    let mut plain = String::with_capacity(s.len());
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                plain.push(' ');
+            }
+            '>' if in_tag => in_tag = false,
+            _ if in_tag => {}
+            c => plain.push(c),
+        }
+    }
+    let decoded = plain
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    decoded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, ActionError> {
@@ -307,5 +452,20 @@ fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, Act
             request: req.describe(),
             attempts: 1,
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::comparable_text;
+
+    #[test]
+    fn comparable_text_reads_html_as_its_text() {
+        assert_eq!(comparable_text("<p>Hello  <b>you</b></p>\n"), "Hello you");
+        assert_eq!(
+            comparable_text("<p>a &lt;x@y.io&gt; &amp; co</p>"),
+            "a <x@y.io> & co"
+        );
+        assert_eq!(comparable_text("plain"), "plain");
     }
 }

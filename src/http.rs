@@ -75,6 +75,33 @@ impl std::fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// The message of a transport failure before anything was sent.
+const COULD_NOT_CONNECT: &str = "could not connect";
+
+impl Failure {
+    /// Whether the request may have been carried out although no success came back: a
+    /// retryable failure other than a refused connection or a 429 (which the server answers
+    /// before doing anything). Repeating such a request could do its work twice.
+    pub fn outcome_unknown(&self) -> bool {
+        self.class == FailureClass::Retryable
+            && match self.status {
+                Some(s) => s != 429,
+                None => self.message != COULD_NOT_CONNECT,
+            }
+    }
+}
+
+/// When a failed request is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Retryable failures are retried with backoff.
+    Always,
+    /// Never (the caller restarts, e.g. a scroll).
+    Never,
+    /// Only when it surely was not carried out (see [`Failure::outcome_unknown`]).
+    UnlessMaybeDone,
+}
+
 /// A request ready to send: path already percent-encoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
@@ -304,6 +331,11 @@ impl Connection {
         })
     }
 
+    /// The retry policy (attempts and backoff).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
     /// The base URL requests go to.
     pub fn base_url(&self) -> &str {
         &self.base_url
@@ -425,7 +457,29 @@ impl Connection {
         rules: &[ErrorRuleSpec],
         retry: bool,
     ) -> Result<Response, Failure> {
-        let raw = self.send_raw(req, rules, retry).await?;
+        let mode = if retry { Resend::Always } else { Resend::Never };
+        self.send_parsed(req, rules, mode).await
+    }
+
+    /// As [`Connection::send`] for a request that must not be carried out twice: a failure
+    /// after which it may have been carried out ([`Failure::outcome_unknown`]) is returned at
+    /// once, for the caller to check before sending again. Refused connections and rate limits
+    /// are still retried.
+    pub async fn send_once_only(
+        &self,
+        req: &HttpRequest,
+        rules: &[ErrorRuleSpec],
+    ) -> Result<Response, Failure> {
+        self.send_parsed(req, rules, Resend::UnlessMaybeDone).await
+    }
+
+    async fn send_parsed(
+        &self,
+        req: &HttpRequest,
+        rules: &[ErrorRuleSpec],
+        mode: Resend,
+    ) -> Result<Response, Failure> {
+        let raw = self.send_raw_mode(req, rules, mode).await?;
         let body = if raw.body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
         } else {
@@ -451,6 +505,16 @@ impl Connection {
         req: &HttpRequest,
         rules: &[ErrorRuleSpec],
         retry: bool,
+    ) -> Result<RawResponse, Failure> {
+        let mode = if retry { Resend::Always } else { Resend::Never };
+        self.send_raw_mode(req, rules, mode).await
+    }
+
+    async fn send_raw_mode(
+        &self,
+        req: &HttpRequest,
+        rules: &[ErrorRuleSpec],
+        mode: Resend,
     ) -> Result<RawResponse, Failure> {
         let mut attempts = 0u32;
         let mut rate_waits = 0u32;
@@ -484,6 +548,11 @@ impl Connection {
             let within_window = || {
                 retry_window(&failure, &[rules, &self.connector.errors])
                     .is_some_and(|w| first.elapsed() < w)
+            };
+            let retry = match mode {
+                Resend::Always => true,
+                Resend::Never => false,
+                Resend::UnlessMaybeDone => !failure.outcome_unknown(),
             };
             if retry
                 && failure.class == FailureClass::Retryable
@@ -557,7 +626,7 @@ impl Connection {
                 let what = if e.is_timeout() {
                     "the request timed out"
                 } else if e.is_connect() {
-                    "could not connect"
+                    COULD_NOT_CONNECT
                 } else {
                     "the connection failed before a response arrived"
                 };

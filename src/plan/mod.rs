@@ -89,6 +89,23 @@ pub struct Action {
     pub spec: ActionSpec,
     /// Ways to perform it (one when the spec has a single `request`).
     pub variants: Vec<Variant>,
+    /// Whether a request whose answer was lost may be sent again as is.
+    pub retry_safe: bool,
+    /// For a create that is not: how to look for the earlier attempt first.
+    pub find_earlier: Option<FindEarlier>,
+}
+
+/// How to look for an earlier attempt of a create whose answer was lost.
+#[derive(Debug)]
+pub struct FindEarlier {
+    /// The listing request.
+    pub request: Request,
+    /// Path to the candidates.
+    pub records: Vec<String>,
+    /// Candidate field path and the template of the value it must have.
+    pub matches: Vec<(Vec<String>, Template)>,
+    /// Path to a candidate's creation time.
+    pub created_field: Option<Vec<String>>,
 }
 
 /// One compiled way to perform an action.
@@ -830,10 +847,75 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         check_field(cx, &format!("{base}.outputs.{name}"), f);
     }
     check_rules(cx, &format!("{base}.errors"), &a.errors);
+    let retry_safe = a.retry_safe.unwrap_or_else(|| {
+        variants.iter().all(|v| {
+            matches!(
+                v.request.method,
+                MethodSpec::Get | MethodSpec::Put | MethodSpec::Delete
+            )
+        })
+    });
+    let find_earlier = a.find_earlier.as_ref().and_then(|f| {
+        let fpath = format!("{base}.find_earlier");
+        if retry_safe {
+            cx.err(
+                &fpath,
+                "`find_earlier` is for actions that are not safe to repeat",
+                Some("remove it, or set `retry_safe: false`".into()),
+            );
+        }
+        if f.request.method != MethodSpec::Get && f.request.method != MethodSpec::Post {
+            cx.err(
+                &format!("{fpath}.request.method"),
+                "the lookup must be a GET (or a POST search)",
+                None,
+            );
+        }
+        if a.for_each.is_some() {
+            cx.err(
+                &fpath,
+                "`find_earlier` cannot be used with `for_each`",
+                Some("declare the action `retry_safe: true` if repeating it is harmless".into()),
+            );
+        }
+        if f.matches.is_empty() {
+            cx.err(
+                &format!("{fpath}.match"),
+                "name at least one field that must equal what was sent",
+                Some("e.g. `match: {body: \"{{input.body}}\"}`".into()),
+            );
+        }
+        let mut matches = Vec::new();
+        for (field, src) in &f.matches {
+            let at = format!("{fpath}.match.{field}");
+            match Template::compile(src) {
+                Ok(t) => {
+                    check_refs(cx, &at, &t, &scope);
+                    matches.push((split_path(field), t));
+                }
+                Err(e) => cx.err(&at, e, None),
+            }
+        }
+        let request = build_request(
+            cx,
+            &format!("{fpath}.request"),
+            &f.request,
+            &scope,
+            &path_params,
+        )?;
+        Some(FindEarlier {
+            request,
+            records: split_path(&f.records),
+            matches,
+            created_field: f.created_field.as_deref().map(split_path),
+        })
+    });
     (cx.diags.len() == before).then(|| Action {
         id: id.to_string(),
         spec: a.clone(),
         variants,
+        retry_safe,
+        find_earlier,
     })
 }
 

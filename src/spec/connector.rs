@@ -400,6 +400,15 @@ pub struct ActionSpec {
     /// repeating a create is harmless.
     #[serde(default)]
     pub on_conflict: Option<OnConflictSpec>,
+    /// Whether a request whose answer was lost (the connection dropped, a timeout, a 5xx) may
+    /// simply be sent again. Default: yes for GET, PUT and DELETE, no for POST and PATCH.
+    /// Upserts, attaches and searches sent with POST declare `true`.
+    #[serde(default)]
+    pub retry_safe: Option<bool>,
+    /// For a create that is not safe to repeat: how to look for the earlier attempt before
+    /// sending again.
+    #[serde(default)]
+    pub find_earlier: Option<FindEarlierSpec>,
 }
 
 /// How to turn a `conflict` into the existing object: take its id from the error message and
@@ -413,6 +422,26 @@ pub struct OnConflictSpec {
     pub then: String,
     /// The input of `then` that takes the id.
     pub input: String,
+}
+
+/// How to find the object an earlier attempt of a create may have made, when its answer was
+/// lost: a request listing recent candidates, and the fields that must equal what was sent.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindEarlierSpec {
+    /// The listing request (path parameters and templates over `input`, like the action's).
+    pub request: RequestSpec,
+    /// Path to the list of candidates in the response.
+    pub records: String,
+    /// Candidate field path → template over `input`: every one must match. Text is compared
+    /// without HTML tags, entities decoded, and with white space collapsed (APIs store text
+    /// as HTML).
+    #[serde(rename = "match")]
+    pub matches: IndexMap<String, String>,
+    /// Path to the candidate's creation time (Unix seconds): only candidates created at or
+    /// after the first attempt (on the server's clock, less a minute) count.
+    #[serde(default)]
+    pub created_field: Option<String>,
 }
 
 /// One way to perform an action, chosen by its inputs.

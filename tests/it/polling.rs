@@ -333,3 +333,98 @@ async fn a_company_listed_late_fires_once_although_its_change_is_old() {
         json!(listed_companies(&env, 0).len())
     );
 }
+
+fn fault_after_write(path_prefix: &str, status: u16, count: u32) -> sluice::sim::FailRule {
+    sluice::sim::FailRule {
+        path_prefix: path_prefix.into(),
+        method: Some("POST".into()),
+        status,
+        code: None,
+        message: None,
+        count,
+        skip: 0,
+        after_write: true,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_whose_answer_was_lost_are_looked_for_not_written_twice() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    let recipe = "id: note_new\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"Welcome, <{{record.email}}> & co\"\n";
+    write_recipes(&env, &[("note_new".into(), recipe.into())]);
+    let mut contacts = Vec::new();
+    for i in 0..60 {
+        let ts = T0 - 3000 + i;
+        contacts.push(id(&env
+            .sim()
+            .create(
+                Kind::Contact,
+                json!({"email": format!("c{i}@x.io"), "role": "user", "created_at": ts, "updated_at": ts}),
+            )
+            .unwrap()));
+    }
+    // 50 notes are written but their answer is lost: 25 answered 500, 25 connections dropped.
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: contacts[..50]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                fault_after_write(
+                    &format!("/contacts/{c}/notes"),
+                    if i % 2 == 0 { 500 } else { 0 },
+                    1,
+                )
+            })
+            .collect(),
+        ..sluice::sim::Faults::default()
+    });
+    let (r, reps) = run_once(&env).await;
+    r.assert_ok();
+    let rep = &reps["note_new"];
+    assert_eq!(
+        (rep["finished"].as_u64(), rep["dead_letters"].as_u64()),
+        (Some(60), Some(0)),
+        "{rep}"
+    );
+    assert!(
+        env.sim().faults().fail_next.is_empty(),
+        "all 50 faults struck"
+    );
+    // Exactly one note per contact: none lost, none doubled.
+    let notes = env.sim().records(Kind::Note);
+    for c in &contacts {
+        let n = notes
+            .iter()
+            .filter(|n| n["contact"]["id"] == json!(c))
+            .count();
+        assert_eq!(n, 1, "contact {c} has {n} notes");
+    }
+    assert_eq!(notes.len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_with_no_way_to_look_for_it_is_not_repeated_but_dead_lettered() {
+    let env = SimEnv::start(SimEnv::config(2, 0, 0, 0)).await;
+    let contact = id(&env.sim().records(Kind::Contact)[0]);
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![fault_after_write("/conversations", 0, 1)],
+        ..sluice::sim::Faults::default()
+    });
+    let before = env.sim().records(Kind::Conversation).len();
+    let r = env
+        .call(
+            "create_conversation",
+            json!({"contact_id": contact, "contact_type": "user", "body": "Hello"}),
+        )
+        .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not safe to repeat"), "{}", r.stderr);
+    // Carried out once, not repeated.
+    assert_eq!(env.sim().records(Kind::Conversation).len(), before + 1);
+    let posts = env
+        .audit()
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/conversations")
+        .count();
+    assert_eq!(posts, 1);
+}
