@@ -278,6 +278,9 @@ impl Connection {
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(spec.timeout_secs.unwrap_or(30)))
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would carry the request (body, and a `Referer`) to wherever the
+            // server points, and make a foreign answer the output: it is a failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Connection {
             name: name.to_string(),
@@ -515,6 +518,23 @@ impl Connection {
         };
         let status = resp.status().as_u16();
         let wait = self.note_rate_headers(resp.headers()).await;
+        if (300..400).contains(&status) {
+            // Not followed (see the client's redirect policy). The `Location` is not shown:
+            // it is the server's text and could carry anything.
+            return Err((
+                fail(
+                    FailureClass::Fatal,
+                    Some(status),
+                    Some("redirect".into()),
+                    "the API answered with a redirect; sluice does not follow redirects".into(),
+                    Some(
+                        "check the connection's `base_url` (the host, and https rather than http)"
+                            .into(),
+                    ),
+                ),
+                None,
+            ));
+        }
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(_) => {
