@@ -183,6 +183,8 @@ pub struct Connection {
     configured_tz: Option<Tz>,
     discovered_tz: OnceCell<Option<Tz>>,
     retry: RetryPolicy,
+    /// Largest response body accepted, in bytes.
+    max_body: usize,
     client: reqwest::Client,
     rate: Mutex<RateState>,
 }
@@ -273,6 +275,11 @@ impl Connection {
                 .unwrap_or(d.max_delay),
             max_rate_limit_waits: r.max_rate_limit_waits.unwrap_or(d.max_rate_limit_waits),
         };
+        let max_response_mb = match spec.max_response_mb.or(h.max_response_mb) {
+            Some(0) => anyhow::bail!("max_response_mb: must be at least 1"),
+            Some(mb) => mb,
+            None => DEFAULT_MAX_RESPONSE_MB,
+        };
         #[allow(clippy::disallowed_methods)]
         let client = reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -294,6 +301,8 @@ impl Connection {
             configured_tz,
             discovered_tz: OnceCell::new(),
             retry,
+            max_body: usize::try_from(max_response_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
             client,
             rate: Mutex::new(RateState::default()),
         })
@@ -535,9 +544,9 @@ impl Connection {
                 None,
             ));
         }
-        let bytes = match resp.bytes().await {
+        let bytes = match self.read_body(resp).await {
             Ok(b) => b,
-            Err(_) => {
+            Err(BodyError::CutOff) => {
                 return Err((
                     fail(
                         FailureClass::Retryable,
@@ -549,11 +558,24 @@ impl Connection {
                     None,
                 ))
             }
+            Err(BodyError::TooLarge) => {
+                let mb = self.max_body >> 20;
+                return Err((
+                    fail(
+                        FailureClass::Fatal,
+                        Some(status),
+                        Some("response_too_large".into()),
+                        format!("the response is larger than the {mb} MiB limit (`max_response_mb`)"),
+                        Some("if the API really answers this much, raise `max_response_mb` on the connection in sluice.yaml; otherwise ask for smaller pages".into()),
+                    ),
+                    None,
+                ));
+            }
         };
         if (200..300).contains(&status) {
             return Ok(RawResponse {
                 status,
-                body: Vec::from(bytes),
+                body: bytes,
                 attempts: 1,
             });
         }
@@ -565,6 +587,33 @@ impl Connection {
         let (code, message) = self.error_details(body.as_ref(), &bytes);
         let (class, help) = classify(status, code.as_deref(), &[rules, &self.connector.errors]);
         Err((fail(class, Some(status), code, message, help), wait))
+    }
+
+    /// Reads a response body of at most `max_body` bytes: refused at once when its
+    /// `Content-Length` says more, else read chunk by chunk and refused as soon as it passes
+    /// the limit. The buffer grows with what arrives and never beyond the limit, so a hostile
+    /// or broken server cannot make the process hold more than one limit per request.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+        let limit = self.max_body;
+        let announced = resp.content_length().map(usize::try_from);
+        if announced.is_some_and(|n| n.map_or(true, |n| n > limit)) {
+            return Err(BodyError::TooLarge);
+        }
+        let mut body = Vec::with_capacity(announced.and_then(Result::ok).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|_| BodyError::CutOff)? {
+            let len = body.len() + chunk.len();
+            if len > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if len > body.capacity() {
+                // Doubling, as `Vec` would, but capped at the limit: plain doubling could
+                // reserve nearly twice the limit.
+                let want = body.capacity().saturating_mul(2).max(len).min(limit);
+                body.reserve_exact(want - body.len());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Records rate-limit headers; returns how long to wait when the window is used up.
@@ -625,6 +674,18 @@ impl Connection {
         };
         (None, msg)
     }
+}
+
+/// Response bodies larger than this many MiB are refused unless the connector or the
+/// connection says otherwise (`max_response_mb`).
+pub(crate) const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
+
+/// Why a response body could not be read.
+enum BodyError {
+    /// The connection broke before the body was complete.
+    CutOff,
+    /// The body is (or says it will be) larger than the connection's limit.
+    TooLarge,
 }
 
 pub(crate) fn snippet(raw: &[u8]) -> String {

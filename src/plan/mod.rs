@@ -288,6 +288,13 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         }
     }
     check_rules(&mut cx, "errors", &h.errors);
+    if h.max_response_mb == Some(0) {
+        cx.err(
+            "max_response_mb",
+            "`max_response_mb` must be at least 1",
+            Some("leave it out for the default of 64 MiB".into()),
+        );
+    }
 
     let mut triggers = IndexMap::new();
     for (id, t) in &spec.triggers {

@@ -45,6 +45,9 @@ pub struct ConnectorHeaderSpec {
     /// How to learn the account's timezone (needed by day-granular triggers).
     #[serde(default)]
     pub timezone: Option<TimezoneSpec>,
+    /// Largest response body accepted, in MiB (default 64); a connection may override it.
+    #[serde(default)]
+    pub max_response_mb: Option<u64>,
 }
 
 /// Authentication kinds. Both end up as `Authorization: Bearer <token>` on the wire.

@@ -124,3 +124,160 @@ async fn redirects_are_not_followed_to_another_host() {
     assert_eq!(requests(&seen), ["POST /moved", "GET /moved"]);
     assert_eq!(requests(&stolen), Vec::<String>::new());
 }
+
+/// How much a huge answer would be: 300 MiB.
+const HUGE: u64 = 300 << 20;
+
+/// A server whose every answer is a 300 MiB JSON document, streamed from one small buffer (so
+/// the test does not hold it), with or without a `Content-Length`. Hand-written HTTP/1.1 on a
+/// thread, to control the framing. Each connection reports how many body bytes it got written
+/// before the client hung up.
+fn start_huge(announce: bool) -> (String, std::sync::mpsc::Receiver<u64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                // A safety net only: the client hangs up long before.
+                let _ = conn.set_write_timeout(Some(std::time::Duration::from_secs(60)));
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let head = if announce {
+                    format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {HUGE}\r\n\r\n")
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                };
+                let chunk = vec![b' '; 64 << 10];
+                let mut written = 0u64;
+                let mut send = || -> std::io::Result<()> {
+                    conn.write_all(head.as_bytes())?;
+                    while written < HUGE {
+                        if !announce {
+                            conn.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                        }
+                        conn.write_all(&chunk)?;
+                        if !announce {
+                            conn.write_all(b"\r\n")?;
+                        }
+                        written += chunk.len() as u64;
+                    }
+                    Ok(())
+                };
+                let _ = send();
+                let _ = tx.send(written);
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// The peak resident memory of a running process, in KiB (`VmHWM`), while it is alive.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs a command to completion, sampling its peak memory until it exits: the output, and
+/// the largest `VmHWM` seen (`None` where /proc is not available). Output goes through files,
+/// so a chatty child cannot block on a full pipe while it is watched.
+async fn run_measured(mut c: std::process::Command, dir: &std::path::Path) -> (Run, Option<u64>) {
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = c
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let mut peak = None;
+    let status = loop {
+        // Read before reaping: the peak only grows, and /proc forgets the process once reaped.
+        if let Some(kib) = peak_rss_kib(child.id()) {
+            peak = peak.max(Some(kib));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    let run = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: std::fs::read_to_string(out).unwrap(),
+        stderr: std::fs::read_to_string(err).unwrap(),
+    };
+    (run, peak)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_answers_are_refused_without_holding_them() {
+    for announce in [true, false] {
+        let (url, written) = start_huge(announce);
+        let ws = workspace(&url);
+        let c = with_fixture(ws.sluice(&[
+            "call",
+            "hostile.fetch",
+            "--connection",
+            "h",
+            "--with",
+            r#"{"what":"huge"}"#,
+        ]));
+        let (run, peak) = run_measured(c, ws.path()).await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(
+                "GET /huge failed with HTTP 200 `response_too_large` (fatal): the response is larger than the 64 MiB limit (`max_response_mb`)"
+            ),
+            "{}",
+            run.stderr
+        );
+        // The server was cut off: with a Content-Length at once (only what the sockets
+        // buffer), else once the limit was passed.
+        let sent = written.recv().unwrap();
+        let bound = if announce { 32 << 20 } else { 100 << 20 };
+        assert!(
+            sent < bound,
+            "announce {announce}: the server wrote {sent} bytes"
+        );
+        if let Some(kib) = peak {
+            eprintln!(
+                "announce {announce}: peak RSS of `sluice call` {} MiB",
+                kib >> 10
+            );
+            assert!(kib < 100 << 10, "announce {announce}: peak RSS {kib} KiB");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_limit_is_set_per_connection() {
+    let (url, written) = start_huge(false);
+    let ws = Workspace::new(&format!(
+        "connections:\n  h:\n    connector: hostile\n    base_url: {url}\n    token: ${{env:HOSTILE_TOKEN}}\n    max_response_mb: 1\n"
+    ));
+    let run = call(&ws, "fetch", serde_json::json!({"what": "huge"})).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the response is larger than the 1 MiB limit (`max_response_mb`)"),
+        "{}",
+        run.stderr
+    );
+    assert!(written.recv().unwrap() < 32 << 20);
+    // Zero is refused when the connection is opened.
+    let ws = Workspace::new(&format!(
+        "connections:\n  h:\n    connector: hostile\n    base_url: {url}\n    max_response_mb: 0\n"
+    ));
+    let run = call(&ws, "fetch", serde_json::json!({"what": "huge"})).await;
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("max_response_mb: must be at least 1"),
+        "{}",
+        run.stderr
+    );
+}
