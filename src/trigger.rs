@@ -272,7 +272,7 @@ impl<'a> Poll<'a> {
         let not_json = |e: &dyn std::fmt::Display| {
             odd(format!(
                 "the response is not the JSON the connector describes ({e}): {}",
-                crate::http::snippet(&resp.body)
+                self.conn.snippet(&resp.body)
             ))
         };
         let text = std::str::from_utf8(&resp.body).map_err(|e| not_json(&e))?;

@@ -4,11 +4,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use serde_json::json;
 
 use crate::util::{run_async, Run, Workspace};
 
@@ -33,20 +34,46 @@ async fn serve(app: Router) -> String {
     url
 }
 
-/// A server that records every request and answers it with `answer(method, path, uri)`.
+/// What a handler sees of a request.
+struct Req {
+    method: String,
+    path: String,
+    query: std::collections::HashMap<String, String>,
+    auth: String,
+    /// How many requests this server has had, this one included.
+    n: usize,
+}
+
+/// A server that records every request and answers it with `answer`.
 async fn start(
-    answer: impl Fn(&str, &str, &Uri, &HeaderMap) -> Response + Clone + Send + Sync + 'static,
+    answer: impl Fn(&Req) -> Response + Clone + Send + Sync + 'static,
 ) -> (String, Shared) {
     let shared: Shared = Arc::default();
     let handler = move |State(s): State<Shared>,
                         method: axum::http::Method,
                         Path(path): Path<String>,
+                        Query(query): Query<std::collections::HashMap<String, String>>,
                         uri: Uri,
                         headers: HeaderMap| {
         let answer = answer.clone();
         async move {
-            s.lock().unwrap().requests.push(format!("{method} {uri}"));
-            answer(method.as_str(), &path, &uri, &headers)
+            let n = {
+                let mut s = s.lock().unwrap();
+                s.requests.push(format!("{method} {uri}"));
+                s.requests.len()
+            };
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            answer(&Req {
+                method: method.to_string(),
+                path,
+                query,
+                auth,
+                n,
+            })
         }
     };
     let app = Router::new()
@@ -88,10 +115,10 @@ fn requests(s: &Shared) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_to_another_host() {
-    let (elsewhere, stolen) = start(|_, _, _, _| StatusCode::OK.into_response()).await;
+    let (elsewhere, stolen) = start(|_| StatusCode::OK.into_response()).await;
     let target = format!("{elsewhere}/steal?from=sluice");
-    let (url, seen) = start(move |method, _, _, _| {
-        let status = if method == "POST" {
+    let (url, seen) = start(move |r| {
+        let status = if r.method == "POST" {
             StatusCode::TEMPORARY_REDIRECT
         } else {
             StatusCode::FOUND
@@ -101,12 +128,8 @@ async fn redirects_are_not_followed_to_another_host() {
     .await;
     let ws = workspace(&url);
     for (action, with, status) in [
-        (
-            "send",
-            serde_json::json!({"what": "moved", "note": "private"}),
-            307,
-        ),
-        ("fetch", serde_json::json!({"what": "moved"}), 302),
+        ("send", json!({"what": "moved", "note": "private"}), 307),
+        ("fetch", json!({"what": "moved"}), 302),
     ] {
         let run = call(&ws, action, with).await;
         assert_eq!(run.code, 1, "{}", run.stderr);
@@ -260,7 +283,7 @@ async fn the_response_limit_is_set_per_connection() {
     let ws = Workspace::new(&format!(
         "connections:\n  h:\n    connector: hostile\n    base_url: {url}\n    token: ${{env:HOSTILE_TOKEN}}\n    max_response_mb: 1\n"
     ));
-    let run = call(&ws, "fetch", serde_json::json!({"what": "huge"})).await;
+    let run = call(&ws, "fetch", json!({"what": "huge"})).await;
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr
@@ -273,11 +296,160 @@ async fn the_response_limit_is_set_per_connection() {
     let ws = Workspace::new(&format!(
         "connections:\n  h:\n    connector: hostile\n    base_url: {url}\n    max_response_mb: 0\n"
     ));
-    let run = call(&ws, "fetch", serde_json::json!({"what": "huge"})).await;
+    let run = call(&ws, "fetch", json!({"what": "huge"})).await;
     assert_ne!(run.code, 0);
     assert!(
         run.stderr.contains("max_response_mb: must be at least 1"),
         "{}",
         run.stderr
     );
+}
+
+/// Another credential of the same user that a server might echo.
+const OTHER: &str = "other.Cred-456";
+
+/// The `hostile` server: `/items` pages as its `mode` says; `/echo` answers 200 echoing the
+/// credential; `/fail` and `/fail_text` refuse with an error body echoing it. From the 50th
+/// request on, everything is refused, so that a runaway client ends (and its test fails).
+fn hostile(r: &Req) -> Response {
+    if r.n >= 50 {
+        let e = json!({"error": {"kind": "enough", "text": "the test server stops here"}});
+        return (StatusCode::BAD_REQUEST, axum::Json(e)).into_response();
+    }
+    let item = |i: u64| json!({"key": format!("k{i}"), "made": 100 + i});
+    let after = r.query.get("after");
+    match (r.method.as_str(), r.path.as_str()) {
+        ("GET", "items") => {
+            let page = match r.query.get("mode").map(String::as_str) {
+                // The same next token on every page.
+                Some("same") => match after {
+                    None => json!({"items": [item(0), item(1)], "next": SAME_TOKEN}),
+                    Some(_) => json!({"items": [item(2), item(3)], "next": SAME_TOKEN}),
+                },
+                // A new token on every page, forever.
+                Some("fresh") => {
+                    let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
+                    json!({"items": [item(n)], "next": format!("c{}", n + 1)})
+                }
+                _ => json!({"items": [item(0)]}),
+            };
+            axum::Json(page).into_response()
+        }
+        ("POST", "echo") => axum::Json(json!({
+            "auth": r.auth, "token": TOKEN, "other": format!("Bearer {OTHER}")
+        }))
+        .into_response(),
+        ("POST", "fail") => {
+            let e = json!({"error": {
+                "kind": format!("denied-{TOKEN}"),
+                "text": format!("refused {}: Authorization: {} (token {TOKEN}); also Bearer {OTHER}", r.path, r.auth),
+            }});
+            (StatusCode::BAD_REQUEST, axum::Json(e)).into_response()
+        }
+        ("POST", "fail_text") => (
+            StatusCode::BAD_REQUEST,
+            format!("Authorization: {}\ntoken={TOKEN} Bearer {OTHER}", r.auth),
+        )
+            .into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// A next-page token longer than an error message shows.
+const SAME_TOKEN: &str =
+    "c1-0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz";
+
+/// No credential in `text`, and no header value carrying one.
+fn assert_scrubbed(what: &str, text: &str) {
+    for secret in [TOKEN, OTHER] {
+        assert!(!text.contains(secret), "{what} shows `{secret}`:\n{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_echoed_by_the_server_are_scrubbed_from_errors_and_output() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // An error body (JSON, with the error read from it) echoing the header and the token.
+    let run = call(&ws, "send", json!({"what": "fail"})).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_scrubbed("call's error", &run.stderr);
+    assert!(
+        run.stderr.contains(
+            "POST /fail failed with HTTP 400 `denied-***` (fatal): refused fail: Authorization: Bearer *** (token ***); also Bearer ***"
+        ),
+        "{}",
+        run.stderr
+    );
+    // A body that is not JSON, shown as a snippet.
+    let run = call(&ws, "send", json!({"what": "fail_text"})).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_scrubbed("call's error", &run.stderr);
+    assert!(
+        run.stderr
+            .contains("Authorization: Bearer ***\ntoken=*** Bearer ***"),
+        "{}",
+        run.stderr
+    );
+    // A 2xx answer: the token is hidden; the rest is the API's data, kept as is.
+    let run = call(&ws, "send", json!({"what": "echo"})).await;
+    run.assert_ok();
+    assert_eq!(
+        run.json(),
+        json!({"auth": "Bearer ***", "token": "***", "other": format!("Bearer {OTHER}")})
+    );
+    assert!(!run.stdout.contains(TOKEN));
+    // The server did get the credential.
+    assert_eq!(requests(&seen).len(), 3);
+}
+
+/// A workspace with one recipe `r` (trigger `hostile.items` with `mode`, then `steps`), and
+/// `sluice ARGS…` against it.
+fn recipe(ws: &Workspace, mode: &str, steps: &str) -> impl Fn(&[&str]) -> std::process::Command {
+    let dir = ws.path().join("recipes");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("r.yaml"),
+        format!("id: r\nconnection: h\ntrigger:\n  use: hostile.items\n  with: {{mode: {mode}}}\nschedule:\n  every: 1m\nstart_from: \"1970-01-01\"\nsteps:\n{steps}"),
+    )
+    .unwrap();
+    let (config, state) = (ws.config(), ws.path().join("state"));
+    move |args: &[&str]| {
+        let mut c = with_fixture(crate::util::sluice());
+        c.arg("--config")
+            .arg(&config)
+            .arg("--recipes")
+            .arg(&dir)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args);
+        c
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_echoed_in_a_failed_step_stay_out_of_dead_letters_and_state() {
+    let (url, _seen) = start(hostile).await;
+    let ws = workspace(&url);
+    let sluice = recipe(
+        &ws,
+        "once",
+        "  - id: send\n    action: hostile.send\n    with: {what: fail, note: \"{{record.key}}\"}\n",
+    );
+    let run = run_async(sluice(&["run", "--once"])).await;
+    assert_scrubbed("run --once", &format!("{}{}", run.stdout, run.stderr));
+    let list = run_async(sluice(&["dead-letters", "list"])).await;
+    list.assert_ok();
+    assert_scrubbed("dead-letters list", &list.stdout);
+    assert!(list.stdout.contains("Bearer ***"), "{}", list.stdout);
+    let id = list.stdout.split_whitespace().next().unwrap();
+    let show = run_async(sluice(&["dead-letters", "show", id])).await;
+    show.assert_ok();
+    assert_scrubbed("dead-letters show", &show.stdout);
+    assert!(show.stdout.contains("Bearer ***"), "{}", show.stdout);
+    for args in [&["state", "show"][..], &["state", "show", "--json"]] {
+        let state = run_async(sluice(args)).await;
+        state.assert_ok();
+        assert_scrubbed("state show", &state.stdout);
+    }
 }
