@@ -308,7 +308,8 @@ async fn the_response_limit_is_set_per_connection() {
 /// Another credential of the same user that a server might echo.
 const OTHER: &str = "other.Cred-456";
 
-/// The `hostile` server: `/items` pages as its `mode` says; `/echo` answers 200 echoing the
+/// The `hostile` server: `/items` pages as its `mode` says, `/numbered` and `/scan` as their
+/// triggers in the fixture expect; `/echo` answers 200 echoing the
 /// credential; `/fail` and `/fail_text` refuse with an error body echoing it. From the 50th
 /// request on, everything is refused, so that a runaway client ends (and its test fails).
 fn hostile(r: &Req) -> Response {
@@ -335,6 +336,19 @@ fn hostile(r: &Req) -> Response {
             };
             axum::Json(page).into_response()
         }
+        // Page numbers: every page has a record, and no total is given.
+        ("GET", "numbered") => {
+            let n: u64 = r.query["page"].parse().unwrap();
+            axum::Json(json!({"items": [item(n)]})).into_response()
+        }
+        // A scan whose second page fails the first time (request 2), so it restarts and
+        // sends its first token again.
+        ("GET", "scan") => match after.map(String::as_str) {
+            None => axum::Json(json!({"items": [item(0)], "next": "s1"})).into_response(),
+            Some("s1") if r.n == 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            Some("s1") => axum::Json(json!({"items": [item(1)], "next": "s2"})).into_response(),
+            Some(_) => axum::Json(json!({"items": [], "next": "s3"})).into_response(),
+        },
         ("POST", "echo") => axum::Json(json!({
             "auth": r.auth, "token": TOKEN, "other": format!("Bearer {OTHER}")
         }))
@@ -452,4 +466,112 @@ async fn secrets_echoed_in_a_failed_step_stay_out_of_dead_letters_and_state() {
         state.assert_ok();
         assert_scrubbed("state show", &state.stdout);
     }
+}
+
+/// `sluice poll hostile.<trigger> --connection h --since 0 EXTRA…`.
+async fn poll(ws: &Workspace, trigger: &str, extra: &[&str]) -> Run {
+    let t = format!("hostile.{trigger}");
+    let mut args = vec!["poll", &t, "--connection", "h", "--since", "0"];
+    args.extend_from_slice(extra);
+    run_async(with_fixture(ws.sluice(&args))).await
+}
+
+/// The `key` of every record printed.
+fn keys(run: &Run) -> Vec<String> {
+    run.json_lines()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_token_sent_again_ends_the_poll() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"same"}"#]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let shown: String = SAME_TOKEN.chars().take(40).collect();
+    assert!(
+        run.stderr.contains(&format!(
+            "GET /items failed `pagination_loop` (fatal): trigger `items` would page forever: the API returned the same next-page token again on page 2 (`{shown}…`)"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(SAME_TOKEN), "{}", run.stderr);
+    // The page that repeated the token is not used; the first page's records were printed once.
+    assert_eq!(keys(&run), ["k0", "k1"]);
+    assert_eq!(requests(&seen).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_pages_end_the_poll_at_max_pages() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // A fresh token on every page.
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"fresh"}"#]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "GET /items failed `pagination_loop` (fatal): trigger `items` returned more than 5 pages in one poll (`max_pages`)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(keys(&run), ["k0", "k1", "k2", "k3", "k4"]);
+    assert_eq!(requests(&seen).len(), 5);
+    // Page numbers that never run out.
+    let run = poll(&ws, "numbered", &[]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("trigger `numbered` returned more than 4 pages in one poll (`max_pages`)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(requests(&seen).len(), 5 + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_scan_may_send_its_tokens_again() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    let run = poll(&ws, "scan", &[]).await;
+    run.assert_ok();
+    assert_eq!(keys(&run), ["k0", "k1"]);
+    assert_eq!(
+        requests(&seen),
+        [
+            "GET /scan",
+            "GET /scan?after=s1",
+            "GET /scan",
+            "GET /scan?after=s1",
+            "GET /scan?after=s2"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_commits_the_records_before_a_pagination_loop() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    let sluice = recipe(&ws, "same", "  - id: out\n    action: emit\n");
+    let run = run_async(sluice(&["run", "--once"])).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("`pagination_loop`"), "{}", run.stderr);
+    // The first page's records were handled once, and committed.
+    assert_eq!(keys(&run), ["k0", "k1"]);
+    let state = run_async(sluice(&["state", "show", "--json"])).await;
+    state.assert_ok();
+    assert_eq!(
+        state.json()[0]["state"]["checkpoint"]["cursor"],
+        101,
+        "{}",
+        state.stdout
+    );
+    // The next run sees them again and does not fire them again.
+    let run = run_async(sluice(&["run", "--once"])).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.stdout, "");
+    assert_eq!(requests(&seen).len(), 4);
 }
