@@ -342,8 +342,8 @@ impl Connection {
 
     /// Text a server sent, fit to show, log or store: the connection's token and any
     /// `Bearer <credential>` replaced by `***`. Every failure message or code taken from a
-    /// response goes through here (see [`Redactor`]).
-    pub fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+    /// response goes through here (see `Redactor`).
+    pub(crate) fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
         self.redactor.scrub(text)
     }
 

@@ -78,15 +78,14 @@ pub struct Trigger {
     /// The record's top-level fields the runtime reads (id, cursor, dedupe key): the only
     /// ones parsed out of a polled record before a template needs the rest.
     pub record_fields: Vec<String>,
-    /// Most pages one poll may read: the pagination's `max_pages`, else
-    /// [`DEFAULT_MAX_PAGES`].
+    /// Most pages one poll may read: the pagination's `max_pages`, else `DEFAULT_MAX_PAGES`.
     pub max_pages: u64,
 }
 
 /// Pages one poll may read when the connector does not say. A backstop against an API that
 /// never stops offering a next page: far above any real poll (10,000 pages of 50 records is
 /// half a million records), and reached in minutes rather than never.
-pub const DEFAULT_MAX_PAGES: u64 = 10_000;
+pub(crate) const DEFAULT_MAX_PAGES: u64 = 10_000;
 
 /// A compiled action.
 #[derive(Debug)]
