@@ -96,6 +96,7 @@ async fn sim_search_50k() {
         timezone: Some("Europe/Dublin".into()),
         timeout_secs: None,
         retry: None,
+        max_response_mb: None,
     };
     let conn = Connection::new("bench", c.clone(), &spec, &|_| None).expect("connection");
     let trigger = &c.triggers["contact_updated"];

@@ -55,6 +55,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
         timezone: None,
         timeout_secs: None,
         retry: None,
+        max_response_mb: None,
     };
     // Every connection the recipes name points at the simulator.
     let mut cfg = ConfigSpec::default();

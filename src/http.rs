@@ -5,6 +5,7 @@
 //! `Failure` type the rest of the runtime branches on. Never logs or returns a token, and shows
 //! URLs without their query string. Does not decide what to do with a failure beyond retrying.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,6 +212,9 @@ pub struct Connection {
     configured_tz: Option<Tz>,
     discovered_tz: OnceCell<Option<Tz>>,
     retry: RetryPolicy,
+    /// Largest response body accepted, in bytes.
+    max_body: usize,
+    redactor: Redactor,
     client: reqwest::Client,
     rate: Mutex<RateState>,
     /// The server's clock minus ours, in seconds, from the last response's `Date` header
@@ -307,11 +311,20 @@ impl Connection {
                 .unwrap_or(d.max_delay),
             max_rate_limit_waits: r.max_rate_limit_waits.unwrap_or(d.max_rate_limit_waits),
         };
+        let max_response_mb = match spec.max_response_mb.or(h.max_response_mb) {
+            Some(0) => anyhow::bail!("max_response_mb: must be at least 1"),
+            Some(mb) => mb,
+            None => DEFAULT_MAX_RESPONSE_MB,
+        };
+        let redactor = Redactor::new(token.as_ref());
         #[allow(clippy::disallowed_methods)]
         let client = reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(spec.timeout_secs.unwrap_or(30)))
             .connect_timeout(Duration::from_secs(10))
+            // A redirect would carry the request (body, and a `Referer`) to wherever the
+            // server points, and make a foreign answer the output: it is a failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Connection {
             name: name.to_string(),
@@ -325,6 +338,9 @@ impl Connection {
             configured_tz,
             discovered_tz: OnceCell::new(),
             retry,
+            max_body: usize::try_from(max_response_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            redactor,
             client,
             rate: Mutex::new(RateState::default()),
             clock_offset: AtomicI64::new(NO_OFFSET),
@@ -362,6 +378,18 @@ impl Connection {
             out.push(("Authorization".into(), "Bearer ***".into()));
         }
         out
+    }
+
+    /// Text a server sent, fit to show, log or store: the connection's token and any
+    /// `Bearer <credential>` replaced by `***`. Every failure message or code taken from a
+    /// response goes through here (see `Redactor`).
+    pub(crate) fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        self.redactor.scrub(text)
+    }
+
+    /// The start of a response body for an error message, scrubbed.
+    pub(crate) fn snippet(&self, raw: &[u8]) -> String {
+        self.scrub(&snippet(raw)).into_owned()
     }
 
     /// The account's timezone: configured, else asked of the API once (per the connector's
@@ -487,7 +515,7 @@ impl Connection {
                 class: FailureClass::Fatal,
                 status: Some(raw.status),
                 code: None,
-                message: format!("the response is not JSON: {}", snippet(&raw.body)),
+                message: format!("the response is not JSON: {}", self.snippet(&raw.body)),
                 help: None,
                 request: req.describe(),
                 attempts: raw.attempts,
@@ -639,9 +667,26 @@ impl Connection {
         let status = resp.status().as_u16();
         self.note_date(resp.headers());
         let wait = self.note_rate_headers(resp.headers()).await;
-        let bytes = match resp.bytes().await {
+        if (300..400).contains(&status) {
+            // Not followed (see the client's redirect policy). The `Location` is not shown:
+            // it is the server's text and could carry anything.
+            return Err((
+                fail(
+                    FailureClass::Fatal,
+                    Some(status),
+                    Some("redirect".into()),
+                    "the API answered with a redirect; sluice does not follow redirects".into(),
+                    Some(
+                        "check the connection's `base_url` (the host, and https rather than http)"
+                            .into(),
+                    ),
+                ),
+                None,
+            ));
+        }
+        let bytes = match self.read_body(resp).await {
             Ok(b) => b,
-            Err(_) => {
+            Err(BodyError::CutOff) => {
                 return Err((
                     fail(
                         FailureClass::Retryable,
@@ -653,11 +698,26 @@ impl Connection {
                     None,
                 ))
             }
+            Err(BodyError::TooLarge) => {
+                let mb = self.max_body >> 20;
+                return Err((
+                    fail(
+                        FailureClass::Fatal,
+                        Some(status),
+                        Some("response_too_large".into()),
+                        format!("the response is larger than the {mb} MiB limit (`max_response_mb`)"),
+                        Some("if the API really answers this much, raise `max_response_mb` on the connection in sluice.yaml; otherwise ask for smaller pages".into()),
+                    ),
+                    None,
+                ));
+            }
         };
         if (200..300).contains(&status) {
+            let mut body = bytes;
+            self.redactor.hide_token_in_body(&mut body);
             return Ok(RawResponse {
                 status,
-                body: Vec::from(bytes),
+                body,
                 attempts: 1,
             });
         }
@@ -667,8 +727,37 @@ impl Connection {
             serde_json::from_slice(&bytes).ok()
         };
         let (code, message) = self.error_details(body.as_ref(), &bytes);
+        let code = code.map(|c| self.scrub(&c).into_owned());
+        let message = self.scrub(&message).into_owned();
         let (class, help) = classify(status, code.as_deref(), &[rules, &self.connector.errors]);
         Err((fail(class, Some(status), code, message, help), wait))
+    }
+
+    /// Reads a response body of at most `max_body` bytes: refused at once when its
+    /// `Content-Length` says more, else read chunk by chunk and refused as soon as it passes
+    /// the limit. The buffer grows with what arrives and never beyond the limit, so a hostile
+    /// or broken server cannot make the process hold more than one limit per request.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Vec<u8>, BodyError> {
+        let limit = self.max_body;
+        let announced = resp.content_length().map(usize::try_from);
+        if announced.is_some_and(|n| n.map_or(true, |n| n > limit)) {
+            return Err(BodyError::TooLarge);
+        }
+        let mut body = Vec::with_capacity(announced.and_then(Result::ok).unwrap_or(0));
+        while let Some(chunk) = resp.chunk().await.map_err(|_| BodyError::CutOff)? {
+            let len = body.len() + chunk.len();
+            if len > limit {
+                return Err(BodyError::TooLarge);
+            }
+            if len > body.capacity() {
+                // Doubling, as `Vec` would, but capped at the limit: plain doubling could
+                // reserve nearly twice the limit.
+                let want = body.capacity().saturating_mul(2).max(len).min(limit);
+                body.reserve_exact(want - body.len());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Records rate-limit headers; returns how long to wait when the window is used up.
@@ -725,13 +814,126 @@ impl Connection {
         let msg = if raw.is_empty() {
             "the response has no body".to_string()
         } else {
-            snippet(raw)
+            self.snippet(raw)
         };
         (None, msg)
     }
 }
 
-pub(crate) fn snippet(raw: &[u8]) -> String {
+/// Response bodies larger than this many MiB are refused unless the connector or the
+/// connection says otherwise (`max_response_mb`).
+pub(crate) const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
+
+/// Why a response body could not be read.
+enum BodyError {
+    /// The connection broke before the body was complete.
+    CutOff,
+    /// The body is (or says it will be) larger than the connection's limit.
+    TooLarge,
+}
+
+/// Hides the connection's credential in what servers send back (an error body echoing the
+/// request's `Authorization` header, a 2xx body echoing the token). Built once per connection.
+///
+/// Failure text (messages and codes from error bodies, snippets of bodies) is scrubbed of the
+/// token and of any `Bearer <credential>`, which may be another credential of the same user.
+/// A 2xx body is customer data: only the token's own bytes are replaced there, found with one
+/// `memmem` scan per response and copied only when found, so the record path stays as fast.
+/// No `Debug`: the finder holds the token.
+pub(crate) struct Redactor {
+    token: Option<memchr::memmem::Finder<'static>>,
+}
+
+/// What a hidden credential is shown as.
+const HIDDEN: &str = "***";
+
+impl Redactor {
+    fn new(token: Option<&Secret>) -> Redactor {
+        let token = token
+            .map(Secret::expose)
+            .filter(|t| !t.is_empty())
+            .map(|t| memchr::memmem::Finder::new(t).into_owned());
+        Redactor { token }
+    }
+
+    /// `text` with the token and any `Bearer <credential>` replaced by `***`; borrowed when
+    /// there is nothing to hide.
+    pub(crate) fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let text = match self.replace_token(text.as_bytes()) {
+            // Whole occurrences of a UTF-8 needle in UTF-8 text: the result is UTF-8.
+            Some(b) => Cow::Owned(
+                String::from_utf8(b)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+            None => Cow::Borrowed(text),
+        };
+        match hide_bearer(&text) {
+            Some(s) => Cow::Owned(s),
+            None => text,
+        }
+    }
+
+    /// Replaces the token's bytes in a 2xx body, if they occur.
+    fn hide_token_in_body(&self, body: &mut Vec<u8>) {
+        if let Some(b) = self.replace_token(body) {
+            *body = b;
+        }
+    }
+
+    /// `hay` with every occurrence of the token replaced, or `None` when there is none.
+    fn replace_token(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        let finder = self.token.as_ref()?;
+        let mut found = finder.find_iter(hay).peekable();
+        found.peek()?;
+        let n = finder.needle().len();
+        let mut out = Vec::with_capacity(hay.len());
+        let mut last = 0;
+        for at in found {
+            out.extend_from_slice(&hay[last..at]);
+            out.extend_from_slice(HIDDEN.as_bytes());
+            last = at + n;
+        }
+        out.extend_from_slice(&hay[last..]);
+        Some(out)
+    }
+}
+
+/// `text` with the credential after every `Bearer ` (any case) replaced by `***`, or `None`
+/// when there is none.
+fn hide_bearer(text: &str) -> Option<String> {
+    let is_cred = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut last = 0;
+    let mut from = 0;
+    while let Some(i) = memchr::memchr2(b'b', b'B', &bytes[from..]).map(|i| from + i) {
+        from = i + 1;
+        let word = bytes.get(i..i + 6);
+        if !word.is_some_and(|w| w.eq_ignore_ascii_case(b"bearer")) {
+            continue;
+        }
+        let spaces = bytes[i + 6..]
+            .iter()
+            .take_while(|b| **b == b' ' || **b == b'\t')
+            .count();
+        let start = i + 6 + spaces;
+        let len = bytes[start..].iter().take_while(|b| is_cred(**b)).count();
+        if spaces == 0 || len == 0 {
+            continue;
+        }
+        // Only ASCII bytes were matched: `start` and `start + len` are char boundaries.
+        let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        o.push_str(&text[last..start]);
+        o.push_str(HIDDEN);
+        last = start + len;
+        from = last;
+    }
+    let mut o = out?;
+    o.push_str(&text[last..]);
+    Some(o)
+}
+
+fn snippet(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     let s = s.trim();
     if s.chars().count() > 200 {
@@ -836,6 +1038,31 @@ mod tests {
             classify(503, None, &[&action, &conn]).0,
             FailureClass::Fatal
         );
+    }
+
+    #[test]
+    fn redactor_hides_the_token_and_bearer_credentials_in_failure_text() {
+        let r = Redactor::new(Some(&Secret::new("tok-SECRET-123")));
+        assert!(matches!(r.scrub("nothing to hide"), Cow::Borrowed(_)));
+        assert_eq!(
+            r.scrub("Authorization: Bearer tok-SECRET-123; token tok-SECRET-123."),
+            "Authorization: Bearer ***; token ***."
+        );
+        assert_eq!(
+            r.scrub("bearer\tother.Cred/4+5=, BEARER  x-y_z~ and Bearer, bearer\"q\" héllo Bearer"),
+            "bearer\t***, BEARER  *** and Bearer, bearer\"q\" héllo Bearer"
+        );
+        assert_eq!(r.scrub("é tok-SECRET-123é"), "é ***é");
+        // A 2xx body keeps everything but the token itself.
+        let mut body = br#"{"a":"tok-SECRET-123","b":"Bearer other"}"#.to_vec();
+        r.hide_token_in_body(&mut body);
+        assert_eq!(body, br#"{"a":"***","b":"Bearer other"}"#);
+        // No token: only the bearer rule.
+        let r = Redactor::new(Some(&Secret::new("")));
+        assert_eq!(r.scrub("tok Bearer abc"), "tok Bearer ***");
+        let mut body = b"Bearer abc".to_vec();
+        r.hide_token_in_body(&mut body);
+        assert_eq!(body, b"Bearer abc");
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct Poll<'a> {
     scanned: Option<Scanned>,
     scope: Scope,
     next: Next,
+    /// Next-page tokens sent since the first page (of this pass, for a restarted scan): a
+    /// token that comes back would page forever.
+    sent: HashSet<String>,
     /// Pages fetched, all attempts included.
     pub pages: u64,
     /// Records received before the local filter.
@@ -137,6 +140,7 @@ impl<'a> Poll<'a> {
             scanned: None,
             scope: Scope::new(Value::Object(scope)),
             next: Next::First,
+            sent: HashSet::new(),
             pages: 0,
             received: 0,
             server_since,
@@ -219,7 +223,9 @@ impl<'a> Poll<'a> {
         let mut restarts = 0;
         'again: loop {
             let mut all = Vec::new();
+            // A restarted scan sends its tokens again; the page bound still counts every page.
             self.next = Next::First;
+            self.sent.clear();
             // Every record is read: the scan's ids are kept, and records before `since` may
             // still be late arrivals.
             let picker = Picker {
@@ -280,6 +286,19 @@ impl<'a> Poll<'a> {
         }
     }
 
+    /// The poll cannot end: a repeated next-page token, or more pages than `max_pages`.
+    fn loop_failure(&self, req: &HttpRequest, message: String, help: &str) -> Failure {
+        Failure {
+            class: FailureClass::Fatal,
+            status: None,
+            code: Some("pagination_loop".into()),
+            message,
+            help: Some(help.into()),
+            request: req.describe(),
+            attempts: 1,
+        }
+    }
+
     /// Fetches one page and splits it into records (read later by a [`Picker`]); `None` when
     /// paging has ended.
     async fn fetch(&mut self) -> Result<Option<Batch>, Failure> {
@@ -289,6 +308,16 @@ impl<'a> Poll<'a> {
             .render(&self.scope, "options")
             .map_err(|m| input_failure(self.trigger, m))?;
         let mut retry_in_place = true;
+        if !matches!(self.next, Next::Done) && self.pages >= self.trigger.max_pages {
+            return Err(self.loop_failure(
+                &req,
+                format!(
+                    "trigger `{}` returned more than {} pages in one poll (`max_pages`)",
+                    self.trigger.id, self.trigger.max_pages
+                ),
+                "if the API really has this many pages, raise the trigger's `pagination.max_pages`; otherwise it keeps offering a next page",
+            ));
+        }
         match (&self.next, &self.trigger.spec.pagination) {
             (Next::Done, _) => return Ok(None),
             (
@@ -312,6 +341,7 @@ impl<'a> Poll<'a> {
                 },
             ) => {
                 retry_in_place = !restart_on_failure;
+                self.sent.insert(tok.clone());
                 match send_in {
                     SendInSpec::Query => req.query.push((param.clone(), tok.clone())),
                     SendInSpec::Body => set_path(
@@ -335,7 +365,7 @@ impl<'a> Poll<'a> {
         let not_json = |e: &dyn std::fmt::Display| {
             odd(format!(
                 "the response is not the JSON the connector describes ({e}): {}",
-                crate::http::snippet(&resp.body)
+                self.conn.snippet(&resp.body)
             ))
         };
         let text = std::str::from_utf8(&resp.body).map_err(|e| not_json(&e))?;
@@ -368,7 +398,12 @@ impl<'a> Poll<'a> {
         };
         self.next = match &self.trigger.spec.pagination {
             PaginationSpec::None => Next::Done,
-            PaginationSpec::Cursor { next, stop, .. } => {
+            PaginationSpec::Cursor {
+                next,
+                stop,
+                token_repeats,
+                ..
+            } => {
                 let path: Vec<String> = next.split('.').map(str::to_string).collect();
                 let tok = value_at(&path)?.and_then(|v| match v {
                     Value::String(s) if !s.is_empty() => Some(s),
@@ -377,6 +412,19 @@ impl<'a> Poll<'a> {
                 });
                 match (stop, tok) {
                     (StopSpec::RecordsEmpty, _) if list.is_empty() => Next::Done,
+                    (_, Some(t)) if !token_repeats && self.sent.contains(&t) => {
+                        // Checked before the page's records are used: the page is as
+                        // suspect as any other answer the connector does not describe.
+                        let shown = shorten(&self.conn.scrub(&t), 40);
+                        return Err(self.loop_failure(
+                            &req,
+                            format!(
+                                "trigger `{}` would page forever: the API returned the same next-page token again on page {} (`{shown}`)",
+                                self.trigger.id, self.pages
+                            ),
+                            "check the trigger's `pagination`: `next` must be the path of the following page's token, and the API must read it where `send_in` and `param` put it; an API that sends the same token with every page (a scroll session) needs `token_repeats: true`",
+                        ));
+                    }
                     (_, Some(t)) => Next::Token(t),
                     (_, None) => Next::Done,
                 }
@@ -518,6 +566,14 @@ impl<'a> Picker<'a> {
             )));
         };
         Ok((c >= self.since && c < self.until).then(|| Record::new(raw, fields, c)))
+    }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
     }
 }
 

@@ -78,7 +78,14 @@ pub struct Trigger {
     /// The record's top-level fields the runtime reads (id, cursor, dedupe key): the only
     /// ones parsed out of a polled record before a template needs the rest.
     pub record_fields: Vec<String>,
+    /// Most pages one poll may read: the pagination's `max_pages`, else `DEFAULT_MAX_PAGES`.
+    pub max_pages: u64,
 }
+
+/// Pages one poll may read when the connector does not say. A backstop against an API that
+/// never stops offering a next page: far above any real poll (10,000 pages of 50 records is
+/// half a million records), and reached in minutes rather than never.
+pub(crate) const DEFAULT_MAX_PAGES: u64 = 10_000;
 
 /// A compiled action.
 #[derive(Debug)]
@@ -305,6 +312,16 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         }
     }
     check_rules(&mut cx, "errors", &h.errors);
+    if h.max_response_mb == Some(0) {
+        cx.err(
+            "max_response_mb",
+            "`max_response_mb` must be at least 1",
+            Some(format!(
+                "leave it out for the default of {} MiB",
+                crate::http::DEFAULT_MAX_RESPONSE_MB
+            )),
+        );
+    }
 
     let mut triggers = IndexMap::new();
     for (id, t) in &spec.triggers {
@@ -644,6 +661,15 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
             );
         }
     }
+    if t.pagination.max_pages() == Some(0) {
+        cx.err(
+            &format!("{base}.pagination.max_pages"),
+            "`max_pages` must be at least 1",
+            Some(format!(
+                "leave it out for the default of {DEFAULT_MAX_PAGES} pages"
+            )),
+        );
+    }
     if let PaginationSpec::Cursor {
         send_in: SendInSpec::Body,
         ..
@@ -712,6 +738,7 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
         lookback_secs,
         dedupe_key,
         record_fields,
+        max_pages: t.pagination.max_pages().unwrap_or(DEFAULT_MAX_PAGES),
     })
 }
 

@@ -42,6 +42,9 @@ pub struct ConnectionSpec {
     /// Retry policy for transient failures.
     #[serde(default)]
     pub retry: Option<RetrySpec>,
+    /// Largest response body accepted, in MiB (default: the connector's `max_response_mb`).
+    #[serde(default)]
+    pub max_response_mb: Option<u64>,
 }
 
 /// Retry policy knobs.

@@ -45,6 +45,9 @@ pub struct ConnectorHeaderSpec {
     /// How to learn the account's timezone (needed by day-granular triggers).
     #[serde(default)]
     pub timezone: Option<TimezoneSpec>,
+    /// Largest response body accepted, in MiB (default 64); a connection may override it.
+    #[serde(default)]
+    pub max_response_mb: Option<u64>,
 }
 
 /// Authentication kinds. Both end up as `Authorization: Bearer <token>` on the wire.
@@ -299,6 +302,13 @@ pub enum PaginationSpec {
         /// A failure mid-way means starting over from the first page (scroll APIs).
         #[serde(default)]
         restart_on_failure: bool,
+        /// The API sends the same token on every page (it names a scroll session, not a
+        /// position), so a repeated token is not a loop; only `max_pages` bounds paging.
+        #[serde(default)]
+        token_repeats: bool,
+        /// Most pages one poll may read (default 10,000); more is an error.
+        #[serde(default)]
+        max_pages: Option<u64>,
     },
     /// Page numbers in the query string.
     PageNumber {
@@ -317,10 +327,22 @@ pub enum PaginationSpec {
         /// Largest page size the API accepts.
         #[serde(default)]
         max_page_size: Option<u32>,
+        /// Most pages one poll may read (default 10,000); more is an error.
+        #[serde(default)]
+        max_pages: Option<u64>,
     },
 }
 
 impl PaginationSpec {
+    /// `max_pages` of the styles that have it, when given.
+    pub fn max_pages(&self) -> Option<u64> {
+        match self {
+            PaginationSpec::None => None,
+            PaginationSpec::Cursor { max_pages, .. }
+            | PaginationSpec::PageNumber { max_pages, .. } => *max_pages,
+        }
+    }
+
     /// `(page_size, max_page_size)` of the styles that have them.
     pub fn page_sizes(&self) -> (Option<u32>, Option<u32>) {
         match self {

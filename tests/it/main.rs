@@ -10,6 +10,7 @@ mod demo;
 mod docs;
 mod engine;
 mod generic;
+mod hostile;
 mod intercom_actions;
 mod intercom_errors;
 mod intercom_triggers;

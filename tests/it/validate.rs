@@ -69,6 +69,33 @@ fn syntax_error_is_located() {
 }
 
 #[test]
+fn zero_limits_are_refused_with_their_position() {
+    let fixture = crate::util::root().join("tests/fixtures/connectors/hostile.yaml");
+    let text = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("max_pages: 5", "max_pages: 0")
+        .replace(
+            "default_region: local\n",
+            "default_region: local\nmax_response_mb: 0\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("hostile.yaml");
+    std::fs::write(&f, text).unwrap();
+    let r = run({
+        let mut c = sluice();
+        c.arg("validate").arg(&f);
+        c
+    });
+    assert_eq!(r.code, 1);
+    for want in [
+        "hostile.yaml:8:1: error: `max_response_mb` must be at least 1",
+        "hostile.yaml:31:7: error: `max_pages` must be at least 1",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+    }
+}
+
+#[test]
 fn missing_path_cannot_run() {
     let r = run({
         let mut c = sluice();
