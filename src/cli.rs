@@ -918,10 +918,8 @@ async fn cmd_call(
         };
         let conn = open_connection(cli, &connectors, connection)?;
         for r in &prepared.requests {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::dryrun::describe_request(&conn, r))?
-            );
+            let shown = crate::dryrun::describe_request(&conn, r).map_err(|e| anyhow!(e))?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         return Ok(ExitCode::SUCCESS);
     }

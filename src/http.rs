@@ -301,6 +301,24 @@ impl Connection {
         &self.base_url
     }
 
+    /// The URL a request is sent to: the base URL, the (already encoded) path, and the query
+    /// encoded as reqwest's `query` would. The one place a URL is built, so a dry run shows
+    /// exactly what is sent.
+    pub fn url(&self, req: &HttpRequest) -> Result<reqwest::Url, String> {
+        // The message names the path, not the base URL, which may hold credentials.
+        let mut url =
+            reqwest::Url::parse(&format!("{}{}", self.base_url, req.path)).map_err(|e| {
+                format!(
+                    "the base URL of connection `{}` with the path `{}` is not a valid URL: {e}",
+                    self.name, req.path
+                )
+            })?;
+        if !req.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&req.query);
+        }
+        Ok(url)
+    }
+
     /// The API version sent, if the connector pins one.
     pub fn api_version(&self) -> Option<&str> {
         self.api_version.as_deref()
@@ -467,13 +485,21 @@ impl Connection {
         req: &HttpRequest,
         rules: &[ErrorRuleSpec],
     ) -> Result<RawResponse, (Failure, Option<Duration>)> {
-        let url = format!("{}{}", self.base_url, req.path);
+        let fail = |class, status, code, message: String, help| Failure {
+            class,
+            status,
+            code,
+            message,
+            help,
+            request: req.describe(),
+            attempts: 1,
+        };
+        let url = self
+            .url(req)
+            .map_err(|m| (fail(FailureClass::Fatal, None, None, m, None), None))?;
         let method = reqwest::Method::from_bytes(method_str(req.method).as_bytes())
             .expect("invariant: method names are valid");
-        let mut rb = self.client.request(method, &url);
-        if !req.query.is_empty() {
-            rb = rb.query(&req.query);
-        }
+        let mut rb = self.client.request(method, url);
         for (k, v) in &self.connector.header.headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
@@ -486,15 +512,6 @@ impl Connection {
         if let Some(body) = &req.body {
             rb = rb.json(body);
         }
-        let fail = |class, status, code, message: String, help| Failure {
-            class,
-            status,
-            code,
-            message,
-            help,
-            request: req.describe(),
-            attempts: 1,
-        };
         let resp = match rb.send().await {
             Ok(r) => r,
             Err(e) => {

@@ -13,5 +13,6 @@ mod generic;
 mod intercom_actions;
 mod intercom_errors;
 mod intercom_triggers;
+mod paths;
 mod recipes;
 mod validate;
