@@ -1076,7 +1076,10 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         }
         let (connectors, config) = runtime.as_ref().expect("invariant: set just above");
         match plan::recipe::load_recipe(f, &text, connectors, config.as_ref()) {
-            Ok(_) => counts.3 += 1,
+            Ok(r) => {
+                counts.3 += 1;
+                diags.extend(r.warnings);
+            }
             Err(d) => diags.extend(d),
         }
     }

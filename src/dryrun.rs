@@ -197,11 +197,13 @@ pub fn run(
                         .get("value")
                         .cloned()
                         .unwrap_or_else(|| sample.record.clone());
-                    let to = input
-                        .get("to")
-                        .and_then(Value::as_str)
-                        .unwrap_or("stdout")
-                        .to_string();
+                    let to = match step
+                        .emit_to(&input)
+                        .map_err(|e| format!("step `{}`: emit: {e}", step.id))?
+                    {
+                        crate::plan::EmitTo::Stdout => "stdout".to_string(),
+                        crate::plan::EmitTo::File(p) => p.display().to_string(),
+                    };
                     plan.requests.push(json!({"emit": value, "to": to}));
                     continue;
                 };

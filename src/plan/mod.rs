@@ -17,7 +17,7 @@ use crate::spec::{self, *};
 use crate::template::{Template, Tree};
 
 pub mod recipe;
-pub use recipe::{Recipe, Schedule, StartFrom, Step, StepAction};
+pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, StartFrom, Step, StepAction};
 
 /// A compiled connector.
 #[derive(Debug)]

@@ -9,6 +9,7 @@ mod crash;
 mod demo;
 mod docs;
 mod engine;
+mod files;
 mod generic;
 mod intercom_actions;
 mod intercom_errors;
