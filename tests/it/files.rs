@@ -1,5 +1,6 @@
 //! Files sluice writes, through `sluice run --once` against the simulator: `emit` files stay in
-//! the directory the recipe names, whatever a record holds.
+//! the directory the recipe names, whatever a record holds, and the state directory and emit
+//! files are private to their owner.
 
 use std::path::{Path, PathBuf};
 
@@ -141,4 +142,48 @@ async fn emit_files_stay_in_the_directory_the_recipe_names() {
         assert!(list.stdout.contains(needle), "no {needle:?} in:\n{}", list.stdout);
     }
     assert_eq!(list.stdout.lines().count(), 8, "{}", list.stdout);
+}
+
+/// The permission bits of a path.
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_emit_files_are_private() {
+    let f = Files::start(&[&recipe("private", "out/{{record.external_id}}.jsonl")]).await;
+    let ws = f.env.ws.path().to_path_buf();
+    // An existing, open state directory is tightened, files already in it included.
+    let state = ws.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("notes.txt"), "x").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(
+            state.join("notes.txt"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+    f.contact("ok", T0 - 10);
+    f.contact("../bad", T0 - 5);
+    let (r, reps) = f.run_once().await;
+    r.assert_ok();
+    // One record written, one dead letter (held in the store).
+    assert_eq!(reps["private"]["dead_letters"], 1, "{}", reps["private"]);
+    assert_eq!(mode(&state), 0o700);
+    let files = files_under(&state);
+    assert!(files.len() > 1, "{files:?}");
+    for p in &files {
+        let p = state.join(p);
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+        let mut dir = p.parent().unwrap();
+        while dir != state {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            dir = dir.parent().unwrap();
+        }
+    }
+    assert_eq!(mode(&ws.join("run/out/ok.jsonl")), 0o600);
 }
