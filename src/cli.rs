@@ -1024,8 +1024,15 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Reads the config file; `Ok(None)` when it does not exist.
 fn read_config(cli: &Cli) -> Result<Option<spec::ConfigSpec>, Diagnostic> {
+    Ok(read_config_located(cli)?.map(|(c, _)| c))
+}
+
+/// As [`read_config`], with the file's location index.
+fn read_config_located(
+    cli: &Cli,
+) -> Result<Option<(spec::ConfigSpec, diag::LocationIndex)>, Diagnostic> {
     match std::fs::read_to_string(&cli.config) {
-        Ok(text) => spec::parse_config(&cli.config, &text).map(|(c, _)| Some(c)),
+        Ok(text) => spec::parse_config(&cli.config, &text).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Diagnostic::error(
             &cli.config,
@@ -1065,8 +1072,12 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         }
         if runtime.is_none() {
             let connectors = load_connectors(cli)?;
-            let config = match read_config(cli) {
-                Ok(c) => c,
+            let config = match read_config_located(cli) {
+                Ok(Some((c, index))) => {
+                    diags.extend(plan::check_config(&cli.config, &c, &index));
+                    Some(c)
+                }
+                Ok(None) => None,
                 Err(d) => {
                     diags.push(d);
                     None

@@ -820,6 +820,38 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     })
 }
 
+/// Checks `sluice.yaml` beyond its shape, for `validate`: a token written in the file (not
+/// `${env:NAME}`) is a warning, and one that could never be sent in a header is an error.
+/// The same header check runs again on the resolved token when a connection is opened.
+pub fn check_config(file: &Path, config: &ConfigSpec, index: &LocationIndex) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (name, conn) in &config.connections {
+        let Some(token) = &conn.token else { continue };
+        let path = format!("connections.{name}.token");
+        if let Some(problem) = crate::http::token_problem(token) {
+            out.push(
+                Diagnostic::error(
+                    file,
+                    format!("the token of connection `{name}` is not valid: {problem}"),
+                )
+                .at(index, &path),
+            );
+        }
+        if !token.contains("${env:") {
+            out.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has its token written in the file"),
+                )
+                .at(index, &path)
+                .warning()
+                .help("use `${env:NAME}` so the token is not in a file (e.g. `token: ${env:INTERCOM_TOKEN}`)"),
+            );
+        }
+    }
+    out
+}
+
 /// Reads and builds every connector file (`*.yaml`) in a directory.
 pub fn load_connectors_dir(dir: &Path) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
     let files = spec::yaml_files_in(dir).map_err(|e| {
