@@ -85,7 +85,7 @@ pub struct DryRun {
     pub steps: Vec<StepPlan>,
 }
 
-/// A request as shown to people: method, full URL (built as [`Connection::url`] builds the one
+/// A request as shown to people: method, full URL (built as `Connection::url` builds the one
 /// sent), headers (credentials as `***`), body.
 pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Result<Value, String> {
     let url = conn.url(r)?;

@@ -323,7 +323,7 @@ impl Connection {
     /// The URL a request is sent to: the base URL, the (already encoded) path, and the query
     /// encoded as reqwest's `query` would. The one place a URL is built, so a dry run shows
     /// exactly what is sent.
-    pub fn url(&self, req: &HttpRequest) -> Result<reqwest::Url, String> {
+    pub(crate) fn url(&self, req: &HttpRequest) -> Result<reqwest::Url, String> {
         // The message names the path, not the base URL, which may hold credentials.
         let mut url =
             reqwest::Url::parse(&format!("{}{}", self.base_url, req.path)).map_err(|e| {

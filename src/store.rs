@@ -290,7 +290,7 @@ fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
 
 impl StateStore {
     /// Opens (or creates) the store in `dir`. Fails with a clear message when another sluice
-    /// process holds it. The directory is made private first (see [`make_private`]).
+    /// process holds it. The directory is made private first: `0700`, its files `0600`.
     pub fn open(dir: &Path) -> Result<StateStore> {
         create_private_dir(dir)?;
         #[allow(clippy::disallowed_methods)]

@@ -823,7 +823,11 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
 /// Checks `sluice.yaml` beyond its shape, for `validate`: a token written in the file (not
 /// `${env:NAME}`) is a warning, and one that could never be sent in a header is an error.
 /// The same header check runs again on the resolved token when a connection is opened.
-pub fn check_config(file: &Path, config: &ConfigSpec, index: &LocationIndex) -> Vec<Diagnostic> {
+pub(crate) fn check_config(
+    file: &Path,
+    config: &ConfigSpec,
+    index: &LocationIndex,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for (name, conn) in &config.connections {
         let Some(token) = &conn.token else { continue };
