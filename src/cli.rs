@@ -918,10 +918,8 @@ async fn cmd_call(
         };
         let conn = open_connection(cli, &connectors, connection)?;
         for r in &prepared.requests {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&crate::dryrun::describe_request(&conn, r))?
-            );
+            let shown = crate::dryrun::describe_request(&conn, r).map_err(|e| anyhow!(e))?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -1026,8 +1024,15 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Reads the config file; `Ok(None)` when it does not exist.
 fn read_config(cli: &Cli) -> Result<Option<spec::ConfigSpec>, Diagnostic> {
+    Ok(read_config_located(cli)?.map(|(c, _)| c))
+}
+
+/// As [`read_config`], with the file's location index.
+fn read_config_located(
+    cli: &Cli,
+) -> Result<Option<(spec::ConfigSpec, diag::LocationIndex)>, Diagnostic> {
     match std::fs::read_to_string(&cli.config) {
-        Ok(text) => spec::parse_config(&cli.config, &text).map(|(c, _)| Some(c)),
+        Ok(text) => spec::parse_config(&cli.config, &text).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Diagnostic::error(
             &cli.config,
@@ -1067,8 +1072,12 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         }
         if runtime.is_none() {
             let connectors = load_connectors(cli)?;
-            let config = match read_config(cli) {
-                Ok(c) => c,
+            let config = match read_config_located(cli) {
+                Ok(Some((c, index))) => {
+                    diags.extend(plan::check_config(&cli.config, &c, &index));
+                    Some(c)
+                }
+                Ok(None) => None,
                 Err(d) => {
                     diags.push(d);
                     None
@@ -1078,7 +1087,10 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         }
         let (connectors, config) = runtime.as_ref().expect("invariant: set just above");
         match plan::recipe::load_recipe(f, &text, connectors, config.as_ref()) {
-            Ok(_) => counts.3 += 1,
+            Ok(r) => {
+                counts.3 += 1;
+                diags.extend(r.warnings);
+            }
             Err(d) => diags.extend(d),
         }
     }

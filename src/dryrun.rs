@@ -85,24 +85,10 @@ pub struct DryRun {
     pub steps: Vec<StepPlan>,
 }
 
-/// A request as shown to people: method, full URL, headers (credentials as `***`), body.
-pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Value {
-    let query = if r.query.is_empty() {
-        String::new()
-    } else {
-        let pairs: Vec<String> = r
-            .query
-            .iter()
-            .map(|(k, v)| {
-                let enc = |s: &str| {
-                    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
-                        .to_string()
-                };
-                format!("{}={}", enc(k), enc(v))
-            })
-            .collect();
-        format!("?{}", pairs.join("&"))
-    };
+/// A request as shown to people: method, full URL (built as `Connection::url` builds the one
+/// sent), headers (credentials as `***`), body.
+pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Result<Value, String> {
+    let url = conn.url(r)?;
     let mut headers: Map<String, Value> = conn
         .redacted_headers()
         .into_iter()
@@ -111,12 +97,12 @@ pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Value {
     if r.body.is_some() {
         headers.insert("Content-Type".into(), "application/json".into());
     }
-    json!({
+    Ok(json!({
         "method": method_str(r.method),
-        "url": format!("{}{}{}", conn.base_url(), r.path, query),
+        "url": url.as_str(),
         "headers": headers,
         "body": r.body,
-    })
+    }))
 }
 
 /// A stand-in output for a step that was not mocked: its declared output fields as
@@ -211,11 +197,13 @@ pub fn run(
                         .get("value")
                         .cloned()
                         .unwrap_or_else(|| sample.record.clone());
-                    let to = input
-                        .get("to")
-                        .and_then(Value::as_str)
-                        .unwrap_or("stdout")
-                        .to_string();
+                    let to = match step
+                        .emit_to(&input)
+                        .map_err(|e| format!("step `{}`: emit: {e}", step.id))?
+                    {
+                        crate::plan::EmitTo::Stdout => "stdout".to_string(),
+                        crate::plan::EmitTo::File(p) => p.display().to_string(),
+                    };
                     plan.requests.push(json!({"emit": value, "to": to}));
                     continue;
                 };
@@ -227,8 +215,12 @@ pub fn run(
                 })?;
                 let prepared =
                     action::prepare(a, &input).map_err(|e| format!("step `{}`: {e}", step.id))?;
-                plan.requests
-                    .extend(prepared.requests.iter().map(|r| describe_request(conn, r)));
+                for r in &prepared.requests {
+                    plan.requests.push(
+                        describe_request(conn, r)
+                            .map_err(|e| format!("step `{}`: {e}", step.id))?,
+                    );
+                }
             }
         }
         let output = match sample.steps.get(&step.id) {

@@ -18,7 +18,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use serde_json::{Map, Value};
 
 use crate::action::{self, ActionError};
 use crate::http::{Connection, FailureClass};
-use crate::plan::{Recipe, StartFrom, Step, StepAction};
+use crate::plan::{EmitTo, Recipe, StartFrom, Step, StepAction};
 use crate::record::{parse_raw, write_line, Record};
 use crate::spec::{OnErrorSpec, SortSpec};
 use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
@@ -53,8 +52,8 @@ pub struct Emitter {
 }
 
 impl Emitter {
-    /// Queues one JSON line for `to` (`stdout` or a file path).
-    pub fn emit(&self, to: &str, v: &Value) -> Result<()> {
+    /// Queues one JSON line for `to`.
+    pub fn emit(&self, to: &EmitTo, v: &Value) -> Result<()> {
         self.with_writer(to, |w| {
             serde_json::to_writer(&mut *w, v)?;
             w.write_all(b"\n")
@@ -62,42 +61,47 @@ impl Emitter {
     }
 
     /// Queues a record's JSON text as one line for `to`, without parsing it.
-    pub fn emit_raw(&self, to: &str, raw: &RawValue) -> Result<()> {
+    pub fn emit_raw(&self, to: &EmitTo, raw: &RawValue) -> Result<()> {
         self.with_writer(to, |w| write_line(w, raw))
     }
 
     fn with_writer(
         &self,
-        to: &str,
+        to: &EmitTo,
         write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
-        if to == "stdout" || to == "-" {
-            let mut buf = self
-                .stdout
-                .lock()
-                .map_err(|_| anyhow!("emit buffer poisoned"))?;
-            return Ok(write(&mut *buf)?);
-        }
+        let path = match to {
+            EmitTo::Stdout => {
+                let mut buf = self
+                    .stdout
+                    .lock()
+                    .map_err(|_| anyhow!("emit buffer poisoned"))?;
+                return Ok(write(&mut *buf)?);
+            }
+            EmitTo::File(p) => p.as_path(),
+        };
         let mut files = self
             .files
             .lock()
             .map_err(|_| anyhow!("emit files poisoned"))?;
-        let path = Path::new(to);
         if !files.contains_key(path) {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("emit: cannot create `{}`", dir.display()))?;
             }
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
+            let mut open = std::fs::OpenOptions::new();
+            open.create(true).append(true);
+            // Records are private data: a new file is readable by its owner only.
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+            let f = open
                 .open(path)
-                .with_context(|| format!("emit: cannot open `{to}`"))?;
+                .with_context(|| format!("emit: cannot open `{}`", path.display()))?;
             files.insert(path.into(), std::io::BufWriter::with_capacity(1 << 16, f));
         }
         // Looked up by path (`out//a.jsonl` is `out/a.jsonl`), without allocating.
         let w = files.get_mut(path).expect("invariant: inserted above");
-        write(w).with_context(|| format!("emit: cannot write `{to}`"))
+        write(w).with_context(|| format!("emit: cannot write `{}`", path.display()))
     }
 
     /// Writes everything queued.
@@ -914,11 +918,13 @@ async fn execute_one(
         (None, None) => unreachable!("invariant: a step with templated inputs gets a scope"),
     };
     match &step.kind {
-        StepAction::Emit => {
-            let to = input.get("to").and_then(Value::as_str).unwrap_or("stdout");
+        StepAction::Emit { .. } => {
+            let to = step
+                .emit_to(input)
+                .map_err(|e| input_err(format!("emit: {e}")))?;
             match input.get("value") {
-                Some(v) => deps.emit.emit(to, v),
-                None => deps.emit.emit_raw(to, raw),
+                Some(v) => deps.emit.emit(&to, v),
+                None => deps.emit.emit_raw(&to, raw),
             }
             .map_err(|e| input_err(format!("emit: {e:#}")))?;
             Ok(Value::Null)

@@ -256,6 +256,21 @@ pub fn resolve_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
     Ok(out)
 }
 
+/// Why a token cannot be sent as `Authorization: Bearer <token>`, if it cannot: HTTP header
+/// values hold no control characters (tab aside). Checked when a connection is opened (after
+/// `${env:…}` is resolved) and by `validate` on the file's text, so it is a configuration
+/// error, never a request that fails (and would be retried) at send time. Never shows the
+/// token.
+pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
+    if token.contains(['\r', '\n']) {
+        Some("it contains a line break (CR or LF), which cannot be sent in an HTTP header; remove it (a value read from a file often ends with one)")
+    } else if token.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        Some("it contains a control character, which cannot be sent in an HTTP header")
+    } else {
+        None
+    }
+}
+
 impl Connection {
     /// Builds a connection from its spec. `env` looks up environment variables.
     pub fn new(
@@ -284,9 +299,13 @@ impl Connection {
             }
         };
         let token = match &spec.token {
-            Some(t) => Some(Secret::new(
-                resolve_env(t, env).map_err(|e| anyhow::anyhow!("token: {e}"))?,
-            )),
+            Some(t) => {
+                let t = resolve_env(t, env).map_err(|e| anyhow::anyhow!("token: {e}"))?;
+                if let Some(problem) = token_problem(&t) {
+                    anyhow::bail!("token: {problem}");
+                }
+                Some(Secret::new(t))
+            }
             None => None,
         };
         let configured_tz = match &spec.timezone {
@@ -355,6 +374,24 @@ impl Connection {
     /// The base URL requests go to.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The URL a request is sent to: the base URL, the (already encoded) path, and the query
+    /// encoded as reqwest's `query` would. The one place a URL is built, so a dry run shows
+    /// exactly what is sent.
+    pub(crate) fn url(&self, req: &HttpRequest) -> Result<reqwest::Url, String> {
+        // The message names the path, not the base URL, which may hold credentials.
+        let mut url =
+            reqwest::Url::parse(&format!("{}{}", self.base_url, req.path)).map_err(|e| {
+                format!(
+                    "the base URL of connection `{}` with the path `{}` is not a valid URL: {e}",
+                    self.name, req.path
+                )
+            })?;
+        if !req.query.is_empty() {
+            url.query_pairs_mut().extend_pairs(&req.query);
+        }
+        Ok(url)
     }
 
     /// The API version sent, if the connector pins one.
@@ -618,13 +655,21 @@ impl Connection {
         req: &HttpRequest,
         rules: &[ErrorRuleSpec],
     ) -> Result<RawResponse, (Failure, Option<Duration>)> {
-        let url = format!("{}{}", self.base_url, req.path);
+        let fail = |class, status, code, message: String, help| Failure {
+            class,
+            status,
+            code,
+            message,
+            help,
+            request: req.describe(),
+            attempts: 1,
+        };
+        let url = self
+            .url(req)
+            .map_err(|m| (fail(FailureClass::Fatal, None, None, m, None), None))?;
         let method = reqwest::Method::from_bytes(method_str(req.method).as_bytes())
             .expect("invariant: method names are valid");
-        let mut rb = self.client.request(method, &url);
-        if !req.query.is_empty() {
-            rb = rb.query(&req.query);
-        }
+        let mut rb = self.client.request(method, url);
         for (k, v) in &self.connector.header.headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
@@ -637,17 +682,24 @@ impl Connection {
         if let Some(body) = &req.body {
             rb = rb.json(body);
         }
-        let fail = |class, status, code, message: String, help| Failure {
-            class,
-            status,
-            code,
-            message,
-            help,
-            request: req.describe(),
-            attempts: 1,
-        };
         let resp = match rb.send().await {
             Ok(r) => r,
+            Err(e) if e.is_builder() => {
+                // The request could not even be built (a header value reqwest refuses): the
+                // same happens on every attempt, so it is not transient. Values from the
+                // configuration are checked when the connection is opened; this is the guard
+                // for the rest. reqwest's message can hold the URL, so it is not shown.
+                return Err((
+                    fail(
+                        FailureClass::Fatal,
+                        None,
+                        None,
+                        "the request could not be built (a header value is not valid); check the connector's headers and the connection's settings".into(),
+                        None,
+                    ),
+                    None,
+                ));
+            }
             Err(e) => {
                 // Transport errors (refused, reset, timeout) are transient. reqwest's message can
                 // hold the URL with its query string, so only its kind is shown.

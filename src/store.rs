@@ -252,12 +252,58 @@ impl std::fmt::Debug for StateStore {
     }
 }
 
+/// Creates the state directory `0700` (and any missing parents), or tightens an existing one
+/// to `0700`, before sled writes anything in it.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory `{}`", dir.display()))?;
+    set_mode(dir, 0o700)
+}
+
+/// Makes everything under the state directory private: the directory and its subdirectories
+/// `0700`, its files `0600` (cursors, dedupe keys, the journal and dead letters all hold
+/// record data). sled creates its files itself with the default mode, and creates more later
+/// (snapshots, blobs) without asking: for those, the `0700` directory is the protection, since
+/// nobody else can reach a file inside it. Links are left alone (never followed).
+fn make_private(dir: &Path) -> Result<()> {
+    set_mode(dir, 0o700)?;
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the state directory `{}`", dir.display()))?;
+    for entry in entries {
+        let entry = entry
+            .with_context(|| format!("cannot read the state directory `{}`", dir.display()))?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            make_private(&entry.path())?;
+        } else if ty.is_file() {
+            set_mode(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot make `{}` private (mode {mode:o})", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
+    Ok(())
+}
+
 impl StateStore {
     /// Opens (or creates) the store in `dir`. Fails with a clear message when another sluice
-    /// process holds it.
+    /// process holds it. The directory is made private first: `0700`, its files `0600`.
     pub fn open(dir: &Path) -> Result<StateStore> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the state directory `{}`", dir.display()))?;
+        create_private_dir(dir)?;
         #[allow(clippy::disallowed_methods)]
         let db = sled::Config::new()
             .path(dir.join("sluice.db"))
@@ -284,6 +330,7 @@ impl StateStore {
             tree: db.open_tree(TREE)?,
             db,
         };
+        make_private(dir)?;
         store.migrate_legacy_dedupe()?;
         Ok(store)
     }

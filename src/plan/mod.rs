@@ -17,7 +17,7 @@ use crate::spec::{self, *};
 use crate::template::{Template, Tree};
 
 pub mod recipe;
-pub use recipe::{Recipe, Schedule, StartFrom, Step, StepAction};
+pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, StartFrom, Step, StepAction};
 
 /// A compiled connector.
 #[derive(Debug)]
@@ -946,6 +946,42 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     })
 }
 
+/// Checks `sluice.yaml` beyond its shape, for `validate`: a token written in the file (not
+/// `${env:NAME}`) is a warning, and one that could never be sent in a header is an error.
+/// The same header check runs again on the resolved token when a connection is opened.
+pub(crate) fn check_config(
+    file: &Path,
+    config: &ConfigSpec,
+    index: &LocationIndex,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (name, conn) in &config.connections {
+        let Some(token) = &conn.token else { continue };
+        let path = format!("connections.{name}.token");
+        if let Some(problem) = crate::http::token_problem(token) {
+            out.push(
+                Diagnostic::error(
+                    file,
+                    format!("the token of connection `{name}` is not valid: {problem}"),
+                )
+                .at(index, &path),
+            );
+        }
+        if !token.contains("${env:") {
+            out.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has its token written in the file"),
+                )
+                .at(index, &path)
+                .warning()
+                .help("use `${env:NAME}` so the token is not in a file (e.g. `token: ${env:INTERCOM_TOKEN}`)"),
+            );
+        }
+    }
+    out
+}
+
 /// Reads and builds every connector file (`*.yaml`) in a directory.
 pub fn load_connectors_dir(dir: &Path) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
     let files = spec::yaml_files_in(dir).map_err(|e| {
@@ -1016,9 +1052,7 @@ impl Request {
                         }
                         None => return Err(format!("path parameter `{name}` has no value")),
                     };
-                    if text.is_empty() {
-                        return Err(format!("path parameter `{name}` is empty"));
-                    }
+                    check_segment(name, &text)?;
                     path.extend(percent_encoding::utf8_percent_encode(&text, PATH_SEGMENT));
                 }
             }
@@ -1046,8 +1080,25 @@ impl Request {
     }
 }
 
-/// Everything but unreserved characters is encoded, so `/`, `?`, `#` and `%` in a value can
-/// never change the path.
+/// Refuses a path-parameter value that cannot be sent as one opaque segment: empty, `.` or
+/// `..`. Encoding does not help with the dot segments: URL parsers (WHATWG, so reqwest's)
+/// remove `.`, `..`, `%2e` and `.%2E` segments alike, so `/contacts/{id}/tags` with `id: ..`
+/// would reach `/tags`. Every other value is safe once encoded with [`PATH_SEGMENT`].
+fn check_segment(name: &str, text: &str) -> Result<(), String> {
+    match text {
+        "" => Err(format!("path parameter `{name}` is empty")),
+        "." | ".." => Err(format!(
+            "path parameter `{name}` is `{text}`, which would change the request's path; an id is never `.` or `..`"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Everything but RFC 3986's unreserved characters (ASCII letters, digits, `-`, `.`, `_`,
+/// `~`) is encoded, and every non-ASCII byte is too, so a value is always exactly one segment:
+/// `/`, `\` (a separator to WHATWG parsers), `?`, `#`, `;` and `%` are encoded (a literal
+/// `%2e` becomes `%252e`, which no parser decodes to a dot). Unencoded characters can form a
+/// dot segment only as `.` or `..`, which [`check_segment`] refuses.
 const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
@@ -1072,6 +1123,43 @@ mod tests {
             .contains("updated_at"));
         assert!(KeyTemplate::compile("static").is_err());
         assert!(KeyTemplate::compile("{{lowercase id}}").is_err());
+    }
+
+    #[test]
+    fn path_parameters_are_one_opaque_segment() {
+        let req = Request {
+            method: MethodSpec::Delete,
+            path: vec![
+                PathPart::Lit("/contacts/".into()),
+                PathPart::Param("id".into()),
+                PathPart::Lit("/tags".into()),
+            ],
+            query: vec![],
+            body: None,
+        };
+        let render = |id: &str| {
+            let scope = crate::template::Scope::new(json!({"input": {"id": id}}));
+            req.render(&scope, "input").map(|r| r.path)
+        };
+        for bad in ["", ".", ".."] {
+            assert!(render(bad).unwrap_err().contains("`id`"), "{bad:?}");
+        }
+        assert!(render("..")
+            .unwrap_err()
+            .contains("is `..`, which would change the request's path"));
+        for (value, sent) in [
+            ("/", "/contacts/%2F/tags"),
+            ("?", "/contacts/%3F/tags"),
+            ("#", "/contacts/%23/tags"),
+            ("\\", "/contacts/%5C/tags"),
+            ("%2e%2e", "/contacts/%252e%252e/tags"),
+            (".%2E", "/contacts/.%252E/tags"),
+            ("...", "/contacts/.../tags"),
+            ("a.b-c_d~e", "/contacts/a.b-c_d~e/tags"),
+            ("é", "/contacts/%C3%A9/tags"),
+        ] {
+            assert_eq!(render(value).unwrap(), sent, "{value:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! is collected; none stops the others.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -43,6 +43,8 @@ pub struct Recipe {
     pub steps: Vec<Step>,
     /// `recipe.*` as templates see it, built once.
     meta: Value,
+    /// Problems worth fixing that do not stop it from running (shown by `validate`).
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Recipe {
@@ -86,7 +88,98 @@ pub enum StepAction {
         action_id: String,
     },
     /// The built-in `emit`: write a value as one JSON line to stdout or a file.
-    Emit,
+    Emit {
+        /// Where a templated `to` may write; `None` when `to` is fixed (or absent).
+        dir: Option<EmitDir>,
+    },
+}
+
+/// Where one `emit` line goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitTo {
+    /// Standard output.
+    Stdout,
+    /// A file (appended to, created `0600`).
+    File(PathBuf),
+}
+
+/// The directory a templated emit `to` must stay in: the directory of the template's literal
+/// prefix (the text before its first `{{`, up to its last `/`; empty is the working
+/// directory). The recipe author chose that directory; a record's values only choose names
+/// inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmitDir {
+    dir: String,
+}
+
+impl EmitDir {
+    /// The directory of a `to` template's literal prefix.
+    pub(crate) fn of(template: &str) -> EmitDir {
+        let prefix = template.find("{{").map_or(template, |i| &template[..i]);
+        let dir = prefix.rfind('/').map_or("", |i| &prefix[..=i]);
+        EmitDir {
+            dir: dir.to_string(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.dir.is_empty() {
+            "the working directory".into()
+        } else {
+            format!("`{}`", self.dir)
+        }
+    }
+
+    /// Checks a rendered `to` and returns the file to write: the directory joined with the
+    /// normal components of the rest. The rest (what follows the directory) must not start a
+    /// new root, hold a `..` component or a NUL, and must name something inside the directory
+    /// (not the directory itself). Purely lexical: links inside the directory are the
+    /// operator's.
+    pub(crate) fn confine(&self, rendered: &str) -> Result<PathBuf, String> {
+        use std::path::Component;
+        let leaves = |why: &str| {
+            format!(
+                "`to` rendered to `{}`, which leaves {}; {why}",
+                rendered.escape_debug(),
+                self.describe()
+            )
+        };
+        if rendered.contains('\0') {
+            return Err(leaves("a file name cannot contain a NUL character"));
+        }
+        let Some(rest) = rendered.strip_prefix(self.dir.as_str()) else {
+            return Err(leaves("it must start with the template's fixed part"));
+        };
+        let mut path = PathBuf::from(&self.dir);
+        let mut named = false;
+        for c in Path::new(rest).components() {
+            match c {
+                Component::Normal(n) => {
+                    path.push(n);
+                    named = true;
+                }
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    return Err(leaves(
+                        "a record's values must not contain a `..` component",
+                    ))
+                }
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(leaves(
+                        "a record's values must not start a new root (a leading `/`)",
+                    ))
+                }
+            }
+        }
+        if !named {
+            return Err(format!(
+                "`to` rendered to `{}`, which names the directory {} itself, not a file in it",
+                rendered.escape_debug(),
+                self.describe()
+            ));
+        }
+        Ok(path)
+    }
 }
 
 /// Inputs of the built-in `emit` action.
@@ -121,7 +214,7 @@ impl Step {
                 connector,
                 action_id,
             } => Some(&connector.actions[action_id]),
-            StepAction::Emit => None,
+            StepAction::Emit { .. } => None,
         }
     }
 
@@ -132,7 +225,7 @@ impl Step {
                 connector,
                 action_id,
             } => format!("{}.{action_id}", connector.id),
-            StepAction::Emit => "emit".into(),
+            StepAction::Emit { .. } => "emit".into(),
         }
     }
 
@@ -158,6 +251,24 @@ impl Step {
         Ok(m)
     }
 
+    /// Where an `emit` step writes, from its rendered inputs: `to` absent, `stdout` or `-` is
+    /// standard output; a templated `to` must stay in its [`EmitDir`].
+    pub fn emit_to(&self, input: &Map<String, Value>) -> Result<EmitTo, String> {
+        let dir = match &self.kind {
+            StepAction::Emit { dir } => dir.as_ref(),
+            StepAction::Http { .. } => None,
+        };
+        match (input.get("to"), dir) {
+            (None, _) => Ok(EmitTo::Stdout),
+            (Some(Value::String(s)), _) if s == "stdout" || s == "-" => Ok(EmitTo::Stdout),
+            (Some(Value::String(s)), None) => Ok(EmitTo::File(PathBuf::from(s))),
+            (Some(Value::String(s)), Some(d)) => d.confine(s).map(EmitTo::File),
+            (Some(other), _) => Err(format!(
+                "`to` rendered to {other}, which is not a file path"
+            )),
+        }
+    }
+
     /// Whether the step's output is a list (it runs per item, or its action does).
     pub fn outputs_list(&self) -> bool {
         self.for_each.is_some() || self.action().is_some_and(|a| a.spec.for_each.is_some())
@@ -177,7 +288,9 @@ const RECIPE_FIELDS: &[&str] = &["id", "description", "connection", "trigger"];
 struct Cx<'a> {
     file: &'a Path,
     index: &'a LocationIndex,
+    /// Errors: any of them stops the recipe from being built.
     diags: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Cx<'_> {
@@ -185,6 +298,14 @@ impl Cx<'_> {
         let mut d = Diagnostic::error(self.file, msg).at(self.index, path);
         d.help = help;
         self.diags.push(d);
+    }
+
+    fn warn(&mut self, path: &str, msg: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::error(self.file, msg)
+            .at(self.index, path)
+            .warning();
+        d.help = help;
+        self.warnings.push(d);
     }
 }
 
@@ -384,6 +505,7 @@ pub fn build_recipe(
         file: &parsed.file,
         index: &parsed.index,
         diags: Vec::new(),
+        warnings: Vec::new(),
     };
     if let Some(stem) = parsed.file.file_stem().and_then(|s| s.to_str()) {
         if stem != spec.id {
@@ -557,6 +679,7 @@ pub fn build_recipe(
             .unwrap_or_else(|| spec.connection.clone());
         if s.action == "emit" {
             let mut with = Vec::new();
+            let mut emit_dir = None;
             for (k, v) in &s.with {
                 let path = format!("{base}.with.{k}");
                 if !EMIT_INPUTS.contains(&k.as_str()) {
@@ -583,12 +706,27 @@ pub fn build_recipe(
                     };
                     check_refs(&mut cx, &at, t, &scope_with);
                 }
-                if k == "to" && tree.literal().is_some_and(|v| !v.is_string()) {
-                    cx.err(
-                        &path,
-                        "`to` must be `stdout` or a file path",
-                        Some("e.g. `to: out/records.jsonl`".into()),
-                    );
+                if k == "to" {
+                    match v.as_str() {
+                        None => cx.err(
+                            &path,
+                            "`to` must be `stdout` or a file path",
+                            Some("e.g. `to: out/records.jsonl`".into()),
+                        ),
+                        Some(src) if tree.literal().is_none() => {
+                            let d = EmitDir::of(src);
+                            cx.warn(
+                                &path,
+                                "`to` is a template, so each record's values choose the file it is written to",
+                                Some(format!(
+                                    "records can only write inside {} (a value with `..` or a leading `/` fails the step); use a fixed path such as `out/records.jsonl` where you can",
+                                    d.describe()
+                                )),
+                            );
+                            emit_dir = Some(d);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 with.push((k.clone(), tree));
             }
@@ -597,7 +735,7 @@ pub fn build_recipe(
                 steps.push(Step {
                     id: s.id.clone(),
                     connection: step_conn,
-                    kind: StepAction::Emit,
+                    kind: StepAction::Emit { dir: emit_dir },
                     fixed_inputs: fixed_inputs(&with),
                     with,
                     condition,
@@ -673,8 +811,13 @@ pub fn build_recipe(
             start_from,
             filter,
             steps,
+            warnings: cx.warnings,
         }),
-        _ => Err(cx.diags),
+        _ => {
+            let mut all = cx.diags;
+            all.extend(cx.warnings);
+            Err(all)
+        }
     }
 }
 
@@ -958,5 +1101,54 @@ pub fn load_recipe(
             }
         },
         None => Err(diags),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emit_dir_is_the_literal_prefix_directory() {
+        assert_eq!(EmitDir::of("out/{{record.id}}.jsonl").dir, "out/");
+        assert_eq!(EmitDir::of("out/x-{{record.id}}/{{a}}").dir, "out/");
+        assert_eq!(EmitDir::of("/var/out/{{a}}").dir, "/var/out/");
+        assert_eq!(EmitDir::of("{{a}}.jsonl").dir, "");
+        assert_eq!(EmitDir::of("out{{a}}").dir, "");
+    }
+
+    #[test]
+    fn a_rendered_emit_path_stays_in_its_directory() {
+        let out = EmitDir::of("out/{{record.id}}.jsonl");
+        assert_eq!(out.confine("out/a.jsonl"), Ok(PathBuf::from("out/a.jsonl")));
+        assert_eq!(
+            out.confine("out/./a/./b.jsonl"),
+            Ok(PathBuf::from("out/a/b.jsonl"))
+        );
+        for bad in [
+            "out/../x.jsonl",
+            "out/a/../../x.jsonl",
+            "out//etc/x.jsonl",
+            "out/a\0b.jsonl",
+            "out/",
+            "out/.",
+            "elsewhere/a.jsonl",
+        ] {
+            let e = out.confine(bad).unwrap_err();
+            assert!(e.contains("`out/`"), "{bad:?}: {e}");
+        }
+        assert!(out
+            .confine("out/../x.jsonl")
+            .unwrap_err()
+            .starts_with("`to` rendered to `out/../x.jsonl`, which leaves `out/`;"));
+        let here = EmitDir::of("{{record.id}}.jsonl");
+        assert_eq!(here.confine("a.jsonl"), Ok(PathBuf::from("a.jsonl")));
+        for bad in ["/etc/x.jsonl", "../x.jsonl", "..", ""] {
+            let e = here.confine(bad).unwrap_err();
+            assert!(e.contains("the working directory"), "{bad:?}: {e}");
+        }
+        let abs = EmitDir::of("/var/out/{{record.id}}");
+        assert_eq!(abs.confine("/var/out/a"), Ok(PathBuf::from("/var/out/a")));
+        assert!(abs.confine("/var/out/../a").is_err());
     }
 }

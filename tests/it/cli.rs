@@ -160,3 +160,56 @@ fn bad_config_file_is_located() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_a_line_break_is_a_configuration_error_and_nothing_is_sent() {
+    let env = crate::util::SimEnv::start(crate::util::SimEnv::config(1, 0, 0, 0)).await;
+    let mut c = env.cmd(&[
+        "call",
+        "intercom.find_contact",
+        "--connection",
+        "intercom",
+        "--with",
+        r#"{"id":"1"}"#,
+    ]);
+    // As a token read from a file with its trailing newline ends up.
+    c.env("INTERCOM_TOKEN", format!("{}\r\n", crate::util::TOKEN));
+    let r = crate::util::run_async(c).await;
+    assert_eq!(r.code, 2, "a configuration error: {}", r.stderr);
+    assert!(
+        r.stderr.contains("connection `intercom`")
+            && r.stderr
+                .contains("token: it contains a line break (CR or LF)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains(crate::util::TOKEN), "{}", r.stderr);
+    assert!(!r.stderr.contains("attempts"), "not retried: {}", r.stderr);
+    assert!(env.sim().audit().is_empty(), "nothing is sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_cannot_be_built_fails_at_once_without_retries() {
+    let env = crate::util::SimEnv::start(crate::util::SimEnv::config(1, 0, 0, 0)).await;
+    // A header value reqwest refuses, from a setting checked nowhere earlier.
+    let config = std::fs::read_to_string(env.ws.config()).unwrap();
+    std::fs::write(
+        env.ws.config(),
+        config.replace(
+            "connector: intercom\n",
+            "connector: intercom\n    api_version: \"2.15\\n\"\n",
+        ),
+    )
+    .unwrap();
+    let r = env
+        .call("find_contact", serde_json::json!({"id": "1"}))
+        .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("(fatal): the request could not be built"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("attempts"), "not retried: {}", r.stderr);
+    assert!(env.sim().audit().is_empty(), "nothing is sent");
+}

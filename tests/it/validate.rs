@@ -215,3 +215,70 @@ fn connectors_show_text_and_list() {
     r.assert_ok();
     assert!(r.stdout.contains("intercom") && r.stdout.contains("7 triggers, 23 actions"));
 }
+
+#[test]
+fn a_templated_emit_path_is_a_warning_with_help() {
+    let file = "tests/fixtures/recipes/warnings/emit_templated_to.yaml";
+    let r = run({
+        let mut c = sluice();
+        c.args([
+            "--config",
+            "tests/fixtures/recipes/sluice.yaml",
+            "validate",
+            file,
+        ]);
+        c
+    });
+    r.assert_ok();
+    let golden = crate::util::root().join("tests/golden/emit_templated_to.expected");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &r.stderr).unwrap();
+        return;
+    }
+    assert_eq!(r.stderr, std::fs::read_to_string(golden).unwrap());
+    assert!(r.stdout.contains("1 recipe(s)"), "{}", r.stdout);
+}
+
+#[test]
+fn a_token_written_in_the_config_is_a_warning_and_a_line_break_in_it_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    std::fs::write(
+        dir.path().join("recipes/fixed.yaml"),
+        "id: fixed\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 5m\nsteps:\n  - id: out\n    action: emit\n",
+    )
+    .unwrap();
+    let validate = |config: &str| {
+        std::fs::write(dir.path().join("sluice.yaml"), config).unwrap();
+        run({
+            let mut c = sluice();
+            c.current_dir(dir.path()).args(["validate", "recipes"]);
+            c
+        })
+    };
+    // From the environment: nothing to say.
+    let r = validate(
+        "connections:\n  intercom:\n    connector: intercom\n    token: ${env:INTERCOM_TOKEN}\n",
+    );
+    r.assert_ok();
+    assert_eq!(r.stderr, "");
+    // Written in the file: a located warning with help; validation still passes.
+    let r = validate("connections:\n  intercom:\n    connector: intercom\n    token: abc123\n");
+    r.assert_ok();
+    assert_eq!(
+        r.stderr,
+        "sluice.yaml:4:5: warning: connection `intercom` has its token written in the file\n  help: use `${env:NAME}` so the token is not in a file (e.g. `token: ${env:INTERCOM_TOKEN}`)\n"
+    );
+    assert!(!r.stderr.contains("abc123"));
+    // A line break can never be sent in a header: an error, the token still not shown.
+    let r = validate(
+        "connections:\n  intercom:\n    connector: intercom\n    token: \"abc123\\r\\n\"\n",
+    );
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("\nsluice.yaml:4:5: error: the token of connection `intercom` is not valid: it contains a line break (CR or LF)"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("abc123"));
+}
