@@ -612,6 +612,16 @@ pub fn build_recipe(
         let outs = &c.triggers[t].spec.outputs;
         (!outs.is_empty()).then(|| outs.keys().cloned().collect())
     });
+    // The kind of record the trigger watches, when it fires on every change (its dedupe key
+    // includes the cursor field): an action changing that kind feeds the trigger.
+    let watched: Option<String> = trigger.as_ref().and_then(|(c, t)| {
+        let t = &c.triggers[t];
+        let per_change = t
+            .dedupe_key
+            .field_heads()
+            .any(|h| Some(h) == t.cursor_field.first().map(String::as_str));
+        per_change.then(|| t.spec.object.clone()).flatten()
+    });
     let all_ids: Vec<&str> = spec.steps.iter().map(|s| s.id.as_str()).collect();
     let filter = spec.filter.as_deref().and_then(|f| {
         let scope = RefScope {
@@ -760,6 +770,18 @@ pub fn build_recipe(
         let mut outputs = (BTreeSet::new(), s.for_each.is_some());
         if let Some((c, aid)) = &action {
             let a = &c.actions[aid];
+            if let Some((object, (tc, tid))) = watched.as_ref().zip(trigger.as_ref()) {
+                if spec.filter.is_none() && a.spec.changes.contains(object) {
+                    cx.warn(
+                        &format!("{base}.action"),
+                        format!(
+                            "`{}` changes the {object} records that `{}.{tid}` watches, and the recipe has no `filter`: what each run writes fires the recipe again on the next run",
+                            s.action, tc.id
+                        ),
+                        Some("add a `filter` that is false once the record has been handled (e.g. a tag or attribute this recipe sets), or watch a trigger that fires on new records only".into()),
+                    );
+                }
+            }
             outputs = (
                 a.spec.outputs.keys().cloned().collect(),
                 s.for_each.is_some() || a.spec.for_each.is_some(),

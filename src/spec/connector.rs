@@ -199,6 +199,9 @@ pub struct TriggerSpec {
     pub description: String,
     /// How records are found.
     pub kind: TriggerKindSpec,
+    /// The kind of record it watches (`contact`), matched against actions' `changes`.
+    #[serde(default)]
+    pub object: Option<String>,
     /// The request for the first page. Templates see `since`, `page_size`, `options`.
     pub request: RequestSpec,
     /// How to get the next page.
@@ -427,6 +430,11 @@ pub struct ActionSpec {
     /// Upserts, attaches and searches sent with POST declare `true`.
     #[serde(default)]
     pub retry_safe: Option<bool>,
+    /// Kinds of record the action changes, side effects included (a note bumps its contact's
+    /// `updated_at`): `validate` warns when a recipe's action changes what its trigger
+    /// watches.
+    #[serde(default)]
+    pub changes: Vec<String>,
     /// For a create that is not safe to repeat: how to look for the earlier attempt before
     /// sending again.
     #[serde(default)]

@@ -216,6 +216,37 @@ fn connectors_show_text_and_list() {
     assert!(r.stdout.contains("intercom") && r.stdout.contains("7 triggers, 23 actions"));
 }
 
+/// `validate` over one file of `tests/fixtures/recipes/warnings/`, compared with its golden
+/// file (`UPDATE_GOLDEN=1` rewrites it).
+fn warnings_golden(name: &str) -> crate::util::Run {
+    let file = format!("tests/fixtures/recipes/warnings/{name}.yaml");
+    let r = run({
+        let mut c = sluice();
+        c.args([
+            "--config",
+            "tests/fixtures/recipes/sluice.yaml",
+            "validate",
+            &file,
+        ]);
+        c
+    });
+    r.assert_ok();
+    let golden = crate::util::root().join(format!("tests/golden/{name}.expected"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &r.stderr).unwrap();
+    }
+    assert_eq!(r.stderr, std::fs::read_to_string(golden).unwrap());
+    r
+}
+
+#[test]
+fn a_recipe_that_feeds_its_own_trigger_without_a_filter_is_warned() {
+    let r = warnings_golden("note_on_every_update");
+    assert!(r.stderr.contains("warning:"), "{}", r.stderr);
+    let r = warnings_golden("note_on_every_update_filtered");
+    assert_eq!(r.stderr, "");
+}
+
 #[test]
 fn a_templated_emit_path_is_a_warning_with_help() {
     let file = "tests/fixtures/recipes/warnings/emit_templated_to.yaml";
