@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use sluice::sim::{FailRule, Faults, Kind};
 
-use crate::util::{run_async, Run, SimEnv, T0, TOKEN};
+use crate::util::{Run, SimEnv, T0, TOKEN};
 
 /// A simulator, a workspace with one recipe, and a state directory.
 struct Engine {
@@ -15,40 +15,19 @@ struct Engine {
 impl Engine {
     async fn start(contacts: usize, recipe: &str) -> Engine {
         let env = SimEnv::start(SimEnv::config(contacts, 0, 0, 0)).await;
-        std::fs::create_dir_all(env.ws.path().join("recipes")).unwrap();
-        let id = recipe
-            .lines()
-            .find_map(|l| l.strip_prefix("id: "))
-            .unwrap()
-            .trim()
-            .to_string();
-        std::fs::write(env.ws.path().join(format!("recipes/{id}.yaml")), recipe).unwrap();
+        env.write_recipe(recipe);
         Engine { env }
     }
 
     /// `sluice run --once --json`; returns the run and the recipe's report.
     async fn run_once(&self) -> (Run, Value) {
-        let dir = self.env.ws.path();
-        let mut c = self.env.cmd(&["run", "--once", "--json"]);
-        c.arg("--recipes")
-            .arg(dir.join("recipes"))
-            .arg("--state-dir")
-            .arg(dir.join("state"));
-        let r = run_async(c).await;
-        let reports: Value =
-            serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
-        let rep = reports[0].clone();
+        let (r, reps) = self.env.run_once_in(None).await;
+        let rep = reps.into_values().next().unwrap_or_default();
         (r, rep)
     }
 
     async fn sluice(&self, args: &[&str]) -> Run {
-        let dir = self.env.ws.path();
-        let mut c = self.env.cmd(args);
-        c.arg("--recipes")
-            .arg(dir.join("recipes"))
-            .arg("--state-dir")
-            .arg(dir.join("state"));
-        run_async(c).await
+        self.env.sluice_in(args, None).await
     }
 
     fn count(&self, method: &str, path_suffix: &str) -> usize {

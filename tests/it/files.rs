@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use sluice::sim::Kind;
 
-use crate::util::{run_async, Run, SimEnv, T0};
+use crate::util::{Run, SimEnv, T0};
 
 /// Every regular file under `dir`, relative to it, sorted.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -37,11 +37,9 @@ impl Files {
     async fn start(recipes: &[&str]) -> Files {
         let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
         let dir = env.ws.path();
-        std::fs::create_dir_all(dir.join("recipes")).unwrap();
         std::fs::create_dir_all(dir.join("run")).unwrap();
         for r in recipes {
-            let id = r.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
-            std::fs::write(dir.join(format!("recipes/{id}.yaml")), r).unwrap();
+            env.write_recipe(r);
         }
         Files { env }
     }
@@ -58,28 +56,14 @@ impl Files {
 
     /// `sluice ARGS… --recipes … --state-dir …`, run from `<workspace>/run`.
     async fn sluice(&self, args: &[&str]) -> Run {
-        let dir = self.env.ws.path();
-        let mut c = self.env.cmd(args);
-        c.arg("--recipes")
-            .arg(dir.join("recipes"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .current_dir(dir.join("run"));
-        run_async(c).await
+        let cwd = self.env.ws.path().join("run");
+        self.env.sluice_in(args, Some(&cwd)).await
     }
 
     /// `run --once --json`: the run and the reports by recipe id.
-    async fn run_once(&self) -> (Run, serde_json::Map<String, Value>) {
-        let r = self.sluice(&["run", "--once", "--json"]).await;
-        let reports: Value =
-            serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
-        let by_id = reports
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|rep| (rep["recipe"].as_str().unwrap().to_string(), rep.clone()))
-            .collect();
-        (r, by_id)
+    async fn run_once(&self) -> (Run, std::collections::BTreeMap<String, Value>) {
+        let cwd = self.env.ws.path().join("run");
+        self.env.run_once_in(Some(&cwd)).await
     }
 }
 

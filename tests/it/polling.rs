@@ -19,33 +19,15 @@ const TRIGGERS: [&str; 7] = [
     "conversation_updated",
 ];
 
-/// A workspace whose `recipes/` holds the given recipes (id → YAML).
+/// Writes the given recipes into the workspace's `recipes/`.
 fn write_recipes(env: &SimEnv, recipes: &[(String, String)]) {
-    let dir = env.ws.path().join("recipes");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (id, yaml) in recipes {
-        std::fs::write(dir.join(format!("{id}.yaml")), yaml).unwrap();
+    for (_, yaml) in recipes {
+        env.write_recipe(yaml);
     }
 }
 
-/// `sluice run --once --json` over the workspace's recipes; the reports by recipe id.
 async fn run_once(env: &SimEnv) -> (Run, std::collections::BTreeMap<String, Value>) {
-    let dir = env.ws.path();
-    let mut c = env.cmd(&["run", "--once", "--json"]);
-    c.arg("--recipes")
-        .arg(dir.join("recipes"))
-        .arg("--state-dir")
-        .arg(dir.join("state"));
-    let r = run_async(c).await;
-    let reports: Value =
-        serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
-    let by_id = reports
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|rep| (rep["recipe"].as_str().unwrap().to_string(), rep.clone()))
-        .collect();
-    (r, by_id)
+    env.run_once_in(None).await
 }
 
 fn emit_recipe(trigger: &str, out: &std::path::Path) -> (String, String) {

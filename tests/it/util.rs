@@ -198,6 +198,50 @@ impl SimEnv {
             .filter(|e| e.path != "/me")
             .collect()
     }
+
+    /// Writes a recipe into the workspace's `recipes/` (named by its `id:` line).
+    pub fn write_recipe(&self, yaml: &str) {
+        let dir = self.ws.path().join("recipes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let id = yaml
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .expect("a recipe with an `id:` line")
+            .trim();
+        std::fs::write(dir.join(format!("{id}.yaml")), yaml).unwrap();
+    }
+
+    /// `sluice ARGS… --recipes <ws>/recipes --state-dir <ws>/state`, run in `cwd` (default:
+    /// the test's own directory).
+    pub async fn sluice_in(&self, args: &[&str], cwd: Option<&Path>) -> Run {
+        let dir = self.ws.path();
+        let mut c = self.cmd(args);
+        c.arg("--recipes")
+            .arg(dir.join("recipes"))
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        if let Some(cwd) = cwd {
+            c.current_dir(cwd);
+        }
+        run_async(c).await
+    }
+
+    /// `run --once --json` over the workspace's recipes: the run and its reports by recipe id.
+    pub async fn run_once_in(
+        &self,
+        cwd: Option<&Path>,
+    ) -> (Run, std::collections::BTreeMap<String, serde_json::Value>) {
+        let r = self.sluice_in(&["run", "--once", "--json"], cwd).await;
+        let reports: serde_json::Value =
+            serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
+        let by_id = reports
+            .as_array()
+            .unwrap_or_else(|| panic!("a list of reports: {reports}"))
+            .iter()
+            .map(|rep| (rep["recipe"].as_str().unwrap().to_string(), rep.clone()))
+            .collect();
+        (r, by_id)
+    }
 }
 
 /// A `sluice sim` process (own process, port chosen by the OS), killed on drop.
