@@ -249,24 +249,7 @@ fn a_recipe_that_feeds_its_own_trigger_without_a_filter_is_warned() {
 
 #[test]
 fn a_templated_emit_path_is_a_warning_with_help() {
-    let file = "tests/fixtures/recipes/warnings/emit_templated_to.yaml";
-    let r = run({
-        let mut c = sluice();
-        c.args([
-            "--config",
-            "tests/fixtures/recipes/sluice.yaml",
-            "validate",
-            file,
-        ]);
-        c
-    });
-    r.assert_ok();
-    let golden = crate::util::root().join("tests/golden/emit_templated_to.expected");
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, &r.stderr).unwrap();
-        return;
-    }
-    assert_eq!(r.stderr, std::fs::read_to_string(golden).unwrap());
+    let r = warnings_golden("emit_templated_to");
     assert!(r.stdout.contains("1 recipe(s)"), "{}", r.stdout);
 }
 
