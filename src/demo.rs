@@ -109,8 +109,9 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
             "first run: recipes start from now (new_contact_welcome backfills from its start_from)"
                 .to_string()
         } else {
-            sim.advance_clock(30);
             let changed = sim.churn(CHANGES_PER_CYCLE);
+            // Half a minute passes before the next run: it handles changes made before it.
+            sim.advance_clock(30);
             let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
             for (k, _) in &changed {
                 *by_kind.entry(format!("{k:?}").to_lowercase()).or_default() += 1;
