@@ -88,7 +88,7 @@ pub enum Command {
         #[arg(long)]
         connection: String,
         /// Records changed at or after this time: Unix seconds, `YYYY-MM-DD` (UTC) or RFC 3339.
-        /// Default: now minus the trigger's lookback.
+        /// Default: now (on the server's clock) minus the trigger's lookback.
         #[arg(long)]
         since: Option<String>,
         /// Trigger options as a JSON object.
@@ -964,11 +964,13 @@ async fn cmd_poll(
     let (connector, name) = resolve_ref(&connectors, trigger_ref, "trigger")?;
     let trigger = find_named(&connector.triggers, &name, "trigger", &connector.id)?;
     let options = parse_json_object(with, "--with")?;
-    let since = match since {
-        Some(s) => parse_since(s)?,
-        None => chrono::Utc::now().timestamp() - trigger.lookback_secs,
-    };
+    let since = since.map(parse_since).transpose()?;
     let conn = open_connection(cli, &connectors, connection)?;
+    // Default: the lookback before "now" on the server's clock.
+    let since = match since {
+        Some(s) => s,
+        None => conn.server_now().await - trigger.lookback_secs,
+    };
     let mut poll = match crate::trigger::Poll::start(&conn, trigger, since, options).await {
         Ok(p) => p,
         Err(e) => {
