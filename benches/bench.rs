@@ -20,7 +20,6 @@ use std::time::Instant;
 
 use serde_json::Map;
 use sluice::http::Connection;
-use sluice::spec::ConnectionSpec;
 
 /// User + system CPU seconds of this process so far (all threads, exited ones included), from
 /// `/proc/self/stat` (Linux; clock ticks of 1/100 s).
@@ -87,18 +86,19 @@ async fn sim_search_50k() {
         "0",
     ]);
     let c = connector();
-    let spec = ConnectionSpec {
-        connector: "intercom".into(),
-        region: None,
-        base_url: Some(url),
-        api_version: None,
-        token: Some("sim-token".into()),
-        timezone: Some("Europe/Dublin".into()),
-        timeout_secs: None,
-        retry: None,
-        max_response_mb: None,
-    };
-    let conn = Connection::new("bench", c.clone(), &spec, &|_| None).expect("connection");
+    let config = format!(
+        "connections:\n  bench:\n    connector: intercom\n    base_url: {url}\n    token: ${{env:BENCH_TOKEN}}\n    timezone: Europe/Dublin\n"
+    );
+    let env = |k: &str| (k == "BENCH_TOKEN").then(|| "sim-token".to_string());
+    let plan = sluice::plan::build(sluice::plan::Sources {
+        connectors: vec![c.clone()],
+        config: Some(("bench.yaml".into(), config)),
+        recipes: vec![],
+        env: &env,
+        secrets: sluice::plan::Secrets::Required,
+    })
+    .expect("plan");
+    let conn = Connection::new(&plan.connections[0]).expect("connection");
     let trigger = &c.triggers["contact_updated"];
     let (sim0, cpu0, wall0) = (cpu_secs_of(child.id()), cpu_secs(), Instant::now());
     let mut poll = sluice::trigger::Poll::start(&conn, trigger, 0, Map::new())

@@ -13,36 +13,6 @@ use crate::plan::{type_matches, Action, Condition, FindEarlier, Variant};
 use crate::spec::{FieldSpec, FieldTypeSpec};
 use crate::template::{lookup, Scope};
 
-/// Why an action did not produce an output.
-#[derive(Debug, Clone)]
-pub enum ActionError {
-    /// The inputs are wrong; nothing was sent.
-    Input(String),
-    /// A request failed (after retries where the class allows them).
-    Failed(Failure),
-}
-
-impl std::fmt::Display for ActionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ActionError::Input(m) => write!(f, "invalid input: {m}"),
-            ActionError::Failed(fail) => fail.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ActionError {}
-
-impl ActionError {
-    /// The failure class, for callers that branch on it (input errors are fatal).
-    pub fn class(&self) -> FailureClass {
-        match self {
-            ActionError::Input(_) => FailureClass::Fatal,
-            ActionError::Failed(f) => f.class,
-        }
-    }
-}
-
 /// Checks values against typed fields: unknown names, missing required ones, wrong types and
 /// values outside `enum`. `what` is `input` or `option`, for the message.
 pub fn check_fields(
@@ -129,15 +99,15 @@ pub struct Prepared<'a> {
 pub fn prepare<'a>(
     action: &'a Action,
     input: &Map<String, Value>,
-) -> Result<Prepared<'a>, ActionError> {
-    check_fields("input", &action.spec.inputs, input).map_err(ActionError::Input)?;
+) -> Result<Prepared<'a>, Failure> {
+    check_fields("input", &action.spec.inputs, input).map_err(Failure::input)?;
     let any = &action.spec.require_any;
     if !any.is_empty()
         && !any
             .iter()
             .any(|k| input.get(k).is_some_and(|v| !v.is_null()))
     {
-        return Err(ActionError::Input(format!(
+        return Err(Failure::input(format!(
             "give at least one of `{}`",
             any.join("`, `")
         )));
@@ -152,7 +122,7 @@ pub fn prepare<'a>(
             let items = match input.get(list) {
                 Some(Value::Array(a)) if !a.is_empty() => a.clone(),
                 _ => {
-                    return Err(ActionError::Input(format!(
+                    return Err(Failure::input(format!(
                         "`{list}` must be a non-empty list: this action sends one request per item"
                     )))
                 }
@@ -167,7 +137,7 @@ pub fn prepare<'a>(
                     variant
                         .request
                         .render(&sc, "input")
-                        .map_err(ActionError::Input)?,
+                        .map_err(Failure::input)?,
                 );
                 s = sc.value().clone();
             }
@@ -178,7 +148,7 @@ pub fn prepare<'a>(
                 variant
                     .request
                     .render(&sc, "input")
-                    .map_err(ActionError::Input)?,
+                    .map_err(Failure::input)?,
             );
         }
     }
@@ -189,7 +159,7 @@ pub fn prepare<'a>(
     })
 }
 
-fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Variant, ActionError> {
+fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Variant, Failure> {
     let found = action.variants.iter().find(|v| match &v.when {
         None => true,
         Some(Condition::Present(name)) => input.get(name).is_some_and(|v| !v.is_null()),
@@ -205,7 +175,7 @@ fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Vari
                 None => None,
             })
             .collect();
-        return Err(ActionError::Input(format!(
+        return Err(Failure::input(format!(
             "give one of: {}",
             options.join(", ")
         )));
@@ -222,7 +192,7 @@ fn choose<'a>(action: &'a Action, input: &Map<String, Value>) -> Result<&'a Vari
             Some(Condition::Equals(input, value)) => format!(" when `{input}` is {value}"),
             None => String::new(),
         };
-        return Err(ActionError::Input(format!(
+        return Err(Failure::input(format!(
             "`{}` {} required{why}",
             missing.join("`, `"),
             if missing.len() == 1 { "is" } else { "are" }
@@ -237,11 +207,9 @@ pub async fn execute(
     conn: &Connection,
     action: &Action,
     input: &Map<String, Value>,
-) -> Result<Value, ActionError> {
+) -> Result<Value, Failure> {
     match execute_once(conn, action, input).await {
-        Err(ActionError::Failed(f))
-            if f.class == FailureClass::Conflict && action.spec.on_conflict.is_some() =>
-        {
+        Err(f) if f.class == FailureClass::Conflict && action.spec.on_conflict.is_some() => {
             let oc = action
                 .spec
                 .on_conflict
@@ -257,7 +225,7 @@ pub async fn execute(
                 })
                 .filter(|id| !id.is_empty());
             let (Some(id), Some(then)) = (id, conn.connector.actions.get(&oc.then)) else {
-                return Err(ActionError::Failed(f));
+                return Err(f);
             };
             tracing::debug!(action = %action.id, "The object exists already; using it.");
             let mut m = Map::new();
@@ -272,15 +240,12 @@ async fn execute_once(
     conn: &Connection,
     action: &Action,
     input: &Map<String, Value>,
-) -> Result<Value, ActionError> {
+) -> Result<Value, Failure> {
     let prepared = prepare(action, input)?;
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {
         if action.retry_safe {
-            let resp = conn
-                .send(req, &action.spec.errors)
-                .await
-                .map_err(ActionError::Failed)?;
+            let resp = conn.send(req, &action.spec.errors).await?;
             outputs.push(extract(&prepared.variant.output, resp.body, req)?);
             continue;
         }
@@ -313,7 +278,7 @@ async fn send_unrepeated(
     action: &Action,
     input: &Map<String, Value>,
     req: &HttpRequest,
-) -> Result<Sent, ActionError> {
+) -> Result<Sent, Failure> {
     // Candidates made before the first attempt cannot be its result; a minute's margin
     // covers clock steps between the two.
     let first_attempt = conn.server_now().await - 60;
@@ -324,10 +289,10 @@ async fn send_unrepeated(
         let failure = match conn.send_once_only(req, &action.spec.errors).await {
             Ok(resp) => return Ok(Sent::Answer(resp.body)),
             Err(f) if f.outcome_unknown() => f,
-            Err(f) => return Err(ActionError::Failed(f)),
+            Err(f) => return Err(f),
         };
         let unknown = |why: String| {
-            ActionError::Failed(Failure {
+            Failure {
                 class: FailureClass::Fatal,
                 code: Some("outcome_unknown".into()),
                 message: format!(
@@ -336,7 +301,7 @@ async fn send_unrepeated(
                 ),
                 help: Some("check whether it was carried out, then replay or drop the dead letter".into()),
                 ..failure.clone()
-            })
+            }
         };
         let Some(fe) = &action.find_earlier else {
             return Err(unknown(
@@ -352,7 +317,7 @@ async fn send_unrepeated(
                 tokio::time::sleep(policy.backoff(attempts)).await;
             }
             // Surely not carried out: a retryable failure, safe to try again later.
-            Ok(None) => return Err(ActionError::Failed(failure)),
+            Ok(None) => return Err(failure),
             Err(e) => return Err(unknown(format!("looking for it failed: {e}"))),
         }
     }
@@ -434,13 +399,13 @@ fn comparable_text(s: &str) -> String {
     decoded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, ActionError> {
+fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, Failure> {
     if path.is_empty() {
         return Ok(body);
     }
     match lookup(&body, path) {
         Some(v) => Ok(v.clone()),
-        None => Err(ActionError::Failed(Failure {
+        None => Err(Failure {
             class: FailureClass::Fatal,
             status: None,
             code: Some("not_found".into()),
@@ -451,7 +416,8 @@ fn extract(path: &[String], body: Value, req: &HttpRequest) -> Result<Value, Act
             help: None,
             request: req.describe(),
             attempts: 1,
-        })),
+            step: None,
+        }),
     }
 }
 

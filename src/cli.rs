@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::diag::{self, Diagnostic};
 use crate::http::Connection;
 use crate::plan::{self, Connector};
+use crate::runtime::{Runtime, Shutdown};
 use crate::spec;
 use crate::telemetry::{self, LogFormat};
 
@@ -357,40 +358,29 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Loads every recipe in `--recipes` (all must be valid), or only `only`.
-fn load_recipes(
-    cli: &Cli,
-    connectors: &[Arc<Connector>],
-    only: Option<&str>,
-) -> Result<Vec<plan::Recipe>> {
-    let config = read_config(cli).map_err(|d| anyhow!("{d}"))?;
-    let files = yaml_files(std::slice::from_ref(&cli.recipes))?;
+/// The config file's path and text; `None` when it does not exist.
+fn config_source(cli: &Cli) -> Result<Option<(PathBuf, String)>> {
+    match std::fs::read_to_string(&cli.config) {
+        Ok(text) => Ok(Some((cli.config.clone(), text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!(
+            "cannot read the config file `{}`: {e}",
+            cli.config.display()
+        )),
+    }
+}
+
+/// The recipe files in `--recipes` (only recipe `only` when given).
+fn recipe_sources(cli: &Cli, only: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
-    let mut diags = Vec::new();
-    for f in files {
-        let stem = f
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+    for f in yaml_files(std::slice::from_ref(&cli.recipes))? {
+        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if only.is_some_and(|o| o != stem) {
             continue;
         }
         let text = std::fs::read_to_string(&f)
             .with_context(|| format!("cannot read `{}`", f.display()))?;
-        match plan::recipe::load_recipe(&f, &text, connectors, config.as_ref()) {
-            Ok(r) => out.push(r),
-            Err(d) => diags.extend(d),
-        }
-    }
-    if !diags.is_empty() {
-        diag::sort(&mut diags);
-        let list: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        bail!(
-            "the recipes have problems; run `sluice validate {}`:\n{}",
-            cli.recipes.display(),
-            list.join("\n")
-        );
+        out.push((f, text));
     }
     if let Some(o) = only {
         if out.is_empty() {
@@ -400,29 +390,40 @@ fn load_recipes(
     Ok(out)
 }
 
-/// Opens every connection the recipes use.
-fn open_connections(
+/// Builds the plan — connectors, `sluice.yaml` and the given recipe files — with secrets
+/// from the environment. Every problem is listed.
+fn load_plan(
     cli: &Cli,
-    connectors: &[Arc<Connector>],
-    recipes: &[plan::Recipe],
-) -> Result<std::collections::HashMap<String, Connection>> {
-    let mut names: Vec<&str> = Vec::new();
-    for r in recipes {
-        names.push(&r.connection);
-        names.extend(
-            r.steps
-                .iter()
-                .filter(|s| s.action().is_some())
-                .map(|s| s.connection.as_str()),
-        );
-    }
-    names.sort_unstable();
-    names.dedup();
-    let mut conns = std::collections::HashMap::new();
-    for n in names {
-        conns.insert(n.to_string(), open_connection(cli, connectors, n)?);
-    }
-    Ok(conns)
+    recipes: Vec<(PathBuf, String)>,
+    secrets: plan::Secrets,
+) -> Result<plan::Plan> {
+    let connectors = load_connectors(cli)?;
+    let env = |k: &str| std::env::var(k).ok();
+    plan::build(plan::Sources {
+        connectors,
+        config: config_source(cli)?,
+        recipes,
+        env: &env,
+        secrets,
+    })
+    .map_err(|mut diags| {
+        diag::sort(&mut diags);
+        let list: Vec<String> = diags
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
+        anyhow!(
+            "the configuration has problems; run `sluice validate`:\n{}",
+            list.join("\n")
+        )
+    })
+}
+
+/// Opens the runtime over the state store for the plan.
+fn open_runtime(cli: &Cli, plan: plan::Plan) -> Result<Arc<Runtime>> {
+    let store = Arc::new(crate::store::StateStore::open(&cli.state_dir)?);
+    Runtime::new(plan, store)
 }
 
 fn fmt_ts(ts: Option<i64>) -> String {
@@ -433,20 +434,18 @@ fn fmt_ts(ts: Option<i64>) -> String {
 }
 
 async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
-    let connectors = load_connectors(cli)?;
-    let recipes = load_recipes(cli, &connectors, only)?;
-    let conns = open_connections(cli, &connectors, &recipes)?;
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
-    let emit = crate::engine::Emitter::default();
-    let deps = crate::engine::Deps {
-        store: &store,
-        conns: &conns,
-        emit: &emit,
-        now: chrono::Utc::now().timestamp(),
-    };
-    let mut reports = Vec::new();
-    for r in &recipes {
-        reports.push(crate::engine::run_cycle(r, &deps).await);
+    let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
+    let rt = open_runtime(cli, plan)?;
+    // Every recipe's cycle at once: they share the connections (and their rate budgets).
+    let mut set = tokio::task::JoinSet::new();
+    for (i, r) in rt.plan().recipes.iter().enumerate() {
+        let cycle = crate::engine::run_cycle(rt.clone(), r.clone(), Shutdown::never());
+        set.spawn(async move { (i, cycle.await) });
+    }
+    let mut reports = vec![crate::engine::CycleReport::default(); set.len()];
+    while let Some(done) = set.join_next().await {
+        let (i, rep) = done.map_err(|e| anyhow!("a cycle panicked: {e}"))?;
+        reports[i] = rep;
     }
     let failed = reports.iter().any(|r| r.error.is_some());
     if json {
@@ -573,23 +572,15 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                 eprintln!("error: no dead letter {id}");
                 return Ok(ExitCode::from(1));
             };
-            let connectors = load_connectors(cli)?;
-            let recipes = load_recipes(cli, &connectors, Some(&d.recipe))?;
-            let conns = open_connections(cli, &connectors, &recipes)?;
+            let plan = load_plan(
+                cli,
+                recipe_sources(cli, Some(&d.recipe))?,
+                plan::Secrets::Required,
+            )?;
             store.requeue_dead_letter(*id)?;
-            let emit = crate::engine::Emitter::default();
-            let deps = crate::engine::Deps {
-                store: &store,
-                conns: &conns,
-                emit: &emit,
-                now: chrono::Utc::now().timestamp(),
-            };
-            let mut rep = crate::engine::CycleReport {
-                recipe: d.recipe.clone(),
-                ..Default::default()
-            };
-            let res = crate::engine::resume_journal(&recipes[0], &deps, &mut rep).await;
-            emit.flush()?;
+            let rt = Runtime::new(plan, Arc::new(store))?;
+            let recipe = rt.plan().recipes[0].clone();
+            let (rep, res) = crate::engine::resume(&rt, &recipe).await;
             match res {
                 Ok(_) if rep.finished == 1 => {
                     println!(
@@ -624,13 +615,23 @@ async fn cmd_test(
     sample_from: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let connectors = load_connectors(cli)?;
-    let config = read_config(cli).map_err(|d| anyhow!("{d}"))?;
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read `{}`", file.display()))?;
-    let recipe = match plan::recipe::load_recipe(file, &text, &connectors, config.as_ref()) {
-        Ok(r) => r,
+    let connectors = load_connectors(cli)?;
+    let env = |k: &str| std::env::var(k).ok();
+    // A dry run sends nothing: a secret that is not set is noted, not an error (except for
+    // the connection a sample is read from).
+    let built = plan::build(plan::Sources {
+        connectors,
+        config: config_source(cli)?,
+        recipes: vec![(file.to_path_buf(), text)],
+        env: &env,
+        secrets: plan::Secrets::Optional,
+    });
+    let the_plan = match built {
+        Ok(p) => p,
         Err(mut diags) => {
+            diags.retain(Diagnostic::is_error);
             diag::sort(&mut diags);
             for d in &diags {
                 eprintln!("{d}");
@@ -643,37 +644,11 @@ async fn cmd_test(
             return Ok(ExitCode::from(1));
         }
     };
-    // Open every connection the recipe uses. A dry run sends nothing, so a secret that is not
-    // set is reported but does not stop it.
-    let mut names: Vec<&str> = recipe
-        .steps
-        .iter()
-        .filter(|s| s.action().is_some())
-        .map(|s| s.connection.as_str())
-        .collect();
-    names.push(&recipe.connection);
-    if let Some(s) = sample_from {
-        names.push(s);
+    for d in &the_plan.unset {
+        eprintln!("note: {}; showing requests anyway", d.message);
     }
-    names.sort_unstable();
-    names.dedup();
-    let mut conns = std::collections::HashMap::new();
-    for name in names {
-        let conn = match open_connection(cli, &connectors, name) {
-            Ok(c) => c,
-            Err(e)
-                if format!("{e:#}").contains("environment variable")
-                    && sample_from != Some(name) =>
-            {
-                eprintln!("note: {e:#}; showing requests anyway");
-                open_connection_with_env(cli, &connectors, name, &|k| {
-                    Some(std::env::var(k).unwrap_or_default())
-                })?
-            }
-            Err(e) => return Err(e),
-        };
-        conns.insert(name.to_string(), conn);
-    }
+    let rt = Runtime::stateless(the_plan)?;
+    let recipe = rt.plan().recipes[0].clone();
     let sample = match (sample, sample_from) {
         (Some(p), _) => {
             let text = std::fs::read_to_string(p)
@@ -683,8 +658,8 @@ async fn cmd_test(
             crate::dryrun::Sample::from_json(v).map_err(|e| anyhow!("{}: {e}", p.display()))?
         }
         (None, Some(name)) => {
-            let conn = &conns[name];
-            match newest_record(conn, &recipe).await? {
+            let conn = open_connection(cli, name)?;
+            match newest_record(&conn, &recipe).await? {
                 Some(record) => crate::dryrun::Sample {
                     record,
                     steps: Map::new(),
@@ -697,7 +672,7 @@ async fn cmd_test(
         }
         (None, None) => bail!("give --sample FILE or --sample-from CONNECTION"),
     };
-    let plan = match crate::dryrun::run(&recipe, &sample, &conns) {
+    let plan = match crate::dryrun::run(&rt, &recipe, &sample).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", file.display());
@@ -853,38 +828,31 @@ fn find_named<'a, T>(
     })
 }
 
-/// Opens the named connection from the config file.
-pub fn open_connection(cli: &Cli, connectors: &[Arc<Connector>], name: &str) -> Result<Connection> {
-    open_connection_with_env(cli, connectors, name, &|k| std::env::var(k).ok())
-}
-
-/// As [`open_connection`], with a given environment lookup.
-fn open_connection_with_env(
-    cli: &Cli,
-    connectors: &[Arc<Connector>],
-    name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Connection> {
-    let text = std::fs::read_to_string(&cli.config).with_context(|| {
-        format!(
-            "cannot read the config file `{}` (set --config or SLUICE_CONFIG)",
-            cli.config.display()
-        )
-    })?;
-    let (config, _) = spec::parse_config(&cli.config, &text).map_err(|d| anyhow!("{d}"))?;
-    let conn = config.connections.get(name).ok_or_else(|| {
-        let names: Vec<&str> = config.connections.keys().map(String::as_str).collect();
-        let hint = spec::did_you_mean(name, names.iter().copied())
-            .map(|s| format!("did you mean `{s}`?"))
-            .unwrap_or_else(|| format!("defined: {}", names.join(", ")));
-        anyhow!(
-            "no connection `{name}` in `{}`; {hint}",
-            cli.config.display()
-        )
-    })?;
-    let connector = find_connector(connectors, &conn.connector)?;
-    Connection::new(name, connector.clone(), conn, env)
-        .with_context(|| format!("connection `{name}` in `{}`", cli.config.display()))
+/// Opens the named connection of the config file.
+pub fn open_connection(cli: &Cli, name: &str) -> Result<Connection> {
+    let plan = load_plan(cli, Vec::new(), plan::Secrets::Required)?;
+    let found = plan.connection_named(name);
+    match found {
+        Some(c) => Connection::new(c),
+        None => match plan.unavailable.iter().find(|(n, _)| n == name) {
+            Some((_, why)) => Err(anyhow!("{why}")),
+            None => {
+                let names: Vec<&str> = plan
+                    .connections
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .chain(plan.unavailable.iter().map(|(n, _)| n.as_str()))
+                    .collect();
+                let hint = spec::did_you_mean(name, names.iter().copied())
+                    .map(|s| format!("did you mean `{s}`?"))
+                    .unwrap_or_else(|| format!("defined: {}", names.join(", ")));
+                Err(anyhow!(
+                    "no connection `{name}` in `{}`; {hint}",
+                    cli.config.display()
+                ))
+            }
+        },
+    }
 }
 
 fn parse_json_object(s: &str, flag: &str) -> Result<Map<String, Value>> {
@@ -916,14 +884,14 @@ async fn cmd_call(
                 return Ok(ExitCode::from(1));
             }
         };
-        let conn = open_connection(cli, &connectors, connection)?;
+        let conn = open_connection(cli, connection)?;
         for r in &prepared.requests {
             let shown = crate::dryrun::describe_request(&conn, r).map_err(|e| anyhow!(e))?;
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let conn = open_connection(cli, &connectors, connection)?;
+    let conn = open_connection(cli, connection)?;
     match crate::action::execute(&conn, action, &input).await {
         Ok(out) => {
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -965,7 +933,7 @@ async fn cmd_poll(
     let trigger = find_named(&connector.triggers, &name, "trigger", &connector.id)?;
     let options = parse_json_object(with, "--with")?;
     let since = since.map(parse_since).transpose()?;
-    let conn = open_connection(cli, &connectors, connection)?;
+    let conn = open_connection(cli, connection)?;
     // Default: the lookback before "now" on the server's clock.
     let since = match since {
         Some(s) => s,
@@ -1025,24 +993,6 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads the config file; `Ok(None)` when it does not exist.
-fn read_config(cli: &Cli) -> Result<Option<spec::ConfigSpec>, Diagnostic> {
-    Ok(read_config_located(cli)?.map(|(c, _)| c))
-}
-
-/// As [`read_config`], with the file's location index.
-fn read_config_located(
-    cli: &Cli,
-) -> Result<Option<(spec::ConfigSpec, diag::LocationIndex)>, Diagnostic> {
-    match std::fs::read_to_string(&cli.config) {
-        Ok(text) => spec::parse_config(&cli.config, &text).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Diagnostic::error(
-            &cli.config,
-            format!("cannot read the config file: {e}"),
-        )),
-    }
-}
-
 fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = if paths.is_empty() {
         ["connectors", "recipes"]
@@ -1057,7 +1007,7 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     let mut counts = (0usize, 0usize, 0usize, 0usize);
     // Recipes are checked against the runtime's connectors and the config file, read once.
-    let mut runtime: Option<(Vec<Arc<Connector>>, Option<spec::ConfigSpec>)> = None;
+    let mut runtime: Option<(Vec<Arc<Connector>>, Option<plan::recipe::ConnectionTable>)> = None;
     for f in &files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
@@ -1074,21 +1024,53 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         }
         if runtime.is_none() {
             let connectors = load_connectors(cli)?;
-            let config = match read_config_located(cli) {
-                Ok(Some((c, index))) => {
-                    diags.extend(plan::check_config(&cli.config, &c, &index));
-                    Some(c)
-                }
-                Ok(None) => None,
-                Err(d) => {
-                    diags.push(d);
-                    None
+            let table = match config_source(cli)? {
+                None => None,
+                Some((path, text)) => {
+                    // The connections are checked as a run would, a secret that is not set
+                    // aside (a warning: validate runs where secrets are not).
+                    let env = |k: &str| std::env::var(k).ok();
+                    match spec::parse_config(&path, &text) {
+                        Ok((config, index)) => {
+                            let built = plan::connection::build_connections(
+                                &path,
+                                &config,
+                                &index,
+                                &connectors,
+                                &env,
+                                plan::Secrets::Optional,
+                            );
+                            diags.extend(built.problems);
+                            Some(
+                                config
+                                    .connections
+                                    .iter()
+                                    .map(|(name, c)| {
+                                        // Problems of the connection itself are reported in
+                                        // `sluice.yaml`; recipes naming it are still checked.
+                                        (
+                                            name.clone(),
+                                            plan::recipe::ConnEntry {
+                                                connector: c.connector.clone(),
+                                                id: Some(plan::ConnId::CHECK_ONLY),
+                                                why: None,
+                                            },
+                                        )
+                                    })
+                                    .collect(),
+                            )
+                        }
+                        Err(d) => {
+                            diags.push(d);
+                            None
+                        }
+                    }
                 }
             };
-            runtime = Some((connectors, config));
+            runtime = Some((connectors, table));
         }
-        let (connectors, config) = runtime.as_ref().expect("invariant: set just above");
-        match plan::recipe::load_recipe(f, &text, connectors, config.as_ref()) {
+        let (connectors, table) = runtime.as_ref().expect("invariant: set just above");
+        match plan::recipe::load_recipe(f, &text, connectors, table.as_ref()) {
             Ok(r) => {
                 counts.3 += 1;
                 diags.extend(r.warnings);

@@ -7,19 +7,18 @@
 //! per recipe and the simulator's audit totals. Uses only the runtime's public pieces; the
 //! simulator is the only stand-in.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 
-use crate::engine::{CycleReport, Deps, Emitter};
-use crate::http::Connection;
+use crate::engine::CycleReport;
 use crate::plan::{self, Connector};
+use crate::runtime::{Runtime, Shutdown};
 use crate::sim::{Sim, SimConfig};
-use crate::spec::{ConfigSpec, ConnectionSpec};
 use crate::store::StateStore;
 
 /// Cycles the demo runs.
@@ -46,21 +45,13 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
     );
     let handle = Sim::start(config).await.context("starting the simulator")?;
     let sim = handle.sim.clone();
-    let spec = || ConnectionSpec {
-        connector: "intercom".into(),
-        region: None,
-        base_url: Some(handle.base_url.clone()),
-        api_version: None,
-        token: Some("sim-token".into()),
-        timezone: None,
-        timeout_secs: None,
-        retry: None,
-        max_response_mb: None,
-    };
     // Every connection the recipes name points at the simulator.
-    let mut cfg = ConfigSpec::default();
+    let mut config = String::from("connections:\n");
     for name in ["intercom", "intercom_backup"] {
-        cfg.connections.insert(name.into(), spec());
+        config.push_str(&format!(
+            "  {name}:\n    connector: intercom\n    base_url: {}\n    token: ${{env:SLUICE_DEMO_TOKEN}}\n",
+            handle.base_url
+        ));
     }
     let files = crate::spec::yaml_files_in(recipes_dir).with_context(|| {
         format!(
@@ -68,29 +59,26 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
             recipes_dir.display()
         )
     })?;
-    let mut recipes = Vec::new();
-    for f in &files {
-        let text = std::fs::read_to_string(f)?;
-        let r = plan::recipe::load_recipe(f, &text, connectors, Some(&cfg)).map_err(|d| {
-            let list: Vec<String> = d.iter().map(ToString::to_string).collect();
-            anyhow!("{}", list.join("\n"))
-        })?;
-        recipes.push(r);
+    let mut sources = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f)?;
+        sources.push((f, text));
     }
-    let mut conns = HashMap::new();
-    for (name, c) in &cfg.connections {
-        let connector = connectors
-            .iter()
-            .find(|x| x.id == c.connector)
-            .ok_or_else(|| anyhow!("the demo needs the `{}` connector", c.connector))?;
-        conns.insert(
-            name.clone(),
-            Connection::new(name, connector.clone(), c, &|_| None)?,
-        );
-    }
+    let env = |k: &str| (k == "SLUICE_DEMO_TOKEN").then(|| "sim-token".to_string());
+    let plan = plan::build(plan::Sources {
+        connectors: connectors.to_vec(),
+        config: Some((PathBuf::from("<demo>/sluice.yaml"), config)),
+        recipes: sources,
+        env: &env,
+        secrets: plan::Secrets::Required,
+    })
+    .map_err(|d| {
+        let list: Vec<String> = d.iter().map(ToString::to_string).collect();
+        anyhow!("{}", list.join("\n"))
+    })?;
     let state = tempfile_dir()?;
-    let store = StateStore::open(state.path())?;
-    let emit = Emitter::default();
+    let rt = Runtime::new(plan, Arc::new(StateStore::open(state.path())?))?;
+    let recipes = rt.plan().recipes.clone();
 
     let mut out = String::new();
     let _ = writeln!(
@@ -127,15 +115,9 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
             )
         };
         let t = Instant::now();
-        let deps = Deps {
-            store: &store,
-            conns: &conns,
-            emit: &emit,
-            now: chrono::Utc::now().timestamp(),
-        };
         let mut fired = 0;
         for r in &recipes {
-            let rep = crate::engine::run_cycle(r, &deps).await;
+            let rep = crate::engine::run_cycle(rt.clone(), r.clone(), Shutdown::never()).await;
             fired += rep.fired;
             let tot = totals.entry(r.id.clone()).or_insert_with(|| CycleReport {
                 recipe: r.id.clone(),
@@ -181,7 +163,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
                 .unwrap_or_default()
         );
     }
-    let dead = store.dead_letters(None)?;
+    let dead = rt.store()?.dead_letters(None)?;
     if let Some((_, d)) = dead.first() {
         let _ = writeln!(
             out,
@@ -219,7 +201,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
         audit.len(),
         started.elapsed().as_secs_f64()
     );
-    drop(store);
+    drop(rt);
     handle.shutdown().await?;
     Ok(out)
 }

@@ -61,7 +61,12 @@ impl Diagnostic {
         self
     }
 
-    /// Turns the diagnostic into a warning.
+    /// Whether it is an error (not a warning).
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// Marks it a warning.
     pub fn warning(mut self) -> Diagnostic {
         self.severity = Severity::Warning;
         self

@@ -1,19 +1,25 @@
-//! Dry runs (`sluice test`): render a recipe's filter, conditions and every step's requests for
-//! one sample record, without sending anything.
+//! Dry runs (`sluice test`): the engine's own chain for one sample record, with an executor
+//! that records every request instead of sending it — so a dry run cannot drift from a real
+//! run.
 //!
-//! Owns the sample format (a record, or `{record, steps}` with mocked step outputs) and the
-//! placeholders used for outputs of steps that were not mocked. Does not send requests or touch
-//! state; the engine runs the real thing.
+//! Owns the sample format (a record, or `{record, steps}` with mocked step outputs), the
+//! placeholders used for outputs of steps that were not mocked, and the recording executor.
+//! Does not send requests or touch state.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::action;
+use crate::engine::chain::{passes_filter, run_chain, Chain, Executor, Line, Outcome, Tally};
+use crate::failure::Failure;
 use crate::http::{method_str, Connection, HttpRequest};
-use crate::plan::{Recipe, Step};
-use crate::template::Scope;
+use crate::plan::{Action, EmitTo, Recipe, Step};
+use crate::runtime::Runtime;
+use crate::store::JournalView;
 
 /// A sample: the trigger record and, optionally, outputs of steps by id.
 #[derive(Debug, Clone)]
@@ -106,132 +112,120 @@ pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Result<Value, Str
 }
 
 /// A stand-in output for a step that was not mocked: its declared output fields as
-/// `"<steps.ID.FIELD>"` text (a one-item list when the step outputs a list).
-fn placeholder(step: &Step) -> Value {
+/// `"<steps.ID.FIELD>"` text (a list of them when the action sends one request per item).
+fn placeholder(step: &Step, action: &Action, requests: usize) -> Value {
     let mut m = Map::new();
-    let declared: Vec<String> = step
-        .action()
-        .map(|a| a.spec.outputs.keys().cloned().collect())
-        .unwrap_or_default();
-    for k in &declared {
+    for k in action.spec.outputs.keys() {
         m.insert(k.clone(), Value::String(format!("<steps.{}.{k}>", step.id)));
     }
     let obj = Value::Object(m);
-    if step.outputs_list() {
-        Value::Array(vec![obj])
+    if action.spec.for_each.is_some() {
+        Value::Array(vec![obj; requests.max(1)])
     } else {
         obj
     }
 }
 
-/// Renders the recipe for a sample. `conns` maps connection names to connections.
-pub fn run(
-    recipe: &Recipe,
-    sample: &Sample,
-    conns: &HashMap<String, Connection>,
-) -> Result<DryRun, String> {
-    let mut ctx = Map::new();
-    ctx.insert("record".into(), sample.record.clone());
-    ctx.insert("steps".into(), Value::Object(Map::new()));
-    ctx.insert("recipe".into(), recipe.metadata().clone());
+/// The executor of dry runs: it records what each step would send or write, sends nothing,
+/// and answers with the sample's mocked outputs or placeholders. Progress is not journaled.
+struct Recorder<'a> {
+    rt: &'a Runtime,
+    mocks: &'a Map<String, Value>,
+    record: &'a Value,
+    requests: Mutex<HashMap<String, Vec<Value>>>,
+}
+
+impl Recorder<'_> {
+    fn note(&self, step: &Step, v: Value) {
+        if let Ok(mut m) = self.requests.lock() {
+            m.entry(step.id.clone()).or_default().push(v);
+        }
+    }
+}
+
+impl Executor for Recorder<'_> {
+    async fn http(
+        &self,
+        step: &Step,
+        action: &Action,
+        input: &Map<String, Value>,
+    ) -> Result<Value, Failure> {
+        let conn = self.rt.conn(step.conn);
+        let prepared = action::prepare(action, input)?;
+        for r in &prepared.requests {
+            self.note(step, describe_request(conn, r).map_err(Failure::input)?);
+        }
+        Ok(match self.mocks.get(&step.id) {
+            Some(v) => v.clone(),
+            None => placeholder(step, action, prepared.requests.len()),
+        })
+    }
+
+    fn emit(&self, step: &Step, to: &EmitTo, line: Line<'_>) -> Result<(), Failure> {
+        let value = match line {
+            Line::Value(v) => v.clone(),
+            Line::Raw(_) => self.record.clone(),
+        };
+        let to = match to {
+            EmitTo::Stdout => "stdout".to_string(),
+            EmitTo::File(p) => p.display().to_string(),
+        };
+        self.note(step, json!({"emit": value, "to": to}));
+        Ok(())
+    }
+
+    fn journal(&self, _key: &str, _view: &JournalView<'_>) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the recipe's own chain ([`crate::engine`]'s) for a sample, sending nothing.
+pub async fn run(rt: &Runtime, recipe: &Recipe, sample: &Sample) -> Result<DryRun, String> {
+    let raw = RawValue::from_string(sample.record.to_string())
+        .map_err(|e| format!("the sample record cannot be read: {e}"))?;
+    let ts = crate::trigger::cursor_of(recipe.trigger(), &sample.record).unwrap_or_default();
+    let mut chain = Chain::new(raw, ts);
     let mut out = DryRun {
         recipe: recipe.id.clone(),
         passes_filter: true,
         steps: Vec::new(),
     };
-    if let Some(f) = &recipe.filter {
-        let scope = Scope::new(Value::Object(ctx.clone()));
-        out.passes_filter = f.truthy(&scope).map_err(|e| format!("filter: {e}"))?;
-        if !out.passes_filter {
-            return Ok(out);
-        }
+    out.passes_filter =
+        passes_filter(recipe, &mut chain).map_err(|f| format!("filter: {}", f.message))?;
+    if !out.passes_filter {
+        return Ok(out);
     }
-    for step in &recipe.steps {
-        let scope = Scope::new(Value::Object(ctx.clone()));
-        let mut plan = StepPlan {
+    let rec = Recorder {
+        rt,
+        mocks: &sample.steps,
+        record: &sample.record,
+        requests: Mutex::new(HashMap::new()),
+    };
+    // Outputs the sample mocks are what later steps see.
+    let mut chain = Some(chain);
+    let mut tally = Tally::default();
+    let outcome = run_chain(recipe, &rec, "dry-run", &mut chain, 0, &mut tally)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let done = match (outcome, chain) {
+        (Outcome::Finished, Some(c)) => c.done,
+        (Outcome::Dead(d), _) => return Err(format!("step `{}`: {}", d.failed_step, d.error)),
+        (Outcome::Unfinished | Outcome::Abort(_), _) | (_, None) => {
+            return Err("the chain did not finish".into())
+        }
+    };
+    let mut requests = rec.requests.into_inner().unwrap_or_default();
+    for (step, d) in recipe.steps.iter().zip(done) {
+        out.steps.push(StepPlan {
             step: step.id.clone(),
             action: step.action_name(),
-            skipped: None,
-            requests: Vec::new(),
+            skipped: d.skipped.then(|| match &d.error {
+                Some(e) => format!("it failed and `on_error: skip` goes on: {e}"),
+                None => "its `if` condition is false".into(),
+            }),
+            requests: requests.remove(&step.id).unwrap_or_default(),
             mocked_output: sample.steps.contains_key(&step.id),
-        };
-        let run = match &step.condition {
-            Some(c) => c
-                .truthy(&scope)
-                .map_err(|e| format!("step `{}`: if: {e}", step.id))?,
-            None => true,
-        };
-        if !run {
-            plan.skipped = Some("its `if` condition is false".into());
-        } else {
-            let items: Vec<Option<Value>> = match &step.for_each {
-                Some(t) => match t
-                    .render_required(&scope)
-                    .map_err(|e| format!("step `{}`: for_each: {e}", step.id))?
-                {
-                    Value::Array(a) => a.into_iter().map(Some).collect(),
-                    other => {
-                        return Err(format!(
-                            "step `{}`: for_each must give a list, got {other}",
-                            step.id
-                        ))
-                    }
-                },
-                None => vec![None],
-            };
-            for item in items {
-                let scope = match item {
-                    Some(it) => {
-                        let mut c = ctx.clone();
-                        c.insert("item".into(), it);
-                        Scope::new(Value::Object(c))
-                    }
-                    None => Scope::new(Value::Object(ctx.clone())),
-                };
-                let input = step
-                    .render_inputs(&scope)
-                    .map_err(|e| format!("step `{}`: {e}", step.id))?;
-                let Some(a) = step.action() else {
-                    // `emit` sends no request: show the line it would write.
-                    let value = input
-                        .get("value")
-                        .cloned()
-                        .unwrap_or_else(|| sample.record.clone());
-                    let to = match step
-                        .emit_to(&input)
-                        .map_err(|e| format!("step `{}`: emit: {e}", step.id))?
-                    {
-                        crate::plan::EmitTo::Stdout => "stdout".to_string(),
-                        crate::plan::EmitTo::File(p) => p.display().to_string(),
-                    };
-                    plan.requests.push(json!({"emit": value, "to": to}));
-                    continue;
-                };
-                let conn = conns.get(&step.connection).ok_or_else(|| {
-                    format!(
-                        "step `{}`: connection `{}` is not open",
-                        step.id, step.connection
-                    )
-                })?;
-                let prepared =
-                    action::prepare(a, &input).map_err(|e| format!("step `{}`: {e}", step.id))?;
-                for r in &prepared.requests {
-                    plan.requests.push(
-                        describe_request(conn, r)
-                            .map_err(|e| format!("step `{}`: {e}", step.id))?,
-                    );
-                }
-            }
-        }
-        let output = match sample.steps.get(&step.id) {
-            Some(v) => v.clone(),
-            None if plan.skipped.is_some() => Value::Null,
-            None => placeholder(step),
-        };
-        if let Some(Value::Object(steps)) = ctx.get_mut("steps") {
-            steps.insert(step.id.clone(), output);
-        }
-        out.steps.push(plan);
+        });
     }
     Ok(out)
 }

@@ -15,82 +15,13 @@ use serde_json::Value;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, warn};
 
-use crate::plan::Connector;
+use crate::plan::{ConnectionPlan, Connector};
 use crate::secret::Secret;
-use crate::spec::{ConnectionSpec, ErrorRuleSpec, FailureClassSpec, MethodSpec};
+use crate::spec::{ErrorRuleSpec, MethodSpec};
 use crate::template::lookup_str;
 
-/// The class of a failure; the runtime branches on this, never on status codes.
-pub type FailureClass = FailureClassSpec;
-
-impl std::fmt::Display for FailureClassSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FailureClassSpec::Retryable => "retryable",
-            FailureClassSpec::RateLimited => "rate_limited",
-            FailureClassSpec::Auth => "auth",
-            FailureClassSpec::Fatal => "fatal",
-            FailureClassSpec::Conflict => "conflict",
-        })
-    }
-}
-
-/// A request that failed, classified. Carries no secrets.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Failure {
-    /// What kind of failure.
-    pub class: FailureClass,
-    /// HTTP status, when a response arrived.
-    pub status: Option<u16>,
-    /// The API's error code (`not_found`), when the body had one.
-    pub code: Option<String>,
-    /// The API's message, or what went wrong on the way.
-    pub message: String,
-    /// How to fix it, from the connector's error rules.
-    pub help: Option<String>,
-    /// `METHOD /path` of the request (no host, no query string).
-    pub request: String,
-    /// How many times it was sent.
-    pub attempts: u32,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed", self.request)?;
-        if let Some(s) = self.status {
-            write!(f, " with HTTP {s}")?;
-        }
-        if let Some(c) = &self.code {
-            write!(f, " `{c}`")?;
-        }
-        write!(f, " ({}): {}", self.class, self.message)?;
-        if self.attempts > 1 {
-            write!(f, " (after {} attempts)", self.attempts)?;
-        }
-        if let Some(h) = &self.help {
-            write!(f, "; {h}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Failure {}
-
-/// The message of a transport failure before anything was sent.
-const COULD_NOT_CONNECT: &str = "could not connect";
-
-impl Failure {
-    /// Whether the request may have been carried out although no success came back: a
-    /// retryable failure other than a refused connection or a 429 (which the server answers
-    /// before doing anything). Repeating such a request could do its work twice.
-    pub fn outcome_unknown(&self) -> bool {
-        self.class == FailureClass::Retryable
-            && match self.status {
-                Some(s) => s != 429,
-                None => self.message != COULD_NOT_CONNECT,
-            }
-    }
-}
+use crate::failure::COULD_NOT_CONNECT;
+pub use crate::failure::{Failure, FailureClass};
 
 /// When a failed request is sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,41 +65,7 @@ pub fn method_str(m: MethodSpec) -> &'static str {
     }
 }
 
-/// Retry knobs.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    /// Attempts for a retryable failure, the first included.
-    pub max_attempts: u32,
-    /// First backoff.
-    pub base_delay: Duration,
-    /// Longest backoff.
-    pub max_delay: Duration,
-    /// Rate-limit waits before giving up.
-    pub max_rate_limit_waits: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 5,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            max_rate_limit_waits: 10,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Backoff before attempt `n + 1` (n ≥ 1): exponential with equal jitter, bounded.
-    pub fn backoff(&self, n: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
-            .min(self.max_delay);
-        let half = exp / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-}
+pub use crate::plan::RetryPolicy;
 
 #[derive(Debug, Default)]
 struct RateState {
@@ -237,25 +134,6 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Replaces `${env:NAME}` with the variable's value; the error names the missing variable.
-pub fn resolve_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("${env:") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 6..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "`${env:` without a closing `}`".to_string())?;
-        let name = &after[..end];
-        let v = env(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&v);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Why a token cannot be sent as `Authorization: Bearer <token>`, if it cannot: HTTP header
 /// values hold no control characters (tab aside). Checked when a connection is opened (after
 /// `${env:…}` is resolved) and by `validate` on the file's text, so it is a configuration
@@ -272,93 +150,28 @@ pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
 }
 
 impl Connection {
-    /// Builds a connection from its spec. `env` looks up environment variables.
-    pub fn new(
-        name: &str,
-        connector: Arc<Connector>,
-        spec: &ConnectionSpec,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Connection> {
-        let h = &connector.header;
-        let base_url = match &spec.base_url {
-            Some(u) => resolve_env(u, env).map_err(|e| anyhow::anyhow!("base_url: {e}"))?,
-            None => {
-                let region = spec.region.as_deref().unwrap_or(&h.default_region);
-                let found = h
-                    .regions
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(region))
-                    .map(|(_, v)| v.clone());
-                found.ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "region `{region}` is not one of connector `{}`'s regions ({})",
-                        connector.id,
-                        h.regions.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )
-                })?
-            }
-        };
-        let token = match &spec.token {
-            Some(t) => {
-                let t = resolve_env(t, env).map_err(|e| anyhow::anyhow!("token: {e}"))?;
-                if let Some(problem) = token_problem(&t) {
-                    anyhow::bail!("token: {problem}");
-                }
-                Some(Secret::new(t))
-            }
-            None => None,
-        };
-        let configured_tz = match &spec.timezone {
-            Some(tz) => Some(tz.parse::<Tz>().map_err(|_| {
-                anyhow::anyhow!(
-                    "timezone `{tz}` is not an IANA timezone name such as `Europe/Dublin`"
-                )
-            })?),
-            None => None,
-        };
-        let r = spec.retry.clone().unwrap_or_default();
-        let d = RetryPolicy::default();
-        let retry = RetryPolicy {
-            max_attempts: r.max_attempts.unwrap_or(d.max_attempts).max(1),
-            base_delay: r
-                .base_delay_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.base_delay),
-            max_delay: r
-                .max_delay_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.max_delay),
-            max_rate_limit_waits: r.max_rate_limit_waits.unwrap_or(d.max_rate_limit_waits),
-        };
-        let max_response_mb = match spec.max_response_mb.or(h.max_response_mb) {
-            Some(0) => anyhow::bail!("max_response_mb: must be at least 1"),
-            Some(mb) => mb,
-            None => DEFAULT_MAX_RESPONSE_MB,
-        };
-        let redactor = Redactor::new(token.as_ref());
+    /// Opens a connection from its compiled plan (nothing is sent yet).
+    pub fn new(plan: &ConnectionPlan) -> anyhow::Result<Connection> {
+        let redactor = Redactor::new(plan.token.as_ref());
         #[allow(clippy::disallowed_methods)]
         let client = reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(spec.timeout_secs.unwrap_or(30)))
+            .timeout(plan.timeout)
             .connect_timeout(Duration::from_secs(10))
             // A redirect would carry the request (body, and a `Referer`) to wherever the
             // server points, and make a foreign answer the output: it is a failure instead.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Connection {
-            name: name.to_string(),
-            base_url: base_url.trim_end_matches('/').to_string(),
-            api_version: spec
-                .api_version
-                .clone()
-                .or_else(|| h.api_version.as_ref().map(|v| v.default.clone())),
-            connector,
-            token,
-            configured_tz,
+            name: plan.name.clone(),
+            base_url: plan.base_url.clone(),
+            api_version: plan.api_version.clone(),
+            connector: plan.connector.clone(),
+            token: plan.token.clone(),
+            configured_tz: plan.timezone,
             discovered_tz: OnceCell::new(),
-            retry,
-            max_body: usize::try_from(max_response_mb.saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX),
+            retry: plan.retry,
+            max_body: plan.max_body,
             redactor,
             client,
             rate: Mutex::new(RateState::default()),
@@ -556,6 +369,7 @@ impl Connection {
                 help: None,
                 request: req.describe(),
                 attempts: raw.attempts,
+                step: None,
             })?
         };
         Ok(Response {
@@ -663,6 +477,7 @@ impl Connection {
             help,
             request: req.describe(),
             attempts: 1,
+            step: None,
         };
         let url = self
             .url(req)
@@ -872,10 +687,6 @@ impl Connection {
     }
 }
 
-/// Response bodies larger than this many MiB are refused unless the connector or the
-/// connection says otherwise (`max_response_mb`).
-pub(crate) const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
-
 /// Why a response body could not be read.
 enum BodyError {
     /// The connection broke before the body was complete.
@@ -1056,7 +867,7 @@ mod tests {
 
     #[test]
     fn classify_defaults() {
-        use FailureClassSpec::*;
+        use crate::spec::FailureClassSpec::*;
         for (s, c) in [
             (401, Auth),
             (404, Fatal),
@@ -1115,27 +926,5 @@ mod tests {
         let mut body = b"Bearer abc".to_vec();
         r.hide_token_in_body(&mut body);
         assert_eq!(body, b"Bearer abc");
-    }
-
-    #[test]
-    fn env_substitution_names_missing_variable() {
-        let env = |k: &str| (k == "A").then(|| "x".to_string());
-        assert_eq!(resolve_env("a${env:A}b", &env).unwrap(), "axb");
-        assert!(resolve_env("${env:B}", &env).unwrap_err().contains("`B`"));
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_grows() {
-        let p = RetryPolicy {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(1000),
-            ..RetryPolicy::default()
-        };
-        for n in 1..20 {
-            let d = p.backoff(n);
-            assert!(d <= Duration::from_millis(1000), "{d:?}");
-        }
-        assert!(p.backoff(1) >= Duration::from_millis(50));
-        assert!(p.backoff(5) >= Duration::from_millis(500));
     }
 }

@@ -5,7 +5,6 @@
 //! Handlebars; anything else renders a string through Handlebars in strict mode with no HTML
 //! escaping. Does not know about HTTP or state.
 
-use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use handlebars::{Handlebars, Renderable};
@@ -27,7 +26,7 @@ pub fn registry() -> &'static Handlebars<'static> {
 /// The data a template is rendered against, with its Handlebars form built at most once.
 pub struct Scope {
     value: Value,
-    hb: OnceCell<handlebars::Context>,
+    hb: OnceLock<handlebars::Context>,
 }
 
 impl Scope {
@@ -35,7 +34,7 @@ impl Scope {
     pub fn new(value: Value) -> Scope {
         Scope {
             value,
-            hb: OnceCell::new(),
+            hb: OnceLock::new(),
         }
     }
 
@@ -46,7 +45,7 @@ impl Scope {
 
     /// The JSON value, for changing it (the Handlebars form is rebuilt when next needed).
     pub fn value_mut(&mut self) -> &mut Value {
-        self.hb = OnceCell::new();
+        self.hb = OnceLock::new();
         &mut self.value
     }
 

@@ -296,6 +296,7 @@ impl<'a> Poll<'a> {
             help: Some(help.into()),
             request: req.describe(),
             attempts: 1,
+            step: None,
         }
     }
 
@@ -530,7 +531,10 @@ pub struct Picker<'a> {
 impl<'a> Picker<'a> {
     /// The batch's records with `cursor ≥ since`, in order; a record that is not an object or
     /// has no whole-number cursor is an error naming it.
-    pub fn read(self, batch: Batch) -> Box<dyn Iterator<Item = Result<Record, Failure>> + 'a> {
+    pub fn read(
+        self,
+        batch: Batch,
+    ) -> Box<dyn Iterator<Item = Result<Record, Failure>> + Send + 'a> {
         match batch.items {
             Items::Read(records) => Box::new(records.into_iter().map(Ok)),
             Items::Raw(raws) => {
@@ -593,6 +597,7 @@ fn odd_failure(message: String) -> Failure {
         help: Some("the API answered in a shape the connector does not describe; check the connector's `records`/`cursor` paths".into()),
         request: String::new(),
         attempts: 1,
+        step: None,
     }
 }
 
@@ -605,6 +610,7 @@ fn input_failure(trigger: &Trigger, message: String) -> Failure {
         help: None,
         request: format!("trigger {}", trigger.id),
         attempts: 0,
+        step: None,
     }
 }
 

@@ -6,7 +6,7 @@
 //! a `*Spec`. Does no I/O beyond what the caller hands in.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
@@ -16,8 +16,146 @@ use crate::diag::{Diagnostic, LocationIndex};
 use crate::spec::{self, *};
 use crate::template::{Template, Tree};
 
+pub mod connection;
 pub mod recipe;
+pub use connection::{ConnId, ConnectionPlan, RetryPolicy, Secrets};
 pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, StartFrom, Step, StepAction};
+
+/// Everything a run needs, compiled from the connector, config and recipe files: the one
+/// composition root's input. Recipes and steps hold [`ConnId`]s into `connections`.
+#[derive(Debug)]
+pub struct Plan {
+    /// Connectors by id.
+    pub connectors: Vec<Arc<Connector>>,
+    /// Connections, indexed by [`ConnId`].
+    pub connections: Vec<Arc<ConnectionPlan>>,
+    /// Recipes, in file order.
+    pub recipes: Vec<Arc<Recipe>>,
+    /// Problems worth fixing that do not stop anything from running.
+    pub warnings: Vec<Diagnostic>,
+    /// Connections left out (problems in `sluice.yaml`, an environment variable not set),
+    /// with the first reason.
+    pub unavailable: Vec<(String, Diagnostic)>,
+    /// Built with [`Secrets::Optional`]: environment variables that are not set.
+    pub unset: Vec<Diagnostic>,
+}
+
+impl Plan {
+    /// A connection by handle.
+    pub fn connection(&self, id: ConnId) -> &Arc<ConnectionPlan> {
+        &self.connections[id.0]
+    }
+
+    /// A connection by its name in `sluice.yaml`.
+    pub fn connection_named(&self, name: &str) -> Option<&Arc<ConnectionPlan>> {
+        self.connections.iter().find(|c| c.name == name)
+    }
+
+    /// A recipe by id.
+    pub fn recipe(&self, id: &str) -> Option<&Arc<Recipe>> {
+        self.recipes.iter().find(|r| r.id == id)
+    }
+}
+
+/// The files a [`Plan`] is built from, already read.
+pub struct Sources<'a> {
+    /// Compiled connectors.
+    pub connectors: Vec<Arc<Connector>>,
+    /// `sluice.yaml`: its path and text, `None` when there is none.
+    pub config: Option<(PathBuf, String)>,
+    /// Recipe files: path and text.
+    pub recipes: Vec<(PathBuf, String)>,
+    /// Environment lookups for `${env:…}`.
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    /// Whether unset secrets are errors.
+    pub secrets: Secrets,
+}
+
+/// Compiles connections and recipes against the connectors, gathering every problem as a
+/// located diagnostic (warnings too). Fails when there is any error; a recipe id used by two
+/// files is one.
+pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
+    let mut diags = Vec::new();
+    let mut connections = Vec::new();
+    let mut unavailable = Vec::new();
+    let mut unset = Vec::new();
+    let mut table: Option<recipe::ConnectionTable> = None;
+    if let Some((file, text)) = &src.config {
+        match spec::parse_config(file, text) {
+            Ok((config, index)) => {
+                let built = connection::build_connections(
+                    file,
+                    &config,
+                    &index,
+                    &src.connectors,
+                    src.env,
+                    src.secrets,
+                );
+                // A connection with problems is left out (`unavailable`): an error for the
+                // recipes that use it, not for the others. `validate` reports every problem.
+                diags.extend(built.problems.into_iter().filter(|d| !d.is_error()));
+                let mut t = recipe::ConnectionTable::new();
+                for (name, c) in &config.connections {
+                    let id = built.plans.iter().find(|b| &b.name == name).map(|b| b.id);
+                    let why = built
+                        .unavailable
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, d)| d.message.clone());
+                    t.insert(
+                        name.clone(),
+                        recipe::ConnEntry {
+                            connector: c.connector.clone(),
+                            id,
+                            why,
+                        },
+                    );
+                }
+                table = Some(t);
+                unavailable = built.unavailable;
+                unset = built.unset;
+                connections = built.plans.into_iter().map(Arc::new).collect();
+            }
+            Err(d) => diags.push(d),
+        }
+    }
+    let mut recipes: Vec<Arc<Recipe>> = Vec::new();
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
+    for (file, text) in &src.recipes {
+        match recipe::load_recipe(file, text, &src.connectors, table.as_ref()) {
+            Ok(mut r) => {
+                if let Some(first) = seen.get(&r.id) {
+                    diags.push(
+                        Diagnostic::error(
+                            file,
+                            format!("recipe id `{}` is also used by `{}`", r.id, first.display()),
+                        )
+                        .help("every recipe needs its own id: its state is kept under it"),
+                    );
+                    continue;
+                }
+                seen.insert(r.id.clone(), file.clone());
+                diags.append(&mut r.warnings);
+                recipes.push(Arc::new(r));
+            }
+            Err(d) => diags.extend(d),
+        }
+    }
+    let (errors, warnings): (Vec<_>, Vec<_>) = diags.into_iter().partition(Diagnostic::is_error);
+    if !errors.is_empty() {
+        let mut all = errors;
+        all.extend(warnings);
+        return Err(all);
+    }
+    Ok(Plan {
+        connectors: src.connectors,
+        connections,
+        recipes,
+        warnings,
+        unavailable,
+        unset,
+    })
+}
 
 /// A compiled connector.
 #[derive(Debug)]
@@ -318,7 +456,7 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
             "`max_response_mb` must be at least 1",
             Some(format!(
                 "leave it out for the default of {} MiB",
-                crate::http::DEFAULT_MAX_RESPONSE_MB
+                connection::DEFAULT_MAX_RESPONSE_MB
             )),
         );
     }
@@ -944,42 +1082,6 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         retry_safe,
         find_earlier,
     })
-}
-
-/// Checks `sluice.yaml` beyond its shape, for `validate`: a token written in the file (not
-/// `${env:NAME}`) is a warning, and one that could never be sent in a header is an error.
-/// The same header check runs again on the resolved token when a connection is opened.
-pub(crate) fn check_config(
-    file: &Path,
-    config: &ConfigSpec,
-    index: &LocationIndex,
-) -> Vec<Diagnostic> {
-    let mut out = Vec::new();
-    for (name, conn) in &config.connections {
-        let Some(token) = &conn.token else { continue };
-        let path = format!("connections.{name}.token");
-        if let Some(problem) = crate::http::token_problem(token) {
-            out.push(
-                Diagnostic::error(
-                    file,
-                    format!("the token of connection `{name}` is not valid: {problem}"),
-                )
-                .at(index, &path),
-            );
-        }
-        if !token.contains("${env:") {
-            out.push(
-                Diagnostic::error(
-                    file,
-                    format!("connection `{name}` has its token written in the file"),
-                )
-                .at(index, &path)
-                .warning()
-                .help("use `${env:NAME}` so the token is not in a file (e.g. `token: ${env:INTERCOM_TOKEN}`)"),
-            );
-        }
-    }
-    out
 }
 
 /// Reads and builds every connector file (`*.yaml`) in a directory.

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
-use super::{type_matches, Action, Condition, Connector, Trigger};
+use super::{type_matches, Action, Condition, ConnId, Connector, Trigger};
 use crate::diag::{Diagnostic, LocationIndex};
-use crate::spec::{self, ConfigSpec, FieldSpec, FieldTypeSpec, OnErrorSpec, ParsedRecipe};
+use crate::spec::{self, FieldSpec, FieldTypeSpec, OnErrorSpec, ParsedRecipe};
 use crate::template::{Template, Tree};
 
 /// A compiled recipe.
@@ -25,8 +25,10 @@ pub struct Recipe {
     pub id: String,
     /// What it does.
     pub description: String,
-    /// The connection of the trigger.
+    /// The connection of the trigger (its name in `sluice.yaml`).
     pub connection: String,
+    /// The connection's handle in the plan.
+    pub conn: ConnId,
     /// The trigger's connector.
     pub connector: Arc<Connector>,
     /// Trigger id within the connector.
@@ -39,6 +41,8 @@ pub struct Recipe {
     pub start_from: StartFrom,
     /// Records for which this is false are skipped.
     pub filter: Option<Template>,
+    /// Chains in flight at once.
+    pub concurrency: usize,
     /// The chain of steps.
     pub steps: Vec<Step>,
     /// `recipe.*` as templates see it, built once.
@@ -190,8 +194,10 @@ pub const EMIT_INPUTS: &[&str] = &["value", "to"];
 pub struct Step {
     /// Step id.
     pub id: String,
-    /// Connection it uses (unused by `emit`).
+    /// Connection it uses (unused by `emit`): its name.
     pub connection: String,
+    /// The connection's handle in the plan.
+    pub conn: ConnId,
     /// What it does.
     pub kind: StepAction,
     /// Inputs as templates.
@@ -494,11 +500,12 @@ pub fn parse_schedule(s: &spec::ScheduleSpec) -> Result<Schedule, (String, &'sta
     }
 }
 
-/// Builds a recipe against the connectors and the configuration (`None`: no `sluice.yaml`).
+/// Builds a recipe against the connectors and the configured connections (`None`: no
+/// `sluice.yaml`).
 pub fn build_recipe(
     parsed: &ParsedRecipe,
     connectors: &[Arc<Connector>],
-    config: Option<&ConfigSpec>,
+    conns: Option<&ConnectionTable>,
 ) -> Result<Recipe, Vec<Diagnostic>> {
     let spec = &parsed.spec;
     let mut cx = Cx {
@@ -537,7 +544,8 @@ pub fn build_recipe(
     }
 
     // Connection.
-    let conn_connector = connection_connector(&mut cx, "connection", &spec.connection, config);
+    let recipe_conn = connection_connector(&mut cx, "connection", &spec.connection, conns);
+    let conn_connector = recipe_conn.as_ref().map(|(c, _)| c.clone());
 
     // Trigger.
     let trigger_path = if matches!(spec.trigger, spec::TriggerRefSpec::Full { .. }) {
@@ -687,6 +695,7 @@ pub fn build_recipe(
             .connection
             .clone()
             .unwrap_or_else(|| spec.connection.clone());
+        let recipe_conn_id = recipe_conn.as_ref().map(|(_, id)| *id);
         if s.action == "emit" {
             let mut with = Vec::new();
             let mut emit_dir = None;
@@ -741,10 +750,11 @@ pub fn build_recipe(
                 with.push((k.clone(), tree));
             }
             earlier.insert(s.id.clone(), (BTreeSet::new(), s.for_each.is_some()));
-            if cx.diags.is_empty() {
+            if let (true, Some(conn)) = (cx.diags.is_empty(), recipe_conn_id) {
                 steps.push(Step {
                     id: s.id.clone(),
                     connection: step_conn,
+                    conn,
                     kind: StepAction::Emit { dir: emit_dir },
                     fixed_inputs: fixed_inputs(&with),
                     with,
@@ -755,10 +765,11 @@ pub fn build_recipe(
             }
             continue;
         }
-        let step_conn_connector = match &s.connection {
-            Some(c) => connection_connector(&mut cx, &format!("{base}.connection"), c, config),
-            None => conn_connector.clone(),
+        let step_conn_resolved = match &s.connection {
+            Some(c) => connection_connector(&mut cx, &format!("{base}.connection"), c, conns),
+            None => recipe_conn.clone(),
         };
+        let step_conn_connector = step_conn_resolved.as_ref().map(|(c, _)| c.clone());
         let action = resolve(
             &mut cx,
             &format!("{base}.action"),
@@ -795,10 +806,11 @@ pub fn build_recipe(
         }
         if let Some((c, aid)) = &action {
             earlier.insert(s.id.clone(), outputs);
-            if cx.diags.is_empty() {
+            if let (true, Some((_, conn))) = (cx.diags.is_empty(), &step_conn_resolved) {
                 steps.push(Step {
                     id: s.id.clone(),
                     connection: step_conn,
+                    conn: *conn,
                     kind: StepAction::Http {
                         connector: c.clone(),
                         action_id: aid.clone(),
@@ -815,8 +827,19 @@ pub fn build_recipe(
         }
     }
 
-    match (cx.diags.is_empty(), trigger, schedule) {
-        (true, Some((connector, trigger_id)), Some(schedule)) => Ok(Recipe {
+    let concurrency = spec
+        .concurrency
+        .unwrap_or(crate::engine::DEFAULT_CONCURRENCY);
+    if !(1..=256).contains(&concurrency) {
+        cx.err(
+            "concurrency",
+            format!("concurrency {concurrency} is outside 1 to 256"),
+            Some("the number of records whose steps may run at once, e.g. `concurrency: 8`".into()),
+        );
+    }
+    match (cx.diags.is_empty(), trigger, schedule, recipe_conn) {
+        (true, Some((connector, trigger_id)), Some(schedule), Some((_, conn))) => Ok(Recipe {
+            conn,
             meta: serde_json::json!({
                 "id": spec.id,
                 "description": spec.description,
@@ -832,6 +855,7 @@ pub fn build_recipe(
             schedule,
             start_from,
             filter,
+            concurrency,
             steps,
             warnings: cx.warnings,
         }),
@@ -868,14 +892,30 @@ fn is_snake(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// Checks a connection name against the config; returns its connector id.
+/// What recipes may name as connections, by name.
+pub type ConnectionTable = IndexMap<String, ConnEntry>;
+
+/// A connection as recipes see it.
+#[derive(Debug, Clone)]
+pub struct ConnEntry {
+    /// The connector it speaks.
+    pub connector: String,
+    /// Its handle, when it compiled.
+    pub id: Option<ConnId>,
+    /// Why it could not be opened, when that is not a problem of the file (an environment
+    /// variable is not set).
+    pub why: Option<String>,
+}
+
+/// Checks a connection name against the configured connections; returns its connector id
+/// and handle.
 fn connection_connector(
     cx: &mut Cx,
     path: &str,
     name: &str,
-    config: Option<&ConfigSpec>,
-) -> Option<String> {
-    let Some(config) = config else {
+    conns: Option<&ConnectionTable>,
+) -> Option<(String, ConnId)> {
+    let Some(conns) = conns else {
         cx.err(
             path,
             format!("connection `{name}` cannot be checked: there is no config file"),
@@ -886,13 +926,33 @@ fn connection_connector(
         );
         return None;
     };
-    match config.connections.get(name) {
-        Some(c) => Some(c.connector.clone()),
+    match conns.get(name) {
+        Some(ConnEntry {
+            connector,
+            id: Some(id),
+            ..
+        }) => Some((connector.clone(), *id)),
+        Some(ConnEntry { why: Some(why), .. }) => {
+            cx.err(
+                path,
+                format!("connection `{name}` cannot be used: {why}"),
+                None,
+            );
+            None
+        }
+        Some(ConnEntry { .. }) => {
+            cx.err(
+                path,
+                format!("connection `{name}` cannot be used: the config file has problems with it"),
+                Some("run `sluice validate` and fix the connection in the config file".into()),
+            );
+            None
+        }
         None => {
             cx.err(
                 path,
                 format!("there is no connection `{name}` in the config file"),
-                Some(suggest(name, config.connections.keys().map(String::as_str))),
+                Some(suggest(name, conns.keys().map(String::as_str))),
             );
             None
         }
@@ -1110,11 +1170,11 @@ pub fn load_recipe(
     file: &Path,
     text: &str,
     connectors: &[Arc<Connector>],
-    config: Option<&ConfigSpec>,
+    conns: Option<&ConnectionTable>,
 ) -> Result<Recipe, Vec<Diagnostic>> {
     let (parsed, mut diags) = spec::parse_recipe(file, text);
     match parsed {
-        Some(p) => match build_recipe(&p, connectors, config) {
+        Some(p) => match build_recipe(&p, connectors, conns) {
             Ok(r) if diags.is_empty() => Ok(r),
             Ok(_) => Err(diags),
             Err(more) => {

@@ -45,6 +45,14 @@ pub struct ConnectionSpec {
     /// Largest response body accepted, in MiB (default: the connector's `max_response_mb`).
     #[serde(default)]
     pub max_response_mb: Option<u64>,
+    /// Share of the workspace's rate budget sluice may use, leaving the rest to the
+    /// workspace's other apps (default 1.0; e.g. 0.7 leaves 30 %).
+    #[serde(default)]
+    pub rate_share: Option<f64>,
+    /// At most this many records' chains in flight on this connection, across all recipes
+    /// (default: no cap beyond each recipe's `concurrency`).
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 /// Retry policy knobs.

@@ -30,6 +30,11 @@ pub struct RecipeSpec {
     /// Example: `'{{eq record.role "user"}}'`.
     #[serde(default)]
     pub filter: Option<String>,
+    /// How many records' chains may run at once (default 8; 1 runs them one after another).
+    /// Steps of one record always run in order.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: Option<usize>,
     /// The actions to run for each record, in order.
     pub steps: Vec<StepSpec>,
 }

@@ -299,7 +299,8 @@ async fn the_response_limit_is_set_per_connection() {
     let run = call(&ws, "fetch", json!({"what": "huge"})).await;
     assert_ne!(run.code, 0);
     assert!(
-        run.stderr.contains("max_response_mb: must be at least 1"),
+        run.stderr
+            .contains("`max_response_mb` 0 is outside 1 to 4096"),
         "{}",
         run.stderr
     );

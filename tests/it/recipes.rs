@@ -32,8 +32,14 @@ fn every_invalid_recipe_gets_its_golden_diagnostics() {
     for f in &files {
         let rel = f.strip_prefix(root()).unwrap();
         let mut c = sluice();
-        c.args(["--config", "tests/fixtures/recipes/sluice.yaml", "validate"])
-            .arg(rel);
+        c.args([
+            "--config",
+            "tests/fixtures/recipes/sluice.yaml",
+            "--connectors",
+            "tests/fixtures/recipes/connectors",
+            "validate",
+        ])
+        .arg(rel);
         let r = run(c);
         let stem = f.file_stem().unwrap().to_str().unwrap();
         let golden = root().join(format!("tests/golden/recipes/{stem}.expected"));
@@ -79,6 +85,8 @@ fn many_mistakes_are_all_reported_at_once() {
     c.args([
         "--config",
         "tests/fixtures/recipes/sluice.yaml",
+        "--connectors",
+        "tests/fixtures/recipes/connectors",
         "validate",
         "tests/fixtures/recipes/invalid/many_mistakes.yaml",
     ]);
@@ -214,6 +222,8 @@ fn dry_run_renders_typed_inputs_and_mocked_outputs_without_sending() {
     c.args([
         "--config",
         "tests/fixtures/recipes/sluice.yaml",
+        "--connectors",
+        "tests/fixtures/recipes/connectors",
         "test",
         "recipes/new_ticket_triage.yaml",
         "--json",
@@ -259,6 +269,8 @@ fn dry_run_renders_typed_inputs_and_mocked_outputs_without_sending() {
     c.args([
         "--config",
         "tests/fixtures/recipes/sluice.yaml",
+        "--connectors",
+        "tests/fixtures/recipes/connectors",
         "test",
         "recipes/new_ticket_triage.yaml",
         "--sample",

@@ -99,6 +99,16 @@ impl Workspace {
     }
 }
 
+/// The JSON run reports `run --once --json` writes on stderr (after any log lines).
+pub fn reports_of(stderr: &str) -> serde_json::Value {
+    let start = stderr
+        .find("\n[")
+        .map(|i| i + 1)
+        .or_else(|| stderr.starts_with('[').then_some(0))
+        .unwrap_or_else(|| panic!("no run report in:\n{stderr}"));
+    serde_json::from_str(&stderr[start..]).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+}
+
 /// Runs a blocking command from async code.
 pub async fn run_async(c: Command) -> Run {
     tokio::task::spawn_blocking(move || run(c)).await.unwrap()
@@ -232,8 +242,7 @@ impl SimEnv {
         cwd: Option<&Path>,
     ) -> (Run, std::collections::BTreeMap<String, serde_json::Value>) {
         let r = self.sluice_in(&["run", "--once", "--json"], cwd).await;
-        let reports: serde_json::Value =
-            serde_json::from_str(&r.stderr).unwrap_or_else(|e| panic!("{e}: {}", r.stderr));
+        let reports = reports_of(&r.stderr);
         let by_id = reports
             .as_array()
             .unwrap_or_else(|| panic!("a list of reports: {reports}"))

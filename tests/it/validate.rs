@@ -225,6 +225,8 @@ fn warnings_golden(name: &str) -> crate::util::Run {
         c.args([
             "--config",
             "tests/fixtures/recipes/sluice.yaml",
+            "--connectors",
+            "tests/fixtures/recipes/connectors",
             "validate",
             &file,
         ]);
@@ -290,7 +292,7 @@ fn a_token_written_in_the_config_is_a_warning_and_a_line_break_in_it_an_error() 
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("\nsluice.yaml:4:5: error: the token of connection `intercom` is not valid: it contains a line break (CR or LF)"),
+        r.stderr.contains("\nsluice.yaml:4:5: error: connection `intercom`: token: it contains a line break (CR or LF)"),
         "{}",
         r.stderr
     );

@@ -1,0 +1,754 @@
+//! Engine: one cycle of one recipe instance. The only place that orders load cursor → poll →
+//! dedupe → run chains → commit.
+//!
+//! A cycle first resumes records left in the run journal (a crash, `on_error: retry`, a
+//! replayed dead letter), then polls the trigger from `cursor − lookback` (never before the
+//! recipe's `start_from`) up to the cycle's start on the server's clock, skips records whose
+//! dedupe key was handled, and runs up to `concurrency` records' chains at once while the
+//! trigger already fetches the next page. Steps of one record run in order
+//! ([`chain::run_chain`]); two versions of one record never run at once. Every
+//! [`COMMIT_EVERY`] (or [`COMMIT_MAX_RECORDS`] records, and at the end) one atomic batch
+//! stores the dedupe keys of the finished records (succeeded, filtered out, or ended as dead
+//! letters), their dead letters and the new cursor, which never passes a record whose chain
+//! is unfinished or in flight and never moves back. Each finished HTTP step is journaled (and
+//! fsynced) before the next one starts, so after a crash only the steps in flight can run
+//! again. `emit` lines are flushed before each journal write and commit.
+//!
+//! A cycle is a `Send + 'static` future ([`run_cycle`] takes `Arc`s) and takes a [`Shutdown`]:
+//! once it is requested the cycle takes no new record, lets the chains in flight finish their
+//! steps (or stay journaled), commits and returns.
+//!
+//! Records stay JSON text ([`Record`]) unless a template needs them: a chain parses its record
+//! the first time a filter, condition or templated input reads it.
+
+pub(crate) mod chain;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::plan::{Recipe, StartFrom};
+use crate::record::Record;
+use crate::runtime::{Runtime, Shutdown};
+use crate::spec::SortSpec;
+use crate::store::{Checkpoint, DeadLetter};
+use crate::trigger::{id_of, Poll};
+use chain::{passes_filter, run_chain, Chain, Live, Outcome, Tally};
+
+/// Dedupe keys are kept this long beyond the lookback before pruning.
+pub const PRUNE_MARGIN_SECS: i64 = 3600;
+/// At most this many dedupe keys are pruned per cycle (a backfill's backlog goes over several).
+pub const PRUNE_MAX_PER_CYCLE: usize = 5_000;
+/// Finished records are committed at least this often…
+pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
+/// …and whenever this many are pending.
+pub const COMMIT_MAX_RECORDS: usize = 1_000;
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CycleReport {
+    /// Recipe id.
+    pub recipe: String,
+    /// Records the trigger returned (at or after the poll's start).
+    pub polled: u64,
+    /// Records skipped because their dedupe key was already handled.
+    pub skipped_seen: u64,
+    /// Records the filter stopped.
+    pub filtered: u64,
+    /// Records whose chain ran (new, or resumed from the journal).
+    pub fired: u64,
+    /// Of those, resumed from the journal.
+    pub resumed: u64,
+    /// Chains that finished successfully.
+    pub finished: u64,
+    /// Steps that succeeded.
+    pub steps_ok: u64,
+    /// Steps that failed.
+    pub steps_failed: u64,
+    /// Steps skipped (`if` false or `on_error: skip`).
+    pub steps_skipped: u64,
+    /// Records that ended as dead letters.
+    pub dead_letters: u64,
+    /// Records left unfinished for the next cycle.
+    pub unfinished: u64,
+    /// Cursor before the cycle.
+    pub cursor_before: Option<i64>,
+    /// Cursor after the cycle.
+    pub cursor_after: Option<i64>,
+    /// Dedupe keys pruned.
+    pub pruned: u64,
+    /// Why the cycle stopped early, if it did.
+    pub error: Option<String>,
+    /// Whether a shutdown request ended it before the poll was done.
+    pub interrupted: bool,
+    /// How long the cycle took, in milliseconds.
+    pub elapsed_ms: f64,
+}
+
+/// What a cycle has decided so far about the records it saw, and so where the cursor may go.
+struct Progress {
+    /// Finished since the last commit: (dedupe key, cursor value, has a journal entry).
+    finished: Vec<(String, i64, bool)>,
+    /// Dead letters since the last commit.
+    dead: Vec<DeadLetter>,
+    /// Largest cursor value of a finished (or already handled) record.
+    max_done: i64,
+    /// Smallest cursor value of an unfinished record: the cursor must not pass it.
+    min_open: Option<i64>,
+    /// Cursor values of the chains in flight (value → how many): the cursor must not pass
+    /// the smallest.
+    in_flight: BTreeMap<i64, usize>,
+    /// The cursor when the cycle began.
+    start: i64,
+    /// Why the cycle must stop, if it must.
+    abort: Option<String>,
+    /// When the last commit was made.
+    committed_at: Instant,
+}
+
+impl Progress {
+    fn new(cursor: i64) -> Progress {
+        Progress {
+            finished: Vec::new(),
+            dead: Vec::new(),
+            max_done: cursor,
+            min_open: None,
+            in_flight: BTreeMap::new(),
+            start: cursor,
+            abort: None,
+            committed_at: Instant::now(),
+        }
+    }
+
+    /// A record handled in an earlier cycle or page.
+    fn seen(&mut self, ts: i64) {
+        self.max_done = self.max_done.max(ts);
+    }
+
+    fn finish(&mut self, key: String, ts: i64, journaled: bool) {
+        self.seen(ts);
+        self.finished.push((key, ts, journaled));
+    }
+
+    fn hold(&mut self, ts: i64) {
+        self.min_open = Some(self.min_open.map_or(ts, |m| m.min(ts)));
+    }
+
+    /// An unfinished record. It holds the cursor unless it is in the journal and already
+    /// behind the cursor (a replayed dead letter): the journal resumes it every cycle, and
+    /// holding would pin the cursor, and so the poll window, until it finishes.
+    fn open(&mut self, ts: i64, journaled: bool) {
+        if !(journaled && ts < self.start) {
+            self.hold(ts);
+        }
+    }
+
+    /// Records a chain's outcome; true when the record stays unfinished.
+    fn outcome(&mut self, o: Outcome, key: String, ts: i64, journaled: bool) -> bool {
+        match o {
+            Outcome::Finished => self.finish(key, ts, journaled),
+            Outcome::Dead(d) => {
+                self.finish(key, ts, journaled);
+                self.dead.push(*d);
+            }
+            Outcome::Unfinished => {
+                self.open(ts, journaled);
+                return true;
+            }
+            Outcome::Abort(m) => {
+                self.open(ts, journaled);
+                // Chains in flight may abort too: the first reason is the one reported.
+                self.abort.get_or_insert(m);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A chain starts: until it ends, the cursor stays at or before its record.
+    fn start(&mut self, ts: i64) {
+        *self.in_flight.entry(ts).or_default() += 1;
+    }
+
+    /// A chain ended (its outcome is recorded separately).
+    fn end(&mut self, ts: i64) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.in_flight.entry(ts) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// The cursor: past every finished record, never past an unfinished one or one whose
+    /// chain is in flight.
+    fn cursor(&self) -> i64 {
+        let mut c = self.max_done;
+        if let Some(u) = self.min_open {
+            c = c.min(u);
+        }
+        if let Some((&f, _)) = self.in_flight.first_key_value() {
+            c = c.min(f);
+        }
+        c
+    }
+
+    /// Whether enough is pending (or enough time has passed) to commit.
+    fn due(&self) -> bool {
+        self.finished.len() >= COMMIT_MAX_RECORDS
+            || self.committed_at.elapsed() >= COMMIT_EVERY
+            || self.abort.is_some()
+    }
+
+    /// Commits what is pending (emit lines first), keeping the cursor bounds. Dedupe keys
+    /// already behind the pruning bound of the new cursor are not written.
+    /// `known`: for a scan, the ids to remember as listed (in the same batch).
+    fn commit(
+        &mut self,
+        rt: &Runtime,
+        recipe: &Recipe,
+        cp: &Checkpoint,
+        known: Option<Vec<String>>,
+    ) -> Result<()> {
+        rt.emitter().flush()?;
+        rt.store()?.commit_with_known(
+            namespace(recipe),
+            &self.finished,
+            &self.dead,
+            *cp,
+            prune_bound(recipe, cp.cursor),
+            known.as_deref(),
+        )?;
+        self.finished.clear();
+        self.dead.clear();
+        self.committed_at = Instant::now();
+        Ok(())
+    }
+}
+
+/// Dedupe keys of records older than this are never needed again: the next poll starts at
+/// `cursor − lookback` and the cursor never moves back (see [`Cycle::commit`]).
+fn prune_bound(recipe: &Recipe, cursor: i64) -> i64 {
+    cursor
+        .saturating_sub(recipe.trigger().lookback_secs)
+        .saturating_sub(PRUNE_MARGIN_SECS)
+}
+
+/// Chains of one recipe in flight at once, unless the recipe says otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// The state namespace of a recipe instance: the one place that decides where a recipe's
+/// cursor, dedupe keys, journal and known ids live.
+pub fn namespace(recipe: &Recipe) -> &str {
+    &recipe.id
+}
+
+impl CycleReport {
+    fn add(&mut self, t: Tally) {
+        self.finished += t.finished;
+        self.steps_ok += t.steps_ok;
+        self.steps_failed += t.steps_failed;
+        self.steps_skipped += t.steps_skipped;
+        self.dead_letters += t.dead_letters;
+        self.unfinished += t.unfinished;
+    }
+}
+
+/// Runs one cycle of `recipe` and reports it. Errors are reported in the result, never
+/// panicked; the cursor stays where the last commit put it. Spawnable: it owns what it uses.
+pub fn run_cycle(
+    rt: Arc<Runtime>,
+    recipe: Arc<Recipe>,
+    shutdown: Shutdown,
+) -> impl Future<Output = CycleReport> + Send + 'static {
+    let id = next_cycle_id();
+    let span = tracing::info_span!("cycle", recipe = %recipe.id, cycle = id);
+    async move {
+        let started = Instant::now();
+        let mut rep = CycleReport {
+            recipe: recipe.id.clone(),
+            ..CycleReport::default()
+        };
+        if let Err(e) = cycle(&rt, &recipe, &shutdown, &mut rep).await {
+            tracing::warn!(error = %format!("{e:#}"), "Cycle stopped early; the cursor stays at the last committed record.");
+            rep.error = Some(format!("{e:#}"));
+        }
+        let _ = rt.emitter().flush();
+        rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        rep
+    }
+    .instrument(span)
+}
+
+/// Cycle ids, for logs: unique within the process.
+fn next_cycle_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Resumes the records in `recipe`'s journal without polling (`dead-letters replay`): the
+/// report, and why it stopped early if it did.
+pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) {
+    let mut rep = CycleReport {
+        recipe: recipe.id.clone(),
+        ..CycleReport::default()
+    };
+    let now = rt.conn(recipe.conn).server_now().await;
+    let exec = Live {
+        rt,
+        ns: namespace(recipe),
+    };
+    let res = resume_journal(rt, recipe, &exec, now, &mut rep)
+        .await
+        .map(|_| ());
+    let _ = rt.emitter().flush();
+    (rep, res)
+}
+
+/// Resumes every record in the journal (after a crash, `retry`, or a dead-letter replay),
+/// without polling. Part of every cycle. Returns the checkpoint as stored (`None` on a first
+/// run), the checkpoint to work from, the smallest cursor value of a record still
+/// unfinished, and the keys still in the journal. The cursor does not move here: resumed
+/// records can only hold it back.
+async fn resume_journal(
+    rt: &Runtime,
+    recipe: &Recipe,
+    exec: &Live<'_>,
+    now: i64,
+    rep: &mut CycleReport,
+) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
+    let store = rt.store()?;
+    let ns = namespace(recipe);
+    let cp = store.checkpoint(ns)?;
+    rep.cursor_before = cp.map(|c| c.cursor);
+    let mut cp = cp.unwrap_or_else(|| {
+        let floor = match recipe.start_from {
+            StartFrom::Now => now,
+            StartFrom::At(t) => t,
+        };
+        Checkpoint {
+            cursor: floor,
+            floor,
+            high: floor,
+        }
+    });
+    let mut entries = store.journal_entries(ns)?;
+    entries.sort_by_key(|(_, e)| e.ts);
+    let mut open = HashSet::new();
+    let mut progress = Progress::new(cp.cursor);
+    for (key, entry) in entries {
+        if progress.abort.is_some() {
+            progress.open(entry.ts, true);
+            open.insert(key);
+            continue;
+        }
+        rep.fired += 1;
+        rep.resumed += 1;
+        let ts = entry.ts;
+        let mut chain = Some(Chain {
+            raw: entry.record,
+            scope: None,
+            ts,
+            done: entry.done,
+            attempts: entry.attempts,
+            journaled: true,
+        });
+        let mut tally = Tally::default();
+        let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally)
+            .instrument(tracing::info_span!("record", key = %key))
+            .await?;
+        rep.add(tally);
+        if progress.outcome(outcome, key.clone(), ts, true) {
+            open.insert(key);
+        }
+    }
+    cp.high = cp.high.max(progress.max_done);
+    if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
+        progress.commit(rt, recipe, &cp, None)?;
+    }
+    if let Some(m) = progress.abort {
+        return Err(anyhow!(m));
+    }
+    Ok((cp, progress.min_open, open))
+}
+
+/// What a chain in flight comes back with.
+struct Done {
+    key: String,
+    id: Option<String>,
+    ts: i64,
+    late: bool,
+    journaled: bool,
+    outcome: Result<Outcome>,
+    tally: Tally,
+}
+
+type Running<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send + 'a>>>;
+
+/// The poll part of a cycle: what it has decided, the state it checks records against, and
+/// the chains in flight.
+struct Cycle<'a> {
+    rt: &'a Runtime,
+    recipe: &'a Recipe,
+    exec: &'a Live<'a>,
+    /// The cycle's "now" on the server's clock.
+    now: i64,
+    cp: Checkpoint,
+    progress: Progress,
+    /// Keys still in the journal (resumed or left unfinished): never started again here.
+    open: HashSet<String>,
+    /// Keys of handled records (loaded from the store, plus those finished since) with their
+    /// cursor values; those behind the pruning bound are dropped at each commit.
+    handled: HashMap<String, i64>,
+    /// Ids of a scan's late arrivals taken care of in this cycle.
+    late_done: HashSet<String>,
+    /// For a scan: the ids to remember as listed, written with the last commit.
+    known: Option<Vec<String>>,
+    running: Running<'a>,
+    /// Keys and record ids of the chains in flight.
+    running_keys: HashSet<String>,
+    running_ids: HashSet<String>,
+    /// At most this many chains in flight.
+    concurrency: usize,
+}
+
+impl<'a> Cycle<'a> {
+    /// Dedupes one polled record and starts its chain (waiting while `concurrency` chains
+    /// are in flight, or one for the same record).
+    async fn admit(&mut self, record: Record, rep: &mut CycleReport) -> Result<()> {
+        let recipe = self.recipe;
+        let trigger = recipe.trigger();
+        rep.polled += 1;
+        let ts = record.ts;
+        if ts < self.cp.floor && !record.late {
+            return Ok(());
+        }
+        let key = trigger
+            .dedupe_key
+            .render(record.fields())
+            .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
+        let id = id_of(trigger, record.fields());
+        let late = record.late;
+        // A late arrival (see `Record::late`) taken care of is noted, so the next scan knows it.
+        let taken_care_of = |cy: &mut Cycle<'a>| {
+            if let (true, Some(id)) = (late, &id) {
+                cy.late_done.insert(id.clone());
+            }
+        };
+        if self.open.contains(&key) || self.running_keys.contains(&key) {
+            taken_care_of(self);
+            return Ok(());
+        }
+        if self.handled.contains_key(&key) {
+            // Handled before: finished, so the cursor may move past it.
+            rep.skipped_seen += 1;
+            self.progress.seen(ts);
+            taken_care_of(self);
+            return Ok(());
+        }
+        let mut chain = Chain::new(record.into_raw(), ts);
+        match passes_filter(recipe, &mut chain) {
+            Ok(true) => {}
+            Ok(false) => {
+                rep.filtered += 1;
+                self.handled.insert(key.clone(), ts);
+                self.progress.finish(key, ts, false);
+                taken_care_of(self);
+                return Ok(());
+            }
+            Err(f) => {
+                rep.dead_letters += 1;
+                let dead = chain.into_dead(recipe, &key, "filter", f, self.now);
+                self.handled.insert(key.clone(), ts);
+                self.progress.outcome(Outcome::Dead(dead), key, ts, false);
+                taken_care_of(self);
+                return Ok(());
+            }
+        }
+        // Two versions of one record never run at once; at most `concurrency` chains.
+        while self.running.len() >= self.concurrency
+            || id.as_ref().is_some_and(|i| self.running_ids.contains(i))
+        {
+            let Some(d) = self.running.next().await else {
+                break;
+            };
+            self.complete(d, rep)?;
+        }
+        if self.progress.abort.is_some() {
+            // A chain in flight stopped the cycle: this record must wait for the next one.
+            self.progress.hold(ts);
+            return Ok(());
+        }
+        rep.fired += 1;
+        self.start(key, id, late, chain);
+        Ok(())
+    }
+
+    fn start(&mut self, key: String, id: Option<String>, late: bool, chain: Chain) {
+        let (recipe, exec, now) = (self.recipe, self.exec, self.now);
+        let limit = self.rt.conn_limit(recipe.conn).cloned();
+        let ts = chain.ts;
+        self.progress.start(ts);
+        self.running_keys.insert(key.clone());
+        if let Some(i) = &id {
+            self.running_ids.insert(i.clone());
+        }
+        let span = tracing::info_span!("record", key = %key);
+        self.running.push(Box::pin(
+            async move {
+                // The connection's cap on chains in flight, shared by every recipe using it.
+                let _permit = match limit {
+                    Some(s) => s.acquire_owned().await.ok(),
+                    None => None,
+                };
+                let mut tally = Tally::default();
+                let mut chain = Some(chain);
+                let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally).await;
+                let journaled = chain.as_ref().is_some_and(|c| c.journaled);
+                Done {
+                    key,
+                    id,
+                    ts,
+                    late,
+                    journaled,
+                    outcome,
+                    tally,
+                }
+            }
+            .instrument(span),
+        ));
+    }
+
+    /// Records what a chain in flight came to.
+    fn complete(&mut self, d: Done, rep: &mut CycleReport) -> Result<()> {
+        self.progress.end(d.ts);
+        self.running_keys.remove(&d.key);
+        if let Some(i) = &d.id {
+            self.running_ids.remove(i);
+        }
+        rep.add(d.tally);
+        let outcome = d.outcome?;
+        let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
+        if unfinished {
+            self.open.insert(d.key.clone());
+        } else {
+            self.handled.insert(d.key.clone(), d.ts);
+        }
+        if let (true, Some(id)) = (d.late && (!unfinished || d.journaled), d.id) {
+            self.late_done.insert(id);
+        }
+        self.progress.outcome(outcome, d.key, d.ts, d.journaled);
+        Ok(())
+    }
+
+    /// Waits for every chain in flight.
+    async fn drain(&mut self, rep: &mut CycleReport) -> Result<()> {
+        while let Some(d) = self.running.next().await {
+            self.complete(d, rep)?;
+        }
+        Ok(())
+    }
+
+    /// Commits what is pending and moves the cursor: past every finished record, never past
+    /// an unfinished one or one in flight, never beyond the clock, and never back (a replayed
+    /// dead letter older than the cursor waits in the journal; it does not pull the cursor
+    /// back to re-poll records whose dedupe keys may be gone).
+    fn commit(&mut self) -> Result<()> {
+        self.cp.cursor = self
+            .progress
+            .cursor()
+            .min(self.now.max(self.cp.cursor))
+            .max(self.cp.cursor);
+        self.cp.high = self.cp.high.max(self.progress.max_done);
+        // Keys behind the pruning bound leave memory too, except this batch's own: with
+        // offset (page-number) pagination a record can show up again on the next page when
+        // records are inserted ahead of it while the trigger pages.
+        let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
+        self.progress
+            .commit(self.rt, self.recipe, &self.cp, self.known.take())?;
+        let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
+        self.handled.retain(|_, ts| *ts >= bound);
+        Ok(())
+    }
+}
+
+async fn cycle(
+    rt: &Runtime,
+    recipe: &Recipe,
+    shutdown: &Shutdown,
+    rep: &mut CycleReport,
+) -> Result<()> {
+    let trigger = recipe.trigger();
+    let conn = rt.conn(recipe.conn);
+    let store = rt.store()?;
+    let ns = namespace(recipe);
+    // "Now" is the server's: a first cursor (`start_from: now`) taken from a local clock
+    // ahead of the server's would skip what the server writes meanwhile. The poll stops at
+    // the cycle's start, so changes made while the cycle runs (its own writes too) are the
+    // next cycle's.
+    let now = conn.server_now().await;
+    let exec = Live { rt, ns };
+    let (cp, min_open, open) = resume_journal(rt, recipe, &exec, now, rep).await?;
+    let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
+    let polling = |f: crate::http::Failure| {
+        anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id)
+    };
+    let mut poll = Poll::start(conn, trigger, since, recipe.options.clone())
+        .await
+        .map_err(polling)?;
+    poll.until(now);
+    let scan = trigger.spec.cursor.sort == SortSpec::None;
+    if scan {
+        poll.known_ids(store.known_ids(ns)?);
+    }
+    let mut progress = Progress::new(cp.cursor);
+    progress.min_open = min_open;
+    let mut cy = Cycle {
+        rt,
+        recipe,
+        exec: &exec,
+        now,
+        cp,
+        progress,
+        open,
+        handled: store.handled_keys(ns)?,
+        late_done: HashSet::new(),
+        known: None,
+        running: FuturesUnordered::new(),
+        running_keys: HashSet::new(),
+        running_ids: HashSet::new(),
+        concurrency: recipe.concurrency.max(1),
+    };
+    let picker = poll.picker();
+    let mut page = poll.next_batch().await.map_err(polling)?;
+    // A scan reads everything in its first batch: what it listed is known now.
+    let scanned = poll.scanned_ids();
+    // Each page's records are admitted while the next page is fetched (so the API works on
+    // it meanwhile) and the chains in flight go on. Whatever ends the loop, the chains in
+    // flight finish and what has finished is committed before returning.
+    let result: Result<()> = async {
+        loop {
+            let Some(batch) = page.take() else {
+                return Ok(());
+            };
+            if shutdown.is_requested() {
+                rep.interrupted = true;
+                return Ok(());
+            }
+            // Boxed so that `work`, which borrows the cycle, can be dropped once done while
+            // the fetch goes on.
+            let mut fetch = Box::pin(poll.next_batch());
+            let mut work = Box::pin(async {
+                for record in picker.read(batch) {
+                    let record = record.map_err(polling)?;
+                    if cy.progress.abort.is_some() || shutdown.is_requested() {
+                        // Later records are later in cursor order: holding this one keeps
+                        // the cursor before them all.
+                        cy.progress.hold(record.ts);
+                        break;
+                    }
+                    cy.admit(record, rep).await?;
+                    if cy.progress.due() {
+                        cy.commit()?;
+                    }
+                }
+                anyhow::Ok(())
+            });
+            let mut fetched = None;
+            let handled = loop {
+                tokio::select! {
+                    // The fetch first: its request must be on the wire before the page's
+                    // records (CPU work, often without an await) are handled.
+                    biased;
+                    f = &mut fetch, if fetched.is_none() => fetched = Some(f),
+                    done = &mut work => break done,
+                }
+            };
+            drop(work);
+            handled?;
+            if cy.progress.abort.is_some() || shutdown.is_requested() {
+                // The next page is not needed (its request, if still under way, is dropped).
+                rep.interrupted = cy.progress.abort.is_none();
+                return Ok(());
+            }
+            let next = match fetched {
+                Some(f) => f,
+                None => loop {
+                    tokio::select! {
+                        biased;
+                        f = &mut fetch => break f,
+                        Some(d) = cy.running.next() => {
+                            cy.complete(d, rep)?;
+                            if cy.progress.due() {
+                                cy.commit()?;
+                            }
+                        }
+                    }
+                },
+            };
+            page = next.map_err(polling)?;
+            if cy.progress.due() {
+                cy.commit()?;
+            }
+        }
+    }
+    .await;
+    // Chains in flight finish their steps (or stay journaled) whatever ended the poll.
+    let drained = cy.drain(rep).await;
+    if let Some(scanned) = scanned {
+        // Remember what the scan listed, except late arrivals not taken care of: the next
+        // scan must see them as late again.
+        cy.known = Some(
+            scanned
+                .ids
+                .into_iter()
+                .filter(|id| !scanned.late.contains(id) || cy.late_done.contains(id))
+                .collect(),
+        );
+    }
+    cy.commit()?;
+    rep.cursor_after = Some(cy.cp.cursor);
+    drained?;
+    result?;
+    if let Some(m) = cy.progress.abort.take() {
+        return Err(anyhow!(m));
+    }
+    rep.pruned = store.prune(ns, prune_bound(recipe, cy.cp.cursor), PRUNE_MAX_PER_CYCLE)? as u64;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_spawnable<F: Future + Send + 'static>(_: &F) {}
+
+    /// Compile-time: a cycle can be `tokio::spawn`ed.
+    #[allow(dead_code)]
+    fn cycles_are_send_and_static(rt: Arc<Runtime>, recipe: Arc<Recipe>) {
+        let f = run_cycle(rt, recipe, Shutdown::never());
+        assert_spawnable(&f);
+    }
+
+    #[test]
+    fn the_cursor_waits_for_chains_in_flight() {
+        let mut p = Progress::new(100);
+        p.start(120);
+        p.start(110);
+        p.finish("a".into(), 130, false);
+        assert_eq!(p.cursor(), 110);
+        p.end(110);
+        assert_eq!(p.cursor(), 120);
+        p.end(120);
+        assert_eq!(p.cursor(), 130);
+        p.hold(125);
+        assert_eq!(p.cursor(), 125);
+    }
+}

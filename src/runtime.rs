@@ -1,0 +1,138 @@
+//! Runtime: the one composition root. Built from a [`Plan`], it owns what the plan's recipes
+//! share while they run — open connections (one per connection of the plan), the state store,
+//! the `emit` sink and the per-connection chain limits — and hands them to cycles.
+//!
+//! `run --once`, dead-letter replay, `sluice test` (dry runs, no store) and the demo all build
+//! one; nothing else wires connections, stores or sinks by hand. Cycles take an
+//! `Arc<Runtime>` and an `Arc<Recipe>`, so they can be spawned.
+
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use tokio::sync::{watch, Semaphore};
+
+use crate::emit::Emitter;
+use crate::http::Connection;
+use crate::plan::{ConnId, Plan};
+use crate::store::StateStore;
+
+/// Everything running recipes share.
+pub struct Runtime {
+    plan: Plan,
+    conns: Vec<Arc<Connection>>,
+    /// Per-connection cap on chains in flight (`concurrency` in `sluice.yaml`).
+    conn_limits: Vec<Option<Arc<Semaphore>>>,
+    store: Option<Arc<StateStore>>,
+    emit: Emitter,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("recipes", &self.plan.recipes.len())
+            .field("connections", &self.conns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Opens every connection of the plan (nothing is sent yet) around a state store.
+    pub fn new(plan: Plan, store: Arc<StateStore>) -> Result<Arc<Runtime>> {
+        Self::build(plan, Some(store))
+    }
+
+    /// A runtime without state, for dry runs: cycles cannot run on it.
+    pub fn stateless(plan: Plan) -> Result<Arc<Runtime>> {
+        Self::build(plan, None)
+    }
+
+    fn build(plan: Plan, store: Option<Arc<StateStore>>) -> Result<Arc<Runtime>> {
+        let mut conns = Vec::with_capacity(plan.connections.len());
+        let mut conn_limits = Vec::with_capacity(plan.connections.len());
+        for c in &plan.connections {
+            conns.push(Arc::new(
+                Connection::new(c).with_context(|| format!("connection `{}`", c.name))?,
+            ));
+            conn_limits.push(c.concurrency.map(|n| Arc::new(Semaphore::new(n))));
+        }
+        Ok(Arc::new(Runtime {
+            plan,
+            conns,
+            conn_limits,
+            store,
+            emit: Emitter::default(),
+        }))
+    }
+
+    /// The plan it runs.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// An open connection.
+    pub fn conn(&self, id: ConnId) -> &Arc<Connection> {
+        &self.conns[id.index()]
+    }
+
+    /// An open connection by its name in `sluice.yaml`.
+    pub fn conn_named(&self, name: &str) -> Result<&Arc<Connection>> {
+        self.plan
+            .connection_named(name)
+            .map(|c| self.conn(c.id))
+            .ok_or_else(|| anyhow!("there is no connection `{name}` in the config file"))
+    }
+
+    /// The cap on chains in flight on a connection, if it has one.
+    pub(crate) fn conn_limit(&self, id: ConnId) -> Option<&Arc<Semaphore>> {
+        self.conn_limits[id.index()].as_ref()
+    }
+
+    /// The state store.
+    pub fn store(&self) -> Result<&StateStore> {
+        self.store
+            .as_deref()
+            .ok_or_else(|| anyhow!("this runtime has no state store (a dry run)"))
+    }
+
+    /// Where `emit` steps write.
+    pub fn emitter(&self) -> &Emitter {
+        &self.emit
+    }
+}
+
+/// Asks running cycles to stop (mini-redis style): they stop taking records, let chains in
+/// flight finish their step, commit, and return.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+/// A cycle's view of the shutdown request.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// A connected trigger and receiver.
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = watch::channel(false);
+    (ShutdownTrigger(tx), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    /// Requests the shutdown.
+    pub fn trigger(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Shutdown {
+    /// A receiver that is never triggered.
+    pub fn never() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        // The sender is dropped: the value stays `false` for good.
+        drop(tx);
+        Shutdown(rx)
+    }
+
+    /// Whether the shutdown was requested.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+}
