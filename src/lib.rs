@@ -44,6 +44,7 @@ pub mod demo;
 pub mod diag;
 pub mod dryrun;
 pub mod engine;
+pub(crate) mod governor;
 pub mod http;
 pub mod plan;
 pub mod record;
