@@ -39,6 +39,9 @@ use tokio::time::Instant;
 /// Microseconds per second, for server times (Unix seconds) on the µs scale of [`State::local_us`].
 const US: i64 = 1_000_000;
 
+/// The longest window a budget may have (a day).
+const MAX_WINDOW_SECS: u64 = 86_400;
+
 /// The longest a 429 pauses the governor, whatever the caller asks (a hostile `Reset`).
 const MAX_PAUSE: Duration = Duration::from_secs(3600);
 
@@ -151,7 +154,7 @@ impl Governors {
 /// A workspace's budget, before the server has said anything.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Budget {
-    /// The server's window (Intercom: 10 s). Rounded up to whole seconds, at least one.
+    /// The server's window (Intercom: 10 s). Rounded up to whole seconds, from one to a day.
     pub window: Duration,
     /// Calls per window until a response carries `X-RateLimit-Limit`.
     pub limit_hint: u32,
@@ -171,9 +174,12 @@ impl Budget {
     /// The budget with its window in whole seconds, its share in `[0, 1]` (not a number: 1)
     /// and a limit hint of at least one.
     fn normalized(self) -> Budget {
-        let secs = self.window.as_secs() + u64::from(self.window.subsec_nanos() > 0);
+        let secs = self
+            .window
+            .as_secs()
+            .saturating_add(u64::from(self.window.subsec_nanos() > 0));
         Budget {
-            window: Duration::from_secs(secs.max(1)),
+            window: Duration::from_secs(secs.clamp(1, MAX_WINDOW_SECS)),
             limit_hint: self.limit_hint.max(1),
             share: if self.share.is_nan() {
                 1.0
@@ -1344,6 +1350,32 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn hostile_headers_neither_panic_nor_hang() {
+        let gov = governor(100, 0.5);
+        let values = [
+            (
+                Some(u64::MAX),
+                Some(u64::MAX),
+                Some(i64::MAX),
+                Some(i64::MIN),
+            ),
+            (Some(0), Some(0), Some(i64::MIN), Some(i64::MAX)),
+            (None, Some(7), Some(-5), None),
+            (Some(3), None, Some(0), Some(253_402_300_799)),
+        ];
+        for (limit, remaining, reset, date) in values {
+            gov.observe(limit, remaining, reset, date);
+            for _ in 0..3 {
+                let go = tokio::time::timeout(Duration::from_secs(7200), gov.acquire("a")).await;
+                assert!(go.is_ok(), "{:?}", gov.stats());
+            }
+        }
+        gov.rejected(Duration::MAX);
+        let go = tokio::time::timeout(Duration::from_secs(7200), gov.acquire("a")).await;
+        assert!(go.is_ok());
+    }
+
     #[test]
     fn workspace_keys() {
         let a = WorkspaceKey::new("intercom", "https://api.intercom.io", Some("tok_secret_1"));
@@ -1420,5 +1452,11 @@ mod tests {
         let n = b(f64::NAN).normalized();
         assert_eq!((n.window, n.limit_hint, n.share), (WINDOW, 1, 1.0));
         assert_eq!(b(2.0).normalized().share, 1.0);
+        let long = Budget {
+            window: Duration::MAX,
+            ..b(1.0)
+        }
+        .normalized();
+        assert_eq!(long.window, Duration::from_secs(86_400));
     }
 }
