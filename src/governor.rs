@@ -14,10 +14,16 @@
 //!   server will count it in. Our estimate of a window's end is never earlier than the server's
 //!   (see [`ClockSync`]), so a call sent before the estimate may still land in the *next*
 //!   window: the calls unanswered when a window rolls over are carried into the next one and
-//!   count there until their response says they landed in the old one.
+//!   count there until their response says they landed in the old one. Should a response
+//!   still come from a window we thought over (the server's `Reset` and `Date` disagree, or
+//!   its clock stands still), that window is taken back, its end moves later from then on, and
+//!   every later window begun on our clock alone lets one call through until a response
+//!   confirms it.
 //! * **Room for the workspace's other apps.** Besides our own count, the server's `Remaining`
 //!   (minus our calls it may not have counted yet) must stay above what the other apps' share
 //!   still needs in this window.
+//! * **Fair.** Waiting calls queue per client and clients are served round-robin; only the
+//!   call at the head watches the clock.
 //! * **No lost budget.** A call is counted only when [`Governor::acquire`] returns; a dropped
 //!   `acquire` future leaves the queue without consuming anything and hands the turn on.
 //! * **No lock across an await.** All state sits behind one `std::sync::Mutex`; waiting happens
@@ -955,14 +961,43 @@ mod tests {
         }
     }
 
-    /// Another app of the workspace: `per_window` calls a window, evenly spread, ungoverned.
-    async fn other_app(server: Arc<StdMutex<Server>>, per_window: u32, until: Instant) {
-        let every = WINDOW / per_window;
+    /// Another app of the workspace, ungoverned.
+    #[derive(Debug, Clone, Copy)]
+    enum Others {
+        None,
+        /// This many calls a window, evenly spread.
+        Even(u32),
+        /// This many calls a window, all in its last half second.
+        AtTheEnd(u32),
+    }
+
+    async fn other_app(server: Arc<StdMutex<Server>>, others: Others, until: Instant) {
+        let (per_window, at_the_end) = match others {
+            Others::None => return,
+            Others::Even(n) => (n, false),
+            Others::AtTheEnd(n) => (n, true),
+        };
         let mut next = Instant::now();
         while Instant::now() < until {
-            next += every;
-            tokio::time::sleep_until(next).await;
-            server.lock().unwrap().hit(false);
+            if at_the_end {
+                // 9.5 s into the server's next window, then one call a millisecond.
+                let (base_ms, origin) = {
+                    let s = server.lock().unwrap();
+                    (s.base_ms, s.origin)
+                };
+                let server_ms = base_ms + Instant::now().duration_since(origin).as_millis() as i64;
+                let to = (server_ms + 500).div_euclid(10_000) * 10_000 + 9_500 - server_ms;
+                next = Instant::now() + Duration::from_millis(to as u64);
+                for _ in 0..per_window {
+                    tokio::time::sleep_until(next).await;
+                    server.lock().unwrap().hit(false);
+                    next += Duration::from_millis(1);
+                }
+            } else {
+                next += WINDOW / per_window;
+                tokio::time::sleep_until(next).await;
+                server.lock().unwrap().hit(false);
+            }
         }
     }
 
@@ -974,7 +1009,7 @@ mod tests {
         limit: u32,
         base_ms: i64,
         workers: usize,
-        others: u32,
+        others: Others,
         secs: u64,
     ) -> Outcome {
         let server = Server::shared(limit, base_ms);
@@ -991,9 +1026,7 @@ mod tests {
                 until,
             )));
         }
-        if others > 0 {
-            tasks.push(tokio::spawn(other_app(Arc::clone(&server), others, until)));
-        }
+        tasks.push(tokio::spawn(other_app(Arc::clone(&server), others, until)));
         for t in tasks {
             t.await.unwrap();
         }
@@ -1112,7 +1145,7 @@ mod tests {
         // The benchmark's case: 100 ms round trips, 1,666 calls per 10 s, 64 workers.
         let gov = governor(1000, 1.0);
         let base = 1_700_000_003_250; // the server's windows are not aligned with ours
-        let outcome = run(&gov, 1666, base, 64, 0, 60).await;
+        let outcome = run(&gov, 1666, base, 64, Others::None, 60).await;
         outcome.assert_no_429s();
         outcome.assert_used(1666);
         let stats = gov.stats();
@@ -1124,7 +1157,7 @@ mod tests {
         let wall = wall_clock_us().unwrap() / 1000;
         for skew_ms in [3_600_000 + 3_700, -86_400_000 - 6_150] {
             let gov = governor(1666, 1.0);
-            let outcome = run(&gov, 1666, wall + skew_ms, 32, 0, 50).await;
+            let outcome = run(&gov, 1666, wall + skew_ms, 32, Others::None, 50).await;
             outcome.assert_no_429s();
             outcome.assert_used(1666);
         }
@@ -1176,9 +1209,16 @@ mod tests {
     async fn leaves_the_share_of_other_apps() {
         // The benchmark's second case: another app uses 30 % of the budget, share 0.7.
         let gov = governor(1666, 0.7);
-        let outcome = run(&gov, 1666, 1_700_000_001_000, 64, 499, 60).await;
+        let outcome = run(&gov, 1666, 1_700_000_001_000, 64, Others::Even(499), 60).await;
         outcome.assert_no_429s();
         outcome.assert_used(1166);
+        assert!(outcome.full.iter().all(|c| c.others == 499), "{outcome:#?}");
+        // The same when the other app waits for the end of each window to make its calls.
+        let gov = governor(1666, 0.7);
+        let outcome = run(&gov, 1666, 1_700_000_001_000, 64, Others::AtTheEnd(499), 60).await;
+        outcome.assert_no_429s();
+        outcome.assert_used(1166);
+        assert!(outcome.full.iter().all(|c| c.others == 499), "{outcome:#?}");
         assert_eq!(gov.stats().budget, 1166);
     }
 
@@ -1186,7 +1226,7 @@ mod tests {
     async fn gives_way_when_other_apps_take_more_than_their_share() {
         // Another app takes 800 of 1,666 (more than its 30 %): sluice takes what is left.
         let gov = governor(1666, 0.7);
-        let outcome = run(&gov, 1666, 1_700_000_000_500, 64, 800, 60).await;
+        let outcome = run(&gov, 1666, 1_700_000_000_500, 64, Others::Even(800), 60).await;
         for c in &outcome.all {
             assert_eq!(c.ours_429, 0, "{outcome:#?}");
         }
