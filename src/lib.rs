@@ -46,6 +46,7 @@ pub mod dryrun;
 pub mod emit;
 pub mod engine;
 pub mod failure;
+pub(crate) mod governor;
 pub mod http;
 pub mod plan;
 pub mod record;
