@@ -19,6 +19,7 @@ use crate::diag::{self, Diagnostic};
 use crate::http::Connection;
 use crate::plan::{self, Connector};
 use crate::spec;
+use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
 
 /// The Intercom connector shipped inside the binary, used when no `connectors/` directory is
@@ -436,7 +437,7 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
     let connectors = load_connectors(cli)?;
     let recipes = load_recipes(cli, &connectors, only)?;
     let conns = open_connections(cli, &connectors, &recipes)?;
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let store = crate::store::SledStore::open(&cli.state_dir)?;
     let emit = crate::engine::Emitter::default();
     let deps = crate::engine::Deps {
         store: &store,
@@ -471,12 +472,13 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
 }
 
 fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let store = crate::store::SledStore::open(&cli.state_dir)?;
+    let store: &dyn Store = &store;
     match command {
         StateCommand::Show { recipe, json } => {
             let ids = match recipe {
                 Some(r) => vec![r.clone()],
-                None => store.recipes()?,
+                None => store.namespaces()?,
             };
             let mut states = Vec::new();
             for id in &ids {
@@ -530,7 +532,8 @@ fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
 }
 
 async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let store = crate::store::SledStore::open(&cli.state_dir)?;
+    let store: &dyn Store = &store;
     match command {
         DeadLetterCommand::List { recipe } => {
             let all = store.dead_letters(recipe.as_deref())?;
@@ -579,7 +582,7 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             store.requeue_dead_letter(*id)?;
             let emit = crate::engine::Emitter::default();
             let deps = crate::engine::Deps {
-                store: &store,
+                store,
                 conns: &conns,
                 emit: &emit,
                 now: chrono::Utc::now().timestamp(),

@@ -20,7 +20,7 @@ use crate::http::Connection;
 use crate::plan::{self, Connector};
 use crate::sim::{Sim, SimConfig};
 use crate::spec::{ConfigSpec, ConnectionSpec};
-use crate::store::StateStore;
+use crate::store::{SledStore, Store};
 
 /// Cycles the demo runs.
 pub const CYCLES: usize = 6;
@@ -89,7 +89,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
         );
     }
     let state = tempfile_dir()?;
-    let store = StateStore::open(state.path())?;
+    let store = SledStore::open(state.path())?;
     let emit = Emitter::default();
 
     let mut out = String::new();

@@ -31,7 +31,7 @@ use crate::http::{Connection, FailureClass};
 use crate::plan::{EmitTo, Recipe, StartFrom, Step, StepAction};
 use crate::record::{parse_raw, write_line, Record};
 use crate::spec::{OnErrorSpec, SortSpec};
-use crate::store::{Checkpoint, DeadLetter, JournalView, StateStore, StepDone};
+use crate::store::{Checkpoint, Commit, DeadLetter, JournalView, StepDone, Store};
 use crate::template::{RenderError, Scope};
 use crate::trigger::Poll;
 
@@ -131,7 +131,7 @@ impl Emitter {
 /// What a cycle needs from outside.
 pub struct Deps<'a> {
     /// The state store.
-    pub store: &'a StateStore,
+    pub store: &'a dyn Store,
     /// Open connections by name.
     pub conns: &'a HashMap<String, Connection>,
     /// Where `emit` writes.
@@ -269,22 +269,28 @@ impl Progress {
 
     /// Commits what is pending (emit lines first), keeping the cursor bounds. Dedupe keys
     /// already behind the pruning bound of the new cursor are not written.
+    /// `expected`: the checkpoint stored now (what the cycle loaded, or its last commit
+    /// wrote); the store refuses the commit if another writer changed it.
     /// `known`: for a scan, the ids to remember as listed (in the same batch).
     fn commit(
         &mut self,
         deps: &Deps<'_>,
         recipe: &Recipe,
+        expected: Option<Checkpoint>,
         cp: &Checkpoint,
         known: Option<Vec<String>>,
     ) -> Result<()> {
         deps.emit.flush()?;
-        deps.store.commit_with_known(
+        deps.store.commit(
             &recipe.id,
-            &self.finished,
-            &self.dead,
-            *cp,
-            prune_bound(recipe, cp.cursor),
-            known.as_deref(),
+            &Commit {
+                expected,
+                checkpoint: *cp,
+                finished: &self.finished,
+                dead: &self.dead,
+                keep_from: prune_bound(recipe, cp.cursor),
+                known: known.as_deref(),
+            },
         )?;
         self.finished.clear();
         self.dead.clear();
@@ -337,16 +343,17 @@ pub async fn run_cycle(recipe: &Recipe, deps: &Deps<'_>) -> CycleReport {
 /// Resumes every record in the journal (after a crash, `retry`, or a dead-letter replay),
 /// without polling. Part of every cycle; also used by `dead-letters replay`. Returns the
 /// checkpoint, the smallest cursor value of a record still unfinished, and the keys still in
-/// the journal. The cursor does not move here: resumed records can only hold it back.
+/// the journal. The cursor does not move here: resumed records can only hold it back. On
+/// success the store holds the returned checkpoint (the cycle's next commit expects it).
 pub async fn resume_journal(
     recipe: &Recipe,
     deps: &Deps<'_>,
     rep: &mut CycleReport,
 ) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
     let store = deps.store;
-    let cp = store.checkpoint(&recipe.id)?;
-    rep.cursor_before = cp.map(|c| c.cursor);
-    let mut cp = cp.unwrap_or_else(|| {
+    let stored = store.checkpoint(&recipe.id)?;
+    rep.cursor_before = stored.map(|c| c.cursor);
+    let mut cp = stored.unwrap_or_else(|| {
         let floor = match recipe.start_from {
             StartFrom::Now => deps.now,
             StartFrom::At(t) => t,
@@ -384,8 +391,8 @@ pub async fn resume_journal(
         }
     }
     cp.high = cp.high.max(progress.max_done);
-    if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
-        progress.commit(deps, recipe, &cp, None)?;
+    if !progress.finished.is_empty() || !progress.dead.is_empty() || stored != Some(cp) {
+        progress.commit(deps, recipe, stored, &cp, None)?;
     }
     if let Some(m) = progress.abort {
         return Err(anyhow!(m));
@@ -507,6 +514,9 @@ impl Cycle<'_, '_> {
     /// than the cursor waits in the journal; it does not pull the cursor back to re-poll
     /// records whose dedupe keys may be gone).
     fn commit(&mut self) -> Result<()> {
+        // What the store holds: `resume_journal` left it there and every commit since wrote it
+        // (a failed commit ends the cycle).
+        let expected = Some(self.cp);
         self.cp.cursor = self
             .progress
             .cursor()
@@ -517,8 +527,13 @@ impl Cycle<'_, '_> {
         // offset (page-number) pagination a record can show up again on the next page when
         // records are inserted ahead of it while the trigger pages.
         let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
-        self.progress
-            .commit(self.deps, self.recipe, &self.cp, self.known.take())?;
+        self.progress.commit(
+            self.deps,
+            self.recipe,
+            expected,
+            &self.cp,
+            self.known.take(),
+        )?;
         let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
         self.handled.retain(|_, ts| *ts >= bound);
         Ok(())
