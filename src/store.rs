@@ -11,7 +11,7 @@
 //! read, so a second writer (another process on a shared store, a stale cycle) can never move
 //! a cursor back; its commit fails with [`StoreError::Conflict`] and writes nothing.
 //!
-//! One sled tree, [`TREE`], with a key space per kind (the prefixes below), each key
+//! One sled tree, `state`, with a key space per kind (the prefixes below), each key
 //! `kind \0 ns \0 …`: cursors (ns → [`Checkpoint`]), dedupe-key blocks (ns + newest record
 //! time + id → the keys one commit marked handled, with their record times), the run journal
 //! (ns + key → [`JournalEntry`]: a record whose chain is under way), the ids a scan last
@@ -43,7 +43,7 @@ use serde_json::Value;
 use sled::transaction::{abort, TransactionError};
 
 /// The tree holding all state.
-pub(crate) const TREE: &str = "state";
+const TREE: &str = "state";
 /// Key prefix of cursors.
 const CURSORS: u8 = b'c';
 /// Key prefix of blocks of handled dedupe keys.
@@ -66,7 +66,7 @@ const HISTORY: u8 = b'h';
 const NS_KINDS: [u8; 5] = [CURSORS, DEDUPE_BLOCKS, JOURNAL, KNOWN_IDS, HISTORY];
 
 /// Cycle reports kept per namespace by default; older ones are dropped as new ones come.
-pub const HISTORY_PER_NS: usize = 1_000;
+const HISTORY_PER_NS: usize = 1_000;
 /// At most this many history rows are dropped per [`Store::record_cycle`], so a backlog over
 /// the bound drains over several cycles instead of stalling one.
 const HISTORY_PRUNE_PER_CALL: usize = 8;
