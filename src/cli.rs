@@ -20,6 +20,7 @@ use crate::http::Connection;
 use crate::plan::{self, Connector};
 use crate::runtime::{Runtime, Shutdown};
 use crate::spec;
+use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
 
 /// The Intercom connector shipped inside the binary, used when no `connectors/` directory is
@@ -422,7 +423,7 @@ fn load_plan(
 
 /// Opens the runtime over the state store for the plan.
 fn open_runtime(cli: &Cli, plan: plan::Plan) -> Result<Arc<Runtime>> {
-    let store = Arc::new(crate::store::StateStore::open(&cli.state_dir)?);
+    let store = Arc::new(crate::store::SledStore::open(&cli.state_dir)?);
     Runtime::new(plan, store)
 }
 
@@ -470,12 +471,13 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
 }
 
 fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let store = crate::store::SledStore::open(&cli.state_dir)?;
+    let store: &dyn Store = &store;
     match command {
         StateCommand::Show { recipe, json } => {
             let ids = match recipe {
                 Some(r) => vec![r.clone()],
-                None => store.recipes()?,
+                None => store.namespaces()?,
             };
             let mut states = Vec::new();
             for id in &ids {
@@ -529,7 +531,8 @@ fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
 }
 
 async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
-    let store = crate::store::StateStore::open(&cli.state_dir)?;
+    let sled: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(&cli.state_dir)?);
+    let store = sled.as_ref();
     match command {
         DeadLetterCommand::List { recipe } => {
             let all = store.dead_letters(recipe.as_deref())?;
@@ -578,7 +581,7 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                 plan::Secrets::Required,
             )?;
             store.requeue_dead_letter(*id)?;
-            let rt = Runtime::new(plan, Arc::new(store))?;
+            let rt = Runtime::new(plan, sled.clone())?;
             let recipe = rt.plan().recipes[0].clone();
             let (rep, res) = crate::engine::resume(&rt, &recipe).await;
             match res {

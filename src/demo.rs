@@ -19,7 +19,7 @@ use crate::engine::CycleReport;
 use crate::plan::{self, Connector};
 use crate::runtime::{Runtime, Shutdown};
 use crate::sim::{Sim, SimConfig};
-use crate::store::StateStore;
+use crate::store::SledStore;
 
 /// Cycles the demo runs.
 pub const CYCLES: usize = 6;
@@ -77,7 +77,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
         anyhow!("{}", list.join("\n"))
     })?;
     let state = tempfile_dir()?;
-    let rt = Runtime::new(plan, Arc::new(StateStore::open(state.path())?))?;
+    let rt = Runtime::new(plan, Arc::new(SledStore::open(state.path())?))?;
     let recipes = rt.plan().recipes.clone();
 
     let mut out = String::new();

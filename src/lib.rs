@@ -17,7 +17,8 @@
 //! * `engine`    — one cycle of a recipe: poll, dedupe, run chains, journal, commit.
 //! * `dryrun`    — `sluice test`: a recipe's requests for a sample record, nothing sent.
 //! * `secret`    — `Secret`, which never prints itself.
-//! * `store`     — the sled state store: cursors, dedupe keys, run journal, dead letters.
+//! * `store`     — the `Store` trait and its sled implementation, namespaced by recipe instance:
+//!   cursors (commit is compare-and-set), dedupe keys, run journal, dead letters, run history.
 //! * `telemetry` — the tracing subscriber.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).

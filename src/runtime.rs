@@ -14,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::emit::Emitter;
 use crate::http::Connection;
 use crate::plan::{ConnId, Plan};
-use crate::store::StateStore;
+use crate::store::Store;
 
 /// Everything running recipes share.
 pub struct Runtime {
@@ -22,7 +22,7 @@ pub struct Runtime {
     conns: Vec<Arc<Connection>>,
     /// Per-connection cap on chains in flight (`concurrency` in `sluice.yaml`).
     conn_limits: Vec<Option<Arc<Semaphore>>>,
-    store: Option<Arc<StateStore>>,
+    store: Option<Arc<dyn Store>>,
     emit: Emitter,
 }
 
@@ -37,7 +37,7 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Opens every connection of the plan (nothing is sent yet) around a state store.
-    pub fn new(plan: Plan, store: Arc<StateStore>) -> Result<Arc<Runtime>> {
+    pub fn new(plan: Plan, store: Arc<dyn Store>) -> Result<Arc<Runtime>> {
         Self::build(plan, Some(store))
     }
 
@@ -46,7 +46,7 @@ impl Runtime {
         Self::build(plan, None)
     }
 
-    fn build(plan: Plan, store: Option<Arc<StateStore>>) -> Result<Arc<Runtime>> {
+    fn build(plan: Plan, store: Option<Arc<dyn Store>>) -> Result<Arc<Runtime>> {
         let mut conns = Vec::with_capacity(plan.connections.len());
         let mut conn_limits = Vec::with_capacity(plan.connections.len());
         for c in &plan.connections {
@@ -88,7 +88,7 @@ impl Runtime {
     }
 
     /// The state store.
-    pub fn store(&self) -> Result<&StateStore> {
+    pub fn store(&self) -> Result<&dyn Store> {
         self.store
             .as_deref()
             .ok_or_else(|| anyhow!("this runtime has no state store (a dry run)"))

@@ -1,47 +1,75 @@
-//! Store: the sled database in the state directory. The only module that touches sled.
+//! Store: the state of every recipe instance, behind the [`Store`] trait; [`SledStore`], the
+//! sled database in the state directory, is the one implementation and the only code that
+//! touches sled.
 //!
-//! One sled tree, [`TREE`], with a key space per kind (the prefixes below): cursors (recipe →
-//! [`Checkpoint`]), dedupe-key blocks (recipe + newest record time + id → the keys one commit
-//! marked handled, with their record times), the run journal (recipe + key →
-//! [`JournalEntry`]: a record whose chain is under way) and dead letters (id →
-//! [`DeadLetter`]). Dedupe keys are stored a commit's worth per value, not one sled entry
-//! each: a cycle loads the recipe's keys once ([`StateStore::handled_keys`]; only the
-//! lookback window's worth are kept) and a commit writes one value however many records it
-//! covers, which measured several times cheaper than per-key entries plus a time index
-//! (docs/BENCHMARKS.md). A block is pruned whole once its newest key is behind the bound. One tree because sled applies a batch to one
-//! tree atomically at a fraction of the cost of a multi-tree transaction (measured: see
+//! State is namespaced: every operation takes `ns`, the recipe instance's namespace (the
+//! caller decides its format; sluice keys it by recipe id today and will key it
+//! `recipe@connection`). [`Store::adopt_legacy`] moves an instance's state from an old
+//! namespace to a new one.
+//!
+//! The cursor is fenced: [`Store::commit`] is compare-and-set on the checkpoint the caller
+//! read, so a second writer (another process on a shared store, a stale cycle) can never move
+//! a cursor back; its commit fails with [`StoreError::Conflict`] and writes nothing.
+//!
+//! One sled tree, `state`, with a key space per kind (the prefixes below), each key
+//! `kind \0 ns \0 …`: cursors (ns → [`Checkpoint`]), dedupe-key blocks (ns + newest record
+//! time + id → the keys one commit marked handled, with their record times), the run journal
+//! (ns + key → [`JournalEntry`]: a record whose chain is under way), the ids a scan last
+//! listed, run history (ns + start time + id → a cycle report) and dead letters (id →
+//! [`DeadLetter`], whose `recipe` is the namespace). Dedupe keys are stored a commit's worth
+//! per value, not one sled entry each: a cycle loads the namespace's keys once
+//! ([`Store::handled_keys`]; only the lookback window's worth are kept) and a commit writes
+//! one value however many records it covers, which measured several times cheaper than
+//! per-key entries plus a time index (docs/BENCHMARKS.md). A block is pruned whole once its
+//! newest key is behind the bound. One tree because sled applies a batch (or a transaction)
+//! to one tree atomically at a fraction of the cost of a multi-tree transaction (measured: see
 //! docs/BENCHMARKS.md). Every value is versioned JSON (`{"v":1,…}`) so a later format can read
-//! old data. Owns atomicity and durability: [`StateStore::commit`] writes dedupe keys, journal
-//! removals, dead letters and the cursor in one atomic batch and fsyncs;
-//! [`StateStore::journal_step`] fsyncs before returning. Does not decide what to commit: the
-//! engine does.
+//! old data. Owns atomicity and durability: [`Store::commit`] compares the checkpoint and
+//! writes dedupe keys, journal removals, dead letters and the cursor in one sled transaction
+//! and fsyncs; [`Store::journal_step`] fsyncs before returning. Does not decide what to
+//! commit: the engine does.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use sled::transaction::{abort, TransactionError};
 
 /// The tree holding all state.
-pub const TREE: &str = "state";
+const TREE: &str = "state";
 /// Key prefix of cursors.
-pub const CURSORS: u8 = b'c';
+const CURSORS: u8 = b'c';
 /// Key prefix of blocks of handled dedupe keys.
-pub const DEDUPE_BLOCKS: u8 = b'b';
+const DEDUPE_BLOCKS: u8 = b'b';
 /// Key prefix of handled dedupe keys stored one per entry (written by sluice before blocks;
 /// converted to blocks when the store is opened).
 const LEGACY_DEDUPE: u8 = b'd';
 /// Key prefix of the time index of [`LEGACY_DEDUPE`] keys.
 const LEGACY_DEDUPE_BY_TIME: u8 = b't';
 /// Key prefix of records whose chain is under way.
-pub const JOURNAL: u8 = b'j';
+const JOURNAL: u8 = b'j';
 /// Key prefix of dead letters.
-pub const DEAD_LETTERS: u8 = b'x';
-/// Key prefix of the ids a scan trigger last listed (recipe → [`KnownIds`]).
-pub const KNOWN_IDS: u8 = b'k';
+const DEAD_LETTERS: u8 = b'x';
+/// Key prefix of the ids a scan trigger last listed (ns → [`KnownIds`]).
+const KNOWN_IDS: u8 = b'k';
+/// Key prefix of run history (ns + start time + id → a cycle report).
+const HISTORY: u8 = b'h';
+/// The key spaces holding a namespace's state, keyed `kind \0 ns \0 …` (dead letters are
+/// keyed by id and name their namespace inside).
+const NS_KINDS: [u8; 5] = [CURSORS, DEDUPE_BLOCKS, JOURNAL, KNOWN_IDS, HISTORY];
+
+/// Cycle reports kept per namespace by default; older ones are dropped as new ones come.
+const HISTORY_PER_NS: usize = 1_000;
+/// At most this many history rows are dropped per [`Store::record_cycle`], so a backlog over
+/// the bound drains over several cycles instead of stalling one.
+const HISTORY_PRUNE_PER_CALL: usize = 8;
 
 /// The ids a recipe's scan trigger listed in its last complete scan.
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,7 +133,8 @@ pub struct JournalView<'a> {
 /// A record whose chain failed for good.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Recipe id.
+    /// The namespace of the recipe instance it belongs to (the store files it under the
+    /// namespace it is committed in).
     pub recipe: String,
     /// The record's dedupe key.
     pub key: String,
@@ -143,13 +172,18 @@ fn encode<T: Serialize>(t: &T) -> Vec<u8> {
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T> {
     let v: V1<T> = serde_json::from_slice(bytes)
         .with_context(|| format!("the state store holds an unreadable {what}"))?;
-    if v.v != 1 {
+    check_version(what, v.v)?;
+    Ok(v.inner)
+}
+
+/// The one check of a stored value's format version.
+fn check_version(what: &str, v: u32) -> Result<()> {
+    if v != 1 {
         return Err(anyhow!(
-            "the state store holds a {what} of version {} (this sluice reads version 1)",
-            v.v
+            "the state store holds a {what} of version {v} (this sluice reads version 1)"
         ));
     }
-    Ok(v.inner)
+    Ok(())
 }
 
 /// Reads a journal entry. Not through [`decode`]: serde's `flatten` cannot carry a borrowed
@@ -165,12 +199,7 @@ fn decode_journal(bytes: &[u8]) -> Result<JournalEntry> {
     }
     let s: Stored = serde_json::from_slice(bytes)
         .context("the state store holds an unreadable journal entry")?;
-    if s.v != 1 {
-        return Err(anyhow!(
-            "the state store holds a journal entry of version {} (this sluice reads version 1)",
-            s.v
-        ));
-    }
+    check_version("journal entry", s.v)?;
     Ok(JournalEntry {
         record: s.record,
         ts: s.ts,
@@ -179,22 +208,46 @@ fn decode_journal(bytes: &[u8]) -> Result<JournalEntry> {
     })
 }
 
-fn key(kind: u8, recipe: &str, k: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + recipe.len() + 1 + k.len());
+/// A cycle report in the run history (written as `{"v":1,"report":…}`).
+#[derive(Serialize)]
+struct HistoryRow<'a> {
+    report: &'a RawValue,
+}
+
+/// Reads a cycle report's JSON text (not through [`decode`], for the same reason as
+/// [`decode_journal`]).
+fn decode_history(bytes: &[u8]) -> Result<String> {
+    #[derive(Deserialize)]
+    struct Stored<'a> {
+        v: u32,
+        #[serde(borrow)]
+        report: &'a RawValue,
+    }
+    let s: Stored = serde_json::from_slice(bytes)
+        .context("the state store holds an unreadable cycle report")?;
+    check_version("cycle report", s.v)?;
+    Ok(s.report.get().to_string())
+}
+
+/// A key of a namespace's key space: `kind \0 ns \0 k`. The NUL after `ns` makes a namespace's
+/// prefix match its own keys only (`a` is not a prefix of `a@b`'s keys).
+fn key(kind: u8, ns: &str, k: &str) -> Vec<u8> {
+    debug_assert!(!ns.contains('\0'), "invariant: a namespace holds no NUL");
+    let mut out = Vec::with_capacity(2 + ns.len() + 1 + k.len());
     out.push(kind);
     out.push(0);
-    out.extend_from_slice(recipe.as_bytes());
+    out.extend_from_slice(ns.as_bytes());
     out.push(0);
     out.extend_from_slice(k.as_bytes());
     out
 }
 
-fn prefix(kind: u8, recipe: &str) -> Vec<u8> {
-    key(kind, recipe, "")
+fn prefix(kind: u8, ns: &str) -> Vec<u8> {
+    key(kind, ns, "")
 }
 
-fn cursor_key(recipe: &str) -> Vec<u8> {
-    key(CURSORS, recipe, "")
+fn cursor_key(ns: &str) -> Vec<u8> {
+    key(CURSORS, ns, "")
 }
 
 fn dead_key(id: u64) -> Vec<u8> {
@@ -208,9 +261,14 @@ fn time_bytes(ts: i64) -> [u8; 8] {
     ((ts as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-/// The key of a dedupe block: recipe, its newest record time, a unique id.
-fn block_key(recipe: &str, newest: i64, id: u64) -> Vec<u8> {
-    let mut out = prefix(DEDUPE_BLOCKS, recipe);
+/// The inverse of [`time_bytes`].
+fn time_of(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+/// The key of a dedupe block: namespace, its newest record time, a unique id.
+fn block_key(ns: &str, newest: i64, id: u64) -> Vec<u8> {
+    let mut out = prefix(DEDUPE_BLOCKS, ns);
     out.extend_from_slice(&time_bytes(newest));
     out.extend_from_slice(&id.to_be_bytes());
     out
@@ -225,7 +283,7 @@ struct Block<K> {
 /// Counts for `sluice state show`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RecipeState {
-    /// Recipe id.
+    /// The recipe instance's namespace (shown as `recipe`).
     pub recipe: String,
     /// Its checkpoint, if it has run.
     pub checkpoint: Option<Checkpoint>,
@@ -240,15 +298,181 @@ pub struct RecipeState {
     pub known_ids: Option<usize>,
 }
 
-/// The state store.
-pub struct StateStore {
-    db: sled::Db,
-    tree: sled::Tree,
+/// What one [`Store::commit`] writes, and the checkpoint it expects to replace.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The checkpoint the caller read (`None`: there was none), and so expects to be stored
+    /// still: the first commit of a cycle passes what it loaded, each later one what the
+    /// previous commit wrote. Anything else stored means another writer moved the cursor,
+    /// and the commit is refused.
+    pub expected: Option<Checkpoint>,
+    /// The new checkpoint.
+    pub checkpoint: Checkpoint,
+    /// Records finished (succeeded, filtered out, or dead): (dedupe key, cursor value, has a
+    /// journal entry to remove).
+    pub finished: &'a [(String, i64, bool)],
+    /// Dead letters to store (filed under the commit's namespace), their journal entries
+    /// removed.
+    pub dead: &'a [DeadLetter],
+    /// Dedupe keys of records older than this are not written: they are already behind the
+    /// pruning bound (a poll never returns them again), so writing them would only have
+    /// [`Store::prune`] delete them next.
+    pub keep_from: i64,
+    /// For a scan trigger: the ids its scan listed, replacing those stored (in the same
+    /// atomic write, so a record that fired as a late arrival is never taken for one again
+    /// after a crash).
+    pub known: Option<&'a [String]>,
 }
 
-impl std::fmt::Debug for StateStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").finish_non_exhaustive()
+/// Why a [`Store::commit`] failed. The caller branches on [`StoreError::Conflict`]: nothing
+/// was written, and the cycle must stop rather than retry with what it holds.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The stored checkpoint is not the one the commit expected: another writer committed
+    /// (or reset the recipe) since. Nothing was written.
+    Conflict {
+        /// The namespace.
+        ns: String,
+    },
+    /// The store could not be read or written.
+    Storage(anyhow::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Conflict { ns } => write!(
+                f,
+                "another sluice process moved recipe `{ns}`'s cursor; this cycle's progress was not saved"
+            ),
+            // Transparent: the chain continues with the wrapped error's causes.
+            StoreError::Storage(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Conflict { .. } => None,
+            StoreError::Storage(error) => error.source(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for StoreError {
+    fn from(error: anyhow::Error) -> StoreError {
+        StoreError::Storage(error)
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> StoreError {
+        StoreError::Storage(error.into())
+    }
+}
+
+/// The state of every recipe instance, namespaced by `ns` (the caller's choice; it must not
+/// contain NUL). What a cycle, the operator commands and run history need; a second
+/// implementation (PostgreSQL) must keep the same guarantees: [`Store::commit`] atomic,
+/// compare-and-set on the checkpoint and durable when it returns; [`Store::journal_step`]
+/// durable when it returns.
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The namespace's checkpoint; `None` before its first commit (or after a reset).
+    fn checkpoint(&self, ns: &str) -> Result<Option<Checkpoint>>;
+
+    /// The dedupe keys of every record marked handled and not yet pruned, with the records'
+    /// cursor values.
+    fn handled_keys(&self, ns: &str) -> Result<HashMap<String, i64>>;
+
+    /// The ids the scan trigger listed in its last complete scan; `None` before the first.
+    fn known_ids(&self, ns: &str) -> Result<Option<HashSet<String>>>;
+
+    /// Records whose chain is under way, with their dedupe keys.
+    fn journal_entries(&self, ns: &str) -> Result<Vec<(String, JournalEntry)>>;
+
+    /// Records progress of a chain and makes it durable (fsync) before returning, so a
+    /// finished step is never run again after a crash.
+    fn journal_step(&self, ns: &str, key: &str, entry: &JournalView<'_>) -> Result<()>;
+
+    /// If the stored checkpoint is still `c.expected`, in one atomic write: marks the finished
+    /// records handled (dedupe keys), removes the journal entries of those that had one,
+    /// stores the dead letters, replaces the known ids when given, and sets the checkpoint;
+    /// then makes it durable. Otherwise writes nothing and fails with
+    /// [`StoreError::Conflict`], so a second writer can never move a cursor back.
+    fn commit(&self, ns: &str, c: &Commit<'_>) -> Result<(), StoreError>;
+
+    /// Deletes dedupe keys of records older than `before`, stopping once at least `max` keys
+    /// are gone (the cap spreads a large backlog over several cycles); returns how many.
+    fn prune(&self, ns: &str, before: i64, max: usize) -> Result<usize>;
+
+    /// Appends one cycle's report (JSON) to the namespace's run history. Only a bounded
+    /// number of the newest are kept; older ones are dropped a few at a time. Not fsynced on
+    /// its own: the next commit (or sled's flush within a second) makes it durable.
+    fn record_cycle(&self, ns: &str, started_at_ms: i64, report_json: &str) -> Result<()>;
+
+    /// The newest `limit` cycle reports of the namespace, newest first, with their start times
+    /// (Unix milliseconds).
+    fn cycles(&self, ns: &str, limit: usize) -> Result<Vec<(i64, String)>>;
+
+    /// Namespaces with run history, sorted.
+    fn history_namespaces(&self) -> Result<Vec<String>>;
+
+    /// Namespaces with a checkpoint or dead letters, sorted.
+    fn namespaces(&self) -> Result<Vec<String>>;
+
+    /// Counts for `sluice state show`.
+    fn recipe_state(&self, ns: &str) -> Result<RecipeState> {
+        Ok(RecipeState {
+            recipe: ns.to_string(),
+            checkpoint: self.checkpoint(ns)?,
+            dedupe_keys: self.handled_keys(ns)?.len(),
+            in_journal: self.journal_entries(ns)?.len(),
+            dead_letters: self.dead_letters(Some(ns))?.len(),
+            known_ids: self.known_ids(ns)?.map(|k| k.len()),
+        })
+    }
+
+    /// Forgets the namespace's cursor, dedupe keys, known ids and journal (dead letters and
+    /// run history are kept). A cycle under way then fails its next commit.
+    fn reset(&self, ns: &str) -> Result<()>;
+
+    /// Dead letters, oldest first, with their ids; only one namespace's when given.
+    fn dead_letters(&self, ns: Option<&str>) -> Result<Vec<(u64, DeadLetter)>>;
+
+    /// One dead letter.
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
+
+    /// Removes a dead letter; false when there was none.
+    fn drop_dead_letter(&self, id: u64) -> Result<bool>;
+
+    /// Puts a dead letter's record back into its namespace's journal (resuming at its failed
+    /// step) and removes the dead letter, atomically. Its dedupe key stays: a record in the
+    /// journal is resumed from there, never started again by a poll.
+    fn requeue_dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
+
+    /// When `new_ns` has no state (no checkpoint, dedupe keys, journal, known ids or history)
+    /// and `old_ns` has some, moves all of `old_ns`'s state, its dead letters included, to
+    /// `new_ns` in one atomic write; true when it did. Earlier sluice versions keyed state by
+    /// recipe id; instances are keyed by their own namespace. Nothing may write `old_ns`
+    /// meanwhile (nothing does once the caller has switched to `new_ns`).
+    fn adopt_legacy(&self, old_ns: &str, new_ns: &str) -> Result<bool>;
+}
+
+/// The sled store: one database in the state directory, one tree.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// History rows per namespace, counted on a namespace's first [`Store::record_cycle`] and
+    /// kept up to date after, so bounding the history costs no scan per cycle.
+    history_rows: Mutex<HashMap<String, usize>>,
+    /// Cycle reports kept per namespace ([`HISTORY_PER_NS`]).
+    history_limit: usize,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
     }
 }
 
@@ -299,10 +523,10 @@ fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
     Ok(())
 }
 
-impl StateStore {
+impl SledStore {
     /// Opens (or creates) the store in `dir`. Fails with a clear message when another sluice
     /// process holds it. The directory is made private first: `0700`, its files `0600`.
-    pub fn open(dir: &Path) -> Result<StateStore> {
+    pub fn open(dir: &Path) -> Result<SledStore> {
         create_private_dir(dir)?;
         #[allow(clippy::disallowed_methods)]
         let db = sled::Config::new()
@@ -326,105 +550,36 @@ impl StateStore {
                     dir.display()
                 ),
             })?;
-        let store = StateStore {
+        let store = SledStore {
             tree: db.open_tree(TREE)?,
             db,
+            history_rows: Mutex::new(HashMap::new()),
+            history_limit: HISTORY_PER_NS,
         };
         make_private(dir)?;
         store.migrate_legacy_dedupe()?;
         Ok(store)
     }
 
-    /// A recipe's checkpoint.
-    pub fn checkpoint(&self, recipe: &str) -> Result<Option<Checkpoint>> {
-        self.tree
-            .get(cursor_key(recipe))?
-            .map(|b| decode("checkpoint", &b))
-            .transpose()
-    }
-
-    /// The dedupe keys of every record marked handled and not yet pruned, with the records'
-    /// cursor values.
-    pub fn handled_keys(&self, recipe: &str) -> Result<HashMap<String, i64>> {
-        let mut out = HashMap::new();
-        for item in self.tree.scan_prefix(prefix(DEDUPE_BLOCKS, recipe)) {
-            let (_, v) = item?;
-            let b: Block<String> = decode("dedupe block", &v)?;
-            out.extend(b.keys);
-        }
-        Ok(out)
-    }
-
-    /// The ids the recipe's scan trigger listed in its last complete scan; `None` before the
-    /// first.
-    pub fn known_ids(&self, recipe: &str) -> Result<Option<std::collections::HashSet<String>>> {
-        self.tree
-            .get(key(KNOWN_IDS, recipe, ""))?
-            .map(|b| decode::<KnownIds>("known ids", &b).map(|k| k.ids.into_iter().collect()))
-            .transpose()
-    }
-
-    /// The journal entry of a record whose chain is under way.
-    pub fn journal(&self, recipe: &str, k: &str) -> Result<Option<JournalEntry>> {
-        self.tree
-            .get(key(JOURNAL, recipe, k))?
-            .map(|b| decode_journal(&b))
-            .transpose()
-    }
-
-    /// Records progress of a chain and makes it durable (fsync) before returning, so a
-    /// finished step is never run again after a crash.
-    pub fn journal_step(&self, recipe: &str, k: &str, entry: &JournalView<'_>) -> Result<()> {
-        self.tree.insert(key(JOURNAL, recipe, k), encode(entry))?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// In one atomic batch: marks `finished` records handled (dedupe keys), removes the journal
-    /// entries of those that had one (`journaled`), stores dead letters and sets the
-    /// checkpoint; then fsyncs. Dedupe keys of records older than `keep_from` are not written:
-    /// they are already behind the pruning bound (a poll never returns them again), so
-    /// writing them would only have [`StateStore::prune`] delete them next.
-    pub fn commit(
-        &self,
-        recipe: &str,
-        finished: &[(String, i64, bool)],
-        dead: &[DeadLetter],
-        checkpoint: Checkpoint,
-        keep_from: i64,
-    ) -> Result<()> {
-        self.commit_with_known(recipe, finished, dead, checkpoint, keep_from, None)
-    }
-
-    /// [`StateStore::commit`], also replacing the ids the recipe's scan last listed (in the
-    /// same atomic batch, so a record that fired as a late arrival is never taken for one
-    /// again after a crash).
-    pub fn commit_with_known(
-        &self,
-        recipe: &str,
-        finished: &[(String, i64, bool)],
-        dead: &[DeadLetter],
-        checkpoint: Checkpoint,
-        keep_from: i64,
-        known: Option<&[String]>,
-    ) -> Result<()> {
+    /// The batch a [`Commit`] writes (without the compare).
+    fn commit_batch(&self, ns: &str, c: &Commit<'_>) -> Result<sled::Batch> {
         let mut b = sled::Batch::default();
-        if let Some(ids) = known {
+        if let Some(ids) = c.known {
             b.insert(
-                key(KNOWN_IDS, recipe, ""),
+                key(KNOWN_IDS, ns, ""),
                 encode(&KnownIds { ids: ids.to_vec() }),
             );
         }
         // Keys at or before the cursor in one block; keys ahead of it (records after one that
         // holds the cursor back, or dated in the future) in another, so that one far-ahead key
         // cannot keep a whole commit's keys from being pruned.
-        let (mut behind, mut ahead) = (Vec::with_capacity(finished.len()), Vec::new());
-        for (k, ts, journaled) in finished {
+        let (mut behind, mut ahead) = (Vec::with_capacity(c.finished.len()), Vec::new());
+        for (k, ts, journaled) in c.finished {
             if *journaled {
-                b.remove(key(JOURNAL, recipe, k));
+                b.remove(key(JOURNAL, ns, k));
             }
-            if *ts >= keep_from {
-                let side = if *ts <= checkpoint.cursor {
+            if *ts >= c.keep_from {
+                let side = if *ts <= c.checkpoint.cursor {
                     &mut behind
                 } else {
                     &mut ahead
@@ -433,39 +588,209 @@ impl StateStore {
             }
         }
         for keys in [behind, ahead] {
-            self.put_block(&mut b, recipe, Block { keys })?;
+            self.put_block(&mut b, ns, Block { keys })?;
         }
-        for d in dead {
-            b.insert(dead_key(self.db.generate_id()?), encode(d));
-            b.remove(key(JOURNAL, recipe, &d.key));
+        for d in c.dead {
+            // A dead letter belongs to the namespace it is committed in (`requeue` puts it
+            // back into that namespace's journal).
+            let d = if d.recipe == ns {
+                Cow::Borrowed(d)
+            } else {
+                Cow::Owned(DeadLetter {
+                    recipe: ns.to_string(),
+                    ..d.clone()
+                })
+            };
+            b.insert(dead_key(self.db.generate_id()?), encode(&d));
+            b.remove(key(JOURNAL, ns, &d.key));
         }
-        b.insert(cursor_key(recipe), encode(&checkpoint));
-        self.tree.apply_batch(b)?;
-        self.db.flush()?;
-        Ok(())
+        b.insert(cursor_key(ns), encode(&c.checkpoint));
+        Ok(b)
     }
 
     /// Adds a dedupe block to `b` (nothing when it is empty).
     fn put_block<K: Serialize>(
         &self,
         b: &mut sled::Batch,
-        recipe: &str,
+        ns: &str,
         block: Block<K>,
     ) -> Result<()> {
         if let Some(newest) = block.keys.iter().map(|(_, ts)| *ts).max() {
             b.insert(
-                block_key(recipe, newest, self.db.generate_id()?),
+                block_key(ns, newest, self.db.generate_id()?),
                 encode(&block),
             );
         }
         Ok(())
     }
 
-    /// Deletes dedupe keys of records older than `before`, a block at a time (a block goes once
-    /// its newest key is older), stopping once at least `max` keys are gone; returns how many.
-    /// The cap spreads a large backlog over several cycles.
-    pub fn prune(&self, recipe: &str, before: i64, max: usize) -> Result<usize> {
-        let start = prefix(DEDUPE_BLOCKS, recipe);
+    /// Whether the namespace has any key of its own (dead letters aside).
+    fn has_state(&self, ns: &str) -> Result<bool> {
+        for kind in NS_KINDS {
+            if self
+                .tree
+                .scan_prefix(prefix(kind, ns))
+                .next()
+                .transpose()?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The namespaces found in one key space, in order: one seek per namespace (each jumps
+    /// past the previous namespace's keys), however many keys each has.
+    fn namespaces_of(&self, kind: u8) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        let mut from = vec![kind, 0];
+        while let Some((k, _)) = self.tree.range(from.as_slice()..).next().transpose()? {
+            if k.get(..2) != Some(&[kind, 0][..]) {
+                break;
+            }
+            let rest = &k[2..];
+            let Some(end) = rest.iter().position(|&c| c == 0) else {
+                break;
+            };
+            let ns = &rest[..end];
+            out.insert(String::from_utf8_lossy(ns).into_owned());
+            // `kind \0 ns \1` sorts after every `kind \0 ns \0 …`.
+            from = vec![kind, 0];
+            from.extend_from_slice(ns);
+            from.push(1);
+        }
+        Ok(out)
+    }
+
+    /// Converts dedupe keys stored one per entry (by an earlier sluice) into blocks, once.
+    fn migrate_legacy_dedupe(&self) -> Result<()> {
+        let mut blocks: std::collections::BTreeMap<Vec<u8>, Block<String>> = Default::default();
+        let mut b = sled::Batch::default();
+        let mut any = false;
+        for item in self.tree.scan_prefix([LEGACY_DEDUPE, 0]) {
+            let (k, v) = item?;
+            any = true;
+            // d \0 ns \0 key → 8-byte record time.
+            let rest = &k[2..];
+            let Some(sep) = rest.iter().position(|&c| c == 0) else {
+                continue;
+            };
+            let ns = String::from_utf8_lossy(&rest[..sep]).into_owned();
+            let dkey = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
+            let ts = time_of(v.as_ref().try_into().unwrap_or([0; 8]));
+            blocks
+                .entry(ns.into_bytes())
+                .or_insert_with(|| Block { keys: Vec::new() })
+                .keys
+                .push((dkey, ts));
+            b.remove(k);
+        }
+        if !any {
+            return Ok(());
+        }
+        for item in self.tree.scan_prefix([LEGACY_DEDUPE_BY_TIME, 0]) {
+            b.remove(item?.0);
+        }
+        for (ns, mut block) in blocks {
+            let ns = String::from_utf8_lossy(&ns).into_owned();
+            // Oldest first, in blocks of the engine's commit size, so pruning can drop the old
+            // ones as the cursor moves on.
+            block.keys.sort_by_key(|(_, ts)| *ts);
+            for chunk in block.keys.chunks(1_000) {
+                self.put_block(
+                    &mut b,
+                    &ns,
+                    Block {
+                        keys: chunk.to_vec(),
+                    },
+                )?;
+            }
+        }
+        self.tree.apply_batch(b)?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn checkpoint(&self, ns: &str) -> Result<Option<Checkpoint>> {
+        self.tree
+            .get(cursor_key(ns))?
+            .map(|b| decode("checkpoint", &b))
+            .transpose()
+    }
+
+    fn handled_keys(&self, ns: &str) -> Result<HashMap<String, i64>> {
+        let mut out = HashMap::new();
+        for item in self.tree.scan_prefix(prefix(DEDUPE_BLOCKS, ns)) {
+            let (_, v) = item?;
+            let b: Block<String> = decode("dedupe block", &v)?;
+            out.extend(b.keys);
+        }
+        Ok(out)
+    }
+
+    fn known_ids(&self, ns: &str) -> Result<Option<HashSet<String>>> {
+        self.tree
+            .get(key(KNOWN_IDS, ns, ""))?
+            .map(|b| decode::<KnownIds>("known ids", &b).map(|k| k.ids.into_iter().collect()))
+            .transpose()
+    }
+
+    fn journal_entries(&self, ns: &str) -> Result<Vec<(String, JournalEntry)>> {
+        let p = prefix(JOURNAL, ns);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&p) {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k[p.len()..]).into_owned(),
+                decode_journal(&v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn journal_step(&self, ns: &str, k: &str, entry: &JournalView<'_>) -> Result<()> {
+        self.tree.insert(key(JOURNAL, ns, k), encode(entry))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The compare and the batch run in one sled transaction on the one tree: sled holds its
+    /// write lock for the whole of it, so no other write to the store (a commit, a reset, an
+    /// adoption) can come between the read of the checkpoint and the batch. The batch is built
+    /// (ids drawn, values encoded) before, so the lock is held only for the compare and the
+    /// inserts. The fsync follows, as with a plain batch.
+    fn commit(&self, ns: &str, c: &Commit<'_>) -> Result<(), StoreError> {
+        let batch = self.commit_batch(ns, c)?;
+        let cursor = cursor_key(ns);
+        self.tree
+            .transaction(|tx| {
+                let stored = match tx.get(&cursor)? {
+                    Some(v) => match decode::<Checkpoint>("checkpoint", &v) {
+                        Ok(cp) => Some(cp),
+                        Err(error) => return abort(StoreError::Storage(error)),
+                    },
+                    None => None,
+                };
+                if stored != c.expected {
+                    return abort(StoreError::Conflict { ns: ns.to_string() });
+                }
+                tx.apply_batch(&batch)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A block goes once its newest key is older than `before`.
+    fn prune(&self, ns: &str, before: i64, max: usize) -> Result<usize> {
+        let start = prefix(DEDUPE_BLOCKS, ns);
         let mut end = start.clone();
         end.extend_from_slice(&time_bytes(before));
         let mut n = 0;
@@ -485,49 +810,73 @@ impl StateStore {
         Ok(n)
     }
 
-    /// Converts dedupe keys stored one per entry (by an earlier sluice) into blocks, once.
-    fn migrate_legacy_dedupe(&self) -> Result<()> {
-        let mut blocks: std::collections::BTreeMap<Vec<u8>, Block<String>> = Default::default();
+    fn record_cycle(&self, ns: &str, started_at_ms: i64, report_json: &str) -> Result<()> {
+        let report = RawValue::from_string(report_json.to_string())
+            .context("a cycle report must be JSON")?;
+        let p = prefix(HISTORY, ns);
+        let mut k = p.clone();
+        k.extend_from_slice(&time_bytes(started_at_ms));
+        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         let mut b = sled::Batch::default();
-        let mut any = false;
-        for item in self.tree.scan_prefix([LEGACY_DEDUPE, 0]) {
-            let (k, v) = item?;
-            any = true;
-            // d \0 recipe \0 key → 8-byte record time.
-            let rest = &k[2..];
-            let Some(sep) = rest.iter().position(|&c| c == 0) else {
-                continue;
-            };
-            let recipe = String::from_utf8_lossy(&rest[..sep]).into_owned();
-            let dkey = String::from_utf8_lossy(&rest[sep + 1..]).into_owned();
-            let ts =
-                (u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])) ^ (1 << 63)) as i64;
-            blocks
-                .entry(recipe.into_bytes())
-                .or_insert_with(|| Block { keys: Vec::new() })
-                .keys
-                .push((dkey, ts));
-            b.remove(k);
-        }
-        if !any {
-            return Ok(());
-        }
-        for item in self.tree.scan_prefix([LEGACY_DEDUPE_BY_TIME, 0]) {
+        b.insert(k, encode(&HistoryRow { report: &report }));
+        let mut rows = self
+            .history_rows
+            .lock()
+            .map_err(|_| anyhow!("history counts poisoned"))?;
+        let n = match rows.get_mut(ns) {
+            Some(n) => n,
+            None => {
+                let counted = self.tree.scan_prefix(&p).count();
+                rows.entry(ns.to_string()).or_insert(counted)
+            }
+        };
+        // The oldest rows beyond the bound go, a few per call.
+        let excess = (*n + 1)
+            .saturating_sub(self.history_limit)
+            .min(HISTORY_PRUNE_PER_CALL);
+        let mut dropped = 0;
+        for item in self.tree.scan_prefix(&p).take(excess) {
             b.remove(item?.0);
+            dropped += 1;
         }
-        for (recipe, mut block) in blocks {
-            let recipe = String::from_utf8_lossy(&recipe).into_owned();
-            // Oldest first, in blocks of the engine's commit size, so pruning can drop the old
-            // ones as the cursor moves on.
-            block.keys.sort_by_key(|(_, ts)| *ts);
-            for chunk in block.keys.chunks(1_000) {
-                self.put_block(
-                    &mut b,
-                    &recipe,
-                    Block {
-                        keys: chunk.to_vec(),
-                    },
-                )?;
+        self.tree.apply_batch(b)?;
+        *n = *n + 1 - dropped;
+        Ok(())
+    }
+
+    fn cycles(&self, ns: &str, limit: usize) -> Result<Vec<(i64, String)>> {
+        let p = prefix(HISTORY, ns);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&p).rev().take(limit) {
+            let (k, v) = item?;
+            let t: [u8; 8] = k
+                .get(p.len()..p.len() + 8)
+                .and_then(|t| t.try_into().ok())
+                .ok_or_else(|| anyhow!("the state store holds a malformed history key"))?;
+            out.push((time_of(t), decode_history(&v)?));
+        }
+        Ok(out)
+    }
+
+    fn history_namespaces(&self) -> Result<Vec<String>> {
+        Ok(self.namespaces_of(HISTORY)?.into_iter().collect())
+    }
+
+    fn namespaces(&self) -> Result<Vec<String>> {
+        let mut out = self.namespaces_of(CURSORS)?;
+        for (_, d) in self.dead_letters(None)? {
+            out.insert(d.recipe);
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn reset(&self, ns: &str) -> Result<()> {
+        let mut b = sled::Batch::default();
+        b.remove(cursor_key(ns));
+        b.remove(key(KNOWN_IDS, ns, ""));
+        for kind in [DEDUPE_BLOCKS, JOURNAL] {
+            for item in self.tree.scan_prefix(prefix(kind, ns)) {
+                b.remove(item?.0);
             }
         }
         self.tree.apply_batch(b)?;
@@ -535,13 +884,12 @@ impl StateStore {
         Ok(())
     }
 
-    /// Dead letters, oldest first, with their ids; only one recipe's when given.
-    pub fn dead_letters(&self, recipe: Option<&str>) -> Result<Vec<(u64, DeadLetter)>> {
+    fn dead_letters(&self, ns: Option<&str>) -> Result<Vec<(u64, DeadLetter)>> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([DEAD_LETTERS, 0]) {
             let (k, v) = item?;
             let d: DeadLetter = decode("dead letter", &v)?;
-            if recipe.is_none_or(|r| r == d.recipe) {
+            if ns.is_none_or(|ns| ns == d.recipe) {
                 let id = u64::from_be_bytes(k[2..].try_into().unwrap_or([0; 8]));
                 out.push((id, d));
             }
@@ -549,25 +897,20 @@ impl StateStore {
         Ok(out)
     }
 
-    /// One dead letter.
-    pub fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+    fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
         self.tree
             .get(dead_key(id))?
             .map(|b| decode("dead letter", &b))
             .transpose()
     }
 
-    /// Removes a dead letter; false when there was none.
-    pub fn drop_dead_letter(&self, id: u64) -> Result<bool> {
+    fn drop_dead_letter(&self, id: u64) -> Result<bool> {
         let had = self.tree.remove(dead_key(id))?.is_some();
         self.db.flush()?;
         Ok(had)
     }
 
-    /// Puts a dead letter's record back into the journal (resuming at its failed step) and
-    /// removes the dead letter, atomically. Its dedupe key stays: a record in the journal is
-    /// resumed from there, never started again by a poll.
-    pub fn requeue_dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
+    fn requeue_dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {
         let Some(d) = self.dead_letter(id)? else {
             return Ok(None);
         };
@@ -586,59 +929,62 @@ impl StateStore {
         Ok(Some(d))
     }
 
-    /// Journal entries of a recipe (records under way), with their keys.
-    pub fn journal_entries(&self, recipe: &str) -> Result<Vec<(String, JournalEntry)>> {
-        let p = prefix(JOURNAL, recipe);
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(&p) {
-            let (k, v) = item?;
-            out.push((
-                String::from_utf8_lossy(&k[p.len()..]).into_owned(),
-                decode_journal(&v)?,
-            ));
+    /// The keys are read outside the transaction (sled's cannot scan); inside it, `new_ns`
+    /// must still have no checkpoint and `old_ns`'s must be unchanged, or nothing is written
+    /// and the adoption reports false.
+    fn adopt_legacy(&self, old_ns: &str, new_ns: &str) -> Result<bool> {
+        if old_ns == new_ns || self.has_state(new_ns)? {
+            return Ok(false);
         }
-        Ok(out)
-    }
-
-    /// Counts for one recipe.
-    pub fn recipe_state(&self, recipe: &str) -> Result<RecipeState> {
-        Ok(RecipeState {
-            recipe: recipe.to_string(),
-            checkpoint: self.checkpoint(recipe)?,
-            dedupe_keys: self.handled_keys(recipe)?.len(),
-            in_journal: self.tree.scan_prefix(prefix(JOURNAL, recipe)).count(),
-            dead_letters: self.dead_letters(Some(recipe))?.len(),
-            known_ids: self.known_ids(recipe)?.map(|k| k.len()),
-        })
-    }
-
-    /// Recipe ids that have any state.
-    pub fn recipes(&self) -> Result<Vec<String>> {
-        let mut out = std::collections::BTreeSet::new();
-        for item in self.tree.scan_prefix([CURSORS, 0]) {
-            let (k, _) = item?;
-            let name = &k[2..k.len().saturating_sub(1)];
-            out.insert(String::from_utf8_lossy(name).into_owned());
-        }
-        for (_, d) in self.dead_letters(None)? {
-            out.insert(d.recipe);
-        }
-        Ok(out.into_iter().collect())
-    }
-
-    /// Forgets a recipe's cursor, dedupe keys and journal (dead letters are kept).
-    pub fn reset(&self, recipe: &str) -> Result<()> {
+        let (old_cursor, new_cursor) = (cursor_key(old_ns), cursor_key(new_ns));
+        let old_cp = self.tree.get(&old_cursor)?;
         let mut b = sled::Batch::default();
-        b.remove(cursor_key(recipe));
-        b.remove(key(KNOWN_IDS, recipe, ""));
-        for kind in [DEDUPE_BLOCKS, JOURNAL] {
-            for item in self.tree.scan_prefix(prefix(kind, recipe)) {
-                b.remove(item?.0);
+        let mut moved = false;
+        for kind in NS_KINDS {
+            let (from, to) = (prefix(kind, old_ns), prefix(kind, new_ns));
+            for item in self.tree.scan_prefix(&from) {
+                let (k, v) = item?;
+                let mut nk = to.clone();
+                nk.extend_from_slice(&k[from.len()..]);
+                b.remove(k);
+                b.insert(nk, v);
+                moved = true;
             }
         }
-        self.tree.apply_batch(b)?;
+        for (id, mut d) in self.dead_letters(Some(old_ns))? {
+            d.recipe = new_ns.to_string();
+            b.insert(dead_key(id), encode(&d));
+            moved = true;
+        }
+        if !moved {
+            return Ok(false);
+        }
+        let done = self
+            .tree
+            .transaction(|tx| {
+                if tx.get(&new_cursor)?.is_some() || tx.get(&old_cursor)? != old_cp {
+                    return abort(());
+                }
+                tx.apply_batch(&b)?;
+                Ok(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Abort(()) => None,
+                TransactionError::Storage(e) => Some(e),
+            });
+        match done {
+            Ok(()) => {}
+            Err(None) => return Ok(false),
+            Err(Some(e)) => return Err(e.into()),
+        }
         self.db.flush()?;
-        Ok(())
+        let mut rows = self
+            .history_rows
+            .lock()
+            .map_err(|_| anyhow!("history counts poisoned"))?;
+        rows.remove(old_ns);
+        rows.remove(new_ns);
+        Ok(true)
     }
 }
 
@@ -646,33 +992,18 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commit_prune_and_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = StateStore::open(dir.path()).unwrap();
-        assert_eq!(s.checkpoint("r").unwrap(), None);
-        let record = RawValue::from_string(r#"{"id":"a"}"#.into()).unwrap();
-        s.journal_step(
-            "r",
-            "a",
-            &JournalView {
-                record: &record,
-                ts: 10,
-                done: &[],
-                attempts: 0,
-            },
-        )
-        .unwrap();
-        let entry = s.journal("r", "a").unwrap().unwrap();
-        assert_eq!((entry.record.get(), entry.ts), (record.get(), 10));
-        let cp = Checkpoint {
-            cursor: 30,
+    fn cp(cursor: i64) -> Checkpoint {
+        Checkpoint {
+            cursor,
             floor: 0,
-            high: 30,
-        };
-        let dl = DeadLetter {
-            recipe: "r".into(),
-            key: "c".into(),
+            high: cursor,
+        }
+    }
+
+    fn dead(ns: &str, key: &str) -> DeadLetter {
+        DeadLetter {
+            recipe: ns.into(),
+            key: key.into(),
             ts: 25,
             record: Value::Null,
             done: vec![],
@@ -682,17 +1013,72 @@ mod tests {
             request: None,
             status: None,
             at: 1,
+        }
+    }
+
+    fn journal(s: &SledStore, ns: &str, key: &str, ts: i64) {
+        let record = RawValue::from_string(format!(r#"{{"id":"{key}"}}"#)).unwrap();
+        let view = JournalView {
+            record: &record,
+            ts,
+            done: &[],
+            attempts: 0,
         };
+        s.journal_step(ns, key, &view).unwrap();
+    }
+
+    /// A commit of `finished` (no journal entries), keeping every key.
+    fn commit(
+        s: &SledStore,
+        ns: &str,
+        expected: Option<Checkpoint>,
+        checkpoint: Checkpoint,
+        finished: &[(String, i64, bool)],
+    ) -> Result<(), StoreError> {
+        s.commit(
+            ns,
+            &Commit {
+                expected,
+                checkpoint,
+                finished,
+                dead: &[],
+                keep_from: i64::MIN,
+                known: None,
+            },
+        )
+    }
+
+    #[test]
+    fn commit_prune_and_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.checkpoint("r").unwrap(), None);
+        journal(&s, "r", "a", 10);
+        let entries = s.journal_entries("r").unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            (
+                entries[0].0.as_str(),
+                entries[0].1.record.get(),
+                entries[0].1.ts
+            ),
+            ("a", r#"{"id":"a"}"#, 10)
+        );
+        let dl = dead("r", "c");
         s.commit(
             "r",
-            &[
-                ("a".into(), 10, true),
-                ("b".into(), 20, false),
-                ("old".into(), 4, false),
-            ],
-            std::slice::from_ref(&dl),
-            cp,
-            5,
+            &Commit {
+                expected: None,
+                checkpoint: cp(30),
+                finished: &[
+                    ("a".into(), 10, true),
+                    ("b".into(), 20, false),
+                    ("old".into(), 4, false),
+                ],
+                dead: std::slice::from_ref(&dl),
+                keep_from: 5,
+                known: Some(&["1".into(), "2".into()]),
+            },
         )
         .unwrap();
         // Behind `keep_from`: not written.
@@ -701,15 +1087,15 @@ mod tests {
             HashMap::from([("a".to_string(), 10), ("b".to_string(), 20)])
         );
         assert!(s.handled_keys("other").unwrap().is_empty());
-        assert!(s.journal("r", "a").unwrap().is_none());
-        assert_eq!(s.checkpoint("r").unwrap(), Some(cp));
+        assert!(s.journal_entries("r").unwrap().is_empty());
+        assert_eq!(s.checkpoint("r").unwrap(), Some(cp(30)));
+        assert_eq!(s.known_ids("r").unwrap().map(|k| k.len()), Some(2));
         let dead = s.dead_letters(Some("r")).unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].1, dl);
         // A second commit makes a second block; pruning removes whole blocks whose newest key
         // is older than the bound.
-        s.commit("r", &[("c".into(), 40, false)], &[], cp, 0)
-            .unwrap();
+        commit(&s, "r", Some(cp(30)), cp(30), &[("c".into(), 40, false)]).unwrap();
         assert_eq!(s.prune("r", 20, 100).unwrap(), 0);
         assert_eq!(s.prune("r", 21, 100).unwrap(), 2);
         assert_eq!(
@@ -717,6 +1103,7 @@ mod tests {
             HashMap::from([("c".to_string(), 40)])
         );
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 1);
+        assert_eq!(s.namespaces().unwrap(), ["r"]);
         // Requeue moves the dead letter back to the journal.
         let id = dead[0].0;
         assert!(s.requeue_dead_letter(id).unwrap().is_some());
@@ -725,23 +1112,228 @@ mod tests {
         s.reset("r").unwrap();
         assert_eq!(s.recipe_state("r").unwrap().dedupe_keys, 0);
         assert_eq!(s.checkpoint("r").unwrap(), None);
+        assert_eq!(s.known_ids("r").unwrap(), None);
+    }
+
+    #[test]
+    fn a_dead_letter_is_filed_under_the_namespace_it_is_committed_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.commit(
+            "r@work",
+            &Commit {
+                expected: None,
+                checkpoint: cp(30),
+                finished: &[],
+                dead: &[dead("r", "k")],
+                keep_from: 0,
+                known: None,
+            },
+        )
+        .unwrap();
+        let all = s.dead_letters(None).unwrap();
+        assert_eq!(all[0].1.recipe, "r@work");
+        s.requeue_dead_letter(all[0].0).unwrap();
+        assert_eq!(s.journal_entries("r@work").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn commit_is_compare_and_set_on_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        // The normal sequence: each commit expects what the previous one wrote.
+        commit(&s, "r", None, cp(10), &[("a".into(), 10, false)]).unwrap();
+        commit(&s, "r", Some(cp(10)), cp(20), &[("b".into(), 20, false)]).unwrap();
+        commit(&s, "r", Some(cp(20)), cp(20), &[]).unwrap();
+        // A stale writer (it read cursor 10, or nothing) is refused and writes nothing: no
+        // dedupe keys, journal removal, dead letter, known ids or cursor.
+        journal(&s, "r", "j", 5);
+        let before = (s.handled_keys("r").unwrap(), s.checkpoint("r").unwrap());
+        for stale in [Some(cp(10)), None, Some(cp(30))] {
+            let err = s
+                .commit(
+                    "r",
+                    &Commit {
+                        expected: stale,
+                        checkpoint: cp(15),
+                        finished: &[("j".into(), 5, true), ("x".into(), 15, false)],
+                        dead: &[dead("r", "y")],
+                        keep_from: i64::MIN,
+                        known: Some(&["1".into()]),
+                    },
+                )
+                .unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Conflict { ns } if ns == "r"),
+                "{err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                "another sluice process moved recipe `r`'s cursor; this cycle's progress was not saved"
+            );
+        }
+        assert_eq!(
+            (s.handled_keys("r").unwrap(), s.checkpoint("r").unwrap()),
+            before
+        );
+        assert_eq!(s.journal_entries("r").unwrap().len(), 1);
+        assert!(s.dead_letters(None).unwrap().is_empty());
+        assert_eq!(s.known_ids("r").unwrap(), None);
+        // A conflict is recoverable through anyhow, as the engine reports it.
+        let e = anyhow::Error::from(commit(&s, "r", None, cp(1), &[]).unwrap_err());
+        assert!(matches!(
+            e.downcast_ref::<StoreError>(),
+            Some(StoreError::Conflict { .. })
+        ));
+        // A reset while a cycle runs: the cycle's next commit is refused.
+        s.reset("r").unwrap();
+        assert!(matches!(
+            commit(&s, "r", Some(cp(20)), cp(25), &[]),
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.checkpoint("r").unwrap(), None);
+        // Namespaces are fenced apart.
+        commit(&s, "r@a", None, cp(1), &[]).unwrap();
+        commit(&s, "r@b", None, cp(2), &[]).unwrap();
+        assert_eq!(s.namespaces().unwrap(), ["r@a", "r@b"]);
+    }
+
+    #[test]
+    fn a_checkpoint_written_without_high_compares_as_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.tree
+            .insert(cursor_key("r"), &br#"{"v":1,"cursor":7,"floor":3}"#[..])
+            .unwrap();
+        let read = s.checkpoint("r").unwrap();
+        commit(&s, "r", read, cp(8), &[]).unwrap();
+        assert_eq!(s.checkpoint("r").unwrap(), Some(cp(8)));
+    }
+
+    #[test]
+    fn history_is_newest_first_bounded_and_pruned_a_few_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.history_limit = 3;
+        for t in [5_000, 1_000, 3_000, 3_000] {
+            s.record_cycle("r", t, &format!(r#"{{"t":{t}}}"#)).unwrap();
+        }
+        s.record_cycle("other", 2_000, "{}").unwrap();
+        // The oldest (1,000) went; two cycles started in the same millisecond are both kept.
+        assert_eq!(
+            s.cycles("r", 10).unwrap(),
+            [
+                (5_000, r#"{"t":5000}"#.to_string()),
+                (3_000, r#"{"t":3000}"#.to_string()),
+                (3_000, r#"{"t":3000}"#.to_string()),
+            ]
+        );
+        assert_eq!(s.cycles("r", 1).unwrap().len(), 1);
+        assert_eq!(s.cycles("r@x", 10).unwrap(), []);
+        assert_eq!(s.history_namespaces().unwrap(), ["other", "r"]);
+        assert!(s.record_cycle("r", 6_000, "not json").is_err());
+        // A lower bound (or rows from before the bound was set) drains a few rows per cycle.
+        s.history_limit = 100;
+        for t in 0..20 {
+            s.record_cycle("big", t, "{}").unwrap();
+        }
+        s.history_limit = 2;
+        s.record_cycle("big", 100, "{}").unwrap();
+        assert_eq!(
+            s.cycles("big", 100).unwrap().len(),
+            21 - HISTORY_PRUNE_PER_CALL
+        );
+        for t in 101..104 {
+            s.record_cycle("big", t, "{}").unwrap();
+        }
+        let rows = s.cycles("big", 100).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [103, 102],
+            "the newest stay"
+        );
+        // A reopened store counts a namespace's rows on first use.
+        drop(s);
+        let mut s = SledStore::open(dir.path()).unwrap();
+        s.history_limit = 3;
+        s.record_cycle("r", 7_000, "{}").unwrap();
+        assert_eq!(
+            s.cycles("r", 10)
+                .unwrap()
+                .iter()
+                .map(|r| r.0)
+                .collect::<Vec<_>>(),
+            [7_000, 5_000, 3_000]
+        );
+    }
+
+    #[test]
+    fn adopt_legacy_moves_every_key_of_the_old_namespace_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        s.commit(
+            "r",
+            &Commit {
+                expected: None,
+                checkpoint: cp(30),
+                finished: &[("a".into(), 20, false)],
+                dead: &[dead("r", "d")],
+                keep_from: 0,
+                known: Some(&["1".into()]),
+            },
+        )
+        .unwrap();
+        journal(&s, "r", "j", 25);
+        s.record_cycle("r", 1, "{}").unwrap();
+        // Another recipe whose id starts the same is not touched.
+        commit(&s, "r2", None, cp(5), &[("z".into(), 5, false)]).unwrap();
+        let before = s.recipe_state("r").unwrap();
+
+        assert!(s.adopt_legacy("r", "r@intercom").unwrap());
+        let after = s.recipe_state("r@intercom").unwrap();
+        assert_eq!(
+            (
+                after.checkpoint,
+                after.dedupe_keys,
+                after.in_journal,
+                after.dead_letters,
+                after.known_ids
+            ),
+            (
+                before.checkpoint,
+                before.dedupe_keys,
+                before.in_journal,
+                before.dead_letters,
+                before.known_ids
+            )
+        );
+        assert_eq!(s.cycles("r@intercom", 10).unwrap().len(), 1);
+        assert_eq!(s.dead_letters(None).unwrap()[0].1.recipe, "r@intercom");
+        assert!(!s.has_state("r").unwrap());
+        assert!(s.dead_letters(Some("r")).unwrap().is_empty());
+        assert_eq!(s.namespaces().unwrap(), ["r2", "r@intercom"]);
+        assert_eq!(s.checkpoint("r2").unwrap(), Some(cp(5)));
+        // The adopted checkpoint fences as before.
+        commit(&s, "r@intercom", Some(cp(30)), cp(31), &[]).unwrap();
+
+        // Nothing left to adopt; and a namespace with state of its own is never overwritten.
+        assert!(!s.adopt_legacy("r", "r@intercom").unwrap());
+        assert!(!s.adopt_legacy("r2", "r@intercom").unwrap());
+        assert_eq!(s.checkpoint("r2").unwrap(), Some(cp(5)));
+        assert_eq!(s.checkpoint("r@intercom").unwrap(), Some(cp(31)));
+        assert!(!s.adopt_legacy("r2", "r2").unwrap());
     }
 
     #[test]
     fn a_key_ahead_of_the_cursor_does_not_keep_older_keys_from_pruning() {
         let dir = tempfile::tempdir().unwrap();
-        let s = StateStore::open(dir.path()).unwrap();
-        let cp = Checkpoint {
-            cursor: 10,
-            floor: 0,
-            high: 10,
-        };
-        s.commit(
+        let s = SledStore::open(dir.path()).unwrap();
+        commit(
+            &s,
             "r",
+            None,
+            cp(10),
             &[("x".into(), 5, false), ("far".into(), 1_000, false)],
-            &[],
-            cp,
-            0,
         )
         .unwrap();
         assert_eq!(s.prune("r", 6, 100).unwrap(), 1);
@@ -755,7 +1347,7 @@ mod tests {
     fn legacy_per_key_dedupe_entries_become_a_block_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = StateStore::open(dir.path()).unwrap();
+            let s = SledStore::open(dir.path()).unwrap();
             for (k, ts) in [("a", 10i64), ("b", 20)] {
                 s.tree
                     .insert(key(LEGACY_DEDUPE, "r", k), &time_bytes(ts))
@@ -767,7 +1359,7 @@ mod tests {
             }
             s.db.flush().unwrap();
         }
-        let s = StateStore::open(dir.path()).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(
             s.handled_keys("r").unwrap(),
             HashMap::from([("a".to_string(), 10), ("b".to_string(), 20)])
@@ -780,5 +1372,8 @@ mod tests {
     fn time_keys_sort_by_time_including_negative() {
         assert!(time_bytes(-5) < time_bytes(3));
         assert!(time_bytes(3) < time_bytes(1_700_000_000));
+        for t in [i64::MIN, -5, 0, 1_700_000_000, i64::MAX] {
+            assert_eq!(time_of(time_bytes(t)), t);
+        }
     }
 }

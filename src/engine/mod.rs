@@ -38,7 +38,7 @@ use crate::plan::{Recipe, StartFrom};
 use crate::record::Record;
 use crate::runtime::{Runtime, Shutdown};
 use crate::spec::SortSpec;
-use crate::store::{Checkpoint, DeadLetter};
+use crate::store::{Checkpoint, Commit, DeadLetter};
 use crate::trigger::{id_of, Poll};
 use chain::{passes_filter, run_chain, Chain, Live, Outcome, Tally};
 
@@ -209,22 +209,28 @@ impl Progress {
 
     /// Commits what is pending (emit lines first), keeping the cursor bounds. Dedupe keys
     /// already behind the pruning bound of the new cursor are not written.
+    /// `expected`: the checkpoint stored now (what the cycle loaded, or its last commit
+    /// wrote); the store refuses the commit if another writer changed it.
     /// `known`: for a scan, the ids to remember as listed (in the same batch).
     fn commit(
         &mut self,
         rt: &Runtime,
         recipe: &Recipe,
+        expected: Option<Checkpoint>,
         cp: &Checkpoint,
         known: Option<Vec<String>>,
     ) -> Result<()> {
         rt.emitter().flush()?;
-        rt.store()?.commit_with_known(
+        rt.store()?.commit(
             namespace(recipe),
-            &self.finished,
-            &self.dead,
-            *cp,
-            prune_bound(recipe, cp.cursor),
-            known.as_deref(),
+            &Commit {
+                expected,
+                checkpoint: *cp,
+                finished: &self.finished,
+                dead: &self.dead,
+                keep_from: prune_bound(recipe, cp.cursor),
+                known: known.as_deref(),
+            },
         )?;
         self.finished.clear();
         self.dead.clear();
@@ -326,9 +332,9 @@ async fn resume_journal(
 ) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
     let store = rt.store()?;
     let ns = namespace(recipe);
-    let cp = store.checkpoint(ns)?;
-    rep.cursor_before = cp.map(|c| c.cursor);
-    let mut cp = cp.unwrap_or_else(|| {
+    let stored = store.checkpoint(ns)?;
+    rep.cursor_before = stored.map(|c| c.cursor);
+    let mut cp = stored.unwrap_or_else(|| {
         let floor = match recipe.start_from {
             StartFrom::Now => now,
             StartFrom::At(t) => t,
@@ -370,8 +376,9 @@ async fn resume_journal(
         }
     }
     cp.high = cp.high.max(progress.max_done);
-    if !progress.finished.is_empty() || !progress.dead.is_empty() || rep.cursor_before.is_none() {
-        progress.commit(rt, recipe, &cp, None)?;
+    // On success the store holds the returned checkpoint: the cycle's next commit expects it.
+    if !progress.finished.is_empty() || !progress.dead.is_empty() || stored != Some(cp) {
+        progress.commit(rt, recipe, stored, &cp, None)?;
     }
     if let Some(m) = progress.abort {
         return Err(anyhow!(m));
@@ -561,6 +568,9 @@ impl<'a> Cycle<'a> {
     /// dead letter older than the cursor waits in the journal; it does not pull the cursor
     /// back to re-poll records whose dedupe keys may be gone).
     fn commit(&mut self) -> Result<()> {
+        // What the store holds: `resume_journal` left it there and every commit since wrote it
+        // (a failed commit ends the cycle).
+        let expected = Some(self.cp);
         self.cp.cursor = self
             .progress
             .cursor()
@@ -572,7 +582,7 @@ impl<'a> Cycle<'a> {
         // records are inserted ahead of it while the trigger pages.
         let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
         self.progress
-            .commit(self.rt, self.recipe, &self.cp, self.known.take())?;
+            .commit(self.rt, self.recipe, expected, &self.cp, self.known.take())?;
         let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
         self.handled.retain(|_, ts| *ts >= bound);
         Ok(())

@@ -18,4 +18,5 @@ mod intercom_triggers;
 mod paths;
 mod polling;
 mod recipes;
+mod store;
 mod validate;
