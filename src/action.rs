@@ -244,7 +244,7 @@ async fn execute_once(
     let prepared = prepare(action, input)?;
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {
-        if action.retry_safe {
+        if action.retry_safe.holds_for(input) {
             let resp = conn.send(req, &action.spec.errors).await?;
             outputs.push(extract(&prepared.variant.output, resp.body, req)?);
             continue;
@@ -279,9 +279,10 @@ async fn send_unrepeated(
     input: &Map<String, Value>,
     req: &HttpRequest,
 ) -> Result<Sent, Failure> {
-    // Candidates made before the first attempt cannot be its result; a minute's margin
-    // covers clock steps between the two.
-    let first_attempt = conn.server_now().await - 60;
+    // Candidates made before the first attempt cannot be its result. The server's clock is
+    // known to the second from its `Date` headers (truncated): two seconds of margin, so an
+    // identical object made just before is not taken for this attempt's.
+    let first_attempt = conn.server_now().await - 2;
     let policy = conn.retry_policy();
     let mut attempts = 0u32;
     loop {
@@ -294,7 +295,7 @@ async fn send_unrepeated(
         let unknown = |why: String| {
             Failure {
                 class: FailureClass::Fatal,
-                code: Some("outcome_unknown".into()),
+                code: Some(crate::failure::OUTCOME_UNKNOWN.into()),
                 message: format!(
                     "{} — the request may have been carried out, and `{}` is not safe to repeat, so it was not sent again ({why})",
                     failure.message, action.id
@@ -308,14 +309,15 @@ async fn send_unrepeated(
                 "the connector declares no way to look for it".into(),
             ));
         };
+        // The first request may still be under way at the server (a timeout): give it the
+        // backoff's time to land before looking, so it is not sent a second time.
+        tokio::time::sleep(policy.backoff(attempts)).await;
         match find_earlier(conn, fe, input, first_attempt).await {
             Ok(Some(object)) => {
                 tracing::debug!(action = %action.id, "The earlier attempt was carried out; using its result.");
                 return Ok(Sent::FoundEarlier(object));
             }
-            Ok(None) if attempts < policy.max_attempts => {
-                tokio::time::sleep(policy.backoff(attempts)).await;
-            }
+            Ok(None) if attempts < policy.max_attempts => {}
             // Surely not carried out: a retryable failure, safe to try again later.
             Ok(None) => return Err(failure),
             Err(e) => return Err(unknown(format!("looking for it failed: {e}"))),
@@ -337,10 +339,10 @@ async fn find_earlier(
     let req = fe.request.render(&scope, "input")?;
     let mut wanted = Vec::with_capacity(fe.matches.len());
     for (path, t) in &fe.matches {
-        let v = t
-            .render_string(&scope)
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
+        // A field whose input was not given (an optional `admin_id`) is not compared.
+        let Some(v) = t.render_string(&scope).map_err(|e| e.to_string())? else {
+            continue;
+        };
         // Sent as plain text (stored as HTML) or as HTML: either reading may match.
         let plain = v.split_whitespace().collect::<Vec<_>>().join(" ");
         wanted.push((path, [plain, comparable_text(&v)]));
@@ -353,12 +355,15 @@ async fn find_earlier(
             fe.records.join(".")
         ));
     };
-    let found = candidates.iter().find(|c| {
-        let recent = fe.created_field.as_ref().is_none_or(|f| {
-            lookup(c, f)
-                .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
-                .is_some_and(|t| t >= since)
-        });
+    let created = |c: &Value| {
+        fe.created_field
+            .as_ref()
+            .and_then(|f| lookup(c, f))
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+    };
+    // The newest match: an earlier identical object is older than this attempt.
+    let found = candidates.iter().filter(|c| {
+        let recent = fe.created_field.is_none() || created(c).is_some_and(|t| t >= since);
         recent
             && wanted.iter().all(|(path, want)| {
                 let got = match lookup(c, path) {
@@ -370,7 +375,7 @@ async fn find_earlier(
                 want.contains(&got)
             })
     });
-    Ok(found.cloned())
+    Ok(found.max_by_key(|c| created(c)).cloned())
 }
 
 /// Text as compared by `find_earlier`: HTML tags removed, common entities decoded, white

@@ -79,6 +79,10 @@ impl std::error::Error for Failure {}
 /// The message of a transport failure before anything was sent.
 pub(crate) const COULD_NOT_CONNECT: &str = "could not connect";
 
+/// The code of a failure after which a request that is not safe to repeat may or may not
+/// have been carried out: it is not sent again without a person.
+pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
+
 /// The code of a failure found before anything was sent: the inputs are wrong.
 pub const INVALID_INPUT: &str = "invalid_input";
 

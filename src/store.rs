@@ -30,7 +30,7 @@
 //! commit: the engine does.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 use std::sync::Mutex;
@@ -71,10 +71,23 @@ const HISTORY_PER_NS: usize = 1_000;
 /// the bound drains over several cycles instead of stalling one.
 const HISTORY_PRUNE_PER_CALL: usize = 8;
 
-/// The ids a recipe's scan trigger listed in its last complete scan.
+/// The records a recipe's scan trigger has listed: id → the cursor value it was last listed
+/// with and when. (Versions before it kept a bare id list, read as "listed, value unknown".)
 #[derive(Debug, Serialize, Deserialize)]
 struct KnownIds {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     ids: Vec<String>,
+    #[serde(default)]
+    records: Vec<(String, i64, i64)>,
+}
+
+/// A record a scan has listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Its cursor value when last listed (`i64::MAX` when not recorded).
+    pub cursor: i64,
+    /// When it was last listed (Unix seconds, server clock).
+    pub seen: i64,
 }
 
 /// A recipe's progress: every record with a cursor value below `cursor` has finished, and
@@ -321,7 +334,7 @@ pub struct Commit<'a> {
     /// For a scan trigger: the ids its scan listed, replacing those stored (in the same
     /// atomic write, so a record that fired as a late arrival is never taken for one again
     /// after a crash).
-    pub known: Option<&'a [String]>,
+    pub known: Option<&'a HashMap<String, Known>>,
 }
 
 /// Why a [`Store::commit`] failed. The caller branches on [`StoreError::Conflict`]: nothing
@@ -385,8 +398,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// cursor values.
     fn handled_keys(&self, ns: &str) -> Result<HashMap<String, i64>>;
 
-    /// The ids the scan trigger listed in its last complete scan; `None` before the first.
-    fn known_ids(&self, ns: &str) -> Result<Option<HashSet<String>>>;
+    /// The records the scan trigger has listed; `None` before its first complete scan.
+    fn known_ids(&self, ns: &str) -> Result<Option<HashMap<String, Known>>>;
 
     /// Records whose chain is under way, with their dedupe keys.
     fn journal_entries(&self, ns: &str) -> Result<Vec<(String, JournalEntry)>>;
@@ -564,10 +577,17 @@ impl SledStore {
     /// The batch a [`Commit`] writes (without the compare).
     fn commit_batch(&self, ns: &str, c: &Commit<'_>) -> Result<sled::Batch> {
         let mut b = sled::Batch::default();
-        if let Some(ids) = c.known {
+        if let Some(known) = c.known {
+            let records = known
+                .iter()
+                .map(|(id, k)| (id.clone(), k.cursor, k.seen))
+                .collect();
             b.insert(
                 key(KNOWN_IDS, ns, ""),
-                encode(&KnownIds { ids: ids.to_vec() }),
+                encode(&KnownIds {
+                    ids: Vec::new(),
+                    records,
+                }),
             );
         }
         // Keys at or before the cursor in one block; keys ahead of it (records after one that
@@ -731,10 +751,25 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn known_ids(&self, ns: &str) -> Result<Option<HashSet<String>>> {
+    fn known_ids(&self, ns: &str) -> Result<Option<HashMap<String, Known>>> {
         self.tree
             .get(key(KNOWN_IDS, ns, ""))?
-            .map(|b| decode::<KnownIds>("known ids", &b).map(|k| k.ids.into_iter().collect()))
+            .map(|b| {
+                decode::<KnownIds>("known ids", &b).map(|k| {
+                    let legacy = k.ids.into_iter().map(|id| {
+                        let known = Known {
+                            cursor: i64::MAX,
+                            seen: 0,
+                        };
+                        (id, known)
+                    });
+                    let records = k
+                        .records
+                        .into_iter()
+                        .map(|(id, cursor, seen)| (id, Known { cursor, seen }));
+                    legacy.chain(records).collect()
+                })
+            })
             .transpose()
     }
 
@@ -992,6 +1027,15 @@ impl Store for SledStore {
 mod tests {
     use super::*;
 
+    fn known_of(ids: &[&str]) -> HashMap<String, Known> {
+        ids.iter()
+            .map(|id| {
+                let k = Known { cursor: 1, seen: 1 };
+                (id.to_string(), k)
+            })
+            .collect()
+    }
+
     fn cp(cursor: i64) -> Checkpoint {
         Checkpoint {
             cursor,
@@ -1077,7 +1121,7 @@ mod tests {
                 ],
                 dead: std::slice::from_ref(&dl),
                 keep_from: 5,
-                known: Some(&["1".into(), "2".into()]),
+                known: Some(&known_of(&["1", "2"])),
             },
         )
         .unwrap();
@@ -1159,7 +1203,7 @@ mod tests {
                         finished: &[("j".into(), 5, true), ("x".into(), 15, false)],
                         dead: &[dead("r", "y")],
                         keep_from: i64::MIN,
-                        known: Some(&["1".into()]),
+                        known: Some(&known_of(&["1"])),
                     },
                 )
                 .unwrap_err();
@@ -1279,7 +1323,7 @@ mod tests {
                 finished: &[("a".into(), 20, false)],
                 dead: &[dead("r", "d")],
                 keep_from: 0,
-                known: Some(&["1".into()]),
+                known: Some(&known_of(&["1"])),
             },
         )
         .unwrap();

@@ -4,7 +4,7 @@
 //! filter value (widened for day-granular and exclusive comparisons), the local `cursor ≥ since`
 //! filter and, for unsorted scans, sorting. Does not dedupe, run actions or keep state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::TimeZone;
 use chrono_tz::Tz;
@@ -16,6 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::record::{parse_raw, pick, Page, Record};
 use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
+use crate::store::Known;
 use crate::template::{lookup, Scope};
 
 /// The value to send as the server filter so that every record with `cursor ≥ since` matches.
@@ -84,8 +85,8 @@ pub struct Poll<'a> {
     since: i64,
     /// Records at or after this (server time) are left to the next poll.
     until: i64,
-    /// For scans: the ids earlier scans listed (`None`: no earlier scan is known).
-    known: Option<HashSet<String>>,
+    /// For scans: the records earlier scans listed (`None`: no earlier scan is known).
+    known: Option<HashMap<String, Known>>,
     /// For scans, once read: the ids this scan listed.
     scanned: Option<Scanned>,
     scope: Scope,
@@ -155,9 +156,10 @@ impl<'a> Poll<'a> {
         self.until = until;
     }
 
-    /// For a scan: the ids earlier scans listed. A record whose id is not among them fires
-    /// even when its cursor value is before `since` (marked [`Record::late`]).
-    pub fn known_ids(&mut self, known: Option<HashSet<String>>) {
+    /// For a scan: the records earlier scans listed. A record listed with an id not among
+    /// them, or with a newer cursor value than it was last listed with, fires even when its
+    /// cursor value is before `since` (marked [`Record::late`]).
+    pub fn known_ids(&mut self, known: Option<HashMap<String, Known>>) {
         self.known = known;
     }
 
@@ -266,19 +268,24 @@ impl<'a> Poll<'a> {
             self.next = Next::Done;
             let mut ids = Vec::with_capacity(all.len());
             let mut late = HashSet::new();
+            let unseen = |id: &str, ts: i64| match &self.known {
+                None => false,
+                Some(k) => k.get(id).is_none_or(|known| ts > known.cursor),
+            };
             let mut keep = Vec::new();
             for mut r in all {
+                let ts = r.ts;
                 let id = id_of(self.trigger, r.fields()).unwrap_or_default();
                 if r.ts < self.until {
                     if r.ts >= self.since {
                         keep.push((r, id.clone()));
-                    } else if self.known.as_ref().is_some_and(|k| !k.contains(&id)) {
+                    } else if !id.is_empty() && unseen(&id, r.ts) {
                         r.late = true;
                         late.insert(id.clone());
                         keep.push((r, id.clone()));
                     }
                 }
-                ids.push(id);
+                ids.push((id, ts));
             }
             self.scanned = Some(Scanned { ids, late });
             keep.sort_by(|(a, ia), (b, ib)| a.ts.cmp(&b.ts).then_with(|| ia.cmp(ib)));
@@ -478,8 +485,8 @@ impl<'a> Poll<'a> {
 /// What a complete scan listed.
 #[derive(Debug)]
 pub struct Scanned {
-    /// Every record's id.
-    pub ids: Vec<String>,
+    /// Every record's id and cursor value.
+    pub ids: Vec<(String, i64)>,
     /// Ids returned although their cursor is before `since`, because no earlier scan listed
     /// them.
     pub late: HashSet<String>,

@@ -12,7 +12,7 @@ use anyhow::Result;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::failure::{Failure, FailureClass};
+use crate::failure::{Failure, FailureClass, OUTCOME_UNKNOWN};
 use crate::plan::{Action, EmitTo, Recipe, Step, StepAction};
 use crate::record::parse_raw;
 use crate::runtime::Runtime;
@@ -294,7 +294,15 @@ pub(crate) async fn run_chain(
                     tally.unfinished += 1;
                     return Ok(Outcome::Abort(f.to_string()));
                 }
-                match step.on_error {
+                // A request that may have been carried out is never repeated by `retry`: the
+                // next cycle would send it again without looking. A person decides.
+                let on_error = match step.on_error {
+                    OnErrorSpec::Retry if f.code.as_deref() == Some(OUTCOME_UNKNOWN) => {
+                        OnErrorSpec::Stop
+                    }
+                    other => other,
+                };
+                match on_error {
                     OnErrorSpec::Skip => {
                         tally.steps_skipped += 1;
                         c.push(StepDone {

@@ -38,7 +38,7 @@ use crate::plan::{Recipe, StartFrom};
 use crate::record::Record;
 use crate::runtime::{Runtime, Shutdown};
 use crate::spec::SortSpec;
-use crate::store::{Checkpoint, Commit, DeadLetter};
+use crate::store::{Checkpoint, Commit, DeadLetter, Known};
 use crate::trigger::{id_of, Poll};
 use chain::{passes_filter, run_chain, Chain, Live, Outcome, Tally};
 
@@ -211,14 +211,14 @@ impl Progress {
     /// already behind the pruning bound of the new cursor are not written.
     /// `expected`: the checkpoint stored now (what the cycle loaded, or its last commit
     /// wrote); the store refuses the commit if another writer changed it.
-    /// `known`: for a scan, the ids to remember as listed (in the same batch).
+    /// `known`: for a scan, the records to remember as listed (in the same batch).
     fn commit(
         &mut self,
         rt: &Runtime,
         recipe: &Recipe,
         expected: Option<Checkpoint>,
         cp: &Checkpoint,
-        known: Option<Vec<String>>,
+        known: Option<HashMap<String, Known>>,
     ) -> Result<()> {
         rt.emitter().flush()?;
         rt.store()?.commit(
@@ -229,7 +229,7 @@ impl Progress {
                 finished: &self.finished,
                 dead: &self.dead,
                 keep_from: prune_bound(recipe, cp.cursor),
-                known: known.as_deref(),
+                known: known.as_ref(),
             },
         )?;
         self.finished.clear();
@@ -246,6 +246,10 @@ fn prune_bound(recipe: &Recipe, cursor: i64) -> i64 {
         .saturating_sub(recipe.trigger().lookback_secs)
         .saturating_sub(PRUNE_MARGIN_SECS)
 }
+
+/// A record a scan has not listed for this long is forgotten (the known records stay bounded
+/// by what the API lists plus what it stopped listing within this time).
+pub const KNOWN_ABSENT_SECS: i64 = 30 * 86_400;
 
 /// Chains of one recipe in flight at once, unless the recipe says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -416,8 +420,8 @@ struct Cycle<'a> {
     handled: HashMap<String, i64>,
     /// Ids of a scan's late arrivals taken care of in this cycle.
     late_done: HashSet<String>,
-    /// For a scan: the ids to remember as listed, written with the last commit.
-    known: Option<Vec<String>>,
+    /// For a scan: the records to remember as listed, written with the last commit.
+    known: Option<HashMap<String, Known>>,
     running: Running<'a>,
     /// Keys and record ids of the chains in flight.
     running_keys: HashSet<String>,
@@ -615,8 +619,9 @@ async fn cycle(
         .map_err(polling)?;
     poll.until(now);
     let scan = trigger.spec.cursor.sort == SortSpec::None;
+    let known_before = if scan { store.known_ids(ns)? } else { None };
     if scan {
-        poll.known_ids(store.known_ids(ns)?);
+        poll.known_ids(known_before.clone());
     }
     let mut progress = Progress::new(cp.cursor);
     progress.min_open = min_open;
@@ -713,15 +718,24 @@ async fn cycle(
     // Chains in flight finish their steps (or stay journaled) whatever ended the poll.
     let drained = cy.drain(rep).await;
     if let Some(scanned) = scanned {
-        // Remember what the scan listed, except late arrivals not taken care of: the next
-        // scan must see them as late again.
-        cy.known = Some(
-            scanned
-                .ids
-                .into_iter()
-                .filter(|id| !scanned.late.contains(id) || cy.late_done.contains(id))
-                .collect(),
-        );
+        // Remember what the scan listed (and what it listed before, for a while: a record
+        // that leaves the listing and comes back unchanged must not fire again), except late
+        // arrivals not taken care of: the next scan must see them as late again.
+        let mut known = known_before.unwrap_or_default();
+        known.retain(|_, k| k.seen >= now - KNOWN_ABSENT_SECS);
+        for (id, ts) in scanned.ids {
+            if scanned.late.contains(&id) && !cy.late_done.contains(&id) {
+                continue;
+            }
+            known.insert(
+                id,
+                Known {
+                    cursor: ts,
+                    seen: now,
+                },
+            );
+        }
+        cy.known = Some(known);
     }
     cy.commit()?;
     rep.cursor_after = Some(cy.cp.cursor);

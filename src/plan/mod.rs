@@ -235,9 +235,41 @@ pub struct Action {
     /// Ways to perform it (one when the spec has a single `request`).
     pub variants: Vec<Variant>,
     /// Whether a request whose answer was lost may be sent again as is.
-    pub retry_safe: bool,
+    pub retry_safe: RetrySafe,
     /// For a create that is not: how to look for the earlier attempt first.
     pub find_earlier: Option<FindEarlier>,
+}
+
+/// Whether an action's request whose answer was lost may be sent again as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetrySafe {
+    /// Always (reads, updates, deletes, upserts).
+    Always,
+    /// Never (a plain create).
+    Never,
+    /// When one of these inputs is given (a natural key).
+    WhenAny(Vec<String>),
+}
+
+impl RetrySafe {
+    fn only_if(self, yes: bool) -> RetrySafe {
+        if yes {
+            self
+        } else {
+            RetrySafe::Never
+        }
+    }
+
+    /// Whether it is safe for these inputs.
+    pub fn holds_for(&self, input: &serde_json::Map<String, Value>) -> bool {
+        match self {
+            RetrySafe::Always => true,
+            RetrySafe::Never => false,
+            RetrySafe::WhenAny(names) => names
+                .iter()
+                .any(|n| input.get(n).is_some_and(|v| !v.is_null())),
+        }
+    }
 }
 
 /// How to look for an earlier attempt of a create whose answer was lost.
@@ -1012,17 +1044,31 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         check_field(cx, &format!("{base}.outputs.{name}"), f);
     }
     check_rules(cx, &format!("{base}.errors"), &a.errors);
-    let retry_safe = a.retry_safe.unwrap_or_else(|| {
-        variants.iter().all(|v| {
-            matches!(
-                v.request.method,
-                MethodSpec::Get | MethodSpec::Put | MethodSpec::Delete
-            )
-        })
+    let by_method = variants.iter().all(|v| {
+        matches!(
+            v.request.method,
+            MethodSpec::Get | MethodSpec::Put | MethodSpec::Delete
+        )
     });
+    let retry_safe = match &a.retry_safe {
+        None => RetrySafe::Always.only_if(by_method),
+        Some(RetrySafeSpec::Flag(b)) => RetrySafe::Always.only_if(*b),
+        Some(RetrySafeSpec::WhenAny { when_any }) => {
+            for n in when_any {
+                if !inputs.contains(n) {
+                    cx.err(
+                        &format!("{base}.retry_safe.when_any"),
+                        format!("`{n}` is not a declared input"),
+                        None,
+                    );
+                }
+            }
+            RetrySafe::WhenAny(when_any.clone())
+        }
+    };
     let find_earlier = a.find_earlier.as_ref().and_then(|f| {
         let fpath = format!("{base}.find_earlier");
-        if retry_safe {
+        if retry_safe == RetrySafe::Always {
             cx.err(
                 &fpath,
                 "`find_earlier` is for actions that are not safe to repeat",

@@ -427,9 +427,10 @@ pub struct ActionSpec {
     pub on_conflict: Option<OnConflictSpec>,
     /// Whether a request whose answer was lost (the connection dropped, a timeout, a 5xx) may
     /// simply be sent again. Default: yes for GET, PUT and DELETE, no for POST and PATCH.
-    /// Upserts, attaches and searches sent with POST declare `true`.
+    /// Upserts, attaches and searches sent with POST declare `true`; a create that is an
+    /// upsert only when a natural key is given declares `{when_any: [email, external_id]}`.
     #[serde(default)]
-    pub retry_safe: Option<bool>,
+    pub retry_safe: Option<RetrySafeSpec>,
     /// Kinds of record the action changes, side effects included (a note bumps its contact's
     /// `updated_at`): `validate` warns when a recipe's action changes what its trigger
     /// watches.
@@ -452,6 +453,20 @@ pub struct OnConflictSpec {
     pub then: String,
     /// The input of `then` that takes the id.
     pub input: String,
+}
+
+/// `retry_safe`: always, never, or only when one of some inputs is given.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RetrySafeSpec {
+    /// `true` / `false`.
+    Flag(bool),
+    /// Safe when at least one of these inputs is given (a natural key makes the create an
+    /// upsert, or answers 409).
+    WhenAny {
+        /// The inputs.
+        when_any: Vec<String>,
+    },
 }
 
 /// How to find the object an earlier attempt of a create may have made, when its answer was

@@ -410,3 +410,194 @@ async fn a_create_with_no_way_to_look_for_it_is_not_repeated_but_dead_lettered()
         .count();
     assert_eq!(posts, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_with_an_unknown_outcome_is_not_repeated_by_on_error_retry() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    let recipe = "id: open_chat\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: chat\n    action: intercom.create_conversation\n    on_error: retry\n    with:\n      contact_id: \"{{record.id}}\"\n      contact_type: user\n      body: \"Hello\"\n";
+    env.write_recipe(recipe);
+    let contact = id(&env
+        .sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "c@x.io", "role": "user", "created_at": T0 - 100, "updated_at": T0 - 100}),
+        )
+        .unwrap());
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![fault_after_write("/conversations", 0, 1)],
+        ..sluice::sim::Faults::default()
+    });
+    let conversations = |env: &SimEnv| {
+        env.sim()
+            .records(Kind::Conversation)
+            .iter()
+            .filter(|c| c.to_string().contains(&contact))
+            .count()
+    };
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(
+        reps["open_chat"]["dead_letters"], 1,
+        "{}",
+        reps["open_chat"]
+    );
+    // The next run does not send it again: a person decides.
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(reps["open_chat"]["fired"], 0, "{}", reps["open_chat"]);
+    assert_eq!(conversations(&env), 1);
+    let dl = env.sluice_in(&["dead-letters", "list"], None).await;
+    assert!(dl.stdout.contains("not safe to repeat"), "{}", dl.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_note_written_earlier_is_not_taken_for_the_lost_one() {
+    let env = SimEnv::start(SimEnv::config(1, 0, 0, 0)).await;
+    let contact = id(&env.sim().records(Kind::Contact)[0]);
+    let note = json!({"contact_id": contact, "body": "Plan changed"});
+    env.ok("add_note_to_contact", note.clone()).await;
+    // Later, the same text again: this time the server fails before writing.
+    env.sim().advance_clock(30);
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![sluice::sim::FailRule {
+            after_write: false,
+            ..fault_after_write(&format!("/contacts/{contact}/notes"), 500, 1)
+        }],
+        ..sluice::sim::Faults::default()
+    });
+    env.ok("add_note_to_contact", note.clone()).await;
+    let notes = env
+        .sim()
+        .records(Kind::Note)
+        .into_iter()
+        .filter(|n| n["contact"]["id"] == json!(contact))
+        .count();
+    assert_eq!(notes, 2, "the second note was taken for the first");
+    // By another admin, a lost answer is not mistaken for an identical note of someone else.
+    let admins = env.sim().records(Kind::Admin);
+    let (a, b) = (id(&admins[0]), id(&admins[1]));
+    env.ok(
+        "add_note_to_contact",
+        json!({"contact_id": contact, "body": "Same", "admin_id": a}),
+    )
+    .await;
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![sluice::sim::FailRule {
+            after_write: false,
+            ..fault_after_write(&format!("/contacts/{contact}/notes"), 500, 1)
+        }],
+        ..sluice::sim::Faults::default()
+    });
+    env.ok(
+        "add_note_to_contact",
+        json!({"contact_id": contact, "body": "Same", "admin_id": b}),
+    )
+    .await;
+    let by_b = env
+        .sim()
+        .records(Kind::Note)
+        .into_iter()
+        .filter(|n| n["author"]["id"] == json!(b) && n["body"].as_str().unwrap().contains("Same"))
+        .count();
+    assert_eq!(by_b, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_without_a_natural_key_is_not_created_twice() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![fault_after_write("/contacts", 0, 1)],
+        ..sluice::sim::Faults::default()
+    });
+    let r = env
+        .call("create_contact", json!({"role": "lead", "name": "No Key"}))
+        .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not safe to repeat"), "{}", r.stderr);
+    assert_eq!(env.sim().records(Kind::Contact).len(), 1);
+    // With an email the create answers 409 when repeated: sent again, the same contact.
+    env.sim().set_faults(sluice::sim::Faults {
+        fail_next: vec![fault_after_write("/contacts", 0, 1)],
+        ..sluice::sim::Faults::default()
+    });
+    let out = env
+        .ok("create_contact", json!({"email": "k@x.io", "role": "user"}))
+        .await;
+    assert_eq!(out["email"], "k@x.io");
+    assert_eq!(env.sim().records(Kind::Contact).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_that_leaves_the_listing_and_returns_unchanged_does_not_fire_again() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    let out = tempfile::tempdir().unwrap();
+    let (rid, mut yaml) = emit_recipe("new_or_updated_company", out.path());
+    yaml = yaml.replace("start_from: now", "start_from: \"2026-07-01\"");
+    env.write_recipe(&yaml);
+    let company = id(&env
+        .sim()
+        .create(
+            Kind::Company,
+            json!({"name": "Flaky Ltd", "created_at": T0 - 5000, "updated_at": T0 - 5000}),
+        )
+        .unwrap());
+    let contact = id(&env
+        .sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "f@x.io", "role": "user", "company_ids": [company]}),
+        )
+        .unwrap());
+    // Another company changed just now: the cursor moves far past the flaky one's change.
+    let recent = id(&env
+        .sim()
+        .create(
+            Kind::Company,
+            json!({"name": "Recent Ltd", "created_at": T0 - 10, "updated_at": T0 - 10}),
+        )
+        .unwrap());
+    env.sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "r@x.io", "role": "user", "company_ids": [recent]}),
+        )
+        .unwrap();
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(reps[&rid]["fired"], 2, "{}", reps[&rid]);
+    assert_eq!(reps[&rid]["cursor_after"], json!(T0 - 10));
+    // The contact leaves: the company is not listed; it comes back hours later, unchanged.
+    let r = reqwest_delete(&env, &format!("/contacts/{contact}/companies/{company}")).await;
+    assert!(r < 300, "detach: {r}");
+    env.sim().advance_clock(2 * 3600);
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(reps[&rid]["fired"], 0, "{}", reps[&rid]);
+    env.call(
+        "add_contact_to_company",
+        json!({"contact_id": contact, "company_id": company}),
+    )
+    .await
+    .assert_ok();
+    env.sim()
+        .patch(Kind::Company, &company, json!({"updated_at": T0 - 5000}))
+        .unwrap();
+    env.sim().advance_clock(60);
+    let (_, reps) = run_once(&env).await;
+    assert_eq!(
+        reps[&rid]["fired"], 0,
+        "fired again for the same change: {}",
+        reps[&rid]
+    );
+}
+
+/// A `DELETE` straight to the simulator's Intercom API (no sluice action detaches).
+async fn reqwest_delete(env: &SimEnv, path: &str) -> u16 {
+    #[allow(clippy::disallowed_methods)]
+    let client = reqwest::Client::new();
+    client
+        .delete(format!("{}{path}", env.handle.base_url))
+        .bearer_auth(crate::util::TOKEN)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
