@@ -448,6 +448,7 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
         let (i, rep) = done.map_err(|e| anyhow!("a cycle panicked: {e}"))?;
         reports[i] = rep;
     }
+    rt.log_rate_budgets();
     let failed = reports.iter().any(|r| r.error.is_some());
     if json {
         eprintln!("{}", serde_json::to_string_pretty(&reports)?);

@@ -30,7 +30,6 @@
 //!   on a per-waiter [`Notify`] or a timer after the lock is released.
 
 // Until the runtime wires the governor into `http` (issue 10), only the tests use it.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};

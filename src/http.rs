@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use chrono_tz::Tz;
 use serde_json::Value;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
+use crate::governor::{Budget, Governor, Governors, WorkspaceKey};
 use crate::plan::{ConnectionPlan, Connector};
 use crate::secret::Secret;
 use crate::spec::{ErrorRuleSpec, MethodSpec};
@@ -67,12 +68,25 @@ pub fn method_str(m: MethodSpec) -> &'static str {
 
 pub use crate::plan::RetryPolicy;
 
-#[derive(Debug, Default)]
-struct RateState {
-    /// Requests left in the window, as last reported.
-    remaining: Option<u64>,
-    /// When the window refills, on our clock.
-    reset_at: Option<tokio::time::Instant>,
+tokio::task_local! {
+    /// Who is calling (a recipe instance), for the rate governor's fairness; `cli` when unset.
+    pub static CLIENT: String;
+}
+
+/// The budget of a connection's workspace, from the connector's `rate_limit` and the
+/// connection's `rate_share`.
+fn budget_of(plan: &ConnectionPlan) -> Budget {
+    let spec = plan.connector.header.rate_limit.as_ref();
+    let window = spec
+        .and_then(|s| s.window.as_deref())
+        .and_then(|w| crate::plan::parse_duration(w).ok())
+        .unwrap_or(60)
+        .max(1);
+    Budget {
+        window: Duration::from_secs(window as u64),
+        limit_hint: spec.and_then(|s| s.limit).unwrap_or(u32::MAX / 2),
+        share: plan.rate_share,
+    }
 }
 
 /// A response that succeeded (2xx).
@@ -113,7 +127,8 @@ pub struct Connection {
     max_body: usize,
     redactor: Redactor,
     client: reqwest::Client,
-    rate: Mutex<RateState>,
+    /// The workspace's rate governor (shared by every connection to the same workspace).
+    governor: Arc<Governor>,
     /// The server's clock minus ours, in seconds, from the last response's `Date` header
     /// ([`NO_OFFSET`] until one arrives).
     clock_offset: AtomicI64,
@@ -150,8 +165,24 @@ pub(crate) fn token_problem(token: &str) -> Option<&'static str> {
 }
 
 impl Connection {
-    /// Opens a connection from its compiled plan (nothing is sent yet).
+    /// Opens a connection from its compiled plan (nothing is sent yet), with a rate governor
+    /// of its own.
     pub fn new(plan: &ConnectionPlan) -> anyhow::Result<Connection> {
+        Self::with_governors(plan, &Governors::new())
+    }
+
+    /// Opens a connection whose rate governor is its workspace's in `governors`: every
+    /// connection to one workspace (connector, base URL and credential) shares one budget.
+    pub(crate) fn with_governors(
+        plan: &ConnectionPlan,
+        governors: &Governors,
+    ) -> anyhow::Result<Connection> {
+        let key = WorkspaceKey::new(
+            &plan.connector.id,
+            &plan.base_url,
+            plan.token.as_ref().map(Secret::expose),
+        );
+        let governor = governors.get_or_create(key, budget_of(plan));
         let redactor = Redactor::new(plan.token.as_ref());
         #[allow(clippy::disallowed_methods)]
         let client = reqwest::Client::builder()
@@ -174,7 +205,7 @@ impl Connection {
             max_body: plan.max_body,
             redactor,
             client,
-            rate: Mutex::new(RateState::default()),
+            governor,
             clock_offset: AtomicI64::new(NO_OFFSET),
         })
     }
@@ -399,7 +430,11 @@ impl Connection {
         let mut rate_waits = 0u32;
         let first = tokio::time::Instant::now();
         loop {
-            self.throttle().await;
+            // Budgeted ahead of sending, fairly between the recipes sharing the workspace.
+            let client = CLIENT
+                .try_with(|c| c.clone())
+                .unwrap_or_else(|_| "cli".into());
+            self.governor.acquire(&client).await;
             attempts += 1;
             let mut failure = match self.send_once(req, rules).await {
                 Ok(resp) => {
@@ -444,23 +479,6 @@ impl Connection {
             }
             failure.attempts = attempts + rate_waits;
             return Err(failure);
-        }
-    }
-
-    /// Waits when the last response said the window is used up.
-    async fn throttle(&self) {
-        let wait = {
-            let st = self.rate.lock().await;
-            match (st.remaining, st.reset_at) {
-                (Some(0), Some(at)) if at > tokio::time::Instant::now() => Some(at),
-                _ => None,
-            }
-        };
-        if let Some(at) = wait {
-            debug!(connection = %self.name, "Rate-limit window used up; waiting for it to refill.");
-            tokio::time::sleep_until(at).await;
-            let mut st = self.rate.lock().await;
-            st.remaining = None;
         }
     }
 
@@ -533,7 +551,7 @@ impl Connection {
         };
         let status = resp.status().as_u16();
         self.note_date(resp.headers());
-        let wait = self.note_rate_headers(resp.headers()).await;
+        let wait = self.note_rate_headers(resp.headers(), status);
         if (300..400).contains(&status) {
             // Not followed (see the client's redirect policy). The `Location` is not shown:
             // it is the server's text and could carry anything.
@@ -627,8 +645,13 @@ impl Connection {
         Ok(body)
     }
 
-    /// Records rate-limit headers; returns how long to wait when the window is used up.
-    async fn note_rate_headers(&self, headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    /// Tells the governor what the server said of its window; returns how long to wait after
+    /// a 429.
+    fn note_rate_headers(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        status: u16,
+    ) -> Option<Duration> {
         let spec = self.connector.header.rate_limit.as_ref()?;
         let num = |name: &str| {
             headers
@@ -652,10 +675,17 @@ impl Connection {
             // At least a second, plus jitter so several waiting clients do not stampede.
             Duration::from_secs(secs.max(1)) + Duration::from_millis(fastrand::u64(0..250))
         });
-        let mut st = self.rate.lock().await;
-        if let Some(rem) = remaining {
-            st.remaining = Some(rem.max(0) as u64);
-            st.reset_at = wait.map(|w| tokio::time::Instant::now() + w);
+        let limit = spec.limit_header.as_deref().and_then(num);
+        let has_date = headers.contains_key(reqwest::header::DATE);
+        self.governor.observe(
+            limit.map(|l| l.max(0) as u64),
+            remaining.map(|r| r.max(0) as u64),
+            reset,
+            has_date.then_some(server_now),
+        );
+        if status == 429 {
+            self.governor
+                .rejected(wait.unwrap_or(Duration::from_secs(1)));
         }
         wait
     }

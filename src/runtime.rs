@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context, Result};
 use tokio::sync::{watch, Semaphore};
 
 use crate::emit::Emitter;
+use crate::governor::Governors;
 use crate::http::Connection;
 use crate::plan::{ConnId, Plan};
 use crate::store::Store;
@@ -24,6 +25,8 @@ pub struct Runtime {
     conn_limits: Vec<Option<Arc<Semaphore>>>,
     store: Option<Arc<dyn Store>>,
     emit: Emitter,
+    /// One rate governor per workspace, shared by its connections.
+    governors: Governors,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -47,11 +50,13 @@ impl Runtime {
     }
 
     fn build(plan: Plan, store: Option<Arc<dyn Store>>) -> Result<Arc<Runtime>> {
+        let governors = Governors::new();
         let mut conns = Vec::with_capacity(plan.connections.len());
         let mut conn_limits = Vec::with_capacity(plan.connections.len());
         for c in &plan.connections {
             conns.push(Arc::new(
-                Connection::new(c).with_context(|| format!("connection `{}`", c.name))?,
+                Connection::with_governors(c, &governors)
+                    .with_context(|| format!("connection `{}`", c.name))?,
             ));
             conn_limits.push(c.concurrency.map(|n| Arc::new(Semaphore::new(n))));
         }
@@ -61,6 +66,7 @@ impl Runtime {
             conn_limits,
             store,
             emit: Emitter::default(),
+            governors,
         }))
     }
 
@@ -97,6 +103,13 @@ impl Runtime {
     /// Where `emit` steps write.
     pub fn emitter(&self) -> &Emitter {
         &self.emit
+    }
+
+    /// Logs what each workspace's rate governor has seen (calls, 429s, budget).
+    pub fn log_rate_budgets(&self) {
+        for (key, s) in self.governors.stats() {
+            tracing::debug!(workspace = ?key, calls = s.sent, rate_limited = s.rejected, limit = s.limit, budget = s.budget, remaining = s.remaining, "Rate budget.");
+        }
     }
 }
 

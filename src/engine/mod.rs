@@ -280,7 +280,8 @@ pub fn run_cycle(
 ) -> impl Future<Output = CycleReport> + Send + 'static {
     let id = next_cycle_id();
     let span = tracing::info_span!("cycle", recipe = %recipe.id, cycle = id);
-    async move {
+    let client = namespace(&recipe).to_string();
+    let cycle = async move {
         let started = Instant::now();
         let mut rep = CycleReport {
             recipe: recipe.id.clone(),
@@ -293,8 +294,9 @@ pub fn run_cycle(
         let _ = rt.emitter().flush();
         rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         rep
-    }
-    .instrument(span)
+    };
+    // The recipe instance is the rate governor's client: fair shares between recipes.
+    crate::http::CLIENT.scope(client, cycle).instrument(span)
 }
 
 /// Cycle ids, for logs: unique within the process.

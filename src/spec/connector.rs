@@ -96,6 +96,12 @@ pub struct RateLimitSpec {
     pub remaining_header: String,
     /// Unix seconds when the window refills.
     pub reset_header: String,
+    /// The length of the API's rate window (`10s` for Intercom).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// Calls allowed per window before the API has said (`limit_header`).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 /// Where the code and message of an error body are.
