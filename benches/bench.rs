@@ -55,9 +55,15 @@ fn cpu_secs_of(pid: u32) -> f64 {
 /// Starts `sluice sim` as its own process (so its CPU can be measured apart from the client)
 /// and returns it with its base URL.
 fn spawn_sim(args: &[&str]) -> (std::process::Child, String) {
+    spawn_sim_with(true, args)
+}
+
+/// As [`spawn_sim`]; `frozen: false` lets the simulator's clock (and so its rate windows) run.
+fn spawn_sim_with(frozen: bool, args: &[&str]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["sim", "--port", "0", "--frozen-clock"])
+        .args(["sim", "--port", "0"])
+        .args(if frozen { &["--frozen-clock"][..] } else { &[] })
         .args(args)
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -364,6 +370,119 @@ fn store_50k() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 10's action-path figures: one `add_note_to_contact` step over 5,000 contacts, the
+/// simulator answering every request after 100 ms. (1) no rate limit; (2) Intercom's budget of
+/// 1,666 calls per 10 s, enforced; (3) the same with another client of the app using 30 % of
+/// it and `rate_share: 0.7`. The simulator's audit log counts the calls and 429s of each.
+async fn actions_latency() {
+    const CONTACTS: &str = "5000";
+    let recipe = |concurrency: usize| {
+        format!("id: note_all\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2020-01-01\"\nconcurrency: {concurrency}\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{{{record.id}}}}\"\n      body: \"hello\"\n")
+    };
+    #[allow(clippy::disallowed_methods)]
+    let client = reqwest::Client::new();
+    for (label, rate_limit, share, other, concurrency) in [
+        ("(1) no rate limit", "100000000", 1.0, false, 16usize),
+        ("(1) no rate limit", "100000000", 1.0, false, 64),
+        ("(2) 1,666 calls / 10 s", "1666", 1.0, false, 64),
+        (
+            "(3) 1,666 / 10 s, another client at 30 %, share 0.7",
+            "1666",
+            0.7,
+            true,
+            64,
+        ),
+    ] {
+        let (mut child, url) = spawn_sim_with(
+            false,
+            &[
+                "--contacts",
+                CONTACTS,
+                "--companies",
+                "0",
+                "--tickets",
+                "0",
+                "--conversations",
+                "0",
+                "--rate-limit",
+                rate_limit,
+            ],
+        );
+        client
+            .put(format!("{url}/_sim/faults"))
+            .json(&serde_json::json!({"latency_ms": 100}))
+            .send()
+            .await
+            .unwrap();
+        let dir = workspace(&url, &recipe(concurrency));
+        std::fs::write(
+            dir.join("sluice.yaml"),
+            format!("connections:\n  intercom:\n    connector: intercom\n    base_url: {url}\n    token: sim-token\n    timezone: Europe/Dublin\n    rate_share: {share}\n"),
+        )
+        .unwrap();
+        // The other client: 30 % of the budget (50 calls a second), paced, until told to stop.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let other_task = other.then(|| {
+            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    let c = client.clone();
+                    let u = format!("{url}/tags");
+                    tokio::spawn(async move {
+                        let _ = c
+                            .get(u)
+                            .bearer_auth("sim-token")
+                            .header("accept", "application/json")
+                            .send()
+                            .await;
+                    });
+                }
+            })
+        });
+        let args = run_args(&dir);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (wall, cpu, rss, err) = tokio::task::block_in_place(|| timed(&a, &dir));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = other_task {
+            let _ = t.await;
+        }
+        let rep = report_of(&err);
+        let audit: Vec<serde_json::Value> = client
+            .get(format!("{url}/_sim/audit"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ours = |e: &&serde_json::Value| e["path"] != "/tags";
+        let calls = audit.iter().filter(ours).count();
+        let ours_429 = audit
+            .iter()
+            .filter(ours)
+            .filter(|e| e["status"] == 429)
+            .count();
+        let other_429 = audit
+            .iter()
+            .filter(|e| e["path"] == "/tags" && e["status"] == 429)
+            .count();
+        let notes = rep["steps_ok"].as_u64().unwrap_or(0);
+        let budget = 166.6 * share;
+        println!(
+            "actions_latency {label}, concurrency {concurrency}: {notes} notes in {wall:.1} s = {:.0} actions/s; sluice's calls {calls} = {:.0}/s ({:.0} % of its budget of {budget:.0}/s); 429s: sluice {ours_429}, other client {other_429}; sluice CPU {cpu:.2} s, peak RSS {:.1} MB",
+            notes as f64 / wall,
+            calls as f64 / wall,
+            100.0 * calls as f64 / wall / budget,
+            rss as f64 / 1024.0
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -386,5 +505,8 @@ fn main() {
     }
     if run("engine_chain_5k") {
         rt.block_on(engine_chain_5k());
+    }
+    if run("actions_latency") {
+        rt.block_on(actions_latency());
     }
 }

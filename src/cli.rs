@@ -251,10 +251,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let format = cli.log_format;
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            telemetry::line(format, "ERROR", &format!("error: {e:#}"), None);
             ExitCode::from(2)
         }
     }
@@ -450,8 +451,20 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
     }
     rt.log_rate_budgets();
     let failed = reports.iter().any(|r| r.error.is_some());
-    if json {
+    if json && cli.log_format == LogFormat::Json {
+        // Only JSON lines: the reports on one.
+        eprintln!("{}", serde_json::to_string(&reports)?);
+    } else if json {
         eprintln!("{}", serde_json::to_string_pretty(&reports)?);
+    } else if cli.log_format == LogFormat::Json {
+        for r in &reports {
+            telemetry::line(
+                LogFormat::Json,
+                "INFO",
+                "cycle report",
+                Some(json!({ "report": r })),
+            );
+        }
     } else {
         for r in &reports {
             eprintln!(

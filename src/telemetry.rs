@@ -11,6 +11,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// Writes one line that is not a tracing event (an error that ends the command, a run
+/// summary) on stderr: as a JSON object in JSON mode, so that mode emits only JSON lines.
+pub fn line(format: LogFormat, level: &str, message: &str, extra: Option<serde_json::Value>) {
+    match format {
+        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Json => {
+            let mut obj = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": level,
+                "message": message,
+            });
+            if let (Some(serde_json::Value::Object(extra)), serde_json::Value::Object(m)) =
+                (extra, &mut obj)
+            {
+                m.extend(extra);
+            }
+            eprintln!("{obj}");
+        }
+    }
+}
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive (`info`, `sluice=debug`).
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("warn"));
@@ -21,6 +42,12 @@ pub fn init(format: LogFormat, level: &str) {
     // A second init (tests calling `cli::run` twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Spans (`recipe > cycle > record > step`) ride along on every line.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
     };
 }

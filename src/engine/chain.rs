@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use anyhow::Result;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -241,6 +243,7 @@ pub(crate) async fn run_chain(
     let c = chain.as_mut().expect("invariant: a chain to run");
     while c.done.len() < recipe.steps.len() {
         let step = &recipe.steps[c.done.len()];
+        let span = tracing::info_span!("step", step = %step.id, attempt = c.attempts + 1);
         let run = match &step.condition {
             Some(cond) => c
                 .scope(recipe)
@@ -260,7 +263,11 @@ pub(crate) async fn run_chain(
                 });
                 continue;
             }
-            Ok(true) => execute_step(recipe, step, c, exec).await,
+            Ok(true) => {
+                execute_step(recipe, step, c, exec)
+                    .instrument(span.clone())
+                    .await
+            }
             Err(f) => Err(f),
         };
         match result {
@@ -283,7 +290,9 @@ pub(crate) async fn run_chain(
             Err(f) => {
                 let f = f.in_step(&step.id);
                 tally.steps_failed += 1;
-                tracing::warn!(recipe = %recipe.id, step = %step.id, key, class = %f.class, error = %f, "Step failed.");
+                span.in_scope(|| {
+                    tracing::warn!(recipe = %recipe.id, step = %step.id, key, class = %f.class, error = %f, "Step failed.");
+                });
                 if matches!(
                     f.class,
                     FailureClass::Auth | FailureClass::Retryable | FailureClass::RateLimited

@@ -279,7 +279,8 @@ pub fn run_cycle(
     shutdown: Shutdown,
 ) -> impl Future<Output = CycleReport> + Send + 'static {
     let id = next_cycle_id();
-    let span = tracing::info_span!("cycle", recipe = %recipe.id, cycle = id);
+    let span = tracing::info_span!(parent: None, "recipe", recipe = %recipe.id);
+    let span = tracing::info_span!(parent: &span, "cycle", cycle = id);
     let client = namespace(&recipe).to_string();
     let cycle = async move {
         let started = Instant::now();

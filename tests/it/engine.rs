@@ -590,3 +590,47 @@ async fn a_filter_that_cannot_be_evaluated_makes_a_dead_letter_not_a_stuck_curso
     let d = e.sluice(&["dead-letters", "show", &dl_id]).await.json();
     assert_eq!(d["record"]["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_only_json_lines_with_the_recipe_cycle_record_and_step_spans() {
+    let e = Engine::start(0, NOTE_ON_NEW).await;
+    let c = e.contact("span@x.io", T0 - 100);
+    e.env.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: format!("/contacts/{c}/notes"),
+            method: Some("POST".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count: 1,
+            skip: 0,
+            after_write: false,
+        }],
+        ..Faults::default()
+    });
+    let r = e
+        .sluice(&["--log-format", "json", "--log", "info", "run", "--once"])
+        .await;
+    r.assert_ok();
+    let lines: Vec<Value> = r
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}")))
+        .collect();
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "Step failed.")
+        .unwrap_or_else(|| panic!("no step failure in {}", r.stderr));
+    assert_eq!(failed["level"], "WARN");
+    let spans: Vec<&str> = failed["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(spans, ["recipe", "cycle", "record", "step"], "{failed}");
+    assert_eq!(failed["spans"][0]["recipe"], "note_new");
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "cycle report" && l["report"]["dead_letters"] == 1));
+}
