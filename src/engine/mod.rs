@@ -284,6 +284,7 @@ pub fn run_cycle(
     let client = namespace(&recipe).to_string();
     let cycle = async move {
         let started = Instant::now();
+        let started_ms = chrono::Utc::now().timestamp_millis();
         let mut rep = CycleReport {
             recipe: recipe.id.clone(),
             ..CycleReport::default()
@@ -294,6 +295,12 @@ pub fn run_cycle(
         }
         let _ = rt.emitter().flush();
         rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        // One row of run history per cycle; a failure to write it does not undo the cycle.
+        if let (Ok(store), Ok(json)) = (rt.store(), serde_json::to_string(&rep)) {
+            if let Err(e) = store.record_cycle(namespace(&recipe), started_ms, &json) {
+                tracing::warn!(error = %format!("{e:#}"), "The cycle's report could not be kept in the run history.");
+            }
+        }
         rep
     };
     // The recipe instance is the rate governor's client: fair shares between recipes.

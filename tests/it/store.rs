@@ -99,3 +99,26 @@ async fn a_stale_writer_cannot_move_a_cursor_back() {
         "{rep}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cycle_leaves_one_row_of_run_history() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    env.write_recipe(RECIPE);
+    contact(&env, "a@x.io", T0 - 3600);
+    let first = run_once(&env).await;
+    contact(&env, "b@x.io", T0 - 60);
+    let second = run_once(&env).await;
+    let store = SledStore::open(&env.ws.path().join("state")).unwrap();
+    let rows = store.cycles("notes", 10).unwrap();
+    assert_eq!(rows.len(), 2);
+    // Newest first, each the cycle's report as the run printed it.
+    let reports: Vec<Value> = rows
+        .iter()
+        .map(|(_, json)| serde_json::from_str(json).unwrap())
+        .collect();
+    assert!(rows[0].0 >= rows[1].0);
+    for (row, printed) in reports.iter().zip([&second, &first]) {
+        assert_eq!(row["fired"], printed["fired"]);
+        assert_eq!(row["cursor_after"], printed["cursor_after"]);
+    }
+}
