@@ -8,32 +8,40 @@
 //! * `cli`       — argument parsing and commands; the only module that prints.
 //! * `diag`      — `Diagnostic` (file:line:col, message, help) and YAML position lookup.
 //! * `spec`      — serde shapes of connector, recipe and `sluice.yaml` files (data only).
-//! * `plan`      — specs → compiled, validated `Connector` / `Trigger` / `Action` / `Recipe`.
+//! * `plan`      — `plan::build`: connectors, connections and recipes → one `Plan`, every
+//!   problem a located diagnostic; recipes and steps hold `ConnId` handles.
+//! * `runtime`   — the composition root: a `Plan` plus a store → connections, rate
+//!   governors, emit sink; `Shutdown`.
+//! * `engine`    — one cycle of a recipe: journal, poll, dedupe, concurrent chains
+//!   (`engine::chain`, the one chain implementation), cursor, commits.
+//! * `dryrun`    — `sluice test`: the engine's chain with a recording executor.
 //! * `template`  — the Handlebars registry, compiled templates and template trees.
-//! * `http`      — a `Connection`: auth, headers, retries, rate limits, failure classes.
-//! * `trigger`   — polling one trigger: paging, server filter widening, local cursor filter.
+//! * `http`      — a `Connection`: auth, headers, URL, body limits, redaction, retries, the
+//!   server's clock.
+//! * `governor`  — one rate budget per workspace, shared by every connection to it.
+//! * `failure`   — the one failure type, from a request to a dead letter.
+//! * `trigger`   — polling one trigger: paging, server filter widening, local bounds, scans.
 //! * `record`    — a polled record as unparsed JSON text plus its id, cursor and key fields.
-//! * `action`    — checking inputs, choosing variants, rendering and executing requests.
-//! * `engine`    — one cycle of a recipe: poll, dedupe, run chains, journal, commit.
-//! * `dryrun`    — `sluice test`: a recipe's requests for a sample record, nothing sent.
+//! * `action`    — checking inputs, choosing variants, rendering and executing requests;
+//!   writes whose outcome is unknown.
+//! * `emit`      — the `emit` step's buffered sink.
 //! * `secret`    — `Secret`, which never prints itself.
-//! * `store`     — the `Store` trait and its sled implementation, namespaced by recipe instance:
-//!   cursors (commit is compare-and-set), dedupe keys, run journal, dead letters, run history.
-//! * `telemetry` — the tracing subscriber.
+//! * `store`     — the `Store` trait and the sled store: cursors, dedupe keys, journal,
+//!   dead letters, known ids, run history.
+//! * `telemetry` — the tracing subscriber; JSON lines.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
 //!
 //! # Data flow
 //!
 //! ```text
-//! connectors/*.yaml ── spec::parse_connector ──► ConnectorSpec + Diagnostics (file:line:col)
-//!                      plan::build_connector ──► Connector { triggers, actions } | Diagnostics
-//! sluice.yaml ──────── spec::parse_config ─────► http::Connection (base URL, token, version)
-//! sluice poll:  trigger::Poll::start(conn, trigger, since)
-//!                 server filter = since widened (day granularity / exclusive `>`)
-//!                 next_page() → records with cursor ≥ since, in cursor order
-//! sluice call:  action::prepare(action, inputs) → variant + rendered requests
-//!               action::execute → http::Connection::send (classify, retry, rate limit) → output
+//! connectors/*.yaml, sluice.yaml, recipes/*.yaml ── spec ──► plan::build ──► Plan
+//! Plan + Store ──► Runtime::new ──► Arc<Runtime> (connections, governors, emitter)
+//! engine::run_cycle(rt, recipe, shutdown):
+//!     resume journal → trigger::Poll (since = cursor − lookback, until = server now)
+//!     → dedupe → chain::run_chain × concurrency (Live executor: action::execute → http)
+//!     → Store::commit (compare-and-set cursor, dedupe keys, dead letters) → record_cycle
+//! sluice test:  dryrun::run → chain::run_chain with the recording executor (nothing sent)
 //! ```
 #![warn(missing_docs)]
 // Diagnostics are returned by value on the (cold) validation path; boxing them buys nothing.

@@ -6,7 +6,7 @@
 //! recipe's `start_from`) up to the cycle's start on the server's clock, skips records whose
 //! dedupe key was handled, and runs up to `concurrency` records' chains at once while the
 //! trigger already fetches the next page. Steps of one record run in order
-//! ([`chain::run_chain`]); two versions of one record never run at once. Every
+//! (`chain::run_chain`); two versions of one record never run at once. Every
 //! [`COMMIT_EVERY`] (or [`COMMIT_MAX_RECORDS`] records, and at the end) one atomic batch
 //! stores the dedupe keys of the finished records (succeeded, filtered out, or ended as dead
 //! letters), their dead letters and the new cursor, which never passes a record whose chain
