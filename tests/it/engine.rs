@@ -634,3 +634,58 @@ async fn json_logs_are_only_json_lines_with_the_recipe_cycle_record_and_step_spa
         .iter()
         .any(|l| l["message"] == "cycle report" && l["report"]["dead_letters"] == 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing() {
+    use std::sync::Arc;
+    let e = Engine::start(0, NOTE_ON_NEW).await;
+    for i in 0..300 {
+        e.contact(&format!("s{i}@x.io"), T0 - 3000 + i);
+    }
+    // Slow answers, so the cycle is still running when the shutdown comes.
+    e.env.sim().set_faults(Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    });
+    let dir = e.env.ws.path();
+    let connectors = vec![Arc::new(
+        sluice::plan::load_connector_text(
+            std::path::Path::new("connectors/intercom.yaml"),
+            &std::fs::read_to_string(crate::util::root().join("connectors/intercom.yaml")).unwrap(),
+        )
+        .unwrap(),
+    )];
+    let env = |k: &str| (k == "INTERCOM_TOKEN").then(|| TOKEN.to_string());
+    let plan = sluice::plan::build(sluice::plan::Sources {
+        connectors,
+        config: Some((
+            dir.join("sluice.yaml"),
+            std::fs::read_to_string(dir.join("sluice.yaml")).unwrap(),
+        )),
+        recipes: vec![(dir.join("recipes/note_new.yaml"), NOTE_ON_NEW.to_string())],
+        env: &env,
+        secrets: sluice::plan::Secrets::Required,
+    })
+    .unwrap();
+    let store = Arc::new(sluice::store::SledStore::open(&dir.join("state")).unwrap());
+    let rt = sluice::runtime::Runtime::new(plan, store).unwrap();
+    let recipe = rt.plan().recipes[0].clone();
+    let (trigger, shutdown) = sluice::runtime::shutdown_channel();
+    let cycle = tokio::spawn(sluice::engine::run_cycle(rt.clone(), recipe, shutdown));
+    while e.count("POST", "/notes") < 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    trigger.trigger();
+    let rep = cycle.await.unwrap();
+    assert!(rep.interrupted, "{rep:?}");
+    assert_eq!(rep.error, None);
+    assert!(rep.fired < 300, "{rep:?}");
+    // Every chain it started finished; the next run does the rest, none twice.
+    assert_eq!(rep.finished, rep.fired, "{rep:?}");
+    drop(rt);
+    e.env.sim().set_faults(Faults::default());
+    let (r, rep2) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(rep.fired + rep2["fired"].as_u64().unwrap(), 300, "{rep2}");
+    assert_eq!(e.count("POST", "/notes"), 300);
+}
