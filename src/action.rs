@@ -9,15 +9,14 @@ use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
-use crate::plan::{type_matches, Action, Condition, FindEarlier, Variant};
-use crate::spec::{FieldSpec, FieldTypeSpec};
+use crate::plan::{type_matches, Action, Condition, Field, FieldType, FindEarlier, Variant};
 use crate::template::{lookup, Scope};
 
 /// Checks values against typed fields: unknown names, missing required ones, wrong types and
 /// values outside `enum`. `what` is `input` or `option`, for the message.
 pub fn check_fields(
     what: &str,
-    fields: &IndexMap<String, FieldSpec>,
+    fields: &IndexMap<String, Field>,
     given: &Map<String, Value>,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -71,16 +70,16 @@ pub fn check_fields(
 }
 
 /// A type's name in messages.
-pub fn type_name(t: FieldTypeSpec) -> &'static str {
+pub fn type_name(t: FieldType) -> &'static str {
     match t {
-        FieldTypeSpec::String => "text",
-        FieldTypeSpec::Integer => "a whole number",
-        FieldTypeSpec::Number => "a number",
-        FieldTypeSpec::Boolean => "true or false",
-        FieldTypeSpec::Timestamp => "a Unix timestamp in seconds",
-        FieldTypeSpec::Object => "an object",
-        FieldTypeSpec::Array => "a list",
-        FieldTypeSpec::Any => "any value",
+        FieldType::String => "text",
+        FieldType::Integer => "a whole number",
+        FieldType::Number => "a number",
+        FieldType::Boolean => "true or false",
+        FieldType::Timestamp => "a Unix timestamp in seconds",
+        FieldType::Object => "an object",
+        FieldType::Array => "a list",
+        FieldType::Any => "any value",
     }
 }
 
@@ -100,8 +99,8 @@ pub fn prepare<'a>(
     action: &'a Action,
     input: &Map<String, Value>,
 ) -> Result<Prepared<'a>, Failure> {
-    check_fields("input", &action.spec.inputs, input).map_err(Failure::input)?;
-    let any = &action.spec.require_any;
+    check_fields("input", &action.inputs, input).map_err(Failure::input)?;
+    let any = &action.require_any;
     if !any.is_empty()
         && !any
             .iter()
@@ -116,8 +115,8 @@ pub fn prepare<'a>(
     let mut scope = Map::new();
     scope.insert("input".into(), Value::Object(input.clone()));
     let mut requests = Vec::new();
-    let many = action.spec.for_each.is_some();
-    match &action.spec.for_each {
+    let many = action.for_each.is_some();
+    match &action.for_each {
         Some(list) => {
             let items = match input.get(list) {
                 Some(Value::Array(a)) if !a.is_empty() => a.clone(),
@@ -209,9 +208,8 @@ pub async fn execute(
     input: &Map<String, Value>,
 ) -> Result<Value, Failure> {
     match execute_once(conn, action, input).await {
-        Err(f) if f.class == FailureClass::Conflict && action.spec.on_conflict.is_some() => {
+        Err(f) if f.class == FailureClass::Conflict && action.on_conflict.is_some() => {
             let oc = action
-                .spec
                 .on_conflict
                 .as_ref()
                 .expect("invariant: checked in the guard");
@@ -245,7 +243,7 @@ async fn execute_once(
     let mut outputs = Vec::with_capacity(prepared.requests.len());
     for req in &prepared.requests {
         if action.retry_safe.holds_for(input) {
-            let resp = conn.send(req, &action.spec.errors).await?;
+            let resp = conn.send(req, &action.errors).await?;
             outputs.push(extract(&prepared.variant.output, resp.body, req)?);
             continue;
         }
@@ -287,7 +285,7 @@ async fn send_unrepeated(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let failure = match conn.send_once_only(req, &action.spec.errors).await {
+        let failure = match conn.send_once_only(req, &action.errors).await {
             Ok(resp) => return Ok(Sent::Answer(resp.body)),
             Err(f) if f.outcome_unknown() => f,
             Err(f) => return Err(f),

@@ -287,7 +287,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                             out,
                             "{:<12} {} ({} triggers, {} actions)",
                             c.id,
-                            c.header.title,
+                            c.api.title,
                             c.triggers.len(),
                             c.actions.len()
                         )?;
@@ -295,7 +295,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 ConnectorsCommand::Show { id, json } => {
-                    let c = find_connector(&connectors, id)?;
+                    // The reference is the connector file's own documentation: its spec.
+                    let c = connector_spec(&cli, find_connector(&connectors, id)?)?;
+                    let c = &c;
                     if *json {
                         println!("{}", serde_json::to_string_pretty(&describe(c))?);
                     } else {
@@ -801,6 +803,34 @@ pub fn load_connectors(cli: &Cli) -> Result<Vec<Arc<Connector>>> {
     })
 }
 
+/// A loaded connector's spec, for its reference (`connectors show`): read again from the
+/// `--connectors` directory (the file is named after the id) or the built-in text.
+fn connector_spec(cli: &Cli, c: &Connector) -> Result<spec::ConnectorSpec> {
+    let dir = cli.connectors.clone().or_else(|| {
+        let d = PathBuf::from("connectors");
+        d.is_dir().then_some(d)
+    });
+    let (file, text) = match dir {
+        Some(d) => {
+            let file = ["yaml", "yml"]
+                .iter()
+                .map(|ext| d.join(format!("{}.{ext}", c.id)))
+                .find(|f| f.is_file())
+                .ok_or_else(|| anyhow!("the file of connector `{}` is gone", c.id))?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read `{}`", file.display()))?;
+            (file, text)
+        }
+        None => (
+            PathBuf::from("<built-in>/intercom.yaml"),
+            BUILTIN_INTERCOM.to_string(),
+        ),
+    };
+    spec::parse_connector(&file, &text)
+        .0
+        .ok_or_else(|| anyhow!("connector `{}` cannot be read", c.id))
+}
+
 fn find_connector<'a>(connectors: &'a [Arc<Connector>], id: &str) -> Result<&'a Arc<Connector>> {
     connectors.iter().find(|c| c.id == id).ok_or_else(|| {
         let ids: Vec<&str> = connectors.iter().map(|c| c.id.as_str()).collect();
@@ -1151,55 +1181,53 @@ fn fields_json(fields: &indexmap::IndexMap<String, spec::FieldSpec>) -> Value {
 }
 
 /// The machine-readable reference of a connector.
-pub fn describe(c: &Connector) -> Value {
+pub fn describe(c: &spec::ConnectorSpec) -> Value {
     let triggers: Vec<Value> = c
         .triggers
-        .values()
-        .map(|t| {
+        .iter()
+        .map(|(id, t)| {
             json!({
-                "id": t.id,
-                "title": t.spec.title,
-                "description": t.spec.description,
-                "kind": t.spec.kind,
-                "cursor": t.spec.cursor,
-                "lookback": t.spec.lookback,
-                "dedupe_key": t.spec.dedupe_key,
-                "options": fields_json(&t.spec.options),
-                "outputs": fields_json(&t.spec.outputs),
+                "id": id,
+                "title": t.title,
+                "description": t.description,
+                "kind": t.kind,
+                "cursor": t.cursor,
+                "lookback": t.lookback,
+                "dedupe_key": t.dedupe_key,
+                "options": fields_json(&t.options),
+                "outputs": fields_json(&t.outputs),
             })
         })
         .collect();
     let actions: Vec<Value> = c
         .actions
-        .values()
-        .map(|a| {
+        .iter()
+        .map(|(id, a)| {
             let requests: Vec<Value> = a
-                .spec
                 .variants
                 .iter()
                 .map(
                     |v| json!({"when": v.when, "method": v.request.method, "path": v.request.path}),
                 )
                 .chain(
-                    a.spec
-                        .request
+                    a.request
                         .iter()
                         .map(|r| json!({"method": r.method, "path": r.path})),
                 )
                 .collect();
             json!({
-                "id": a.id,
-                "title": a.spec.title,
-                "description": a.spec.description,
-                "inputs": fields_json(&a.spec.inputs),
-                "outputs": fields_json(&a.spec.outputs),
-                "for_each": a.spec.for_each,
+                "id": id,
+                "title": a.title,
+                "description": a.description,
+                "inputs": fields_json(&a.inputs),
+                "outputs": fields_json(&a.outputs),
+                "for_each": a.for_each,
                 "requests": requests,
             })
         })
         .collect();
     json!({
-        "id": c.id,
+        "id": c.header.id,
         "title": c.header.title,
         "description": c.header.description,
         "docs_url": c.header.docs_url,
@@ -1232,7 +1260,7 @@ fn describe_fields(
         } else {
             ""
         };
-        let ty = crate::action::type_name(f.ty);
+        let ty = crate::action::type_name(f.ty.into());
         let mut line = format!("      {k:<22} {req:<9}{ty}");
         if let Some(a) = &f.allowed {
             let vals: Vec<String> = a.iter().map(Value::to_string).collect();
@@ -1249,11 +1277,12 @@ fn describe_fields(
 }
 
 /// The human-readable reference of a connector.
-pub fn describe_text(c: &Connector) -> String {
+pub fn describe_text(c: &spec::ConnectorSpec) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let h = &c.header;
-    let _ = writeln!(out, "{} ({})", h.title, c.id);
+    let cid = &h.id;
+    let _ = writeln!(out, "{} ({cid})", h.title);
     if !h.description.is_empty() {
         let _ = writeln!(out, "{}", h.description.trim());
     }
@@ -1276,23 +1305,23 @@ pub fn describe_text(c: &Connector) -> String {
         );
     }
     let _ = writeln!(out, "\nTRIGGERS ({})", c.triggers.len());
-    for t in c.triggers.values() {
-        let _ = writeln!(out, "\n  {}.{} — {}", c.id, t.id, t.spec.title);
-        let _ = writeln!(out, "    {}", t.spec.description.trim());
+    for (id, t) in &c.triggers {
+        let _ = writeln!(out, "\n  {cid}.{id} — {}", t.title);
+        let _ = writeln!(out, "    {}", t.description.trim());
         let _ = writeln!(
             out,
             "    fires once per key `{}`; looks back {}",
-            t.spec.dedupe_key, t.spec.lookback
+            t.dedupe_key, t.lookback
         );
-        describe_fields(&mut out, "options", &t.spec.options);
-        describe_fields(&mut out, "outputs", &t.spec.outputs);
+        describe_fields(&mut out, "options", &t.options);
+        describe_fields(&mut out, "outputs", &t.outputs);
     }
     let _ = writeln!(out, "\nACTIONS ({})", c.actions.len());
-    for a in c.actions.values() {
-        let _ = writeln!(out, "\n  {}.{} — {}", c.id, a.id, a.spec.title);
-        let _ = writeln!(out, "    {}", a.spec.description.trim());
-        describe_fields(&mut out, "inputs", &a.spec.inputs);
-        describe_fields(&mut out, "outputs", &a.spec.outputs);
+    for (id, a) in &c.actions {
+        let _ = writeln!(out, "\n  {cid}.{id} — {}", a.title);
+        let _ = writeln!(out, "    {}", a.description.trim());
+        describe_fields(&mut out, "inputs", &a.inputs);
+        describe_fields(&mut out, "outputs", &a.outputs);
     }
     out
 }

@@ -115,11 +115,11 @@ pub fn describe_request(conn: &Connection, r: &HttpRequest) -> Result<Value, Str
 /// `"<steps.ID.FIELD>"` text (a list of them when the action sends one request per item).
 fn placeholder(step: &Step, action: &Action, requests: usize) -> Value {
     let mut m = Map::new();
-    for k in action.spec.outputs.keys() {
+    for k in action.outputs.keys() {
         m.insert(k.clone(), Value::String(format!("<steps.{}.{k}>", step.id)));
     }
     let obj = Value::Object(m);
-    if action.spec.for_each.is_some() {
+    if action.for_each.is_some() {
         Value::Array(vec![obj; requests.max(1)])
     } else {
         obj

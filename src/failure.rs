@@ -7,16 +7,41 @@
 use crate::spec::FailureClassSpec;
 
 /// The class of a failure; the runtime branches on this, never on status codes.
-pub type FailureClass = FailureClassSpec;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Transient: retry with backoff.
+    Retryable,
+    /// Wait for the rate-limit window to refill, then retry.
+    RateLimited,
+    /// Credentials are missing, wrong or revoked: a person must act.
+    Auth,
+    /// Permanent: retrying cannot help.
+    Fatal,
+    /// The object already exists (e.g. duplicate email).
+    Conflict,
+}
 
-impl std::fmt::Display for FailureClassSpec {
+impl From<FailureClassSpec> for FailureClass {
+    fn from(s: FailureClassSpec) -> FailureClass {
+        match s {
+            FailureClassSpec::Retryable => FailureClass::Retryable,
+            FailureClassSpec::RateLimited => FailureClass::RateLimited,
+            FailureClassSpec::Auth => FailureClass::Auth,
+            FailureClassSpec::Fatal => FailureClass::Fatal,
+            FailureClassSpec::Conflict => FailureClass::Conflict,
+        }
+    }
+}
+
+impl std::fmt::Display for FailureClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            FailureClassSpec::Retryable => "retryable",
-            FailureClassSpec::RateLimited => "rate_limited",
-            FailureClassSpec::Auth => "auth",
-            FailureClassSpec::Fatal => "fatal",
-            FailureClassSpec::Conflict => "conflict",
+            FailureClass::Retryable => "retryable",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Auth => "auth",
+            FailureClass::Fatal => "fatal",
+            FailureClass::Conflict => "conflict",
         })
     }
 }

@@ -17,9 +17,9 @@ use tracing::{debug, warn};
 
 use crate::governor::{Budget, Governor, Governors, WorkspaceKey};
 use crate::plan::{ConnectionPlan, Connector};
+use crate::plan::{ErrorRule, Method};
 use crate::secret::Secret;
-use crate::spec::{ErrorRuleSpec, MethodSpec};
-use crate::template::lookup_str;
+use crate::template::lookup;
 
 use crate::failure::COULD_NOT_CONNECT;
 pub use crate::failure::{Failure, FailureClass};
@@ -39,7 +39,7 @@ enum Resend {
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRequest {
     /// Method.
-    pub method: MethodSpec,
+    pub method: Method,
     /// Path starting with `/`, encoded.
     pub path: String,
     /// Query parameters.
@@ -56,14 +56,8 @@ impl HttpRequest {
 }
 
 /// The method's name.
-pub fn method_str(m: MethodSpec) -> &'static str {
-    match m {
-        MethodSpec::Get => "GET",
-        MethodSpec::Post => "POST",
-        MethodSpec::Put => "PUT",
-        MethodSpec::Patch => "PATCH",
-        MethodSpec::Delete => "DELETE",
-    }
+pub fn method_str(m: Method) -> &'static str {
+    m.as_str()
 }
 
 pub use crate::plan::RetryPolicy;
@@ -76,14 +70,9 @@ tokio::task_local! {
 /// The budget of a connection's workspace, from the connector's `rate_limit` and the
 /// connection's `rate_share`.
 fn budget_of(plan: &ConnectionPlan) -> Budget {
-    let spec = plan.connector.header.rate_limit.as_ref();
-    let window = spec
-        .and_then(|s| s.window.as_deref())
-        .and_then(|w| crate::plan::parse_duration(w).ok())
-        .unwrap_or(60)
-        .max(1);
+    let spec = plan.connector.api.rate_limit.as_ref();
     Budget {
-        window: Duration::from_secs(window as u64),
+        window: spec.map_or(Duration::from_secs(60), |s| s.window),
         limit_hint: spec.and_then(|s| s.limit).unwrap_or(u32::MAX / 2),
         share: plan.rate_share,
     }
@@ -245,15 +234,9 @@ impl Connection {
 
     /// The headers every request carries, with the credential shown as `Bearer ***`.
     pub fn redacted_headers(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .connector
-            .header
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if let (Some(spec), Some(v)) = (&self.connector.header.api_version, &self.api_version) {
-            out.push((spec.header.clone(), v.clone()));
+        let mut out: Vec<(String, String)> = self.connector.api.headers.clone();
+        if let (Some((header, _)), Some(v)) = (&self.connector.api.api_version, &self.api_version) {
+            out.push((header.clone(), v.clone()));
         }
         if self.token.is_some() {
             out.push(("Authorization".into(), "Bearer ***".into()));
@@ -285,19 +268,19 @@ impl Connection {
     /// Asks the connector's `timezone` request once per connection: the account's timezone,
     /// and (through the response's `Date`) the server's clock.
     async fn discover(&self) -> Option<Tz> {
-        let spec = self.connector.header.timezone.as_ref()?;
+        let (tz_path, tz_field) = self.connector.api.timezone.as_ref()?;
         *self
             .discovered_tz
             .get_or_init(|| async {
                 let req = HttpRequest {
-                    method: MethodSpec::Get,
-                    path: spec.path.clone(),
+                    method: Method::Get,
+                    path: tz_path.clone(),
                     query: vec![],
                     body: None,
                 };
                 match self.send(&req, &[]).await {
                     Ok(resp) => {
-                        let name = lookup_str(&resp.body, &spec.field).and_then(Value::as_str);
+                        let name = lookup(&resp.body, tz_field).and_then(Value::as_str);
                         match name.and_then(|n| n.parse::<Tz>().ok()) {
                             Some(tz) => Some(tz),
                             None => {
@@ -350,11 +333,7 @@ impl Connection {
 
     /// Sends a request, retrying retryable failures with backoff and waiting out rate limits.
     /// `rules` are checked before the connector's own error rules.
-    pub async fn send(
-        &self,
-        req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
-    ) -> Result<Response, Failure> {
+    pub async fn send(&self, req: &HttpRequest, rules: &[ErrorRule]) -> Result<Response, Failure> {
         self.send_with(req, rules, true).await
     }
 
@@ -363,7 +342,7 @@ impl Connection {
     pub async fn send_with(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
         retry: bool,
     ) -> Result<Response, Failure> {
         let mode = if retry { Resend::Always } else { Resend::Never };
@@ -377,7 +356,7 @@ impl Connection {
     pub async fn send_once_only(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
     ) -> Result<Response, Failure> {
         self.send_parsed(req, rules, Resend::UnlessMaybeDone).await
     }
@@ -385,7 +364,7 @@ impl Connection {
     async fn send_parsed(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
         mode: Resend,
     ) -> Result<Response, Failure> {
         let raw = self.send_raw_mode(req, rules, mode).await?;
@@ -413,7 +392,7 @@ impl Connection {
     pub async fn send_raw(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
         retry: bool,
     ) -> Result<RawResponse, Failure> {
         let mode = if retry { Resend::Always } else { Resend::Never };
@@ -423,7 +402,7 @@ impl Connection {
     async fn send_raw_mode(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
         mode: Resend,
     ) -> Result<RawResponse, Failure> {
         let mut attempts = 0u32;
@@ -460,7 +439,7 @@ impl Connection {
             // A rule's `retry_for` (a state that clears by itself, such as another client's
             // scroll expiring) keeps retrying until that long has passed, whatever the count.
             let within_window = || {
-                retry_window(&failure, &[rules, &self.connector.errors])
+                retry_window(&failure, &[rules, &self.connector.api.errors])
                     .is_some_and(|w| first.elapsed() < w)
             };
             let retry = match mode {
@@ -485,7 +464,7 @@ impl Connection {
     async fn send_once(
         &self,
         req: &HttpRequest,
-        rules: &[ErrorRuleSpec],
+        rules: &[ErrorRule],
     ) -> Result<RawResponse, (Failure, Option<Duration>)> {
         let fail = |class, status, code, message: String, help| Failure {
             class,
@@ -503,11 +482,11 @@ impl Connection {
         let method = reqwest::Method::from_bytes(method_str(req.method).as_bytes())
             .expect("invariant: method names are valid");
         let mut rb = self.client.request(method, url);
-        for (k, v) in &self.connector.header.headers {
+        for (k, v) in &self.connector.api.headers {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        if let (Some(spec), Some(v)) = (&self.connector.header.api_version, &self.api_version) {
-            rb = rb.header(spec.header.as_str(), v.as_str());
+        if let (Some((header, _)), Some(v)) = (&self.connector.api.api_version, &self.api_version) {
+            rb = rb.header(header.as_str(), v.as_str());
         }
         if let Some(t) = &self.token {
             rb = rb.bearer_auth(t.expose());
@@ -614,7 +593,11 @@ impl Connection {
         let (code, message) = self.error_details(body.as_ref(), &bytes);
         let code = code.map(|c| self.scrub(&c).into_owned());
         let message = self.scrub(&message).into_owned();
-        let (class, help) = classify(status, code.as_deref(), &[rules, &self.connector.errors]);
+        let (class, help) = classify(
+            status,
+            code.as_deref(),
+            &[rules, &self.connector.api.errors],
+        );
         Err((fail(class, Some(status), code, message, help), wait))
     }
 
@@ -652,7 +635,7 @@ impl Connection {
         headers: &reqwest::header::HeaderMap,
         status: u16,
     ) -> Option<Duration> {
-        let spec = self.connector.header.rate_limit.as_ref()?;
+        let spec = self.connector.api.rate_limit.as_ref()?;
         let num = |name: &str| {
             headers
                 .get(name)
@@ -691,16 +674,16 @@ impl Connection {
     }
 
     fn error_details(&self, body: Option<&Value>, raw: &[u8]) -> (Option<String>, String) {
-        if let (Some(body), Some(spec)) = (body, &self.connector.header.error_body) {
-            let first = lookup_str(body, &spec.list).and_then(|l| match l {
+        if let (Some(body), Some(spec)) = (body, &self.connector.api.error_body) {
+            let first = lookup(body, &spec.list).and_then(|l| match l {
                 Value::Array(a) => a.first(),
                 other => Some(other),
             });
             if let Some(first) = first {
-                let code = lookup_str(first, &spec.code)
+                let code = lookup(first, &spec.code)
                     .and_then(Value::as_str)
                     .map(str::to_string);
-                let message = lookup_str(first, &spec.message)
+                let message = lookup(first, &spec.message)
                     .and_then(Value::as_str)
                     .map(str::to_string);
                 if code.is_some() || message.is_some() {
@@ -841,23 +824,17 @@ fn snippet(raw: &[u8]) -> String {
 fn matching_rule<'r>(
     status: u16,
     code: Option<&str>,
-    rule_sets: &[&'r [ErrorRuleSpec]],
-) -> Option<&'r ErrorRuleSpec> {
-    rule_sets.iter().flat_map(|rules| rules.iter()).find(|r| {
-        let code_ok = match (&r.code, code) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want == got,
-            (Some(_), None) => false,
-        };
-        code_ok && r.status.contains(&status)
-    })
+    rule_sets: &[&'r [ErrorRule]],
+) -> Option<&'r ErrorRule> {
+    rule_sets
+        .iter()
+        .flat_map(|rules| rules.iter())
+        .find(|r| r.matches(status, code))
 }
 
 /// How long a failure's rule says to keep retrying it (`retry_for`), if it says so.
-fn retry_window(failure: &Failure, rule_sets: &[&[ErrorRuleSpec]]) -> Option<Duration> {
-    let rule = matching_rule(failure.status?, failure.code.as_deref(), rule_sets)?;
-    let secs = crate::plan::parse_duration(rule.retry_for.as_deref()?).ok()?;
-    Some(Duration::from_secs(secs.max(0) as u64))
+fn retry_window(failure: &Failure, rule_sets: &[&[ErrorRule]]) -> Option<Duration> {
+    matching_rule(failure.status?, failure.code.as_deref(), rule_sets)?.retry_for
 }
 
 /// Classifies a failed response: the first matching rule (action/trigger rules first, then the
@@ -865,7 +842,7 @@ fn retry_window(failure: &Failure, rule_sets: &[&[ErrorRuleSpec]]) -> Option<Dur
 pub fn classify(
     status: u16,
     code: Option<&str>,
-    rule_sets: &[&[ErrorRuleSpec]],
+    rule_sets: &[&[ErrorRule]],
 ) -> (FailureClass, Option<String>) {
     if let Some(r) = matching_rule(status, code, rule_sets) {
         return (r.class, r.help.clone());
@@ -885,8 +862,8 @@ pub fn classify(
 mod tests {
     use super::*;
 
-    fn rule(status: u16, code: Option<&str>, class: FailureClass) -> ErrorRuleSpec {
-        ErrorRuleSpec {
+    fn rule(status: u16, code: Option<&str>, class: FailureClass) -> ErrorRule {
+        ErrorRule {
             status: vec![status],
             code: code.map(str::to_string),
             class,
@@ -897,7 +874,7 @@ mod tests {
 
     #[test]
     fn classify_defaults() {
-        use crate::spec::FailureClassSpec::*;
+        use FailureClass::*;
         for (s, c) in [
             (401, Auth),
             (404, Fatal),

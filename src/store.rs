@@ -541,28 +541,44 @@ impl SledStore {
     /// process holds it. The directory is made private first: `0700`, its files `0600`.
     pub fn open(dir: &Path) -> Result<SledStore> {
         create_private_dir(dir)?;
-        #[allow(clippy::disallowed_methods)]
-        let db = sled::Config::new()
-            .path(dir.join("sluice.db"))
-            .flush_every_ms(Some(1000))
-            // sled's default page cache is 1 GiB; the state is small and mostly write-once.
-            .cache_capacity(8 * 1024 * 1024)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io)
+        // sled lets go of its file lock from a background thread after the last handle is
+        // dropped, so a store reopened at once (a restart, a command after the sidecar
+        // stopped) may find it still held for a moment: a locked store is tried again for up
+        // to a second before it is reported as in use.
+        let mut tries = 0;
+        let db = loop {
+            #[allow(clippy::disallowed_methods)]
+            let opened = sled::Config::new()
+                .path(dir.join("sluice.db"))
+                .flush_every_ms(Some(1000))
+                // sled's default page cache is 1 GiB; the state is small and mostly write-once.
+                .cache_capacity(8 * 1024 * 1024)
+                .open();
+            match opened {
+                Ok(db) => break db,
+                Err(sled::Error::Io(ref io))
                     if io.kind() == std::io::ErrorKind::WouldBlock
                         || io.to_string().contains("lock") =>
                 {
-                    anyhow!(
-                        "the state directory `{}` is in use by another sluice process",
-                        dir.display()
-                    )
+                    tries += 1;
+                    if tries >= 20 {
+                        return Err(anyhow!(
+                            "the state directory `{}` is in use by another sluice process",
+                            dir.display()
+                        ));
+                    }
+                    // Start-up work, before any cycle runs: a short blocking wait is harmless.
+                    #[allow(clippy::disallowed_methods)]
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                other => anyhow!(
-                    "cannot open the state store in `{}`: {other}",
-                    dir.display()
-                ),
-            })?;
+                Err(other) => {
+                    return Err(anyhow!(
+                        "cannot open the state store in `{}`: {other}",
+                        dir.display()
+                    ))
+                }
+            }
+        };
         let store = SledStore {
             tree: db.open_tree(TREE)?,
             db,

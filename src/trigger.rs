@@ -11,11 +11,10 @@ use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use crate::http::{Connection, Failure, FailureClass, HttpRequest};
-use crate::plan::Trigger;
+use crate::plan::{Granularity, Pagination, SendIn, Trigger};
 use serde_json::value::RawValue;
 
 use crate::record::{parse_raw, pick, Page, Record};
-use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
 use crate::store::Known;
 use crate::template::{lookup, Scope};
 
@@ -30,9 +29,9 @@ use crate::template::{lookup, Scope};
 /// the API's `>` includes the given second, so nothing is lost if that ever changes; the
 /// overlap is dropped locally and by the dedupe key.
 pub fn server_since(trigger: &Trigger, since: i64, tz: Option<Tz>) -> i64 {
-    match trigger.spec.cursor.granularity {
-        GranularitySpec::Second => since - 1,
-        GranularitySpec::Day => match tz.and_then(|tz| start_of_day(since, tz)) {
+    match trigger.cursor.granularity {
+        Granularity::Second => since - 1,
+        Granularity::Day => match tz.and_then(|tz| start_of_day(since, tz)) {
             Some(start) => start - 1,
             None => since - 2 * 86_400,
         },
@@ -113,19 +112,13 @@ impl<'a> Poll<'a> {
         options: Map<String, Value>,
     ) -> Result<Poll<'a>, Failure> {
         check_options(trigger, &options).map_err(|m| input_failure(trigger, m))?;
-        let tz = if trigger.spec.cursor.granularity == GranularitySpec::Day {
+        let tz = if trigger.cursor.granularity == Granularity::Day {
             conn.timezone().await
         } else {
             None
         };
         let server_since = server_since(trigger, since, tz);
-        let page_size = match (
-            &trigger.spec.pagination,
-            trigger.spec.pagination.page_sizes(),
-        ) {
-            (PaginationSpec::None, _) => None,
-            (_, (size, max)) => Some(size.or(max).unwrap_or(50)),
-        };
+        let page_size = trigger.page_size;
         let mut scope = Map::new();
         scope.insert("since".into(), server_since.into());
         if let Some(p) = page_size {
@@ -191,7 +184,7 @@ impl<'a> Poll<'a> {
     /// (which does not borrow the poll, so a page can be read while the next is fetched).
     /// Unsorted (scan) triggers read every page first and return one sorted batch.
     pub async fn next_batch(&mut self) -> Result<Option<Batch>, Failure> {
-        if self.trigger.spec.cursor.sort == SortSpec::None {
+        if !self.trigger.cursor.sorted {
             if matches!(self.next, Next::Done) {
                 return Ok(None);
             }
@@ -216,8 +209,8 @@ impl<'a> Poll<'a> {
 
     async fn read_all_sorted(&mut self) -> Result<Vec<Record>, Failure> {
         let restart = matches!(
-            self.trigger.spec.pagination,
-            PaginationSpec::Cursor {
+            self.trigger.pagination,
+            Pagination::Cursor {
                 restart_on_failure: true,
                 ..
             }
@@ -326,11 +319,11 @@ impl<'a> Poll<'a> {
                 "if the API really has this many pages, raise the trigger's `pagination.max_pages`; otherwise it keeps offering a next page",
             ));
         }
-        match (&self.next, &self.trigger.spec.pagination) {
+        match (&self.next, &self.trigger.pagination) {
             (Next::Done, _) => return Ok(None),
             (
                 Next::First,
-                PaginationSpec::PageNumber {
+                Pagination::PageNumber {
                     page_param,
                     first_page,
                     ..
@@ -341,9 +334,8 @@ impl<'a> Poll<'a> {
             (Next::First, _) => {}
             (
                 Next::Token(tok),
-                PaginationSpec::Cursor {
+                Pagination::Cursor {
                     send_in,
-                    param,
                     restart_on_failure,
                     ..
                 },
@@ -351,22 +343,22 @@ impl<'a> Poll<'a> {
                 retry_in_place = !restart_on_failure;
                 self.sent.insert(tok.clone());
                 match send_in {
-                    SendInSpec::Query => req.query.push((param.clone(), tok.clone())),
-                    SendInSpec::Body => set_path(
+                    SendIn::Query(param) => req.query.push((param.clone(), tok.clone())),
+                    SendIn::Body(path) => set_path(
                         req.body.get_or_insert_with(|| Value::Object(Map::new())),
-                        param,
+                        path,
                         Value::String(tok.clone()),
                     ),
                 }
             }
-            (Next::Page(n), PaginationSpec::PageNumber { page_param, .. }) => {
+            (Next::Page(n), Pagination::PageNumber { page_param, .. }) => {
                 req.query.push((page_param.clone(), n.to_string()));
             }
             _ => return Ok(None),
         }
         let resp = self
             .conn
-            .send_raw(&req, &self.trigger.spec.errors, retry_in_place)
+            .send_raw(&req, &self.trigger.errors, retry_in_place)
             .await?;
         self.pages += 1;
         let odd = |m: String| odd_response(&req, m);
@@ -404,22 +396,21 @@ impl<'a> Poll<'a> {
                 None => Ok(None),
             }
         };
-        self.next = match &self.trigger.spec.pagination {
-            PaginationSpec::None => Next::Done,
-            PaginationSpec::Cursor {
+        self.next = match &self.trigger.pagination {
+            Pagination::None => Next::Done,
+            Pagination::Cursor {
                 next,
-                stop,
+                stop_on_empty,
                 token_repeats,
                 ..
             } => {
-                let path: Vec<String> = next.split('.').map(str::to_string).collect();
-                let tok = value_at(&path)?.and_then(|v| match v {
+                let tok = value_at(next)?.and_then(|v| match v {
                     Value::String(s) if !s.is_empty() => Some(s),
                     Value::Number(n) => Some(n.to_string()),
                     _ => None,
                 });
-                match (stop, tok) {
-                    (StopSpec::RecordsEmpty, _) if list.is_empty() => Next::Done,
+                match (stop_on_empty, tok) {
+                    (true, _) if list.is_empty() => Next::Done,
                     (_, Some(t)) if !token_repeats && self.sent.contains(&t) => {
                         // Checked before the page's records are used: the page is as
                         // suspect as any other answer the connector does not describe.
@@ -437,7 +428,7 @@ impl<'a> Poll<'a> {
                     (_, None) => Next::Done,
                 }
             }
-            PaginationSpec::PageNumber {
+            Pagination::PageNumber {
                 total_pages,
                 first_page,
                 ..
@@ -446,11 +437,8 @@ impl<'a> Poll<'a> {
                     Next::Page(n) => n,
                     _ => *first_page,
                 };
-                let total = match total_pages.as_deref() {
-                    Some(p) => {
-                        let path: Vec<String> = p.split('.').map(str::to_string).collect();
-                        value_at(&path)?.as_ref().and_then(Value::as_u64)
-                    }
+                let total = match total_pages {
+                    Some(path) => value_at(path)?.as_ref().and_then(Value::as_u64),
                     None => None,
                 };
                 match total {
@@ -460,10 +448,7 @@ impl<'a> Poll<'a> {
                 }
             }
         };
-        if self.until < i64::MAX
-            && self.trigger.spec.cursor.sort == SortSpec::Ascending
-            && !matches!(self.next, Next::Done)
-        {
+        if self.until < i64::MAX && self.trigger.cursor.sorted && !matches!(self.next, Next::Done) {
             // Sorted oldest first: once a page reaches `until`, later pages hold only records
             // for the next poll. (A malformed last record is left to the picker to report.)
             let last = list
@@ -622,24 +607,23 @@ fn input_failure(trigger: &Trigger, message: String) -> Failure {
 }
 
 fn check_options(trigger: &Trigger, options: &Map<String, Value>) -> Result<(), String> {
-    crate::action::check_fields("option", &trigger.spec.options, options)
+    crate::action::check_fields("option", &trigger.options, options)
 }
 
-/// Sets `value` at a dotted path, creating objects on the way.
-pub fn set_path(v: &mut Value, path: &str, value: Value) {
+/// Sets `value` at a path, creating objects on the way.
+pub fn set_path(v: &mut Value, path: &[String], value: Value) {
     let mut cur = v;
-    let segs: Vec<&str> = path.split('.').collect();
-    for (i, seg) in segs.iter().enumerate() {
+    for (i, seg) in path.iter().enumerate() {
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
         let Value::Object(m) = cur else { return };
-        if i == segs.len() - 1 {
-            m.insert((*seg).to_string(), value);
+        if i == path.len() - 1 {
+            m.insert(seg.clone(), value);
             return;
         }
         cur = m
-            .entry((*seg).to_string())
+            .entry(seg.clone())
             .or_insert_with(|| Value::Object(Map::new()));
     }
 }
@@ -661,7 +645,11 @@ mod tests {
     #[test]
     fn set_path_creates_objects() {
         let mut v = serde_json::json!({"pagination": {"per_page": 5}});
-        set_path(&mut v, "pagination.starting_after", "abc".into());
+        set_path(
+            &mut v,
+            &["pagination".into(), "starting_after".into()],
+            "abc".into(),
+        );
         assert_eq!(
             v,
             serde_json::json!({"pagination": {"per_page": 5, "starting_after": "abc"}})

@@ -15,10 +15,9 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::failure::{Failure, FailureClass, OUTCOME_UNKNOWN};
-use crate::plan::{Action, EmitTo, Recipe, Step, StepAction};
+use crate::plan::{Action, EmitTo, OnError, Recipe, Step, StepAction};
 use crate::record::parse_raw;
 use crate::runtime::Runtime;
-use crate::spec::OnErrorSpec;
 use crate::store::{DeadLetter, JournalView, StepDone};
 use crate::template::{RenderError, Scope};
 
@@ -306,13 +305,11 @@ pub(crate) async fn run_chain(
                 // A request that may have been carried out is never repeated by `retry`: the
                 // next cycle would send it again without looking. A person decides.
                 let on_error = match step.on_error {
-                    OnErrorSpec::Retry if f.code.as_deref() == Some(OUTCOME_UNKNOWN) => {
-                        OnErrorSpec::Stop
-                    }
+                    OnError::Retry if f.code.as_deref() == Some(OUTCOME_UNKNOWN) => OnError::Stop,
                     other => other,
                 };
                 match on_error {
-                    OnErrorSpec::Skip => {
+                    OnError::Skip => {
                         tally.steps_skipped += 1;
                         c.push(StepDone {
                             step: step.id.clone(),
@@ -321,14 +318,14 @@ pub(crate) async fn run_chain(
                             error: Some(f.message),
                         });
                     }
-                    OnErrorSpec::Stop => {
+                    OnError::Stop => {
                         tally.dead_letters += 1;
                         let owned = chain.take().expect("invariant: present");
                         return Ok(Outcome::Dead(
                             owned.into_dead(recipe, key, &step.id, f, now),
                         ));
                     }
-                    OnErrorSpec::Retry => {
+                    OnError::Retry => {
                         c.attempts += 1;
                         c.journal(exec, key)?;
                         tally.unfinished += 1;

@@ -37,7 +37,6 @@ use tracing::Instrument;
 use crate::plan::{Recipe, StartFrom};
 use crate::record::Record;
 use crate::runtime::{Runtime, Shutdown};
-use crate::spec::SortSpec;
 use crate::store::{Checkpoint, Commit, DeadLetter, Known};
 use crate::trigger::{id_of, Poll};
 use chain::{passes_filter, run_chain, Chain, Live, Outcome, Tally};
@@ -628,7 +627,7 @@ async fn cycle(
         .await
         .map_err(polling)?;
     poll.until(now);
-    let scan = trigger.spec.cursor.sort == SortSpec::None;
+    let scan = !trigger.cursor.sorted;
     let known_before = if scan { store.known_ids(ns)? } else { None };
     if scan {
         poll.known_ids(known_before.clone());

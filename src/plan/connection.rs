@@ -171,7 +171,7 @@ pub fn build_connections(
             diags.push(d);
             continue;
         };
-        let h = &connector.header;
+        let h = &connector.api;
         let mut missing: Option<Diagnostic> = None;
         let mut resolve = |field: &str, v: &str, diags: &mut Vec<Diagnostic>| -> Option<String> {
             match resolve_env(v, env) {
@@ -403,7 +403,7 @@ pub fn build_connections(
             api_version: spec
                 .api_version
                 .clone()
-                .or_else(|| h.api_version.as_ref().map(|v| v.default.clone())),
+                .or_else(|| h.api_version.as_ref().map(|(_, default)| default.clone())),
             timezone,
             timeout: Duration::from_secs(timeout_secs),
             retry,

@@ -16,8 +16,13 @@ use crate::diag::{Diagnostic, LocationIndex};
 use crate::spec::{self, *};
 use crate::template::{Template, Tree};
 
+pub mod api;
 pub mod connection;
 pub mod recipe;
+pub use api::{
+    Api, Cursor, ErrorRule, Field, FieldType, Granularity, Method, OnConflict, OnError, Pagination,
+    SendIn,
+};
 pub use connection::{ConnId, ConnectionPlan, RetryPolicy, Secrets};
 pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, StartFrom, Step, StepAction};
 
@@ -162,10 +167,8 @@ pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
 pub struct Connector {
     /// Connector id.
     pub id: String,
-    /// The header part of the spec (regions, auth, headers, rate limit, errors, timezone).
-    pub header: ConnectorHeaderSpec,
-    /// Connector-wide error rules.
-    pub errors: Vec<ErrorRuleSpec>,
+    /// Regions, headers, rate limit, error body, error rules, timezone request.
+    pub api: Api,
     /// Triggers in file order.
     pub triggers: IndexMap<String, Trigger>,
     /// Actions in file order.
@@ -176,7 +179,7 @@ pub struct Connector {
 #[derive(Debug, Clone)]
 pub struct Request {
     /// HTTP method.
-    pub method: MethodSpec,
+    pub method: Method,
     /// Path pieces: literal text and `{param}` names.
     pub path: Vec<PathPart>,
     /// Query parameters.
@@ -199,8 +202,24 @@ pub enum PathPart {
 pub struct Trigger {
     /// Trigger id.
     pub id: String,
-    /// The spec (titles, pagination, cursor, options, outputs).
-    pub spec: TriggerSpec,
+    /// Human name.
+    pub title: String,
+    /// What fires it.
+    pub description: String,
+    /// How the next page is asked for.
+    pub pagination: Pagination,
+    /// The page size offered to templates as `{{page_size}}`.
+    pub page_size: Option<u32>,
+    /// How the server compares and orders the cursor.
+    pub cursor: Cursor,
+    /// Options a recipe may set.
+    pub options: IndexMap<String, Field>,
+    /// Documented record fields.
+    pub outputs: IndexMap<String, Field>,
+    /// Error rules checked before the connector's.
+    pub errors: Vec<ErrorRule>,
+    /// The kind of record it watches, for `validate`.
+    pub object: Option<String>,
     /// The first-page request.
     pub request: Request,
     /// Path to the records array.
@@ -230,8 +249,24 @@ pub(crate) const DEFAULT_MAX_PAGES: u64 = 10_000;
 pub struct Action {
     /// Action id.
     pub id: String,
-    /// The spec (titles, inputs, outputs).
-    pub spec: ActionSpec,
+    /// Human name.
+    pub title: String,
+    /// What it does.
+    pub description: String,
+    /// Typed inputs.
+    pub inputs: IndexMap<String, Field>,
+    /// At least one of these inputs must be given.
+    pub require_any: Vec<String>,
+    /// The array input sent one request per item, if any.
+    pub for_each: Option<String>,
+    /// Documented output fields.
+    pub outputs: IndexMap<String, Field>,
+    /// Error rules checked before the connector's.
+    pub errors: Vec<ErrorRule>,
+    /// A `conflict` resolved to the existing object.
+    pub on_conflict: Option<OnConflict>,
+    /// Kinds of record it changes (side effects included), for `validate`.
+    pub changes: Vec<String>,
     /// Ways to perform it (one when the spec has a single `request`).
     pub variants: Vec<Variant>,
     /// Whether a request whose answer was lost may be sent again as is.
@@ -536,8 +571,7 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
     if cx.diags.is_empty() {
         Ok(Connector {
             id: h.id.clone(),
-            header: h.clone(),
-            errors: h.errors.clone(),
+            api: api::api(h),
             triggers,
             actions,
         })
@@ -749,7 +783,7 @@ fn build_request(
         );
     }
     (cx.diags.len() == before).then_some(Request {
-        method: spec.method,
+        method: spec.method.into(),
         path: parts,
         query,
         body,
@@ -765,7 +799,7 @@ fn split_path(p: &str) -> Vec<String> {
 }
 
 fn check_field(cx: &mut Ctx, path: &str, f: &FieldSpec) {
-    let ok = |v: &Value| type_matches(f.ty, v);
+    let ok = |v: &Value| type_matches(f.ty.into(), v);
     if let Some(ex) = &f.example {
         if !ok(ex) {
             cx.err(
@@ -796,15 +830,15 @@ fn check_field(cx: &mut Ctx, path: &str, f: &FieldSpec) {
 }
 
 /// Whether a JSON value fits a declared field type.
-pub fn type_matches(ty: FieldTypeSpec, v: &Value) -> bool {
+pub fn type_matches(ty: FieldType, v: &Value) -> bool {
     match ty {
-        FieldTypeSpec::String => v.is_string(),
-        FieldTypeSpec::Integer | FieldTypeSpec::Timestamp => v.is_i64() || v.is_u64(),
-        FieldTypeSpec::Number => v.is_number(),
-        FieldTypeSpec::Boolean => v.is_boolean(),
-        FieldTypeSpec::Object => v.is_object(),
-        FieldTypeSpec::Array => v.is_array(),
-        FieldTypeSpec::Any => true,
+        FieldType::String => v.is_string(),
+        FieldType::Integer | FieldType::Timestamp => v.is_i64() || v.is_u64(),
+        FieldType::Number => v.is_number(),
+        FieldType::Boolean => v.is_boolean(),
+        FieldType::Object => v.is_object(),
+        FieldType::Array => v.is_array(),
+        FieldType::Any => true,
     }
 }
 
@@ -898,9 +932,18 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
             record_fields.push(head.to_string());
         }
     }
+    let (pagination, page_size) = api::pagination(&t.pagination);
     Some(Trigger {
         id: id.to_string(),
-        spec: t.clone(),
+        title: t.title.clone(),
+        description: t.description.clone(),
+        pagination,
+        page_size,
+        cursor: api::cursor(&t.cursor),
+        options: api::fields(&t.options),
+        outputs: api::fields(&t.outputs),
+        errors: api::error_rules(&t.errors),
+        object: t.object.clone(),
         request: request?,
         records: split_path(&t.records),
         id_field,
@@ -1044,12 +1087,9 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         check_field(cx, &format!("{base}.outputs.{name}"), f);
     }
     check_rules(cx, &format!("{base}.errors"), &a.errors);
-    let by_method = variants.iter().all(|v| {
-        matches!(
-            v.request.method,
-            MethodSpec::Get | MethodSpec::Put | MethodSpec::Delete
-        )
-    });
+    let by_method = variants
+        .iter()
+        .all(|v| matches!(v.request.method, Method::Get | Method::Put | Method::Delete));
     let retry_safe = match &a.retry_safe {
         None => RetrySafe::Always.only_if(by_method),
         Some(RetrySafeSpec::Flag(b)) => RetrySafe::Always.only_if(*b),
@@ -1123,7 +1163,19 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
     });
     (cx.diags.len() == before).then(|| Action {
         id: id.to_string(),
-        spec: a.clone(),
+        title: a.title.clone(),
+        description: a.description.clone(),
+        inputs: api::fields(&a.inputs),
+        require_any: a.require_any.clone(),
+        for_each: a.for_each.clone(),
+        outputs: api::fields(&a.outputs),
+        errors: api::error_rules(&a.errors),
+        on_conflict: a.on_conflict.as_ref().map(|o| OnConflict {
+            id_after: o.id_after.clone(),
+            then: o.then.clone(),
+            input: o.input.clone(),
+        }),
+        changes: a.changes.clone(),
         variants,
         retry_safe,
         find_earlier,
@@ -1276,7 +1328,7 @@ mod tests {
     #[test]
     fn path_parameters_are_one_opaque_segment() {
         let req = Request {
-            method: MethodSpec::Delete,
+            method: Method::Delete,
             path: vec![
                 PathPart::Lit("/contacts/".into()),
                 PathPart::Param("id".into()),

@@ -13,9 +13,11 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
-use super::{type_matches, Action, Condition, ConnId, Connector, Trigger};
+use super::{
+    type_matches, Action, Condition, ConnId, Connector, Field, FieldType, OnError, Trigger,
+};
 use crate::diag::{Diagnostic, LocationIndex};
-use crate::spec::{self, FieldSpec, FieldTypeSpec, OnErrorSpec, ParsedRecipe};
+use crate::spec::{self, ParsedRecipe};
 use crate::template::{Template, Tree};
 
 /// A compiled recipe.
@@ -207,7 +209,7 @@ pub struct Step {
     /// Run once per item of this list.
     pub for_each: Option<Template>,
     /// Failure policy.
-    pub on_error: OnErrorSpec,
+    pub on_error: OnError,
     /// The inputs, when none of them is a template (rendered once, here).
     pub fixed_inputs: Option<Map<String, Value>>,
 }
@@ -277,7 +279,7 @@ impl Step {
 
     /// Whether the step's output is a list (it runs per item, or its action does).
     pub fn outputs_list(&self) -> bool {
-        self.for_each.is_some() || self.action().is_some_and(|a| a.spec.for_each.is_some())
+        self.for_each.is_some() || self.action().is_some_and(|a| a.for_each.is_some())
     }
 }
 
@@ -559,9 +561,7 @@ pub fn build_recipe(
         for (k, v) in spec.trigger.options() {
             options.insert(k, v);
         }
-        if let Err(m) =
-            crate::action::check_fields("option", &c.triggers[tid].spec.options, &options)
-        {
+        if let Err(m) = crate::action::check_fields("option", &c.triggers[tid].options, &options) {
             cx.err(
                 "trigger.with",
                 m,
@@ -617,7 +617,7 @@ pub fn build_recipe(
 
     let trigger_name = spec.trigger.name().to_string();
     let record_fields: Option<BTreeSet<String>> = trigger.as_ref().and_then(|(c, t)| {
-        let outs = &c.triggers[t].spec.outputs;
+        let outs = &c.triggers[t].outputs;
         (!outs.is_empty()).then(|| outs.keys().cloned().collect())
     });
     // The kind of record the trigger watches, when it fires on every change (its dedupe key
@@ -628,7 +628,7 @@ pub fn build_recipe(
             .dedupe_key
             .field_heads()
             .any(|h| Some(h) == t.cursor_field.first().map(String::as_str));
-        per_change.then(|| t.spec.object.clone()).flatten()
+        per_change.then(|| t.object.clone()).flatten()
     });
     let all_ids: Vec<&str> = spec.steps.iter().map(|s| s.id.as_str()).collect();
     let filter = spec.filter.as_deref().and_then(|f| {
@@ -760,7 +760,7 @@ pub fn build_recipe(
                     with,
                     condition,
                     for_each,
-                    on_error: s.on_error,
+                    on_error: s.on_error.into(),
                 });
             }
             continue;
@@ -782,7 +782,7 @@ pub fn build_recipe(
         if let Some((c, aid)) = &action {
             let a = &c.actions[aid];
             if let Some((object, (tc, tid))) = watched.as_ref().zip(trigger.as_ref()) {
-                if spec.filter.is_none() && a.spec.changes.contains(object) {
+                if spec.filter.is_none() && a.changes.contains(object) {
                     cx.warn(
                         &format!("{base}.action"),
                         format!(
@@ -794,8 +794,8 @@ pub fn build_recipe(
                 }
             }
             outputs = (
-                a.spec.outputs.keys().cloned().collect(),
-                s.for_each.is_some() || a.spec.for_each.is_some(),
+                a.outputs.keys().cloned().collect(),
+                s.for_each.is_some() || a.for_each.is_some(),
             );
             if let Some(cc) = &step_conn_connector {
                 if *cc != c.id {
@@ -819,7 +819,7 @@ pub fn build_recipe(
                     with,
                     condition,
                     for_each,
-                    on_error: s.on_error,
+                    on_error: s.on_error.into(),
                 });
             }
         } else {
@@ -1008,7 +1008,7 @@ fn resolve(
     Some((c.clone(), name.to_string()))
 }
 
-fn describe_type(f: &FieldSpec) -> &'static str {
+fn describe_type(f: &Field) -> &'static str {
     crate::action::type_name(f.ty)
 }
 
@@ -1019,7 +1019,7 @@ fn check_inputs(
     a: &Action,
     scope: &RefScope,
 ) -> Vec<(String, Tree)> {
-    let inputs = &a.spec.inputs;
+    let inputs = &a.inputs;
     let mut out = Vec::new();
     let mut literals: Map<String, Value> = Map::new();
     for (k, v) in &s.with {
@@ -1076,18 +1076,17 @@ fn check_inputs(
             );
         }
     }
-    if !a.spec.require_any.is_empty() && !a.spec.require_any.iter().any(|k| s.with.contains_key(k))
-    {
+    if !a.require_any.is_empty() && !a.require_any.iter().any(|k| s.with.contains_key(k)) {
         cx.err(
             &format!("{base}.with"),
             format!(
                 "`{}` needs at least one of `{}`",
                 s.action,
-                a.spec.require_any.join("`, `")
+                a.require_any.join("`, `")
             ),
             Some(format!(
                 "add one of them under `with:`, e.g. `{}: …`",
-                a.spec.require_any[0]
+                a.require_any[0]
             )),
         );
     }
@@ -1110,27 +1109,24 @@ fn check_inputs(
     out
 }
 
-fn check_literal(cx: &mut Cx, path: &str, k: &str, f: &FieldSpec, v: &Value) {
+fn check_literal(cx: &mut Cx, path: &str, k: &str, f: &Field, v: &Value) {
     if v.is_null() {
         return;
     }
     if !type_matches(f.ty, v) {
         let hint = match (f.ty, v) {
-            (
-                FieldTypeSpec::Integer | FieldTypeSpec::Number | FieldTypeSpec::Timestamp,
-                Value::String(s),
-            ) if s.trim().parse::<f64>().is_ok() => {
+            (FieldType::Integer | FieldType::Number | FieldType::Timestamp, Value::String(s))
+                if s.trim().parse::<f64>().is_ok() =>
+            {
                 format!("remove the quotes: `{k}: {}`", s.trim())
             }
-            (FieldTypeSpec::String, Value::Number(n)) => {
+            (FieldType::String, Value::Number(n)) => {
                 format!("put it in quotes: `{k}: \"{n}\"`")
             }
-            (FieldTypeSpec::Boolean, Value::String(s))
-                if matches!(s.as_str(), "true" | "false") =>
-            {
+            (FieldType::Boolean, Value::String(s)) if matches!(s.as_str(), "true" | "false") => {
                 format!("remove the quotes: `{k}: {s}`")
             }
-            (FieldTypeSpec::Array, _) => format!("write a list: `{k}: [a, b]`"),
+            (FieldType::Array, _) => format!("write a list: `{k}: [a, b]`"),
             _ => format!("`{k}` takes {}", describe_type(f)),
         };
         cx.err(

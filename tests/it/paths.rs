@@ -7,7 +7,6 @@ use std::process::Command;
 
 use serde_json::{json, Map, Value};
 use sluice::plan::{Condition, PathPart};
-use sluice::spec::FieldTypeSpec;
 
 use crate::util::{root, Run, SimEnv};
 
@@ -85,7 +84,7 @@ fn cases() -> Vec<Case> {
     let connector = sluice::plan::load_connector_text(&file, &text).unwrap();
     let mut out = Vec::new();
     for (id, action) in &connector.actions {
-        let spec = &action.spec;
+        let spec = action;
         let example = |name: &str| -> Value {
             let f = &spec.inputs[name];
             let ex = f
@@ -138,7 +137,7 @@ fn cases() -> Vec<Case> {
                     path: variant.request.path.clone(),
                     inputs: inputs.clone(),
                     for_each: spec.for_each.clone(),
-                    text: ty == Some(FieldTypeSpec::String),
+                    text: ty == Some(sluice::plan::FieldType::String),
                 });
             }
         }
