@@ -7,7 +7,7 @@
 use crate::spec::FailureClassSpec;
 
 /// The class of a failure; the runtime branches on this, never on status codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
     /// Transient: retry with backoff.

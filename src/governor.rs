@@ -600,6 +600,8 @@ struct State {
     /// The server was once seen in a window we thought over: from then on a window begun on
     /// our clock alone lets one call through (a probe) until a response confirms it.
     distrust: bool,
+    /// A probe (see `distrust`) is out and no response has come since.
+    probe_out: bool,
     /// Our clock's origin for µs arithmetic.
     anchor: Instant,
     /// Pacing: the theoretical time of the next call (GCRA).
@@ -620,6 +622,7 @@ impl State {
             sync: ClockSync::default(),
             slack_us: 0,
             distrust: false,
+            probe_out: false,
             anchor: now,
             tat: None,
             paused_until: None,
@@ -694,6 +697,8 @@ impl State {
     /// Starts the window ending at `reset` (`end` on our clock) after `cur`; `adjacent` when it
     /// directly follows `cur`, whose unanswered calls may then land in it.
     fn advance_to(&mut self, cur: Window, reset: i64, end: Instant, adjacent: bool) {
+        // A new window may send its own probe.
+        self.probe_out = false;
         let mut next = Window::new(Some(reset), end);
         if adjacent {
             next.carried = cur.pending();
@@ -727,9 +732,14 @@ impl State {
             }
         }
         let cur = self.cur.as_mut().expect("invariant: roll sets the window");
-        let probing = self.distrust && !cur.confirmed && cur.own > 0;
+        // An unconfirmed window of a server seen behind our clock lets one call through at a
+        // time until a response says which window the server is in.
+        let probing = self.distrust && !cur.confirmed && self.probe_out;
         if probing || cur.sent() >= budget || cur.server_room(limit, budget) == Some(0) {
             return Err(cur.end);
+        }
+        if self.distrust && !cur.confirmed {
+            self.probe_out = true;
         }
         cur.own += 1;
         self.tat = Some(self.tat.map_or(now, |t| t.max(now)) + interval);
@@ -757,6 +767,8 @@ impl State {
         if let Some(s) = sample {
             self.sync.sample(s);
         }
+        // Any answer is news: an outstanding probe no longer holds the others back.
+        self.probe_out = false;
         self.roll(now);
         let limit = self.limit();
         let mut cur = self.cur.expect("invariant: roll sets the window");
@@ -819,8 +831,28 @@ impl State {
                     cur = merged;
                 }
             }
-            // A response from an older window: it tells nothing about this one.
-            (Some(_), Some(_)) => {}
+            // A response from a window older than the previous one: the server's clock stands
+            // still or went back (a frozen or broken clock). Unless an unanswered call explains
+            // it, the server's window is the one that counts: take it, with every call since.
+            (Some(r), Some(_)) => {
+                if cur.carried > 0 {
+                    cur.carried -= 1;
+                } else {
+                    if let Some(s) = sample {
+                        self.sync.reset_to(s);
+                    }
+                    self.distrust = true;
+                    let mut theirs = Window::new(
+                        Some(r),
+                        self.local_end(r, now).unwrap_or(now + self.budget.window),
+                    );
+                    theirs.own = cur.own + self.prev.take().map_or(0, |p| p.own);
+                    theirs.confirmed = true;
+                    theirs.report(limit, remaining);
+                    tracing::debug!("The server's rate-limit window is older than sluice thought; following the server's.");
+                    cur = theirs;
+                }
+            }
         }
         self.cur = Some(cur);
     }
@@ -1387,6 +1419,38 @@ mod tests {
             u128::from(gov.stats().rejected) <= windows + 2,
             "{c:?} in {windows} windows"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_whose_clock_stands_still_with_room_to_spare_is_not_starved() {
+        // A frozen clock and a budget far above what is sent: calls must keep flowing after
+        // sluice's own guess of the window's end, not one probe per window.
+        let gov = governor(1_000_000, 1.0);
+        let server = Server::shared(1_000_000, 1_000_000_000_000);
+        server.lock().unwrap().frozen = true;
+        let until = Instant::now() + Duration::from_secs(60);
+        let one_way = Duration::from_millis(50);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(worker(
+                    Arc::clone(&gov),
+                    Arc::clone(&server),
+                    "a",
+                    one_way,
+                    until,
+                ))
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let server = server.lock().unwrap();
+        let c = server.windows.values().next().unwrap();
+        assert_eq!(server.windows.len(), 1);
+        // 8 workers, 100 ms a round trip, 60 s: about 4,800 calls; one probe a window would
+        // be a handful.
+        assert!(c.ours >= 4_000, "{c:?}");
+        assert_eq!(c.ours_429, 0, "{c:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -160,7 +160,7 @@ pub struct DeadLetter {
     /// The step that failed.
     pub failed_step: String,
     /// Failure class (`fatal`, `conflict`, …).
-    pub class: String,
+    pub class: crate::failure::FailureClass,
     /// What went wrong.
     pub error: String,
     /// `METHOD /path` of the failing request, when there was one (no host, no query).
@@ -1068,7 +1068,7 @@ mod tests {
             record: Value::Null,
             done: vec![],
             failed_step: "x".into(),
-            class: "fatal".into(),
+            class: crate::failure::FailureClass::Fatal,
             error: "boom".into(),
             request: None,
             status: None,

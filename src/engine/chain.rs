@@ -195,7 +195,7 @@ impl Chain {
             record,
             done: self.done,
             failed_step: step.to_string(),
-            class: f.class.to_string(),
+            class: f.class,
             error,
             request: (!f.request.is_empty()).then_some(f.request),
             status: f.status,

@@ -336,6 +336,13 @@ impl Sim {
         self.lock().config.strict_gt = on;
     }
 
+    /// The most Intercom requests answered at once since the last call (which resets it).
+    pub fn take_max_in_flight(&self) -> usize {
+        let mut st = self.lock();
+        let now = st.in_flight.0;
+        std::mem::replace(&mut st.in_flight.1, now)
+    }
+
     /// Sets the search index lag.
     pub fn set_search_lag(&self, secs: i64) {
         self.lock().config.search_lag_secs = secs.max(0);
@@ -530,7 +537,21 @@ async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
         set_header(&mut resp, "date", &http_date(sim.now()));
         return resp;
     }
-    let latency = sim.lock().faults.latency_ms;
+    let latency = {
+        let mut st = sim.lock();
+        st.in_flight.0 += 1;
+        st.in_flight.1 = st.in_flight.1.max(st.in_flight.0);
+        st.faults.latency_ms
+    };
+    // Counts the request as answered however this handler ends.
+    struct InFlight(Sim);
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            let mut st = self.0.lock();
+            st.in_flight.0 = st.in_flight.0.saturating_sub(1);
+        }
+    }
+    let _in_flight = InFlight(sim.clone());
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }

@@ -45,6 +45,8 @@ pub(crate) struct State {
     pub scroll: Option<Scroll>,
     pub audit: Vec<AuditEntry>,
     pub audit_seq: u64,
+    /// Intercom requests being answered now, and the most at once since the last reset.
+    pub in_flight: (usize, usize),
     pub faults: Faults,
     pub workspace_id: String,
     /// Next `usr_N` number.
@@ -77,6 +79,7 @@ impl State {
             scroll: None,
             audit: Vec::new(),
             audit_seq: 0,
+            in_flight: (0, 0),
             faults: Faults::default(),
             workspace_id,
             external_seq: 1,

@@ -689,3 +689,44 @@ async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing(
     assert_eq!(rep.fired + rep2["fired"].as_u64().unwrap(), 300, "{rep2}");
     assert_eq!(e.count("POST", "/notes"), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_run_concurrently_up_to_the_recipe_and_connection_caps() {
+    let recipe = NOTE_ON_NEW.replace("steps:", "concurrency: 6\nsteps:");
+    let e = Engine::start(0, &recipe).await;
+    for i in 0..40 {
+        e.contact(&format!("k{i}@x.io"), T0 - 3000 + i);
+    }
+    // Slow answers: chains overlap as far as they are let.
+    e.env.sim().set_faults(Faults {
+        latency_ms: 30,
+        ..Faults::default()
+    });
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(rep["finished"], 40, "{rep}");
+    let most = e.env.sim().take_max_in_flight();
+    // Six chains, plus the next page's request fetched meanwhile.
+    assert!((6..=7).contains(&most), "{most} requests at once");
+    // A connection's cap holds across the recipe's own.
+    let config = std::fs::read_to_string(e.env.ws.config()).unwrap();
+    std::fs::write(
+        e.env.ws.config(),
+        config.replace(
+            "connector: intercom\n",
+            "connector: intercom\n    concurrency: 2\n",
+        ),
+    )
+    .unwrap();
+    e.env.sim().advance_clock(60);
+    for i in 0..20 {
+        e.contact(&format!("m{i}@x.io"), T0 + 10 + i);
+    }
+    e.env.sim().advance_clock(60);
+    let (r, rep) = e.run_once().await;
+    r.assert_ok();
+    assert_eq!(rep["finished"], 20, "{rep}");
+    let most = e.env.sim().take_max_in_flight();
+    assert!((2..=3).contains(&most), "{most} requests at once");
+    assert_eq!(e.count("POST", "/notes"), 60);
+}
