@@ -6,7 +6,7 @@
 //! URLs without their query string. Does not decide what to do with a failure beyond retrying.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,8 +115,12 @@ pub struct Connection {
     client: reqwest::Client,
     rate: Mutex<RateState>,
     /// The server's clock minus ours, in seconds, from the last response's `Date` header
-    /// ([`NO_OFFSET`] until one arrives).
+    /// that was within `max_clock_skew` ([`NO_OFFSET`] until one arrives).
     clock_offset: AtomicI64,
+    /// How far (seconds, either way) the server's clock may be from ours and still be used.
+    max_clock_skew: i64,
+    /// Whether a `Date` beyond `max_clock_skew` was reported (once per connection).
+    clock_warned: AtomicBool,
 }
 
 /// `Connection::clock_offset` before any `Date` header was seen.
@@ -176,6 +180,8 @@ impl Connection {
             client,
             rate: Mutex::new(RateState::default()),
             clock_offset: AtomicI64::new(NO_OFFSET),
+            max_clock_skew: plan.max_clock_skew,
+            clock_warned: AtomicBool::new(false),
         })
     }
 
@@ -290,7 +296,8 @@ impl Connection {
     /// response. Before the first response it asks the connector's `timezone` request once (a
     /// cheap `GET /me` for Intercom); without one, or without a usable `Date`, it is the local
     /// clock. Cursors bounded by "now" use this, so a server whose clock is behind ours cannot
-    /// make sluice skip the records it writes meanwhile.
+    /// make sluice skip the records it writes meanwhile. A `Date` more than `max_clock_skew`
+    /// from the local clock is not used (see [`Connection::note_date`]).
     pub async fn server_now(&self) -> i64 {
         if self.clock_offset.load(Ordering::Relaxed) == NO_OFFSET {
             self.discover().await;
@@ -302,7 +309,12 @@ impl Connection {
         }
     }
 
-    /// Notes the server's clock from a response's `Date` header.
+    /// Notes the server's clock from a response's `Date` header, when it is within
+    /// `max_clock_skew` of ours. One further off is a broken server (or a broken local
+    /// clock): trusting it would make a first cursor (`start_from: now`) far in the future,
+    /// so that nothing ever fires, or far in the past, a backfill of everything. It is
+    /// ignored, with one warning per connection; the last offset within bounds (else the
+    /// local clock) stays in use.
     fn note_date(&self, headers: &reqwest::header::HeaderMap) {
         let server = headers
             .get(reqwest::header::DATE)
@@ -310,10 +322,19 @@ impl Connection {
             .and_then(|s| httpdate::parse_http_date(s).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok());
-        if let Some(server) = server {
-            let off = server.saturating_sub(chrono::Utc::now().timestamp());
+        let Some(server) = server else { return };
+        let off = server.saturating_sub(chrono::Utc::now().timestamp());
+        if off.unsigned_abs() <= self.max_clock_skew.unsigned_abs() {
             self.clock_offset
                 .store(off.max(NO_OFFSET + 1), Ordering::Relaxed);
+        } else if !self.clock_warned.swap(true, Ordering::Relaxed) {
+            // The connection's name and a parsed offset only: the header is the server's text.
+            warn!(
+                connection = %self.name,
+                offset_secs = off,
+                "The server's clock (its `Date` header) is {} the local clock, more than `max_clock_skew` allows; using the local clock for this connection. Check the server's clock, and this machine's.",
+                describe_offset(off)
+            );
         }
     }
 
@@ -685,6 +706,20 @@ impl Connection {
         };
         (None, msg)
     }
+}
+
+/// `off` seconds as "3 days ahead of" / "2 hours behind", for the clock warning.
+fn describe_offset(off: i64) -> String {
+    let n = off.unsigned_abs();
+    let (n, unit) = match n {
+        n if n >= 86_400 => (n / 86_400, "day"),
+        n if n >= 3_600 => (n / 3_600, "hour"),
+        n if n >= 60 => (n / 60, "minute"),
+        n => (n, "second"),
+    };
+    let s = if n == 1 { "" } else { "s" };
+    let side = if off > 0 { "ahead of" } else { "behind" };
+    format!("{n} {unit}{s} {side}")
 }
 
 /// Why a response body could not be read.

@@ -576,3 +576,90 @@ async fn run_once_commits_the_records_before_a_pagination_loop() {
     assert_eq!(run.stdout, "");
     assert_eq!(requests(&seen).len(), 4);
 }
+
+/// Now on the local clock, in Unix seconds.
+fn local_now() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_far_off_ours_is_not_trusted() {
+    for date in [
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Mon, 01 Jan 1990 00:00:00 GMT",
+    ] {
+        // Items (key, made) the server lists; every answer carries the absurd `Date`.
+        let items: Arc<Mutex<Vec<(String, i64)>>> =
+            Arc::new(Mutex::new(vec![("old".into(), local_now() - 3600)]));
+        let listed = items.clone();
+        let (url, seen) = start(move |r| {
+            let body = match r.path.as_str() {
+                "me" => json!({"timezone": "UTC"}),
+                _ => {
+                    let items = listed.lock().unwrap();
+                    json!({"items": items.iter().map(|(k, t)| json!({"key": k, "made": t})).collect::<Vec<_>>()})
+                }
+            };
+            ([(axum::http::header::DATE, date)], axum::Json(body)).into_response()
+        })
+        .await;
+        let ws = Workspace::new(&format!(
+            "connections:\n  s:\n    connector: skewed\n    base_url: {url}\n    token: ${{env:HOSTILE_TOKEN}}\n"
+        ));
+        let dir = ws.path().join("recipes");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("r.yaml"),
+            "id: r\nconnection: s\ntrigger: skewed.items\nschedule:\n  every: 1m\nstart_from: now\nsteps:\n  - id: out\n    action: emit\n",
+        )
+        .unwrap();
+        let sluice = |args: &[&str]| {
+            let mut c = with_fixture(crate::util::sluice());
+            c.arg("--config")
+                .arg(ws.config())
+                .arg("--recipes")
+                .arg(&dir)
+                .arg("--state-dir")
+                .arg(ws.path().join("state"))
+                .args(args);
+            run_async(c)
+        };
+        let before = local_now();
+        let run = sluice(&["run", "--once"]).await;
+        run.assert_ok();
+        assert_eq!(run.stdout, "", "{date}");
+        // The clock was asked (GET /me) before the first cursor was taken, and refused once.
+        assert_eq!(requests(&seen)[0], "GET /me", "{date}");
+        let warning =
+            "more than `max_clock_skew` allows; using the local clock for this connection";
+        assert_eq!(
+            run.stderr.matches(warning).count(),
+            1,
+            "{date}: {}",
+            run.stderr
+        );
+        assert_scrubbed("the clock warning", &run.stderr);
+        // The first cursor is local "now", not the server's.
+        let state = sluice(&["state", "show", "--json"]).await;
+        state.assert_ok();
+        let cursor = state.json()[0]["state"]["checkpoint"]["cursor"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            (before..=local_now()).contains(&cursor),
+            "{date}: cursor {cursor}, local clock {before}"
+        );
+        // A record written after that fires on the next run, once that run's start (the
+        // poll's upper bound, on the local clock) is past it.
+        items.lock().unwrap().push(("new".into(), cursor));
+        while local_now() <= cursor {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let run = sluice(&["run", "--once"]).await;
+        run.assert_ok();
+        assert_eq!(keys(&run), ["new"], "{date}: {}", run.stderr);
+    }
+}
