@@ -361,6 +361,29 @@ fn hostile(r: &Req) -> Response {
             }});
             (StatusCode::BAD_REQUEST, axum::Json(e)).into_response()
         }
+        // A 2xx answer spelling the credential with JSON escapes, as JSON writers may.
+        ("POST", "echo_escaped") => {
+            let token = r.auth.strip_prefix("Bearer ").unwrap_or_default();
+            let escape = |c: char| format!("\\u{:04x}", u32::from(c));
+            let all: String = token.chars().map(escape).collect();
+            let mut chars = token.chars();
+            let first = chars.next().map(escape).unwrap_or_default() + chars.as_str();
+            let slashed = token.replace('/', "\\/");
+            let body = format!(
+                r#"{{"all":"{all}","first":"{first}","slashed":"{slashed}","text":"a\/b\n\u00e9"}}"#
+            );
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        // An error body whose credential straddles the end of what a message shows.
+        ("POST", "fail_long") => {
+            let token = r.auth.strip_prefix("Bearer ").unwrap_or_default();
+            let body = format!("{}{token} and more", "x".repeat(190));
+            (StatusCode::BAD_REQUEST, body).into_response()
+        }
         ("POST", "fail_text") => (
             StatusCode::BAD_REQUEST,
             format!("Authorization: {}\ntoken={TOKEN} Bearer {OTHER}", r.auth),
@@ -416,6 +439,43 @@ async fn secrets_echoed_by_the_server_are_scrubbed_from_errors_and_output() {
     assert!(!run.stdout.contains(TOKEN));
     // The server did get the credential.
     assert_eq!(requests(&seen).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_spelled_with_escapes_or_cut_by_a_snippet_are_scrubbed() {
+    let (url, _seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // A token with a `/`, which a JSON writer may send as `\/`.
+    const SLASHED: &str = "tok/SLASHED-789";
+    for token in [TOKEN, SLASHED] {
+        let mut c = with_fixture(ws.sluice(&[
+            "call",
+            "hostile.send",
+            "--connection",
+            "h",
+            "--with",
+            r#"{"what":"echo_escaped"}"#,
+        ]));
+        c.env("HOSTILE_TOKEN", token);
+        let run = run_async(c).await;
+        run.assert_ok();
+        assert_eq!(
+            run.json(),
+            json!({"all": "***", "first": "***", "slashed": "***", "text": "a/b\né"}),
+            "{token}"
+        );
+        assert!(!run.stdout.contains(token), "{}", run.stdout);
+    }
+    // The error message shows the body's first 200 characters, scrubbed before the cut.
+    let run = call(&ws, "send", json!({"what": "fail_long"})).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains(&TOKEN[..5]), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{}*** and mo…", "x".repeat(190))),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A workspace with one recipe `r` (trigger `hostile.items` with `mode`, then `steps`), and
