@@ -333,6 +333,19 @@ fn hostile(r: &Req) -> Response {
                     let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
                     json!({"items": [item(n)], "next": format!("c{}", n + 1)})
                 }
+                // A new token on every page, and the same records forever.
+                Some("repeat") => {
+                    let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
+                    json!({"items": [item(0), item(1)], "next": format!("r{}", n + 1)})
+                }
+                // Five pages listing the same two records, changed again each time (as
+                // records changed while a poll pages are listed again).
+                Some("changing") => {
+                    let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
+                    let changed = |k: &str| json!({"key": k, "made": 200 + n});
+                    let next = (n < 4).then(|| format!("c{}", n + 1));
+                    json!({"items": [changed("k0"), changed("k1")], "next": next})
+                }
                 _ => json!({"items": [item(0)]}),
             };
             axum::Json(page).into_response()
@@ -342,6 +355,8 @@ fn hostile(r: &Req) -> Response {
             let n: u64 = r.query["page"].parse().unwrap();
             axum::Json(json!({"items": [item(n)]})).into_response()
         }
+        // Page numbers that are ignored: every page is the first.
+        ("GET", "stuck") => axum::Json(json!({"items": [item(0), item(1)]})).into_response(),
         // A scan whose second page fails the first time (request 2), so it restarts and
         // sends its first token again.
         ("GET", "scan") => match after.map(String::as_str) {
@@ -591,6 +606,41 @@ async fn endless_pages_end_the_poll_at_max_pages() {
         run.stderr
     );
     assert_eq!(requests(&seen).len(), 5 + 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_bring_nothing_new_end_the_poll() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // A fresh token on every page, the same records on every page: the fourth page is the
+    // third in a row with nothing new.
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"repeat"}"#]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "GET /items failed `pagination_loop` (fatal): trigger `items` would page forever: the last 3 pages (up to page 4) brought no record that this poll had not already received"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(keys(&run), ["k0", "k1", "k0", "k1", "k0", "k1"]);
+    assert_eq!(requests(&seen).len(), 4);
+    // Page numbers the server ignores.
+    let run = poll(&ws, "stuck", &[]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "GET /stuck failed `pagination_loop` (fatal): trigger `stuck` would page forever: the last 3 pages (up to page 4)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(requests(&seen).len(), 4 + 4);
+    // Records listed again because they changed are new: every page is used.
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"changing"}"#]).await;
+    run.assert_ok();
+    assert_eq!(keys(&run).len(), 10);
+    assert_eq!(requests(&seen).len(), 4 + 4 + 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
