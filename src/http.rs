@@ -383,6 +383,18 @@ impl Connection {
         let raw = self.send_raw_mode(req, rules, mode).await?;
         let body = if raw.body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
+        } else if parsed_too_large(&raw.body) {
+            let mb = PARSED_BUDGET >> 20;
+            return Err(Failure {
+                class: FailureClass::Fatal,
+                status: Some(raw.status),
+                code: Some("response_too_large".into()),
+                message: format!("the response would take more than {mb} MiB of memory once parsed (it holds too many values)"),
+                help: Some("an action's answer is read whole; ask the API for less (a smaller page, fewer items)".into()),
+                request: req.describe(),
+                attempts: raw.attempts,
+                step: None,
+            });
         } else {
             serde_json::from_slice(&raw.body).map_err(|_| Failure {
                 class: FailureClass::Fatal,
@@ -613,6 +625,9 @@ impl Connection {
         }
         let body: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
             Some(Value::Null)
+        } else if parsed_too_large(&bytes) {
+            // Shown as a snippet instead, like a body that is not JSON.
+            None
         } else {
             serde_json::from_slice(&bytes).ok()
         };
@@ -707,6 +722,60 @@ impl Connection {
             self.snippet(raw)
         };
         (None, msg)
+    }
+}
+
+/// The most memory a body read whole (an action's answer, an error body) may take once parsed
+/// into a `serde_json::Value`, as [`parsed_too_large`] estimates it. The byte limit
+/// (`max_response_mb`) does not bound this: `[0,0,…]` takes 2 bytes a value as text and 32 or
+/// more parsed, so 40 MB of it took 746 MB. Real answers (an object or a page of them) are
+/// estimated at about twice their size, so this admits far more than any action returns.
+pub(crate) const PARSED_BUDGET: usize = 64 << 20;
+
+/// Estimated bytes a parsed value takes per list item or object entry (a 32-byte `Value`,
+/// with room for the list's growth or the entry's key).
+const PARSED_PER_ITEM: usize = 64;
+
+/// Estimated bytes a parsed object takes before its entries (a `BTreeMap` node holds room
+/// for eleven entries, however few it has).
+const PARSED_PER_OBJECT: usize = 640;
+
+/// Whether JSON `text`, parsed into a `serde_json::Value`, would take more than
+/// [`PARSED_BUDGET`]: an upper estimate from the `[`, `{`, `,` and `:` outside strings
+/// (strings take about their own size, which the byte limit bounds). One pass, stopping once
+/// past the budget; nothing is allocated.
+pub(crate) fn parsed_too_large(text: &[u8]) -> bool {
+    let mut cost = 0usize;
+    let mut rest = text;
+    loop {
+        let quote = memchr::memchr(b'"', rest);
+        for block in rest[..quote.unwrap_or(rest.len())].chunks(1 << 16) {
+            for b in block {
+                cost += match b {
+                    b'{' => PARSED_PER_OBJECT,
+                    b'[' | b',' | b':' => PARSED_PER_ITEM,
+                    _ => 0,
+                };
+            }
+            if cost > PARSED_BUDGET {
+                return true;
+            }
+        }
+        let Some(q) = quote else { return false };
+        // Past the string (which has no structure): its closing quote is the first one not
+        // escaped. An unterminated string is not JSON, which the parser reports.
+        let mut j = q + 1;
+        loop {
+            let Some(k) = rest.get(j..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) else {
+                return false;
+            };
+            if rest[j + k] == b'"' {
+                j += k + 1;
+                break;
+            }
+            j += k + 2;
+        }
+        rest = rest.get(j..).unwrap_or_default();
     }
 }
 
@@ -1191,6 +1260,25 @@ mod tests {
             hidden(&r, r#"{"a":"\u0074ok-SECRET-123\u00e9"}"#),
             r#"{"a":"***é"}"#
         );
+    }
+
+    #[test]
+    fn parsed_size_is_estimated_from_structure_outside_strings() {
+        let zeros = |n: usize| format!("[{}0]", "0,".repeat(n - 1));
+        let per = PARSED_BUDGET / PARSED_PER_ITEM;
+        assert!(!parsed_too_large(zeros(per - 10).as_bytes()));
+        assert!(parsed_too_large(zeros(per + 10).as_bytes()));
+        // Commas, colons and brackets inside strings are text, escaped quotes included.
+        let text = format!(
+            r#"{{"a":"{}\"{}","b":"\\"}}"#,
+            ",".repeat(per),
+            "[".repeat(per)
+        );
+        assert!(!parsed_too_large(text.as_bytes()));
+        let objects = format!("[{}{{}}]", "{},".repeat(PARSED_BUDGET / PARSED_PER_OBJECT));
+        assert!(parsed_too_large(objects.as_bytes()));
+        assert!(!parsed_too_large(br#"{"unterminated": "abc"#));
+        assert!(!parsed_too_large(b""));
     }
 
     #[test]

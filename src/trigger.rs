@@ -16,7 +16,7 @@ use crate::http::{Connection, Failure, FailureClass, HttpRequest};
 use crate::plan::Trigger;
 use serde_json::value::RawValue;
 
-use crate::record::{parse_raw, pick, Page, Record};
+use crate::record::{kind_of_raw, parse_raw, pick, Page, Record};
 use crate::spec::{GranularitySpec, PaginationSpec, SendInSpec, SortSpec, StopSpec};
 use crate::template::{lookup, Scope};
 
@@ -420,10 +420,14 @@ impl<'a> Poll<'a> {
             })
             .collect();
         let fresh = self.note_records(&list);
+        // A token or a page count is text or a number; anything else is not one, and is not
+        // parsed (a list could hold millions of values).
         let value_at = |path: &[String]| -> Result<Option<Value>, Failure> {
             match top.at(path).map_err(|e| not_json(&e))? {
-                Some(raw) => parse_raw(raw).map(Some).map_err(|e| not_json(&e)),
-                None => Ok(None),
+                Some(raw) if matches!(kind_of_raw(raw), "text" | "a number") => {
+                    parse_raw(raw).map(Some).map_err(|e| not_json(&e))
+                }
+                _ => Ok(None),
             }
         };
         self.next = match &self.trigger.spec.pagination {

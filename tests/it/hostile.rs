@@ -773,3 +773,80 @@ async fn a_server_clock_far_off_ours_is_not_trusted() {
         assert_eq!(keys(&run), ["new"], "{date}: {}", run.stderr);
     }
 }
+
+/// A JSON list of `n` zeros: `[0,0,…,0]`, two bytes per value.
+fn zeros(n: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 * n + 1);
+    body.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.push(b'0');
+    }
+    body.push(b']');
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_too_many_values_are_refused_before_they_are_parsed() {
+    // 40 MB of `[0,0,…]`: twenty million values, within the byte limit, that would take
+    // 700 MB and more parsed. As an answer (200) and as an error body (400).
+    // And as a page's next-page token, which is not a token.
+    let many = axum::body::Bytes::from(zeros(20_000_000));
+    let mut page = br#"{"items":[{"key":"k0","made":100}],"next":"#.to_vec();
+    page.extend_from_slice(&many);
+    page.push(b'}');
+    let page = axum::body::Bytes::from(page);
+    let (url, _seen) = start(move |r| {
+        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "items") => (StatusCode::OK, json, page.clone()).into_response(),
+            ("POST", _) => (StatusCode::BAD_REQUEST, json, many.clone()).into_response(),
+            _ => (StatusCode::OK, json, many.clone()).into_response(),
+        }
+    })
+    .await;
+    let ws = workspace(&url);
+    for (action, error) in [
+        (
+            "fetch",
+            "GET /zeros failed with HTTP 200 `response_too_large` (fatal): the response would take more than 64 MiB of memory once parsed (it holds too many values)",
+        ),
+        // An error body too large to parse is shown as a snippet, as one that is not JSON.
+        ("send", "POST /zeros failed with HTTP 400 (fatal): [0,0,0,0,"),
+    ] {
+        let c = with_fixture(ws.sluice(&[
+            "call",
+            &format!("hostile.{action}"),
+            "--connection",
+            "h",
+            "--with",
+            r#"{"what":"zeros"}"#,
+        ]));
+        let (run, peak) = run_measured(c, ws.path()).await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(error), "{}", run.stderr);
+        if let Some(kib) = peak {
+            eprintln!("{action}: peak RSS of `sluice call` {} MiB", kib >> 10);
+            assert!(kib < 100 << 10, "{action}: peak RSS {kib} KiB");
+        }
+    }
+    let c = with_fixture(ws.sluice(&[
+        "poll",
+        "hostile.items",
+        "--connection",
+        "h",
+        "--since",
+        "0",
+        "--with",
+        r#"{"mode":"any"}"#,
+    ]));
+    let (run, peak) = run_measured(c, ws.path()).await;
+    run.assert_ok();
+    assert_eq!(keys(&run), ["k0"]);
+    if let Some(kib) = peak {
+        eprintln!("poll: peak RSS of `sluice poll` {} MiB", kib >> 10);
+        assert!(kib < 100 << 10, "poll: peak RSS {kib} KiB");
+    }
+}
