@@ -299,7 +299,7 @@ impl Connection {
     /// cheap `GET /me` for Intercom); without one, or without a usable `Date`, it is the local
     /// clock. Cursors bounded by "now" use this, so a server whose clock is behind ours cannot
     /// make sluice skip the records it writes meanwhile. A `Date` more than `max_clock_skew`
-    /// from the local clock is not used (see [`Connection::note_date`]).
+    /// from the local clock is not used (see `note_date`).
     pub async fn server_now(&self) -> i64 {
         if self.clock_offset.load(Ordering::Relaxed) == NO_OFFSET {
             self.discover().await;

@@ -113,8 +113,8 @@ pub struct Poll<'a> {
 const MAX_RESTARTS: u32 = 3;
 
 /// Pages in a row that bring no record not already received in the poll, after which an API
-/// still offering a next page is taken to page forever ([`Poll::fetch`]).
-pub const STALE_PAGES: u32 = 3;
+/// still offering a next page is taken to page forever (checked as each page is fetched).
+const STALE_PAGES: u32 = 3;
 
 impl<'a> Poll<'a> {
     /// Starts polling `trigger` for records whose cursor is at or after `since`.

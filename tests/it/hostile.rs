@@ -772,6 +772,19 @@ async fn a_server_clock_far_off_ours_is_not_trusted() {
         run.assert_ok();
         assert_eq!(keys(&run), ["new"], "{date}: {}", run.stderr);
     }
+    // The bound is a duration.
+    let ws = Workspace::new(
+        "connections:\n  s:\n    connector: skewed\n    base_url: http://127.0.0.1:9\n    max_clock_skew: soon\n",
+    );
+    let run = run_async(with_fixture(ws.sluice(&["validate"]))).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "connection `s`: `max_clock_skew`: `soon` does not start with a whole number"
+        ),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A JSON list of `n` zeros: `[0,0,…,0]`, two bytes per value.
