@@ -6,7 +6,7 @@
 //! URLs without their query string. Does not decide what to do with a failure beyond retrying.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,8 +119,12 @@ pub struct Connection {
     /// The workspace's rate governor (shared by every connection to the same workspace).
     governor: Arc<Governor>,
     /// The server's clock minus ours, in seconds, from the last response's `Date` header
-    /// ([`NO_OFFSET`] until one arrives).
+    /// that was within `max_clock_skew` ([`NO_OFFSET`] until one arrives).
     clock_offset: AtomicI64,
+    /// How far (seconds, either way) the server's clock may be from ours and still be used.
+    max_clock_skew: i64,
+    /// Whether a `Date` beyond `max_clock_skew` was reported (once per connection).
+    clock_warned: AtomicBool,
 }
 
 /// `Connection::clock_offset` before any `Date` header was seen.
@@ -196,6 +200,8 @@ impl Connection {
             client,
             governor,
             clock_offset: AtomicI64::new(NO_OFFSET),
+            max_clock_skew: plan.max_clock_skew,
+            clock_warned: AtomicBool::new(false),
         })
     }
 
@@ -251,9 +257,11 @@ impl Connection {
         self.redactor.scrub(text)
     }
 
-    /// The start of a response body for an error message, scrubbed.
+    /// The start of a response body for an error message, scrubbed. The whole body is
+    /// scrubbed before it is cut, so a credential across the cut is not shown in part.
     pub(crate) fn snippet(&self, raw: &[u8]) -> String {
-        self.scrub(&snippet(raw)).into_owned()
+        let raw = self.redactor.hide_token_bytes(raw);
+        cut(&self.scrub(&String::from_utf8_lossy(&raw)), SNIPPET_CHARS)
     }
 
     /// The account's timezone: configured, else asked of the API once (per the connector's
@@ -304,7 +312,8 @@ impl Connection {
     /// response. Before the first response it asks the connector's `timezone` request once (a
     /// cheap `GET /me` for Intercom); without one, or without a usable `Date`, it is the local
     /// clock. Cursors bounded by "now" use this, so a server whose clock is behind ours cannot
-    /// make sluice skip the records it writes meanwhile.
+    /// make sluice skip the records it writes meanwhile. A `Date` more than `max_clock_skew`
+    /// from the local clock is not used (see `note_date`).
     pub async fn server_now(&self) -> i64 {
         if self.clock_offset.load(Ordering::Relaxed) == NO_OFFSET {
             self.discover().await;
@@ -316,7 +325,12 @@ impl Connection {
         }
     }
 
-    /// Notes the server's clock from a response's `Date` header.
+    /// Notes the server's clock from a response's `Date` header, when it is within
+    /// `max_clock_skew` of ours. One further off is a broken server (or a broken local
+    /// clock): trusting it would make a first cursor (`start_from: now`) far in the future,
+    /// so that nothing ever fires, or far in the past, a backfill of everything. It is
+    /// ignored, with one warning per connection; the last offset within bounds (else the
+    /// local clock) stays in use.
     fn note_date(&self, headers: &reqwest::header::HeaderMap) {
         let server = headers
             .get(reqwest::header::DATE)
@@ -324,10 +338,19 @@ impl Connection {
             .and_then(|s| httpdate::parse_http_date(s).ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok());
-        if let Some(server) = server {
-            let off = server.saturating_sub(chrono::Utc::now().timestamp());
+        let Some(server) = server else { return };
+        let off = server.saturating_sub(chrono::Utc::now().timestamp());
+        if off.unsigned_abs() <= self.max_clock_skew.unsigned_abs() {
             self.clock_offset
                 .store(off.max(NO_OFFSET + 1), Ordering::Relaxed);
+        } else if !self.clock_warned.swap(true, Ordering::Relaxed) {
+            // The connection's name and a parsed offset only: the header is the server's text.
+            warn!(
+                connection = %self.name,
+                offset_secs = off,
+                "The server's clock (its `Date` header) is {} the local clock, more than `max_clock_skew` allows; using the local clock for this connection. Check the server's clock, and this machine's.",
+                describe_offset(off)
+            );
         }
     }
 
@@ -370,6 +393,18 @@ impl Connection {
         let raw = self.send_raw_mode(req, rules, mode).await?;
         let body = if raw.body.iter().all(u8::is_ascii_whitespace) {
             Value::Null
+        } else if parsed_too_large(&raw.body) {
+            let mb = PARSED_BUDGET >> 20;
+            return Err(Failure {
+                class: FailureClass::Fatal,
+                status: Some(raw.status),
+                code: Some("response_too_large".into()),
+                message: format!("the response would take more than {mb} MiB of memory once parsed (it holds too many values)"),
+                help: Some("an action's answer is read whole; ask the API for less (a smaller page, fewer items)".into()),
+                request: req.describe(),
+                attempts: raw.attempts,
+                step: None,
+            });
         } else {
             serde_json::from_slice(&raw.body).map_err(|_| Failure {
                 class: FailureClass::Fatal,
@@ -587,6 +622,9 @@ impl Connection {
         }
         let body: Option<Value> = if bytes.iter().all(u8::is_ascii_whitespace) {
             Some(Value::Null)
+        } else if parsed_too_large(&bytes) {
+            // Shown as a snippet instead, like a body that is not JSON.
+            None
         } else {
             serde_json::from_slice(&bytes).ok()
         };
@@ -700,6 +738,74 @@ impl Connection {
     }
 }
 
+/// The most memory a body read whole (an action's answer, an error body) may take once parsed
+/// into a `serde_json::Value`, as [`parsed_too_large`] estimates it. The byte limit
+/// (`max_response_mb`) does not bound this: `[0,0,…]` takes 2 bytes a value as text and 32 or
+/// more parsed, so 40 MB of it took 746 MB. Real answers (an object or a page of them) are
+/// estimated at about twice their size, so this admits far more than any action returns.
+pub(crate) const PARSED_BUDGET: usize = 64 << 20;
+
+/// Estimated bytes a parsed value takes per list item or object entry (a 32-byte `Value`,
+/// with room for the list's growth or the entry's key).
+const PARSED_PER_ITEM: usize = 64;
+
+/// Estimated bytes a parsed object takes before its entries (a `BTreeMap` node holds room
+/// for eleven entries, however few it has).
+const PARSED_PER_OBJECT: usize = 640;
+
+/// Whether JSON `text`, parsed into a `serde_json::Value`, would take more than
+/// [`PARSED_BUDGET`]: an upper estimate from the `[`, `{`, `,` and `:` outside strings
+/// (strings take about their own size, which the byte limit bounds). One pass, stopping once
+/// past the budget; nothing is allocated.
+pub(crate) fn parsed_too_large(text: &[u8]) -> bool {
+    let mut cost = 0usize;
+    let mut rest = text;
+    loop {
+        let quote = memchr::memchr(b'"', rest);
+        for block in rest[..quote.unwrap_or(rest.len())].chunks(1 << 16) {
+            for b in block {
+                cost += match b {
+                    b'{' => PARSED_PER_OBJECT,
+                    b'[' | b',' | b':' => PARSED_PER_ITEM,
+                    _ => 0,
+                };
+            }
+            if cost > PARSED_BUDGET {
+                return true;
+            }
+        }
+        let Some(q) = quote else { return false };
+        // Past the string (which has no structure): its closing quote is the first one not
+        // escaped. An unterminated string is not JSON, which the parser reports.
+        let mut j = q + 1;
+        loop {
+            let Some(k) = rest.get(j..).and_then(|r| memchr::memchr2(b'"', b'\\', r)) else {
+                return false;
+            };
+            if rest[j + k] == b'"' {
+                j += k + 1;
+                break;
+            }
+            j += k + 2;
+        }
+        rest = rest.get(j..).unwrap_or_default();
+    }
+}
+
+/// `off` seconds as "3 days ahead of" / "2 hours behind", for the clock warning.
+fn describe_offset(off: i64) -> String {
+    let n = off.unsigned_abs();
+    let (n, unit) = match n {
+        n if n >= 86_400 => (n / 86_400, "day"),
+        n if n >= 3_600 => (n / 3_600, "hour"),
+        n if n >= 60 => (n / 60, "minute"),
+        n => (n, "second"),
+    };
+    let s = if n == 1 { "" } else { "s" };
+    let side = if off > 0 { "ahead of" } else { "behind" };
+    format!("{n} {unit}{s} {side}")
+}
+
 /// Why a response body could not be read.
 enum BodyError {
     /// The connection broke before the body was complete.
@@ -713,23 +819,47 @@ enum BodyError {
 ///
 /// Failure text (messages and codes from error bodies, snippets of bodies) is scrubbed of the
 /// token and of any `Bearer <credential>`, which may be another credential of the same user.
-/// A 2xx body is customer data: only the token's own bytes are replaced there, found with one
-/// `memmem` scan per response and copied only when found, so the record path stays as fast.
+/// A 2xx body is customer data: only the token itself is replaced there. Its bytes are found
+/// with one `memmem` scan per response, and the body is copied only when found, so the record
+/// path stays as fast. A JSON string can also spell the token with escapes (`\u0074ok…`, or
+/// `\/` for a `/`), which every JSON reader downstream decodes: one `memchr` pass looks at
+/// each backslash, and only an escape that decodes to a character of the token (so that it
+/// could spell part of it) makes the body's string values be decoded and checked. Bodies
+/// without such escapes, the common case, cost those two scans.
 /// No `Debug`: the finder holds the token.
 pub(crate) struct Redactor {
     token: Option<memchr::memmem::Finder<'static>>,
+    /// Which ASCII characters occur in the token: an escape decoding to another one cannot
+    /// spell part of it.
+    ascii: [bool; 128],
+    /// Whether the token holds characters beyond ASCII (then every `\u` escape to one is
+    /// suspect).
+    non_ascii: bool,
 }
 
 /// What a hidden credential is shown as.
 const HIDDEN: &str = "***";
 
+/// How many characters of a body a failure message shows.
+const SNIPPET_CHARS: usize = 200;
+
 impl Redactor {
     fn new(token: Option<&Secret>) -> Redactor {
-        let token = token
-            .map(Secret::expose)
-            .filter(|t| !t.is_empty())
-            .map(|t| memchr::memmem::Finder::new(t).into_owned());
-        Redactor { token }
+        let token = token.map(Secret::expose).filter(|t| !t.is_empty());
+        let mut ascii = [false; 128];
+        let mut non_ascii = false;
+        for b in token.unwrap_or_default().bytes() {
+            match ascii.get_mut(usize::from(b)) {
+                Some(seen) => *seen = true,
+                None => non_ascii = true,
+            }
+        }
+        let token = token.map(|t| memchr::memmem::Finder::new(t).into_owned());
+        Redactor {
+            token,
+            ascii,
+            non_ascii,
+        }
     }
 
     /// `text` with the token and any `Bearer <credential>` replaced by `***`; borrowed when
@@ -749,10 +879,37 @@ impl Redactor {
         }
     }
 
-    /// Replaces the token's bytes in a 2xx body, if they occur.
+    /// Hides the token in a 2xx body, as it is and as JSON escapes may spell it.
     fn hide_token_in_body(&self, body: &mut Vec<u8>) {
-        if let Some(b) = self.replace_token(body) {
+        if let Cow::Owned(b) = self.hide_token_bytes(body) {
             *body = b;
+        }
+    }
+
+    /// `hay` with the token hidden, as it is and where a JSON string spells it with escapes;
+    /// borrowed when there is nothing to hide.
+    fn hide_token_bytes<'h>(&self, hay: &'h [u8]) -> Cow<'h, [u8]> {
+        let hay = match self.replace_token(hay) {
+            Some(b) => Cow::Owned(b),
+            None => Cow::Borrowed(hay),
+        };
+        if !self.has_suspect_escape(&hay) {
+            return hay;
+        }
+        // Each string's text appears whole in the body with every escape decoded (outside
+        // strings valid JSON has none): when that holds no token, no string does, and the
+        // strings need not be walked.
+        let decoded = decode_escapes(&hay);
+        if self
+            .token
+            .as_ref()
+            .is_none_or(|f| f.find(&decoded).is_none())
+        {
+            return hay;
+        }
+        match self.replace_escaped(&hay) {
+            Some(b) => Cow::Owned(b),
+            None => hay,
         }
     }
 
@@ -772,12 +929,143 @@ impl Redactor {
         out.extend_from_slice(&hay[last..]);
         Some(out)
     }
+
+    /// Whether some backslash in `hay` starts an escape that decodes to a character of the
+    /// token. Every escape starts at a backslash, so none is missed; a backslash that is
+    /// itself escaped may be taken for an escape's start, which only costs the slow path.
+    fn has_suspect_escape(&self, hay: &[u8]) -> bool {
+        self.token.is_some() && memchr::memchr_iter(b'\\', hay).any(|i| self.suspect(hay, i))
+    }
+
+    /// Whether the escape at `hay[i]` (a backslash) decodes to a character of the token.
+    fn suspect(&self, hay: &[u8], i: usize) -> bool {
+        let decoded = match hay.get(i + 1) {
+            Some(b'u') => match hay.get(i + 2..i + 6).and_then(hex4) {
+                Some(c) if c < 0x80 => c as u8,
+                // Beyond ASCII (surrogates included): only a token with such characters.
+                Some(_) => return self.non_ascii,
+                None => return false,
+            },
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
+            Some(&c @ (b'"' | b'\\' | b'/')) => c,
+            // Not a JSON escape: nothing decodes it.
+            _ => return false,
+        };
+        self.ascii[usize::from(decoded)]
+    }
+
+    /// `hay` with every JSON string whose decoded value holds the token written again, the
+    /// token replaced; `None` when there is none. Strings are found by their quotes (outside
+    /// a string, valid JSON has no quote or backslash); only those with a suspect escape
+    /// are decoded. Text that is not valid JSON is not decoded by anyone downstream either.
+    fn replace_escaped(&self, hay: &[u8]) -> Option<Vec<u8>> {
+        self.token.as_ref()?;
+        let mut out: Option<Vec<u8>> = None;
+        let mut last = 0;
+        let mut at = 0;
+        while let Some(q) = memchr::memchr(b'"', &hay[at..]) {
+            let start = at + q;
+            let mut j = start + 1;
+            let mut suspect = false;
+            let end = loop {
+                let Some(k) = memchr::memchr2(b'"', b'\\', &hay[j..]) else {
+                    break None;
+                };
+                let k = j + k;
+                if hay[k] == b'"' {
+                    break Some(k);
+                }
+                suspect = suspect || self.suspect(hay, k);
+                // The escaped character (or a `\u`'s first hex digit) is not a quote.
+                j = k + 2;
+                if j > hay.len() {
+                    break None;
+                }
+            };
+            let Some(end) = end else { break };
+            if suspect {
+                let decoded = decode_escapes(&hay[start + 1..end]);
+                if let Some(hidden) = self.replace_token(&decoded) {
+                    let hidden = String::from_utf8_lossy(&hidden);
+                    let o = out.get_or_insert_with(|| Vec::with_capacity(hay.len()));
+                    o.extend_from_slice(&hay[last..start]);
+                    o.extend_from_slice(
+                        serde_json::to_string(&hidden)
+                            .expect("invariant: a string serialises")
+                            .as_bytes(),
+                    );
+                    last = end + 1;
+                }
+            }
+            at = end + 1;
+        }
+        let mut o = out?;
+        o.extend_from_slice(&hay[last..]);
+        Some(o)
+    }
+}
+
+/// The value of four hex digits.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits
+        .iter()
+        .try_fold(0, |n, d| char::from(*d).to_digit(16).map(|d| n << 4 | d))
+}
+
+/// `raw` with its JSON escapes decoded, as bytes: for a string literal's contents (between
+/// its quotes), the UTF-8 of the text it stands for. Lenient, as no caller needs more: an
+/// unpaired surrogate or a malformed escape becomes U+FFFD; other bytes are copied as they are.
+fn decode_escapes(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = memchr::memchr(b'\\', rest) {
+        out.extend_from_slice(&rest[..i]);
+        let esc = &rest[i..];
+        let (c, used) = match esc.get(1) {
+            Some(b'u') => match esc.get(2..6).and_then(hex4) {
+                Some(hi @ 0xd800..=0xdbff) => {
+                    // A surrogate pair is two escapes.
+                    let lo = esc
+                        .get(6..8)
+                        .filter(|p| *p == b"\\u")
+                        .and_then(|_| esc.get(8..12))
+                        .and_then(hex4)
+                        .filter(|lo| (0xdc00..=0xdfff).contains(lo));
+                    match lo {
+                        Some(lo) => {
+                            let c = 0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00);
+                            (char::from_u32(c).unwrap_or('\u{fffd}'), 12)
+                        }
+                        None => ('\u{fffd}', 6),
+                    }
+                }
+                Some(c) => (char::from_u32(c).unwrap_or('\u{fffd}'), 6),
+                None => ('\u{fffd}', 2),
+            },
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'n') => ('\n', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b't') => ('\t', 2),
+            Some(&c @ (b'"' | b'\\' | b'/')) => (char::from(c), 2),
+            _ => ('\u{fffd}', 2),
+        };
+        out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+        rest = esc.get(used..).unwrap_or_default();
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// `text` with the credential after every `Bearer ` (any case) replaced by `***`, or `None`
 /// when there is none.
 fn hide_bearer(text: &str) -> Option<String> {
-    let is_cred = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    // A backslash too: in the raw text of a JSON body, `\/` spells a `/`.
+    let is_cred = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=\\".contains(&b);
     let bytes = text.as_bytes();
     let mut out: Option<String> = None;
     let mut last = 0;
@@ -809,13 +1097,12 @@ fn hide_bearer(text: &str) -> Option<String> {
     Some(o)
 }
 
-fn snippet(raw: &[u8]) -> String {
-    let s = String::from_utf8_lossy(raw);
-    let s = s.trim();
-    if s.chars().count() > 200 {
-        format!("{}…", s.chars().take(200).collect::<String>())
-    } else {
-        s.to_string()
+/// `text` trimmed and cut to at most `max` characters, with `…` when cut.
+fn cut(text: &str, max: usize) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
     }
 }
 
@@ -930,8 +1217,89 @@ mod tests {
         // No token: only the bearer rule.
         let r = Redactor::new(Some(&Secret::new("")));
         assert_eq!(r.scrub("tok Bearer abc"), "tok Bearer ***");
+        let mut body = br#"{"a":"\u0074"}"#.to_vec();
+        r.hide_token_in_body(&mut body);
+        assert_eq!(body, br#"{"a":"\u0074"}"#);
         let mut body = b"Bearer abc".to_vec();
         r.hide_token_in_body(&mut body);
         assert_eq!(body, b"Bearer abc");
+    }
+
+    /// A 2xx body after hiding the token, as text.
+    fn hidden(r: &Redactor, body: &str) -> String {
+        let mut b = body.as_bytes().to_vec();
+        r.hide_token_in_body(&mut b);
+        String::from_utf8(b).unwrap()
+    }
+
+    #[test]
+    fn redactor_hides_the_token_spelled_with_json_escapes() {
+        let r = Redactor::new(Some(&Secret::new("tok/S-é😀")));
+        for spelled in [
+            r#"\u0074ok/S-é😀"#,
+            r#"tok\/S-é😀"#,
+            r#"\u0074\u006F\u006b\u002f\u0053\u002d\u00e9\ud83d\ude00"#,
+        ] {
+            let body = format!(r#"{{"a":"x\n{spelled} y","b":["\u00e9\/", "tok/S-é😀"]}}"#);
+            assert_eq!(
+                hidden(&r, &body),
+                r#"{"a":"x\n*** y","b":["\u00e9\/", "***"]}"#,
+                "{spelled}"
+            );
+            // Whatever reads the body finds no token.
+            let v: Value = serde_json::from_str(&hidden(&r, &body)).unwrap();
+            assert!(!v.to_string().contains("tok/S-é😀"));
+        }
+        // Escapes that spell no part of it, an escaped backslash before text that only looks
+        // like an escape, and a lone surrogate leave the body as it is.
+        for body in [
+            r#"{"a":"\n\t\"\\ tok/S-é"}"#,
+            r#"{"a":"\\u0074ok/S-é😀"}"#,
+            r#"{"a":"\ud83d tok/S-é", "b": "\/"}"#,
+        ] {
+            assert_eq!(hidden(&r, body), body);
+        }
+        // An ASCII token: escapes beyond ASCII cannot spell it, and are not decoded.
+        let r = Redactor::new(Some(&Secret::new("tok-SECRET-123")));
+        assert!(!r.has_suspect_escape(br#"{"a":"\u00e9\n\/\ud83d\ude00"}"#));
+        assert!(r.has_suspect_escape(br#"{"a":"\u0074"}"#));
+        assert_eq!(
+            hidden(&r, r#"{"a":"\u0074ok-SECRET-123\u00e9"}"#),
+            r#"{"a":"***é"}"#
+        );
+    }
+
+    #[test]
+    fn parsed_size_is_estimated_from_structure_outside_strings() {
+        let zeros = |n: usize| format!("[{}0]", "0,".repeat(n - 1));
+        let per = PARSED_BUDGET / PARSED_PER_ITEM;
+        assert!(!parsed_too_large(zeros(per - 10).as_bytes()));
+        assert!(parsed_too_large(zeros(per + 10).as_bytes()));
+        // Commas, colons and brackets inside strings are text, escaped quotes included.
+        let text = format!(
+            r#"{{"a":"{}\"{}","b":"\\"}}"#,
+            ",".repeat(per),
+            "[".repeat(per)
+        );
+        assert!(!parsed_too_large(text.as_bytes()));
+        let objects = format!("[{}{{}}]", "{},".repeat(PARSED_BUDGET / PARSED_PER_OBJECT));
+        assert!(parsed_too_large(objects.as_bytes()));
+        assert!(!parsed_too_large(br#"{"unterminated": "abc"#));
+        assert!(!parsed_too_large(b""));
+    }
+
+    #[test]
+    fn a_snippet_is_scrubbed_before_it_is_cut() {
+        let r = Redactor::new(Some(&Secret::new("tok-SECRET-123")));
+        let body = format!(
+            "{}tok-SECRET-123 and Bearer other/cred-456",
+            "x".repeat(190)
+        );
+        let raw = r.hide_token_bytes(body.as_bytes());
+        let shown = cut(&r.scrub(&String::from_utf8_lossy(&raw)), SNIPPET_CHARS);
+        assert_eq!(shown, format!("{}*** and Be…", "x".repeat(190)));
+        let body = format!("{} Bearer other\\/cred-456 and more", "x".repeat(170));
+        let shown = cut(&r.scrub(&body), SNIPPET_CHARS);
+        assert_eq!(shown, format!("{} Bearer *** and more", "x".repeat(170)));
     }
 }

@@ -489,8 +489,13 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// The database's name inside the state directory: sluice's only entry there.
+const DB_NAME: &str = "sluice.db";
+
 /// Creates the state directory `0700` (and any missing parents), or tightens an existing one
-/// to `0700`, before sled writes anything in it.
+/// to owner-only, before sled writes anything in it. Tightening is best effort: a directory
+/// sluice may use but cannot change (not its owner, or a mount point set up by someone else)
+/// is a warning, not a failure; the files sluice makes in it are still private.
 fn create_private_dir(dir: &Path) -> Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -499,46 +504,85 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .with_context(|| format!("cannot create the state directory `{}`", dir.display()))?;
-    set_mode(dir, 0o700)
-}
-
-/// Makes everything under the state directory private: the directory and its subdirectories
-/// `0700`, its files `0600` (cursors, dedupe keys, the journal and dead letters all hold
-/// record data). sled creates its files itself with the default mode, and creates more later
-/// (snapshots, blobs) without asking: for those, the `0700` directory is the protection, since
-/// nobody else can reach a file inside it. Links are left alone (never followed).
-fn make_private(dir: &Path) -> Result<()> {
-    set_mode(dir, 0o700)?;
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the state directory `{}`", dir.display()))?;
-    for entry in entries {
-        let entry = entry
-            .with_context(|| format!("cannot read the state directory `{}`", dir.display()))?;
-        let ty = entry.file_type()?;
-        if ty.is_dir() {
-            make_private(&entry.path())?;
-        } else if ty.is_file() {
-            set_mode(&entry.path(), 0o600)?;
-        }
+    // The directory the user named is followed if it is a link: that is where state goes.
+    if let Err(e) = std::fs::metadata(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| tighten(dir, &m))
+    {
+        tracing::warn!(
+            "The state directory `{}` could not be made private: {e:#}; sluice's own files in it are made private all the same.",
+            dir.display()
+        );
     }
     Ok(())
 }
 
+/// Makes sluice's own files private: the database directory `db` and everything under it
+/// (cursors, dedupe keys, the journal and dead letters all hold record data), directories
+/// `0700` and files `0600` at most. sled creates its files itself with the default mode, and
+/// more later (snapshots, blobs) without asking: for those, the private directories are the
+/// protection. Nothing else in the state directory is touched (it may be a mounted volume
+/// with a `lost+found`, or hold files of the user's); links are never followed. Best effort:
+/// what cannot be changed is a warning, never a failure to start.
+fn make_private(db: &Path) {
+    let mut failed: Vec<String> = Vec::new();
+    let mut pending = vec![db.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                failed.push(format!("`{}`: {e}", path.display()));
+                continue;
+            }
+        };
+        if meta.is_dir() {
+            match std::fs::read_dir(&path) {
+                Ok(entries) => pending.extend(entries.filter_map(|e| e.ok()).map(|e| e.path())),
+                Err(e) => failed.push(format!("`{}`: {e}", path.display())),
+            }
+        } else if !meta.is_file() {
+            continue;
+        }
+        if let Err(e) = tighten(&path, &meta) {
+            failed.push(format!("{e:#}"));
+        }
+    }
+    if let Some(first) = failed.first() {
+        tracing::warn!(
+            "{} of sluice's files in `{}` could not be made private (the first: {first}); they may be readable by other users of this machine.",
+            failed.len(),
+            db.display()
+        );
+    }
+}
+
+/// Clears the group and other permission bits of `path` (so at most `0700` for a directory
+/// and `0600` for a file); nothing is changed when they are clear already.
 #[cfg(unix)]
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
+fn tighten(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot make `{}` private (mode {mode:o})", path.display()))
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let private = mode & !0o077;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(private)).with_context(|| {
+        format!(
+            "cannot make `{}` private (mode {mode:o} to {private:o})",
+            path.display()
+        )
+    })
 }
 
 #[cfg(not(unix))]
-fn set_mode(_path: &Path, _mode: u32) -> Result<()> {
+fn tighten(_path: &Path, _meta: &std::fs::Metadata) -> Result<()> {
     Ok(())
 }
 
 impl SledStore {
     /// Opens (or creates) the store in `dir`. Fails with a clear message when another sluice
-    /// process holds it. The directory is made private first: `0700`, its files `0600`.
+    /// process holds it. The directory is made private first (`0700`, best effort), then the
+    /// database's own files (`0600`); nothing else in the directory is touched.
     pub fn open(dir: &Path) -> Result<SledStore> {
         create_private_dir(dir)?;
         // sled lets go of its file lock from a background thread after the last handle is
@@ -549,7 +593,7 @@ impl SledStore {
         let db = loop {
             #[allow(clippy::disallowed_methods)]
             let opened = sled::Config::new()
-                .path(dir.join("sluice.db"))
+                .path(dir.join(DB_NAME))
                 .flush_every_ms(Some(1000))
                 // sled's default page cache is 1 GiB; the state is small and mostly write-once.
                 .cache_capacity(8 * 1024 * 1024)
@@ -585,7 +629,7 @@ impl SledStore {
             history_rows: Mutex::new(HashMap::new()),
             history_limit: HISTORY_PER_NS,
         };
-        make_private(dir)?;
+        make_private(&dir.join(DB_NAME));
         store.migrate_legacy_dedupe()?;
         Ok(store)
     }

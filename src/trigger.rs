@@ -4,7 +4,9 @@
 //! filter value (widened for day-granular and exclusive comparisons), the local `cursor ≥ since`
 //! filter and, for unsorted scans, sorting. Does not dedupe, run actions or keep state.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 
 use chrono::TimeZone;
 use chrono_tz::Tz;
@@ -14,7 +16,7 @@ use crate::http::{Connection, Failure, FailureClass, HttpRequest};
 use crate::plan::{Granularity, Pagination, SendIn, Trigger};
 use serde_json::value::RawValue;
 
-use crate::record::{parse_raw, pick, Page, Record};
+use crate::record::{kind_of_raw, parse_raw, pick, Page, Record};
 use crate::store::Known;
 use crate::template::{lookup, Scope};
 
@@ -93,6 +95,13 @@ pub struct Poll<'a> {
     /// Next-page tokens sent since the first page (of this pass, for a restarted scan): a
     /// token that comes back would page forever.
     sent: HashSet<String>,
+    /// Fingerprints (id and cursor value) of the records received since the first page (of
+    /// this pass, for a restarted scan).
+    seen: HashSet<u64>,
+    /// Hashes fingerprints (keyed per poll).
+    hasher: RandomState,
+    /// Pages in a row, up to the last, that held records but none not `seen` before.
+    stale: u32,
     /// Pages fetched, all attempts included.
     pub pages: u64,
     /// Records received before the local filter.
@@ -102,6 +111,10 @@ pub struct Poll<'a> {
 }
 
 const MAX_RESTARTS: u32 = 3;
+
+/// Pages in a row that bring no record not already received in the poll, after which an API
+/// still offering a next page is taken to page forever (checked as each page is fetched).
+const STALE_PAGES: u32 = 3;
 
 impl<'a> Poll<'a> {
     /// Starts polling `trigger` for records whose cursor is at or after `since`.
@@ -135,6 +148,9 @@ impl<'a> Poll<'a> {
             scope: Scope::new(Value::Object(scope)),
             next: Next::First,
             sent: HashSet::new(),
+            seen: HashSet::new(),
+            hasher: RandomState::new(),
+            stale: 0,
             pages: 0,
             received: 0,
             server_since,
@@ -221,6 +237,8 @@ impl<'a> Poll<'a> {
             // A restarted scan sends its tokens again; the page bound still counts every page.
             self.next = Next::First;
             self.sent.clear();
+            self.seen.clear();
+            self.stale = 0;
             // Every record is read: the scan's ids are kept, and records before `since` may
             // still be late arrivals.
             let picker = Picker {
@@ -286,7 +304,8 @@ impl<'a> Poll<'a> {
         }
     }
 
-    /// The poll cannot end: a repeated next-page token, or more pages than `max_pages`.
+    /// The poll cannot end: a repeated next-page token, pages that bring nothing new, or more
+    /// pages than `max_pages`.
     fn loop_failure(&self, req: &HttpRequest, message: String, help: &str) -> Failure {
         Failure {
             class: FailureClass::Fatal,
@@ -390,10 +409,24 @@ impl<'a> Poll<'a> {
         };
         let top = page.top;
         self.received += list.len() as u64;
+        // Each record's fields are picked here, once: the picker reads them later, and the
+        // progress check below needs the id and cursor value now.
+        let list: Vec<(&RawValue, Picked)> = list
+            .into_iter()
+            .map(|raw| {
+                let fields = pick(raw, &self.trigger.record_fields).map(Value::Object);
+                (raw, fields)
+            })
+            .collect();
+        let fresh = self.note_records(&list);
+        // A token or a page count is text or a number; anything else is not one, and is not
+        // parsed (a list could hold millions of values).
         let value_at = |path: &[String]| -> Result<Option<Value>, Failure> {
             match top.at(path).map_err(|e| not_json(&e))? {
-                Some(raw) => parse_raw(raw).map(Some).map_err(|e| not_json(&e)),
-                None => Ok(None),
+                Some(raw) if matches!(kind_of_raw(raw), "text" | "a number") => {
+                    parse_raw(raw).map(Some).map_err(|e| not_json(&e))
+                }
+                _ => Ok(None),
             }
         };
         self.next = match &self.trigger.pagination {
@@ -453,17 +486,63 @@ impl<'a> Poll<'a> {
             // for the next poll. (A malformed last record is left to the picker to report.)
             let last = list
                 .last()
-                .and_then(|raw| pick(raw, &self.trigger.record_fields).ok())
-                .and_then(|fields| cursor_of(self.trigger, &Value::Object(fields)));
+                .and_then(|(_, fields)| fields.as_ref().ok())
+                .and_then(|fields| cursor_of(self.trigger, fields));
             if last.is_some_and(|c| c >= self.until) {
                 self.next = Next::Done;
             }
         }
+        if !matches!(self.next, Next::Done) && fresh == Some(false) {
+            self.stale += 1;
+            if self.stale >= STALE_PAGES {
+                // As for a repeated token, this page is not used: it holds nothing new anyway.
+                return Err(self.loop_failure(
+                    &req,
+                    format!(
+                        "trigger `{}` would page forever: the last {} pages (up to page {}) brought no record that this poll had not already received",
+                        self.trigger.id, self.stale, self.pages
+                    ),
+                    "the API offers next pages but returns the same records; check the trigger's `pagination`: the API must read the next-page token (or page number) where `send_in` and `param` (or `page_param`) put it",
+                ));
+            }
+        } else if fresh == Some(true) {
+            self.stale = 0;
+        }
         Ok(Some(Batch {
             page: self.pages,
             request: req.describe(),
-            items: Items::Raw(list.into_iter().map(RawValue::to_owned).collect()),
+            items: Items::Raw(
+                list.into_iter()
+                    .map(|(raw, fields)| (raw.to_owned(), fields))
+                    .collect(),
+            ),
         }))
+    }
+
+    /// Notes a page's records as received: whether one of them is new in this poll (`None`
+    /// for a page without records, which neither shows progress nor its lack: the last page
+    /// of a scroll is empty). A record is known by its id and cursor value, so one changed
+    /// while the poll pages, and so listed again, is new; one that cannot be read, by its
+    /// text.
+    fn note_records(&mut self, list: &[(&RawValue, Picked)]) -> Option<bool> {
+        let mut fresh = None;
+        for (raw, fields) in list {
+            let print = match fields
+                .as_ref()
+                .map(|f| (lookup(f, &self.trigger.id_field), f))
+            {
+                Ok((Some(Value::String(id)), f)) => self
+                    .hasher
+                    .hash_one((id.as_str(), cursor_of(self.trigger, f))),
+                Ok((Some(Value::Number(id)), f)) => self
+                    .hasher
+                    .hash_one((id.to_string(), cursor_of(self.trigger, f))),
+                _ => self.hasher.hash_one(raw.get()),
+            };
+            let new = self.seen.insert(print);
+            fresh = Some(fresh.unwrap_or(false) || new);
+        }
+        fresh
     }
 }
 
@@ -487,10 +566,13 @@ pub struct Batch {
     items: Items,
 }
 
+/// A record's picked fields (an object), or why they cannot be read.
+type Picked = Result<Value, String>;
+
 #[derive(Debug)]
 enum Items {
-    /// Records as the API sent them, not read yet.
-    Raw(Vec<Box<RawValue>>),
+    /// Records as the API sent them, with their picked fields, not read yet.
+    Raw(Vec<(Box<RawValue>, Picked)>),
     /// Records already read (and filtered).
     Read(Vec<Record>),
 }
@@ -534,7 +616,9 @@ impl<'a> Picker<'a> {
                 Box::new(
                     raws.into_iter()
                         .enumerate()
-                        .filter_map(move |(i, raw)| self.pick(page, &request, i, raw).transpose()),
+                        .filter_map(move |(i, (raw, fields))| {
+                            self.pick(page, &request, i, raw, fields).transpose()
+                        }),
                 )
             }
         }
@@ -546,14 +630,13 @@ impl<'a> Picker<'a> {
         request: &str,
         i: usize,
         raw: Box<RawValue>,
+        fields: Picked,
     ) -> Result<Option<Record>, Failure> {
         let odd = |message: String| Failure {
             request: request.to_string(),
             ..odd_failure(message)
         };
-        let fields = pick(&raw, &self.trigger.record_fields)
-            .map_err(|m| odd(format!("record #{} on page {page} {m}", i + 1)))?;
-        let fields = Value::Object(fields);
+        let fields = fields.map_err(|m| odd(format!("record #{} on page {page} {m}", i + 1)))?;
         let Some(c) = cursor_of(self.trigger, &fields) else {
             return Err(odd(format!(
                 "record #{} on page {page} has no whole-number `{}`",

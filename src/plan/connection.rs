@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
 /// Default share of a workspace's rate budget sluice uses (the rest is left to other apps).
 pub const DEFAULT_RATE_SHARE: f64 = 1.0;
 
+/// How far the server's clock may be from ours before it is not trusted (`max_clock_skew`): a
+/// day. Real servers are seconds off; one a day or more off is broken, and trusting it would
+/// put a first cursor in the far future (nothing ever fires) or the far past (a backfill).
+pub const DEFAULT_MAX_CLOCK_SKEW_SECS: i64 = 86_400;
+
 /// Where a connection sits in the [`super::Plan`]: recipes and steps hold this handle, not a
 /// name looked up at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -98,6 +103,8 @@ pub struct ConnectionPlan {
     pub retry: RetryPolicy,
     /// Largest response body accepted, in bytes.
     pub max_body: usize,
+    /// How far (seconds, either way) the server's clock may be from ours and still be used.
+    pub max_clock_skew: i64,
     /// Share of the workspace's rate budget sluice may use (0 < share ≤ 1).
     pub rate_share: f64,
     /// At most this many chains in flight on this connection, across recipes.
@@ -361,6 +368,17 @@ pub fn build_connections(
                 .at(index, &at("max_response_mb")),
             );
         }
+        let max_clock_skew = match spec.max_clock_skew.as_deref().map(super::parse_duration) {
+            None => DEFAULT_MAX_CLOCK_SKEW_SECS,
+            Some(Ok(secs)) => secs,
+            Some(Err(m)) => {
+                diags.push(
+                    Diagnostic::error(file, format!("connection `{name}`: `max_clock_skew`: {m}"))
+                        .at(index, &at("max_clock_skew")),
+                );
+                DEFAULT_MAX_CLOCK_SKEW_SECS
+            }
+        };
         let rate_share = spec.rate_share.unwrap_or(DEFAULT_RATE_SHARE);
         if !(rate_share > 0.0 && rate_share <= 1.0) {
             diags.push(
@@ -409,6 +427,7 @@ pub fn build_connections(
             retry,
             max_body: usize::try_from(max_response_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
+            max_clock_skew,
             rate_share,
             concurrency: spec.concurrency,
         });

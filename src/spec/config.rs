@@ -45,6 +45,10 @@ pub struct ConnectionSpec {
     /// Largest response body accepted, in MiB (default: the connector's `max_response_mb`).
     #[serde(default)]
     pub max_response_mb: Option<u64>,
+    /// How far the server's clock (its `Date` header) may be from ours before sluice stops
+    /// trusting it and uses its own, as a duration (`30s`, `10m`, `2h`, `1d`; default `1d`).
+    #[serde(default)]
+    pub max_clock_skew: Option<String>,
     /// Share of the workspace's rate budget sluice may use, leaving the rest to the
     /// workspace's other apps (default 1.0; e.g. 0.7 leaves 30 %).
     #[serde(default)]

@@ -359,7 +359,7 @@ impl Chain {
         std::fs::write(
             ws.config(),
             format!(
-                "connections:\n  intercom:\n    connector: intercom\n    base_url: http://{addr}\n    token: ${{env:INTERCOM_TOKEN}}\n    retry: {{max_attempts: 1, base_delay_ms: 5, max_delay_ms: 20, max_rate_limit_waits: 0}}\n"
+                "connections:\n  intercom:\n    connector: intercom\n    base_url: http://{addr}\n    token: ${{env:INTERCOM_TOKEN}}\n    retry: {{max_attempts: 1, base_delay_ms: 5, max_delay_ms: 20, max_rate_limit_waits: 0}}\n    max_clock_skew: 3650d\n"
             ),
         )
         .unwrap();

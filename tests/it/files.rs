@@ -134,22 +134,61 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
 }
 
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Paths made immutable with `chattr +i` (so that even root cannot chmod them), made mutable
+/// again on drop so the workspace can be removed.
+struct Immutable(Vec<PathBuf>);
+
+impl Immutable {
+    /// Makes `p` immutable; false where that is not possible (not root, or a file system
+    /// without the attribute).
+    fn add(&mut self, p: &Path) -> bool {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            self.0.push(p.to_path_buf());
+        }
+        ok
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(p)
+                .output();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_and_emit_files_are_private() {
     let f = Files::start(&[&recipe("private", "out/{{record.external_id}}.jsonl")]).await;
     let ws = f.env.ws.path().to_path_buf();
-    // An existing, open state directory is tightened, files already in it included.
+    // An existing, open state directory on a volume: it is tightened itself, but what else is
+    // in it is not sluice's and keeps its mode, even where it cannot be changed (a root-owned
+    // `lost+found`; here immutable, where the system allows).
     let state = ws.join("state");
-    std::fs::create_dir_all(&state).unwrap();
+    let lost = state.join("lost+found");
+    std::fs::create_dir_all(&lost).unwrap();
+    std::fs::write(lost.join("found.txt"), "x").unwrap();
     std::fs::write(state.join("notes.txt"), "x").unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(
-            state.join("notes.txt"),
-            std::fs::Permissions::from_mode(0o644),
-        )
-        .unwrap();
+    set_mode(&state, 0o755);
+    set_mode(&lost.join("found.txt"), 0o644);
+    set_mode(&lost, 0o755);
+    set_mode(&state.join("notes.txt"), 0o644);
+    let mut immutable = Immutable(Vec::new());
+    if !immutable.add(&lost) {
+        eprintln!("chattr +i is not available: the unchangeable entry is not tried");
     }
     f.contact("ok", T0 - 10);
     f.contact("../bad", T0 - 5);
@@ -158,10 +197,18 @@ async fn state_and_emit_files_are_private() {
     // One record written, one dead letter (held in the store).
     assert_eq!(reps["private"]["dead_letters"], 1, "{}", reps["private"]);
     assert_eq!(mode(&state), 0o700);
-    let files = files_under(&state);
+    for (p, m) in [
+        (&lost, 0o755),
+        (&lost.join("found.txt"), 0o644),
+        (&state.join("notes.txt"), 0o644),
+    ] {
+        assert_eq!(mode(p), m, "{}", p.display());
+    }
+    let db = state.join("sluice.db");
+    let files = files_under(&db);
     assert!(files.len() > 1, "{files:?}");
     for p in &files {
-        let p = state.join(p);
+        let p = db.join(p);
         assert_eq!(mode(&p), 0o600, "{}", p.display());
         let mut dir = p.parent().unwrap();
         while dir != state {
@@ -170,4 +217,23 @@ async fn state_and_emit_files_are_private() {
         }
     }
     assert_eq!(mode(&ws.join("run/out/ok.jsonl")), 0o600);
+
+    // A state directory sluice cannot tighten (not its owner; here immutable) is a warning,
+    // not a failure to start.
+    set_mode(&state, 0o750);
+    if immutable.add(&state) {
+        f.contact("ok2", T0 - 3);
+        let (r, reps) = f.run_once().await;
+        r.assert_ok();
+        assert_eq!(reps["private"]["finished"], 1, "{}", reps["private"]);
+        assert!(
+            r.stderr.contains(&format!(
+                "The state directory `{}` could not be made private",
+                state.display()
+            )),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(mode(&state), 0o750);
+    }
 }

@@ -333,6 +333,19 @@ fn hostile(r: &Req) -> Response {
                     let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
                     json!({"items": [item(n)], "next": format!("c{}", n + 1)})
                 }
+                // A new token on every page, and the same records forever.
+                Some("repeat") => {
+                    let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
+                    json!({"items": [item(0), item(1)], "next": format!("r{}", n + 1)})
+                }
+                // Five pages listing the same two records, changed again each time (as
+                // records changed while a poll pages are listed again).
+                Some("changing") => {
+                    let n: u64 = after.map_or(0, |a| a[1..].parse().unwrap());
+                    let changed = |k: &str| json!({"key": k, "made": 200 + n});
+                    let next = (n < 4).then(|| format!("c{}", n + 1));
+                    json!({"items": [changed("k0"), changed("k1")], "next": next})
+                }
                 _ => json!({"items": [item(0)]}),
             };
             axum::Json(page).into_response()
@@ -342,6 +355,8 @@ fn hostile(r: &Req) -> Response {
             let n: u64 = r.query["page"].parse().unwrap();
             axum::Json(json!({"items": [item(n)]})).into_response()
         }
+        // Page numbers that are ignored: every page is the first.
+        ("GET", "stuck") => axum::Json(json!({"items": [item(0), item(1)]})).into_response(),
         // A scan whose second page fails the first time (request 2), so it restarts and
         // sends its first token again.
         ("GET", "scan") => match after.map(String::as_str) {
@@ -360,6 +375,29 @@ fn hostile(r: &Req) -> Response {
                 "text": format!("refused {}: Authorization: {} (token {TOKEN}); also Bearer {OTHER}", r.path, r.auth),
             }});
             (StatusCode::BAD_REQUEST, axum::Json(e)).into_response()
+        }
+        // A 2xx answer spelling the credential with JSON escapes, as JSON writers may.
+        ("POST", "echo_escaped") => {
+            let token = r.auth.strip_prefix("Bearer ").unwrap_or_default();
+            let escape = |c: char| format!("\\u{:04x}", u32::from(c));
+            let all: String = token.chars().map(escape).collect();
+            let mut chars = token.chars();
+            let first = chars.next().map(escape).unwrap_or_default() + chars.as_str();
+            let slashed = token.replace('/', "\\/");
+            let body = format!(
+                r#"{{"all":"{all}","first":"{first}","slashed":"{slashed}","text":"a\/b\n\u00e9"}}"#
+            );
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
+        // An error body whose credential straddles the end of what a message shows.
+        ("POST", "fail_long") => {
+            let token = r.auth.strip_prefix("Bearer ").unwrap_or_default();
+            let body = format!("{}{token} and more", "x".repeat(190));
+            (StatusCode::BAD_REQUEST, body).into_response()
         }
         ("POST", "fail_text") => (
             StatusCode::BAD_REQUEST,
@@ -416,6 +454,43 @@ async fn secrets_echoed_by_the_server_are_scrubbed_from_errors_and_output() {
     assert!(!run.stdout.contains(TOKEN));
     // The server did get the credential.
     assert_eq!(requests(&seen).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_spelled_with_escapes_or_cut_by_a_snippet_are_scrubbed() {
+    let (url, _seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // A token with a `/`, which a JSON writer may send as `\/`.
+    const SLASHED: &str = "tok/SLASHED-789";
+    for token in [TOKEN, SLASHED] {
+        let mut c = with_fixture(ws.sluice(&[
+            "call",
+            "hostile.send",
+            "--connection",
+            "h",
+            "--with",
+            r#"{"what":"echo_escaped"}"#,
+        ]));
+        c.env("HOSTILE_TOKEN", token);
+        let run = run_async(c).await;
+        run.assert_ok();
+        assert_eq!(
+            run.json(),
+            json!({"all": "***", "first": "***", "slashed": "***", "text": "a/b\né"}),
+            "{token}"
+        );
+        assert!(!run.stdout.contains(token), "{}", run.stdout);
+    }
+    // The error message shows the body's first 200 characters, scrubbed before the cut.
+    let run = call(&ws, "send", json!({"what": "fail_long"})).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(!run.stderr.contains(&TOKEN[..5]), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("{}*** and mo…", "x".repeat(190))),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A workspace with one recipe `r` (trigger `hostile.items` with `mode`, then `steps`), and
@@ -534,6 +609,41 @@ async fn endless_pages_end_the_poll_at_max_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_that_bring_nothing_new_end_the_poll() {
+    let (url, seen) = start(hostile).await;
+    let ws = workspace(&url);
+    // A fresh token on every page, the same records on every page: the fourth page is the
+    // third in a row with nothing new.
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"repeat"}"#]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "GET /items failed `pagination_loop` (fatal): trigger `items` would page forever: the last 3 pages (up to page 4) brought no record that this poll had not already received"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(keys(&run), ["k0", "k1", "k0", "k1", "k0", "k1"]);
+    assert_eq!(requests(&seen).len(), 4);
+    // Page numbers the server ignores.
+    let run = poll(&ws, "stuck", &[]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "GET /stuck failed `pagination_loop` (fatal): trigger `stuck` would page forever: the last 3 pages (up to page 4)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(requests(&seen).len(), 4 + 4);
+    // Records listed again because they changed are new: every page is used.
+    let run = poll(&ws, "items", &["--with", r#"{"mode":"changing"}"#]).await;
+    run.assert_ok();
+    assert_eq!(keys(&run).len(), 10);
+    assert_eq!(requests(&seen).len(), 4 + 4 + 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_scan_may_send_its_tokens_again() {
     let (url, seen) = start(hostile).await;
     let ws = workspace(&url);
@@ -575,4 +685,181 @@ async fn run_once_commits_the_records_before_a_pagination_loop() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert_eq!(run.stdout, "");
     assert_eq!(requests(&seen).len(), 4);
+}
+
+/// Now on the local clock, in Unix seconds.
+fn local_now() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(d.as_secs()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_far_off_ours_is_not_trusted() {
+    for date in [
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Mon, 01 Jan 1990 00:00:00 GMT",
+    ] {
+        // Items (key, made) the server lists; every answer carries the absurd `Date`.
+        let items: Arc<Mutex<Vec<(String, i64)>>> =
+            Arc::new(Mutex::new(vec![("old".into(), local_now() - 3600)]));
+        let listed = items.clone();
+        let (url, seen) = start(move |r| {
+            let body = match r.path.as_str() {
+                "me" => json!({"timezone": "UTC"}),
+                _ => {
+                    let items = listed.lock().unwrap();
+                    json!({"items": items.iter().map(|(k, t)| json!({"key": k, "made": t})).collect::<Vec<_>>()})
+                }
+            };
+            ([(axum::http::header::DATE, date)], axum::Json(body)).into_response()
+        })
+        .await;
+        let ws = Workspace::new(&format!(
+            "connections:\n  s:\n    connector: skewed\n    base_url: {url}\n    token: ${{env:HOSTILE_TOKEN}}\n"
+        ));
+        let dir = ws.path().join("recipes");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("r.yaml"),
+            "id: r\nconnection: s\ntrigger: skewed.items\nschedule:\n  every: 1m\nstart_from: now\nsteps:\n  - id: out\n    action: emit\n",
+        )
+        .unwrap();
+        let sluice = |args: &[&str]| {
+            let mut c = with_fixture(crate::util::sluice());
+            c.arg("--config")
+                .arg(ws.config())
+                .arg("--recipes")
+                .arg(&dir)
+                .arg("--state-dir")
+                .arg(ws.path().join("state"))
+                .args(args);
+            run_async(c)
+        };
+        let before = local_now();
+        let run = sluice(&["run", "--once"]).await;
+        run.assert_ok();
+        assert_eq!(run.stdout, "", "{date}");
+        // The clock was asked (GET /me) before the first cursor was taken, and refused once.
+        assert_eq!(requests(&seen)[0], "GET /me", "{date}");
+        let warning =
+            "more than `max_clock_skew` allows; using the local clock for this connection";
+        assert_eq!(
+            run.stderr.matches(warning).count(),
+            1,
+            "{date}: {}",
+            run.stderr
+        );
+        assert_scrubbed("the clock warning", &run.stderr);
+        // The first cursor is local "now", not the server's.
+        let state = sluice(&["state", "show", "--json"]).await;
+        state.assert_ok();
+        let cursor = state.json()[0]["state"]["checkpoint"]["cursor"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            (before..=local_now()).contains(&cursor),
+            "{date}: cursor {cursor}, local clock {before}"
+        );
+        // A record written after that fires on the next run, once that run's start (the
+        // poll's upper bound, on the local clock) is past it.
+        items.lock().unwrap().push(("new".into(), cursor));
+        while local_now() <= cursor {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let run = sluice(&["run", "--once"]).await;
+        run.assert_ok();
+        assert_eq!(keys(&run), ["new"], "{date}: {}", run.stderr);
+    }
+    // The bound is a duration.
+    let ws = Workspace::new(
+        "connections:\n  s:\n    connector: skewed\n    base_url: http://127.0.0.1:9\n    max_clock_skew: soon\n",
+    );
+    let run = run_async(with_fixture(ws.sluice(&["validate"]))).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "connection `s`: `max_clock_skew`: `soon` does not start with a whole number"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A JSON list of `n` zeros: `[0,0,…,0]`, two bytes per value.
+fn zeros(n: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(2 * n + 1);
+    body.push(b'[');
+    for i in 0..n {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.push(b'0');
+    }
+    body.push(b']');
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_of_too_many_values_are_refused_before_they_are_parsed() {
+    // 40 MB of `[0,0,…]`: twenty million values, within the byte limit, that would take
+    // 700 MB and more parsed. As an answer (200) and as an error body (400).
+    // And as a page's next-page token, which is not a token.
+    let many = axum::body::Bytes::from(zeros(20_000_000));
+    let mut page = br#"{"items":[{"key":"k0","made":100}],"next":"#.to_vec();
+    page.extend_from_slice(&many);
+    page.push(b'}');
+    let page = axum::body::Bytes::from(page);
+    let (url, _seen) = start(move |r| {
+        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        match (r.method.as_str(), r.path.as_str()) {
+            ("GET", "items") => (StatusCode::OK, json, page.clone()).into_response(),
+            ("POST", _) => (StatusCode::BAD_REQUEST, json, many.clone()).into_response(),
+            _ => (StatusCode::OK, json, many.clone()).into_response(),
+        }
+    })
+    .await;
+    let ws = workspace(&url);
+    for (action, error) in [
+        (
+            "fetch",
+            "GET /zeros failed with HTTP 200 `response_too_large` (fatal): the response would take more than 64 MiB of memory once parsed (it holds too many values)",
+        ),
+        // An error body too large to parse is shown as a snippet, as one that is not JSON.
+        ("send", "POST /zeros failed with HTTP 400 (fatal): [0,0,0,0,"),
+    ] {
+        let c = with_fixture(ws.sluice(&[
+            "call",
+            &format!("hostile.{action}"),
+            "--connection",
+            "h",
+            "--with",
+            r#"{"what":"zeros"}"#,
+        ]));
+        let (run, peak) = run_measured(c, ws.path()).await;
+        assert_eq!(run.code, 1, "{}", run.stderr);
+        assert!(run.stderr.contains(error), "{}", run.stderr);
+        if let Some(kib) = peak {
+            eprintln!("{action}: peak RSS of `sluice call` {} MiB", kib >> 10);
+            assert!(kib < 100 << 10, "{action}: peak RSS {kib} KiB");
+        }
+    }
+    let c = with_fixture(ws.sluice(&[
+        "poll",
+        "hostile.items",
+        "--connection",
+        "h",
+        "--since",
+        "0",
+        "--with",
+        r#"{"mode":"any"}"#,
+    ]));
+    let (run, peak) = run_measured(c, ws.path()).await;
+    run.assert_ok();
+    assert_eq!(keys(&run), ["k0"]);
+    if let Some(kib) = peak {
+        eprintln!("poll: peak RSS of `sluice poll` {} MiB", kib >> 10);
+        assert!(kib < 100 << 10, "poll: peak RSS {kib} KiB");
+    }
 }
