@@ -126,16 +126,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
                 recipe: r.id.clone(),
                 ..Default::default()
             });
-            tot.fired += rep.fired;
-            tot.steps_ok += rep.steps_ok;
-            tot.steps_failed += rep.steps_failed;
-            tot.steps_skipped += rep.steps_skipped;
-            tot.dead_letters += rep.dead_letters;
-            tot.filtered += rep.filtered;
-            tot.unfinished += rep.unfinished;
-            if rep.error.is_some() {
-                tot.error = rep.error;
-            }
+            tot.absorb(&rep);
         }
         let _ = writeln!(
             out,

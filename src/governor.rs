@@ -1384,20 +1384,16 @@ mod tests {
         assert_eq!((cur.carried, cur.own, cur.answered), (4, 0, 4));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_server_whose_clock_stands_still() {
-        // The simulator's frozen clock: the server's window never ends. sluice's guess that it
-        // ended is proved wrong by the next response, and the window is kept open.
-        let gov = governor(100, 1.0);
-        let t0 = Instant::now();
-        let server = Server::shared(100, 1_000_000_000_000);
+    /// 8 workers calling for 60 s (50 ms each way) a server whose clock stands still.
+    async fn frozen_server_run(gov: &Arc<Governor>, limit: u32) -> Arc<StdMutex<Server>> {
+        let server = Server::shared(limit, 1_000_000_000_000);
         server.lock().unwrap().frozen = true;
         let until = Instant::now() + Duration::from_secs(60);
         let one_way = Duration::from_millis(50);
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 tokio::spawn(worker(
-                    Arc::clone(&gov),
+                    Arc::clone(gov),
                     Arc::clone(&server),
                     "a",
                     one_way,
@@ -1408,6 +1404,16 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+        server
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_whose_clock_stands_still() {
+        // The simulator's frozen clock: the server's window never ends. sluice's guess that it
+        // ended is proved wrong by the next response, and the window is kept open.
+        let gov = governor(100, 1.0);
+        let t0 = Instant::now();
+        let server = frozen_server_run(&gov, 100).await;
         let server = server.lock().unwrap();
         let c = server.windows.values().next().unwrap();
         assert_eq!(server.windows.len(), 1);
@@ -1426,24 +1432,7 @@ mod tests {
         // A frozen clock and a budget far above what is sent: calls must keep flowing after
         // sluice's own guess of the window's end, not one probe per window.
         let gov = governor(1_000_000, 1.0);
-        let server = Server::shared(1_000_000, 1_000_000_000_000);
-        server.lock().unwrap().frozen = true;
-        let until = Instant::now() + Duration::from_secs(60);
-        let one_way = Duration::from_millis(50);
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                tokio::spawn(worker(
-                    Arc::clone(&gov),
-                    Arc::clone(&server),
-                    "a",
-                    one_way,
-                    until,
-                ))
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
+        let server = frozen_server_run(&gov, 1_000_000).await;
         let server = server.lock().unwrap();
         let c = server.windows.values().next().unwrap();
         assert_eq!(server.windows.len(), 1);

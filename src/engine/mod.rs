@@ -260,6 +260,26 @@ pub fn namespace(recipe: &Recipe) -> &str {
 }
 
 impl CycleReport {
+    /// Adds another cycle's counts to these (totals over several cycles); its error, if any,
+    /// becomes this one's.
+    pub fn absorb(&mut self, other: &CycleReport) {
+        self.polled += other.polled;
+        self.skipped_seen += other.skipped_seen;
+        self.filtered += other.filtered;
+        self.fired += other.fired;
+        self.resumed += other.resumed;
+        self.finished += other.finished;
+        self.steps_ok += other.steps_ok;
+        self.steps_failed += other.steps_failed;
+        self.steps_skipped += other.steps_skipped;
+        self.dead_letters += other.dead_letters;
+        self.unfinished += other.unfinished;
+        self.pruned += other.pruned;
+        if other.error.is_some() {
+            self.error.clone_from(&other.error);
+        }
+    }
+
     fn add(&mut self, t: Tally) {
         self.finished += t.finished;
         self.steps_ok += t.steps_ok;

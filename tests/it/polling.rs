@@ -148,6 +148,24 @@ async fn a_cycle_leaves_changes_made_while_it_runs_to_the_next_cycle() {
     assert_eq!(notes(&env), 300);
 }
 
+/// A company changed at `ts` that Intercom lists (a contact is attached); its id.
+fn listed_company(env: &SimEnv, name: &str, ts: i64) -> String {
+    let company = id(&env
+        .sim()
+        .create(
+            Kind::Company,
+            json!({"name": name, "created_at": ts, "updated_at": ts}),
+        )
+        .unwrap());
+    env.sim()
+        .create(
+            Kind::Contact,
+            json!({"email": format!("{company}@x.io"), "role": "user", "company_ids": [company]}),
+        )
+        .unwrap();
+    company
+}
+
 /// Companies Intercom lists (those with contacts), as the trigger returns them: oldest
 /// change first, ties by id.
 fn listed_companies(env: &SimEnv, since: i64) -> Vec<String> {
@@ -246,19 +264,7 @@ async fn a_company_listed_late_fires_once_although_its_change_is_old() {
     yaml = yaml.replace("start_from: now", "start_from: \"2026-07-01\"");
     write_recipes(&env, &[(rid.clone(), yaml)]);
     // A company changed just now, so the cursor ends up near T0.
-    let recent = id(&env
-        .sim()
-        .create(
-            Kind::Company,
-            json!({"name": "Recent Ltd", "created_at": T0 - 10, "updated_at": T0 - 10}),
-        )
-        .unwrap());
-    env.sim()
-        .create(
-            Kind::Contact,
-            json!({"email": "recent@x.io", "role": "user", "company_ids": [recent]}),
-        )
-        .unwrap();
+    listed_company(&env, "Recent Ltd", T0 - 10);
     // A company created without contacts: Intercom does not list it.
     let hidden = id(&env
         .sim()
@@ -547,19 +553,7 @@ async fn a_company_that_leaves_the_listing_and_returns_unchanged_does_not_fire_a
         )
         .unwrap());
     // Another company changed just now: the cursor moves far past the flaky one's change.
-    let recent = id(&env
-        .sim()
-        .create(
-            Kind::Company,
-            json!({"name": "Recent Ltd", "created_at": T0 - 10, "updated_at": T0 - 10}),
-        )
-        .unwrap());
-    env.sim()
-        .create(
-            Kind::Contact,
-            json!({"email": "r@x.io", "role": "user", "company_ids": [recent]}),
-        )
-        .unwrap();
+    listed_company(&env, "Recent Ltd", T0 - 10);
     let (_, reps) = run_once(&env).await;
     assert_eq!(reps[&rid]["fired"], 2, "{}", reps[&rid]);
     assert_eq!(reps[&rid]["cursor_after"], json!(T0 - 10));
