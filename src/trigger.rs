@@ -409,16 +409,27 @@ impl<'a> Poll<'a> {
         };
         let top = page.top;
         self.received += list.len() as u64;
-        // Each record's fields are picked here, once: the picker reads them later, and the
-        // progress check below needs the id and cursor value now.
-        let list: Vec<(&RawValue, Picked)> = list
-            .into_iter()
-            .map(|raw| {
-                let fields = pick(raw, &self.trigger.record_fields).map(Value::Object);
-                (raw, fields)
-            })
-            .collect();
-        let fresh = self.note_records(&list);
+        // Records are read later, by the picker, while the next page is fetched; the
+        // progress check and the `until` bound need only the page's first and last records
+        // (a server repeating itself repeats them too; a page in cursor order ends with its
+        // newest).
+        let ends: Vec<(&RawValue, Picked)> = match list.as_slice() {
+            [] => vec![],
+            [only] => vec![(
+                *only,
+                pick(only, &self.trigger.record_fields).map(Value::Object),
+            )],
+            [first, .., last] => [*first, *last]
+                .into_iter()
+                .map(|raw| {
+                    (
+                        raw,
+                        pick(raw, &self.trigger.record_fields).map(Value::Object),
+                    )
+                })
+                .collect(),
+        };
+        let fresh = self.note_records(&ends);
         // A token or a page count is text or a number; anything else is not one, and is not
         // parsed (a list could hold millions of values).
         let value_at = |path: &[String]| -> Result<Option<Value>, Failure> {
@@ -484,7 +495,7 @@ impl<'a> Poll<'a> {
         if self.until < i64::MAX && self.trigger.cursor.sorted && !matches!(self.next, Next::Done) {
             // Sorted oldest first: once a page reaches `until`, later pages hold only records
             // for the next poll. (A malformed last record is left to the picker to report.)
-            let last = list
+            let last = ends
                 .last()
                 .and_then(|(_, fields)| fields.as_ref().ok())
                 .and_then(|fields| cursor_of(self.trigger, fields));
@@ -499,7 +510,7 @@ impl<'a> Poll<'a> {
                 return Err(self.loop_failure(
                     &req,
                     format!(
-                        "trigger `{}` would page forever: the last {} pages (up to page {}) brought no record that this poll had not already received",
+                        "trigger `{}` would page forever: the last {} pages (up to page {}) began and ended with records this poll had already received",
                         self.trigger.id, self.stale, self.pages
                     ),
                     "the API offers next pages but returns the same records; check the trigger's `pagination`: the API must read the next-page token (or page number) where `send_in` and `param` (or `page_param`) put it",
@@ -511,15 +522,12 @@ impl<'a> Poll<'a> {
         Ok(Some(Batch {
             page: self.pages,
             request: req.describe(),
-            items: Items::Raw(
-                list.into_iter()
-                    .map(|(raw, fields)| (raw.to_owned(), fields))
-                    .collect(),
-            ),
+            items: Items::Raw(list.into_iter().map(RawValue::to_owned).collect()),
         }))
     }
 
-    /// Notes a page's records as received: whether one of them is new in this poll (`None`
+    /// Notes a page's first and last records as received: whether one of them is new in this
+    /// poll (`None`
     /// for a page without records, which neither shows progress nor its lack: the last page
     /// of a scroll is empty). A record is known by its id and cursor value, so one changed
     /// while the poll pages, and so listed again, is new; one that cannot be read, by its
@@ -571,8 +579,8 @@ type Picked = Result<Value, String>;
 
 #[derive(Debug)]
 enum Items {
-    /// Records as the API sent them, with their picked fields, not read yet.
-    Raw(Vec<(Box<RawValue>, Picked)>),
+    /// Records as the API sent them, not read yet.
+    Raw(Vec<Box<RawValue>>),
     /// Records already read (and filtered).
     Read(Vec<Record>),
 }
@@ -616,9 +624,7 @@ impl<'a> Picker<'a> {
                 Box::new(
                     raws.into_iter()
                         .enumerate()
-                        .filter_map(move |(i, (raw, fields))| {
-                            self.pick(page, &request, i, raw, fields).transpose()
-                        }),
+                        .filter_map(move |(i, raw)| self.pick(page, &request, i, raw).transpose()),
                 )
             }
         }
@@ -630,13 +636,14 @@ impl<'a> Picker<'a> {
         request: &str,
         i: usize,
         raw: Box<RawValue>,
-        fields: Picked,
     ) -> Result<Option<Record>, Failure> {
         let odd = |message: String| Failure {
             request: request.to_string(),
             ..odd_failure(message)
         };
-        let fields = fields.map_err(|m| odd(format!("record #{} on page {page} {m}", i + 1)))?;
+        let fields = pick(&raw, &self.trigger.record_fields)
+            .map(Value::Object)
+            .map_err(|m| odd(format!("record #{} on page {page} {m}", i + 1)))?;
         let Some(c) = cursor_of(self.trigger, &fields) else {
             return Err(odd(format!(
                 "record #{} on page {page} has no whole-number `{}`",

@@ -618,7 +618,7 @@ async fn pages_that_bring_nothing_new_end_the_poll() {
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr.contains(
-            "GET /items failed `pagination_loop` (fatal): trigger `items` would page forever: the last 3 pages (up to page 4) brought no record that this poll had not already received"
+            "GET /items failed `pagination_loop` (fatal): trigger `items` would page forever: the last 3 pages (up to page 4) began and ended with records this poll had already received"
         ),
         "{}",
         run.stderr
