@@ -457,6 +457,8 @@ struct Cycle<'a> {
     running_ids: HashSet<String>,
     /// At most this many chains in flight.
     concurrency: usize,
+    /// Whether a chain sends requests (else it runs to the end without waiting).
+    io: bool,
 }
 
 impl<'a> Cycle<'a> {
@@ -527,6 +529,35 @@ impl<'a> Cycle<'a> {
             return Ok(());
         }
         rep.fired += 1;
+        if !self.io {
+            // A chain without a request (only `emit`s) never waits: run it here, without the
+            // machinery of chains in flight.
+            let mut tally = Tally::default();
+            let mut chain = Some(chain);
+            let outcome = run_chain(
+                self.recipe,
+                self.exec,
+                &key,
+                &mut chain,
+                self.now,
+                &mut tally,
+            )
+            .await;
+            let journaled = chain.as_ref().is_some_and(|c| c.journaled);
+            self.progress.start(ts);
+            return self.complete(
+                Done {
+                    key,
+                    id,
+                    ts,
+                    late,
+                    journaled,
+                    outcome,
+                    tally,
+                },
+                rep,
+            );
+        }
         self.start(key, id, late, chain);
         Ok(())
     }
@@ -669,6 +700,7 @@ async fn cycle(
         running_keys: HashSet::new(),
         running_ids: HashSet::new(),
         concurrency: recipe.concurrency.max(1),
+        io: recipe.steps.iter().any(|s| s.action().is_some()),
     };
     let picker = poll.picker();
     let mut page = poll.next_batch().await.map_err(polling)?;
