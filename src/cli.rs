@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::diag::{self, Diagnostic};
 use crate::http::Connection;
 use crate::plan::{self, Connector};
-use crate::runtime::{Runtime, Shutdown};
+use crate::runtime::Runtime;
 use crate::spec;
 use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
@@ -430,6 +430,29 @@ fn open_runtime(cli: &Cli, plan: plan::Plan) -> Result<Arc<Runtime>> {
     Runtime::new(plan, store)
 }
 
+/// A SIGINT (Ctrl-C) or, on Unix, a SIGTERM.
+async fn signal_received() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn fmt_ts(ts: Option<i64>) -> String {
     match ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
         Some(d) => d.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -440,10 +463,20 @@ fn fmt_ts(ts: Option<i64>) -> String {
 async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
     let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
     let rt = open_runtime(cli, plan)?;
+    // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
+    // second signal exits at once (the journal makes that safe too).
+    let (stop, shutdown) = crate::runtime::shutdown_channel();
+    tokio::spawn(async move {
+        signal_received().await;
+        tracing::warn!("Stopping: the steps under way finish and are committed; a second signal exits at once.");
+        stop.trigger();
+        signal_received().await;
+        std::process::exit(130);
+    });
     // Every recipe's cycle at once: they share the connections (and their rate budgets).
     let mut set = tokio::task::JoinSet::new();
     for (i, r) in rt.plan().recipes.iter().enumerate() {
-        let cycle = crate::engine::run_cycle(rt.clone(), r.clone(), Shutdown::never());
+        let cycle = crate::engine::run_cycle(rt.clone(), r.clone(), shutdown.clone());
         set.spawn(async move { (i, cycle.await) });
     }
     let mut reports = vec![crate::engine::CycleReport::default(); set.len()];

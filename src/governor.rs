@@ -156,6 +156,10 @@ impl Governors {
     }
 }
 
+/// The limit hint of a connector that declares none: effectively no budget until the server
+/// reports one.
+pub(crate) const UNKNOWN_LIMIT: u32 = u32::MAX / 2;
+
 /// A workspace's budget, before the server has said anything.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Budget {
@@ -171,6 +175,11 @@ pub(crate) struct Budget {
 impl Budget {
     /// Calls sluice may send in one window when the server's limit is `limit`:
     /// `floor(limit × share)`, but at least one so that sluice is never stopped for good.
+    /// The hint, when it is a real limit (not the "no limit declared" stand-in).
+    fn known_limit(&self) -> Option<u32> {
+        (self.limit_hint < UNKNOWN_LIMIT).then_some(self.limit_hint)
+    }
+
     pub(crate) fn per_window(&self, limit: u32) -> u32 {
         // The epsilon keeps an exact product (1000 × 0.7) from flooring one short.
         ((f64::from(limit) * self.share + 1e-9).floor() as u32).max(1)
@@ -519,8 +528,15 @@ impl Window {
     /// Once the other apps have used more than their share they need nothing more, but they
     /// keep calling while our last report travels: a margin of 1 % of the limit is then kept
     /// so that the last calls of the window are theirs to lose, not ours.
-    fn server_room(&self, limit: u32, budget: u32) -> Option<u64> {
+    ///
+    /// With the limit unknown (no `X-RateLimit-Limit` and no hint) the other apps' use cannot
+    /// be told: only the server's remaining counts.
+    fn server_room(&self, limit: Option<u32>, budget: u32) -> Option<u64> {
+        // (`limit`: the workspace's limit when known.)
         let remaining = self.remaining_plus?.saturating_sub(u64::from(self.sent()));
+        let Some(limit) = limit else {
+            return Some(remaining);
+        };
         let reserve = u64::from(limit.saturating_sub(budget));
         let needed = if self.others > 0 && self.others >= reserve {
             u64::from(burst(limit))
@@ -735,7 +751,8 @@ impl State {
         // An unconfirmed window of a server seen behind our clock lets one call through at a
         // time until a response says which window the server is in.
         let probing = self.distrust && !cur.confirmed && self.probe_out;
-        if probing || cur.sent() >= budget || cur.server_room(limit, budget) == Some(0) {
+        let known = self.limit.or(self.budget.known_limit());
+        if probing || cur.sent() >= budget || cur.server_room(known, budget) == Some(0) {
             return Err(cur.end);
         }
         if self.distrust && !cur.confirmed {
@@ -863,7 +880,8 @@ impl State {
         let budget = self.budget.per_window(limit);
         let remaining = self.cur.map_or(budget, |cur| {
             let own = u64::from(budget.saturating_sub(cur.sent()));
-            let room = cur.server_room(limit, budget).unwrap_or(own).min(own);
+            let known = self.limit.or(self.budget.known_limit());
+            let room = cur.server_room(known, budget).unwrap_or(own).min(own);
             u32::try_from(room).unwrap_or(u32::MAX)
         });
         GovernorStats {
@@ -1440,6 +1458,24 @@ mod tests {
         // be a handful.
         assert!(c.ours >= 4_000, "{c:?}");
         assert_eq!(c.ours_429, 0, "{c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_known_limit_the_servers_remaining_is_the_room() {
+        // No `limit` in the connector and no `X-RateLimit-Limit`: the other apps' use cannot
+        // be told, so the server's remaining is what counts, not a guess from the stand-in.
+        let gov = Arc::new(Governor::new(Budget {
+            window: WINDOW,
+            limit_hint: UNKNOWN_LIMIT,
+            share: 1.0,
+        }));
+        gov.acquire("a").await;
+        gov.observe(None, Some(999), Some(2_000_000_010), Some(2_000_000_000));
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            gov.acquire("a").await;
+        }
+        assert!(ms_since(t0) < 100, "waited {} ms", ms_since(t0));
     }
 
     #[tokio::test(start_paused = true)]

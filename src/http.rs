@@ -73,7 +73,9 @@ fn budget_of(plan: &ConnectionPlan) -> Budget {
     let spec = plan.connector.api.rate_limit.as_ref();
     Budget {
         window: spec.map_or(Duration::from_secs(60), |s| s.window),
-        limit_hint: spec.and_then(|s| s.limit).unwrap_or(u32::MAX / 2),
+        limit_hint: spec
+            .and_then(|s| s.limit)
+            .unwrap_or(crate::governor::UNKNOWN_LIMIT),
         share: plan.rate_share,
     }
 }
@@ -673,7 +675,22 @@ impl Connection {
         headers: &reqwest::header::HeaderMap,
         status: u16,
     ) -> Option<Duration> {
-        let spec = self.connector.api.rate_limit.as_ref()?;
+        let Some(spec) = self.connector.api.rate_limit.as_ref() else {
+            // No rate-limit headers declared: a 429 still pauses the whole workspace, for
+            // `Retry-After` seconds when the server says, else a second.
+            if status != 429 {
+                return None;
+            }
+            let wait = headers
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map_or(Duration::from_secs(1), |s| {
+                    Duration::from_secs(s.clamp(1, 60))
+                });
+            self.governor.rejected(wait);
+            return Some(wait);
+        };
         let num = |name: &str| {
             headers
                 .get(name)
@@ -692,7 +709,7 @@ impl Connection {
             .map(|d| d.as_secs() as i64)
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
         let wait = reset.map(|r| {
-            let secs = (r - server_now).clamp(0, 60) as u64;
+            let secs = r.saturating_sub(server_now).clamp(0, 60) as u64;
             // At least a second, plus jitter so several waiting clients do not stampede.
             Duration::from_secs(secs.max(1)) + Duration::from_millis(fastrand::u64(0..250))
         });

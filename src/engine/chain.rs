@@ -45,6 +45,11 @@ pub(crate) trait Executor: Sync {
     /// Makes the chain's progress durable (after each finished HTTP step, and when a record
     /// is left unfinished with steps done).
     fn journal(&self, key: &str, view: &JournalView<'_>) -> Result<()>;
+
+    /// Whether a shutdown asks chains to stop before their next step.
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
 /// The executor of real cycles: requests go over the runtime's connections, lines to its
@@ -52,6 +57,7 @@ pub(crate) trait Executor: Sync {
 pub(crate) struct Live<'a> {
     pub(crate) rt: &'a Runtime,
     pub(crate) ns: &'a str,
+    pub(crate) shutdown: Option<&'a crate::runtime::Shutdown>,
 }
 
 impl Executor for Live<'_> {
@@ -72,6 +78,10 @@ impl Executor for Live<'_> {
             Line::Raw(raw) => e.emit_raw(to, raw),
         }
         .map_err(|e| Failure::input(format!("emit: {e:#}")))
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.is_some_and(|s| s.is_requested())
     }
 
     fn journal(&self, key: &str, view: &JournalView<'_>) -> Result<()> {
@@ -241,6 +251,14 @@ pub(crate) async fn run_chain(
 ) -> Result<Outcome> {
     let c = chain.as_mut().expect("invariant: a chain to run");
     while c.done.len() < recipe.steps.len() {
+        if exec.stopping() {
+            // Shutting down: the step under way finished; the rest waits for the next run.
+            if !c.done.is_empty() {
+                c.journal(exec, key)?;
+            }
+            tally.unfinished += 1;
+            return Ok(Outcome::Unfinished);
+        }
         let step = &recipe.steps[c.done.len()];
         let span = tracing::info_span!("step", step = %step.id, attempt = c.attempts + 1);
         let run = match &step.condition {

@@ -343,6 +343,7 @@ pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) 
     let exec = Live {
         rt,
         ns: namespace(recipe),
+        shutdown: None,
     };
     let res = resume_journal(rt, recipe, &exec, now, &mut rep)
         .await
@@ -459,6 +460,7 @@ struct Cycle<'a> {
     concurrency: usize,
     /// Whether a chain sends requests (else it runs to the end without waiting).
     io: bool,
+    shutdown: &'a Shutdown,
 }
 
 impl<'a> Cycle<'a> {
@@ -523,8 +525,9 @@ impl<'a> Cycle<'a> {
             };
             self.complete(d, rep)?;
         }
-        if self.progress.abort.is_some() {
-            // A chain in flight stopped the cycle: this record must wait for the next one.
+        if self.progress.abort.is_some() || self.shutdown.is_requested() {
+            // A chain in flight stopped the cycle, or a shutdown came while this record
+            // waited: it must wait for the next cycle.
             self.progress.hold(ts);
             return Ok(());
         }
@@ -605,7 +608,16 @@ impl<'a> Cycle<'a> {
             self.running_ids.remove(i);
         }
         rep.add(d.tally);
-        let outcome = d.outcome?;
+        let outcome = match d.outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // Its progress could not be made durable: the record is unfinished and must
+                // hold the cursor, whatever else finishes.
+                self.progress.hold(d.ts);
+                self.open.insert(d.key);
+                return Err(e);
+            }
+        };
         let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
         if unfinished {
             self.open.insert(d.key.clone());
@@ -619,12 +631,18 @@ impl<'a> Cycle<'a> {
         Ok(())
     }
 
-    /// Waits for every chain in flight.
+    /// Waits for every chain in flight (all of them, whatever fails: a chain dropped
+    /// mid-request would be sent again), returning the first error.
     async fn drain(&mut self, rep: &mut CycleReport) -> Result<()> {
+        let mut first = Ok(());
         while let Some(d) = self.running.next().await {
-            self.complete(d, rep)?;
+            if let Err(e) = self.complete(d, rep) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
         }
-        Ok(())
+        first
     }
 
     /// Commits what is pending and moves the cursor: past every finished record, never past
@@ -632,21 +650,23 @@ impl<'a> Cycle<'a> {
     /// dead letter older than the cursor waits in the journal; it does not pull the cursor
     /// back to re-poll records whose dedupe keys may be gone).
     fn commit(&mut self) -> Result<()> {
-        // What the store holds: `resume_journal` left it there and every commit since wrote it
-        // (a failed commit ends the cycle).
+        // What the store holds: `resume_journal` left it there and every commit since wrote it.
+        // The new checkpoint becomes the cycle's only once it is stored.
         let expected = Some(self.cp);
-        self.cp.cursor = self
+        let mut next = self.cp;
+        next.cursor = self
             .progress
             .cursor()
             .min(self.now.max(self.cp.cursor))
             .max(self.cp.cursor);
-        self.cp.high = self.cp.high.max(self.progress.max_done);
+        next.high = next.high.max(self.progress.max_done);
         // Keys behind the pruning bound leave memory too, except this batch's own: with
         // offset (page-number) pagination a record can show up again on the next page when
         // records are inserted ahead of it while the trigger pages.
         let batch_low = self.progress.finished.iter().map(|(_, ts, _)| *ts).min();
         self.progress
-            .commit(self.rt, self.recipe, expected, &self.cp, self.known.take())?;
+            .commit(self.rt, self.recipe, expected, &next, self.known.take())?;
+        self.cp = next;
         let bound = prune_bound(self.recipe, self.cp.cursor).min(batch_low.unwrap_or(i64::MAX));
         self.handled.retain(|_, ts| *ts >= bound);
         Ok(())
@@ -668,7 +688,11 @@ async fn cycle(
     // the cycle's start, so changes made while the cycle runs (its own writes too) are the
     // next cycle's.
     let now = conn.server_now().await;
-    let exec = Live { rt, ns };
+    let exec = Live {
+        rt,
+        ns,
+        shutdown: Some(shutdown),
+    };
     let (cp, min_open, open) = resume_journal(rt, recipe, &exec, now, rep).await?;
     let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
     let polling = |f: crate::http::Failure| {
@@ -701,6 +725,7 @@ async fn cycle(
         running_ids: HashSet::new(),
         concurrency: recipe.concurrency.max(1),
         io: recipe.steps.iter().any(|s| s.action().is_some()),
+        shutdown,
     };
     let picker = poll.picker();
     let mut page = poll.next_batch().await.map_err(polling)?;
