@@ -1073,6 +1073,58 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Reads the config file; `Ok(None)` when it does not exist.
+/// For `validate`: the runtime's connectors and the connections of `sluice.yaml` as recipes
+/// see them; every problem of `sluice.yaml` goes to `diags`.
+type ValidateContext = (Vec<Arc<Connector>>, Option<plan::recipe::ConnectionTable>);
+
+fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> Result<ValidateContext> {
+    let connectors = load_connectors(cli)?;
+    let table = match config_source(cli)? {
+        None => None,
+        Some((path, text)) => {
+            // The connections are checked as a run would, a secret that is not set
+            // aside (a warning: validate runs where secrets are not).
+            let env = |k: &str| std::env::var(k).ok();
+            match spec::parse_config(&path, &text) {
+                Ok((config, index)) => {
+                    let built = plan::connection::build_connections(
+                        &path,
+                        &config,
+                        &index,
+                        &connectors,
+                        &env,
+                        plan::Secrets::Optional,
+                    );
+                    diags.extend(built.problems);
+                    Some(
+                        config
+                            .connections
+                            .iter()
+                            .map(|(name, c)| {
+                                // Problems of the connection itself are reported in
+                                // `sluice.yaml`; recipes naming it are still checked.
+                                (
+                                    name.clone(),
+                                    plan::recipe::ConnEntry {
+                                        connector: c.connector.clone(),
+                                        id: Some(plan::ConnId::CHECK_ONLY),
+                                        why: None,
+                                    },
+                                )
+                            })
+                            .collect(),
+                    )
+                }
+                Err(d) => {
+                    diags.push(d);
+                    None
+                }
+            }
+        }
+    };
+    Ok((connectors, table))
+}
+
 fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = if paths.is_empty() {
         ["connectors", "recipes"]
@@ -1087,7 +1139,9 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let mut diags: Vec<Diagnostic> = Vec::new();
     let mut counts = (0usize, 0usize, 0usize, 0usize);
     // Recipes are checked against the runtime's connectors and the config file, read once.
-    let mut runtime: Option<(Vec<Arc<Connector>>, Option<plan::recipe::ConnectionTable>)> = None;
+    let mut runtime: Option<ValidateContext> = None;
+    // Recipe ids are the keys of their state: two files with one id are an error.
+    let mut ids: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for f in &files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
@@ -1103,60 +1157,31 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             continue;
         }
         if runtime.is_none() {
-            let connectors = load_connectors(cli)?;
-            let table = match config_source(cli)? {
-                None => None,
-                Some((path, text)) => {
-                    // The connections are checked as a run would, a secret that is not set
-                    // aside (a warning: validate runs where secrets are not).
-                    let env = |k: &str| std::env::var(k).ok();
-                    match spec::parse_config(&path, &text) {
-                        Ok((config, index)) => {
-                            let built = plan::connection::build_connections(
-                                &path,
-                                &config,
-                                &index,
-                                &connectors,
-                                &env,
-                                plan::Secrets::Optional,
-                            );
-                            diags.extend(built.problems);
-                            Some(
-                                config
-                                    .connections
-                                    .iter()
-                                    .map(|(name, c)| {
-                                        // Problems of the connection itself are reported in
-                                        // `sluice.yaml`; recipes naming it are still checked.
-                                        (
-                                            name.clone(),
-                                            plan::recipe::ConnEntry {
-                                                connector: c.connector.clone(),
-                                                id: Some(plan::ConnId::CHECK_ONLY),
-                                                why: None,
-                                            },
-                                        )
-                                    })
-                                    .collect(),
-                            )
-                        }
-                        Err(d) => {
-                            diags.push(d);
-                            None
-                        }
-                    }
-                }
-            };
-            runtime = Some((connectors, table));
+            runtime = Some(validate_context(cli, &mut diags)?);
         }
         let (connectors, table) = runtime.as_ref().expect("invariant: set just above");
         match plan::recipe::load_recipe(f, &text, connectors, table.as_ref()) {
             Ok(r) => {
                 counts.3 += 1;
+                if let Some(first) = ids.get(&r.id) {
+                    diags.push(
+                        Diagnostic::error(
+                            f,
+                            format!("recipe id `{}` is also used by `{}`", r.id, first.display()),
+                        )
+                        .help("every recipe needs its own id: its state is kept under it"),
+                    );
+                }
+                ids.insert(r.id.clone(), f.clone());
                 diags.extend(r.warnings);
             }
             Err(d) => diags.extend(d),
         }
+    }
+    // `sluice.yaml` is checked even when no recipe was (when the connectors load at all:
+    // their own problems are reported above).
+    if runtime.is_none() && cli.config.is_file() && load_connectors(cli).is_ok() {
+        validate_context(cli, &mut diags)?;
     }
     diag::sort(&mut diags);
     if json {

@@ -80,6 +80,18 @@ fn budget_of(plan: &ConnectionPlan) -> Budget {
     }
 }
 
+/// A URL for messages, with any `user:password@` replaced by `***@`.
+fn redact_userinfo(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+            let host = u.host_str().unwrap_or("");
+            let rest = &url[url.find(host).map_or(0, |i| i + host.len())..];
+            format!("{}://***@{host}{rest}", u.scheme())
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// A response that succeeded (2xx).
 #[derive(Debug)]
 pub struct Response {
@@ -137,7 +149,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("name", &self.name)
             .field("connector", &self.connector.id)
-            .field("base_url", &self.base_url)
+            .field("base_url", &redact_userinfo(&self.base_url))
             .field("token", &self.token)
             .field("api_version", &self.api_version)
             .finish_non_exhaustive()
@@ -1318,5 +1330,20 @@ mod tests {
         let body = format!("{} Bearer other\\/cred-456 and more", "x".repeat(170));
         let shown = cut(&r.scrub(&body), SNIPPET_CHARS);
         assert_eq!(shown, format!("{} Bearer *** and more", "x".repeat(170)));
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn urls_in_messages_hide_their_credentials() {
+        assert_eq!(
+            super::redact_userinfo("https://me:pw_secret@host.io/v1"),
+            "https://***@host.io/v1"
+        );
+        assert_eq!(
+            super::redact_userinfo("https://api.intercom.io"),
+            "https://api.intercom.io"
+        );
     }
 }

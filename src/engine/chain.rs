@@ -50,6 +50,11 @@ pub(crate) trait Executor: Sync {
     fn stopping(&self) -> bool {
         false
     }
+
+    /// The output later steps see for a step that ran (a dry run's sample may mock it).
+    fn step_output(&self, _step: &Step, output: Value) -> Value {
+        output
+    }
 }
 
 /// The executor of real cycles: requests go over the runtime's connections, lines to its
@@ -289,6 +294,7 @@ pub(crate) async fn run_chain(
         };
         match result {
             Ok(output) => {
+                let output = exec.step_output(step, output);
                 tally.steps_ok += 1;
                 c.attempts = 0;
                 c.push(StepDone {

@@ -214,7 +214,7 @@ pub fn build_connections(
             }
         };
         let base_url = match &spec.base_url {
-            Some(u) => resolve("base_url", u, &mut diags).and_then(|u| {
+            Some(raw_url) => resolve("base_url", raw_url, &mut diags).and_then(|u| {
                 let ok = reqwest::Url::parse(&u)
                     .ok()
                     .filter(|p| matches!(p.scheme(), "http" | "https") && p.has_host());
@@ -222,7 +222,11 @@ pub fn build_connections(
                     diags.push(
                         Diagnostic::error(
                             file,
-                            format!("connection `{name}`: `base_url` `{u}` is not an http(s) URL"),
+                            // The file's text, not the resolved value: an environment
+                            // variable may hold a secret.
+                            format!(
+                                "connection `{name}`: `base_url` `{raw_url}` is not an http(s) URL"
+                            ),
                         )
                         .at(index, &at("base_url"))
                         .help("write the full URL, e.g. `https://api.intercom.io`"),

@@ -1,6 +1,6 @@
 //! `sluice validate` and `sluice connectors`: every problem at once, with file:line:col.
 
-use crate::util::{run, sluice};
+use crate::util::{root, run, sluice};
 
 #[test]
 fn shipped_connectors_validate() {
@@ -297,4 +297,50 @@ fn a_token_written_in_the_config_is_a_warning_and_a_line_break_in_it_an_error() 
         r.stderr
     );
     assert!(!r.stderr.contains("abc123"));
+}
+
+#[test]
+fn the_config_is_checked_without_recipes_and_recipe_ids_are_unique_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sluice.yaml"),
+        "connections:\n  intercom:\n    connector: intercom\n    region: mars\n    token: ${env:T}\n",
+    )
+    .unwrap();
+    let r = run({
+        let mut c = sluice();
+        c.current_dir(dir.path())
+            .arg("validate")
+            .arg(root().join("connectors"));
+        c
+    });
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("sluice.yaml:4:5: error: connection `intercom`: region `mars`"),
+        "{}",
+        r.stderr
+    );
+    // The same id in two folders.
+    std::fs::write(
+        dir.path().join("sluice.yaml"),
+        "connections:\n  intercom:\n    connector: intercom\n    token: ${env:T}\n",
+    )
+    .unwrap();
+    let recipe = "id: twice\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 5m\nsteps:\n  - id: out\n    action: emit\n";
+    for sub in ["a", "b"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("twice.yaml"), recipe).unwrap();
+    }
+    let r = run({
+        let mut c = sluice();
+        c.current_dir(dir.path()).args(["validate", "a", "b"]);
+        c
+    });
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("recipe id `twice` is also used by"),
+        "{}",
+        r.stderr
+    );
 }
