@@ -431,6 +431,32 @@ struct Done {
     tally: Tally,
 }
 
+/// Runs one record's chain and says what it came to.
+async fn run_one(
+    recipe: &Recipe,
+    exec: &Live<'_>,
+    now: i64,
+    key: String,
+    id: Option<String>,
+    late: bool,
+    chain: Chain,
+) -> Done {
+    let ts = chain.ts;
+    let mut tally = Tally::default();
+    let mut chain = Some(chain);
+    let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally).await;
+    let journaled = chain.as_ref().is_some_and(|c| c.journaled);
+    Done {
+        key,
+        id,
+        ts,
+        late,
+        journaled,
+        outcome,
+        tally,
+    }
+}
+
 type Running<'a> = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send + 'a>>>;
 
 /// The poll part of a cycle: what it has decided, the state it checks records against, and
@@ -535,31 +561,9 @@ impl<'a> Cycle<'a> {
         if !self.io {
             // A chain without a request (only `emit`s) never waits: run it here, without the
             // machinery of chains in flight.
-            let mut tally = Tally::default();
-            let mut chain = Some(chain);
-            let outcome = run_chain(
-                self.recipe,
-                self.exec,
-                &key,
-                &mut chain,
-                self.now,
-                &mut tally,
-            )
-            .await;
-            let journaled = chain.as_ref().is_some_and(|c| c.journaled);
             self.progress.start(ts);
-            return self.complete(
-                Done {
-                    key,
-                    id,
-                    ts,
-                    late,
-                    journaled,
-                    outcome,
-                    tally,
-                },
-                rep,
-            );
+            let done = run_one(self.recipe, self.exec, self.now, key, id, late, chain).await;
+            return self.complete(done, rep);
         }
         self.start(key, id, late, chain);
         Ok(())
@@ -582,19 +586,7 @@ impl<'a> Cycle<'a> {
                     Some(s) => s.acquire_owned().await.ok(),
                     None => None,
                 };
-                let mut tally = Tally::default();
-                let mut chain = Some(chain);
-                let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally).await;
-                let journaled = chain.as_ref().is_some_and(|c| c.journaled);
-                Done {
-                    key,
-                    id,
-                    ts,
-                    late,
-                    journaled,
-                    outcome,
-                    tally,
-                }
+                run_one(recipe, exec, now, key, id, late, chain).await
             }
             .instrument(span),
         ));

@@ -635,18 +635,24 @@ async fn json_logs_are_only_json_lines_with_the_recipe_cycle_record_and_step_spa
         .any(|l| l["message"] == "cycle report" && l["report"]["dead_letters"] == 1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing() {
-    use std::sync::Arc;
+/// A recipe adding notes to `n` new contacts, the simulator answering after 20 ms: a cycle
+/// still running when a shutdown comes.
+async fn slow_backlog(n: i64) -> Engine {
     let e = Engine::start(0, NOTE_ON_NEW).await;
-    for i in 0..300 {
+    for i in 0..n {
         e.contact(&format!("s{i}@x.io"), T0 - 3000 + i);
     }
-    // Slow answers, so the cycle is still running when the shutdown comes.
     e.env.sim().set_faults(Faults {
         latency_ms: 20,
         ..Faults::default()
     });
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing() {
+    use std::sync::Arc;
+    let e = slow_backlog(300).await;
     let dir = e.env.ws.path();
     let connectors = vec![Arc::new(
         sluice::plan::load_connector_text(
@@ -737,14 +743,7 @@ async fn chains_run_concurrently_up_to_the_recipe_and_connection_caps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_steps_under_way_and_exits_cleanly() {
-    let e = Engine::start(0, NOTE_ON_NEW).await;
-    for i in 0..300 {
-        e.contact(&format!("t{i}@x.io"), T0 - 3000 + i);
-    }
-    e.env.sim().set_faults(Faults {
-        latency_ms: 20,
-        ..Faults::default()
-    });
+    let e = slow_backlog(300).await;
     let dir = e.env.ws.path();
     let mut c = e.env.cmd(&["run", "--once", "--json"]);
     c.arg("--recipes")
