@@ -524,9 +524,13 @@ fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
     let store: &dyn Store = &store;
     match command {
         StateCommand::Show { recipe, json } => {
-            let ids = match recipe {
-                Some(r) => vec![r.clone()],
-                None => store.namespaces()?,
+            let all = store.namespaces()?;
+            let ids: Vec<String> = match recipe {
+                Some(r) => all
+                    .into_iter()
+                    .filter(|ns| plan::recipe::instance_of(ns, r))
+                    .collect(),
+                None => all,
             };
             let mut states = Vec::new();
             for id in &ids {
@@ -572,7 +576,11 @@ fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         StateCommand::Reset { recipe } => {
-            store.reset(recipe)?;
+            for ns in store.namespaces()? {
+                if plan::recipe::instance_of(&ns, recipe) {
+                    store.reset(&ns)?;
+                }
+            }
             println!("reset `{recipe}`: its next run starts from its `start_from`");
             Ok(ExitCode::SUCCESS)
         }
@@ -584,7 +592,15 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
     let store = sled.as_ref();
     match command {
         DeadLetterCommand::List { recipe } => {
-            let all = store.dead_letters(recipe.as_deref())?;
+            let all: Vec<_> = store
+                .dead_letters(None)?
+                .into_iter()
+                .filter(|(_, d)| {
+                    recipe
+                        .as_deref()
+                        .is_none_or(|r| plan::recipe::instance_of(&d.recipe, r))
+                })
+                .collect();
             if all.is_empty() {
                 println!("no dead letters");
             }
@@ -626,7 +642,8 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             };
             let plan = load_plan(
                 cli,
-                recipe_sources(cli, Some(&d.recipe))?,
+                // The letter names its recipe instance, `recipe@connection`.
+                recipe_sources(cli, Some(d.recipe.split('@').next().unwrap_or(&d.recipe)))?,
                 plan::Secrets::Required,
             )?;
             store.requeue_dead_letter(*id)?;

@@ -253,10 +253,10 @@ pub const KNOWN_ABSENT_SECS: i64 = 30 * 86_400;
 /// Chains of one recipe in flight at once, unless the recipe says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
-/// The state namespace of a recipe instance: the one place that decides where a recipe's
-/// cursor, dedupe keys, journal and known ids live.
+/// The state namespace of a recipe instance (`recipe@connection`): the one place that
+/// decides where a recipe's cursor, dedupe keys, journal, known ids and history live.
 pub fn namespace(recipe: &Recipe) -> &str {
-    &recipe.id
+    &recipe.instance
 }
 
 impl CycleReport {
@@ -366,6 +366,10 @@ async fn resume_journal(
 ) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
     let store = rt.store()?;
     let ns = namespace(recipe);
+    // State kept under the bare recipe id (before instances) becomes the instance's, once.
+    if store.adopt_legacy(&recipe.id, ns)? {
+        tracing::info!(recipe = %recipe.id, instance = ns, "Moved the recipe's state to its instance.");
+    }
     let stored = store.checkpoint(ns)?;
     rep.cursor_before = stored.map(|c| c.cursor);
     let mut cp = stored.unwrap_or_else(|| {

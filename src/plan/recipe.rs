@@ -31,6 +31,8 @@ pub struct Recipe {
     pub connection: String,
     /// The connection's handle in the plan.
     pub conn: ConnId,
+    /// The recipe instance (`recipe@connection`): where its state lives.
+    pub instance: String,
     /// The trigger's connector.
     pub connector: Arc<Connector>,
     /// Trigger id within the connector.
@@ -847,6 +849,7 @@ pub fn build_recipe(
                 "trigger": format!("{}.{}", connector.id, trigger_id),
             }),
             id: spec.id.clone(),
+            instance: instance_name(&spec.id, &spec.connection),
             description: spec.description.clone(),
             connection: spec.connection.clone(),
             connector,
@@ -865,6 +868,20 @@ pub fn build_recipe(
             Err(all)
         }
     }
+}
+
+/// The name of a recipe instance: the recipe run for one connection.
+pub fn instance_name(recipe: &str, connection: &str) -> String {
+    format!("{recipe}@{connection}")
+}
+
+/// Whether a state namespace belongs to recipe `id`: its instances, or the recipe id itself
+/// (the namespace of sluice versions before instances).
+pub fn instance_of(ns: &str, id: &str) -> bool {
+    ns == id
+        || ns
+            .strip_prefix(id)
+            .is_some_and(|rest| rest.starts_with('@'))
 }
 
 /// `Tag-It` → `tag_it`.

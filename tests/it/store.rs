@@ -47,7 +47,7 @@ async fn a_stale_writer_cannot_move_a_cursor_back() {
     // A second writer reads the checkpoint now…
     let read = {
         let store = SledStore::open(&dir).unwrap();
-        store.checkpoint("notes").unwrap().unwrap()
+        store.checkpoint("notes@intercom").unwrap().unwrap()
     };
     assert_eq!(read.cursor, T0 - 3600);
     // …while sluice runs on and moves the cursor.
@@ -64,7 +64,7 @@ async fn a_stale_writer_cannot_move_a_cursor_back() {
         let store: &dyn Store = &sled;
         let err = store
             .commit(
-                "notes",
+                "notes@intercom",
                 &Commit {
                     expected: Some(read),
                     checkpoint: Checkpoint {
@@ -81,7 +81,7 @@ async fn a_stale_writer_cannot_move_a_cursor_back() {
         assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
-            "another sluice process moved recipe `notes`'s cursor; this cycle's progress was not saved"
+            "another sluice process moved recipe `notes@intercom`'s cursor; this cycle's progress was not saved"
         );
     }
     // Nothing it sent was written: the cursor stays where the run put it.
@@ -109,7 +109,7 @@ async fn every_cycle_leaves_one_row_of_run_history() {
     contact(&env, "b@x.io", T0 - 60);
     let second = run_once(&env).await;
     let store = SledStore::open(&env.ws.path().join("state")).unwrap();
-    let rows = store.cycles("notes", 10).unwrap();
+    let rows = store.cycles("notes@intercom", 10).unwrap();
     assert_eq!(rows.len(), 2);
     // Newest first, each the cycle's report as the run printed it.
     let reports: Vec<Value> = rows
@@ -121,4 +121,47 @@ async fn every_cycle_leaves_one_row_of_run_history() {
         assert_eq!(row["fired"], printed["fired"]);
         assert_eq!(row["cursor_after"], printed["cursor_after"]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_an_earlier_version_moves_to_the_recipe_instance() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    env.write_recipe(RECIPE);
+    contact(&env, "old@x.io", T0 - 3600);
+    // State as sluice kept it before instances: under the bare recipe id.
+    {
+        let sled = SledStore::open(&env.ws.path().join("state")).unwrap();
+        let cp = Checkpoint {
+            cursor: T0 - 3600,
+            floor: T0 - 86_400,
+            high: T0 - 3600,
+        };
+        let key = env.sim().records(Kind::Contact)[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        sled.commit(
+            "notes",
+            &Commit {
+                expected: None,
+                checkpoint: cp,
+                finished: &[(key, T0 - 3600, false)],
+                dead: &[],
+                keep_from: i64::MIN,
+                known: None,
+            },
+        )
+        .unwrap();
+    }
+    contact(&env, "new@x.io", T0 - 60);
+    let rep = run_once(&env).await;
+    // The old record was handled under the old name: only the new one fires.
+    assert_eq!(rep["fired"], 1, "{rep}");
+    assert_eq!(rep["cursor_before"], json!(T0 - 3600), "{rep}");
+    let st = env.sluice_in(&["state", "show", "--json"], None).await;
+    st.assert_ok();
+    let v = st.json();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v[0]["state"]["recipe"], "notes@intercom");
+    assert_eq!(v[0]["state"]["checkpoint"]["cursor"], json!(T0 - 60));
 }
