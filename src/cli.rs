@@ -474,16 +474,14 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
         std::process::exit(130);
     });
     // Every recipe's cycle at once: they share the connections (and their rate budgets).
-    let mut set = tokio::task::JoinSet::new();
-    for (i, r) in rt.plan().recipes.iter().enumerate() {
-        let cycle = crate::engine::run_cycle(rt.clone(), r.clone(), shutdown.clone());
-        set.spawn(async move { (i, cycle.await) });
-    }
-    let mut reports = vec![crate::engine::CycleReport::default(); set.len()];
-    while let Some(done) = set.join_next().await {
-        let (i, rep) = done.map_err(|e| anyhow!("a cycle panicked: {e}"))?;
-        reports[i] = rep;
-    }
+    // Polled together on this task (not spawned): the connections' I/O runs on the runtime's
+    // workers meanwhile, and a cycle's page handling overlaps its fetches best that way.
+    let cycles = rt
+        .plan()
+        .recipes
+        .iter()
+        .map(|r| crate::engine::run_cycle(rt.clone(), r.clone(), shutdown.clone()));
+    let reports: Vec<crate::engine::CycleReport> = futures_util::future::join_all(cycles).await;
     rt.log_rate_budgets();
     let failed = reports.iter().any(|r| r.error.is_some());
     if json && cli.log_format == LogFormat::Json {
