@@ -648,8 +648,15 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             let rt = Runtime::new(plan, sled.clone())?;
             let recipe = rt.plan().recipes[0].clone();
             let (rep, res) = crate::engine::resume(&rt, &recipe).await;
+            // The journal may hold other records too: what counts is where this one ended.
+            let ns = crate::engine::namespace(&recipe);
+            let still_open = store.journal_entries(ns)?.iter().any(|(k, _)| *k == d.key);
+            let dead_again = store
+                .dead_letters(Some(ns))?
+                .iter()
+                .any(|(_, l)| l.key == d.key);
             match res {
-                Ok(_) if rep.finished == 1 => {
+                Ok(_) if !still_open && !dead_again => {
                     println!(
                         "replayed: `{}` finished from step `{}`",
                         d.key, d.failed_step
