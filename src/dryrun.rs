@@ -212,9 +212,13 @@ pub async fn run(rt: &Runtime, recipe: &Recipe, sample: &Sample) -> Result<DryRu
     let done = match (outcome, chain) {
         (Outcome::Finished, Some(c)) => c.done,
         (Outcome::Dead(d), _) => return Err(format!("step `{}`: {}", d.failed_step, d.error)),
-        (Outcome::Unfinished | Outcome::Abort(_), _) | (_, None) => {
-            return Err("the chain did not finish".into())
+        (Outcome::Unfinished(why), _) => {
+            return Err(format!(
+                "{why} (`on_error: retry` would try it again next run)"
+            ))
         }
+        (Outcome::Abort(why), _) => return Err(why),
+        (_, None) => return Err("the chain did not finish".into()),
     };
     let mut requests = rec.requests.into_inner().unwrap_or_default();
     for (step, d) in recipe.steps.iter().zip(done) {

@@ -114,8 +114,8 @@ pub(crate) enum Outcome {
     Finished,
     /// A step failed for good under `on_error: stop`.
     Dead(Box<DeadLetter>),
-    /// Try again next cycle (`on_error: retry`).
-    Unfinished,
+    /// Try again next cycle (`on_error: retry`, or a shutdown): why.
+    Unfinished(String),
     /// Stop the cycle: credentials, or the API is down (retries exhausted).
     Abort(String),
 }
@@ -262,7 +262,7 @@ pub(crate) async fn run_chain(
                 c.journal(exec, key)?;
             }
             tally.unfinished += 1;
-            return Ok(Outcome::Unfinished);
+            return Ok(Outcome::Unfinished("shutting down".into()));
         }
         let step = &recipe.steps[c.done.len()];
         let span = tracing::info_span!("step", step = %step.id, attempt = c.attempts + 1);
@@ -353,7 +353,7 @@ pub(crate) async fn run_chain(
                         c.attempts += 1;
                         c.journal(exec, key)?;
                         tally.unfinished += 1;
-                        return Ok(Outcome::Unfinished);
+                        return Ok(Outcome::Unfinished(f.to_string()));
                     }
                 }
             }

@@ -157,7 +157,7 @@ impl Progress {
                 self.finish(key, ts, journaled);
                 self.dead.push(*d);
             }
-            Outcome::Unfinished => {
+            Outcome::Unfinished(_) => {
                 self.open(ts, journaled);
                 return true;
             }
@@ -614,7 +614,7 @@ impl<'a> Cycle<'a> {
                 return Err(e);
             }
         };
-        let unfinished = matches!(outcome, Outcome::Unfinished | Outcome::Abort(_));
+        let unfinished = matches!(outcome, Outcome::Unfinished(_) | Outcome::Abort(_));
         if unfinished {
             self.open.insert(d.key.clone());
         } else {
