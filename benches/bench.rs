@@ -202,14 +202,7 @@ async fn engine_50k() {
     );
     // (b) 1% of the contacts change, then the next cycle.
     let client = reqwest::Client::builder().build().unwrap();
-    let contacts: Vec<serde_json::Value> = client
-        .get(format!("{url}/_sim/contacts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let contacts = get_json(&client, &format!("{url}/_sim/contacts")).await;
     for c in contacts.iter().step_by(100) {
         let id = c["id"].as_str().unwrap();
         client
@@ -275,19 +268,27 @@ fn fired_of(stderr: &str) -> u64 {
 
 /// `sluice sim` with `n` contacts and nothing else, no rate limit in the way.
 fn contacts_sim(n: usize) -> (Reap, String) {
-    let n = n.to_string();
-    let (child, url) = spawn_sim(&[
-        "--contacts",
-        &n,
-        "--companies",
-        "0",
-        "--tickets",
-        "0",
-        "--conversations",
-        "0",
-        "--rate-limit",
-        "100000000",
-    ]);
+    contacts_sim_with(true, &n.to_string(), "100000000")
+}
+
+/// A simulator holding only `n` contacts, with a rate limit per 10 s window; `frozen` stops
+/// its clock.
+fn contacts_sim_with(frozen: bool, n: &str, rate_limit: &str) -> (Reap, String) {
+    let (child, url) = spawn_sim_with(
+        frozen,
+        &[
+            "--contacts",
+            n,
+            "--companies",
+            "0",
+            "--tickets",
+            "0",
+            "--conversations",
+            "0",
+            "--rate-limit",
+            rate_limit,
+        ],
+    );
     (Reap(child), url)
 }
 
@@ -393,21 +394,7 @@ async fn actions_latency() {
             64,
         ),
     ] {
-        let (mut child, url) = spawn_sim_with(
-            false,
-            &[
-                "--contacts",
-                CONTACTS,
-                "--companies",
-                "0",
-                "--tickets",
-                "0",
-                "--conversations",
-                "0",
-                "--rate-limit",
-                rate_limit,
-            ],
-        );
+        let (_reap, url) = contacts_sim_with(false, CONTACTS, rate_limit);
         client
             .put(format!("{url}/_sim/faults"))
             .json(&serde_json::json!({"latency_ms": 100}))
@@ -449,14 +436,7 @@ async fn actions_latency() {
             let _ = t.await;
         }
         let rep = report_of(&err);
-        let audit: Vec<serde_json::Value> = client
-            .get(format!("{url}/_sim/audit"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let audit = get_json(&client, &format!("{url}/_sim/audit")).await;
         let ours = |e: &&serde_json::Value| e["path"] != "/tags";
         let calls = audit.iter().filter(ours).count();
         let ours_429 = audit
@@ -477,10 +457,13 @@ async fn actions_latency() {
             100.0 * calls as f64 / wall / budget,
             rss as f64 / 1024.0
         );
-        let _ = child.kill();
-        let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A JSON list from the simulator's control API.
+async fn get_json(client: &reqwest::Client, url: &str) -> Vec<serde_json::Value> {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 fn main() {

@@ -508,8 +508,12 @@ impl<'a> Cycle<'a> {
             .dedupe_key
             .render(record.fields())
             .map_err(|m| anyhow!("a record cannot be keyed: {m}"))?;
-        let id = id_of(trigger, record.fields());
         let late = record.late;
+        // The record's id serves a late arrival's bookkeeping and, with requests, keeping two
+        // versions of one record apart: not read otherwise (the hot path of `emit` recipes).
+        let id = (late || self.io)
+            .then(|| id_of(trigger, record.fields()))
+            .flatten();
         // A late arrival (see `Record::late`) taken care of is noted, so the next scan knows it.
         let taken_care_of = |cy: &mut Cycle<'a>| {
             if let (true, Some(id)) = (late, &id) {
