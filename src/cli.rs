@@ -23,9 +23,7 @@ use crate::spec;
 use crate::store::Store;
 use crate::telemetry::{self, LogFormat};
 
-/// The Intercom connector shipped inside the binary, used when no `connectors/` directory is
-/// found or given.
-pub const BUILTIN_INTERCOM: &str = include_str!("../connectors/intercom.yaml");
+pub use crate::plan::BUILTIN_INTERCOM;
 
 /// sluice: YAML connectors and recipes that poll SaaS APIs and run actions.
 #[derive(Debug, Parser)]
@@ -57,9 +55,10 @@ pub struct Cli {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-    /// Log level or filter (`warn`, `info`, `debug`, `sluice=debug`).
-    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log level or filter (`warn`, `info`, `debug`, `sluice=debug`); default `info` for
+    /// `run`, `warn` for the other commands.
+    #[arg(long, global = true, env = "SLUICE_LOG")]
+    pub log: Option<String>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -134,18 +133,40 @@ pub enum Command {
     },
     /// Print the JSON Schema of recipe files (for editors: yaml-language-server).
     Schema,
-    /// Run recipes: `--once` runs one cycle of every recipe (or of `--recipe`) and prints a
-    /// summary per recipe.
+    /// Run recipes: as a long-running sidecar that keeps every recipe on its schedule (with
+    /// `/livez`, `/readyz`, `/metrics` on `--listen`), or `--once`: one cycle of every recipe
+    /// (or of `--recipe`) with a summary per recipe.
     Run {
-        /// One cycle, then exit (the long-running scheduler is not built yet).
+        /// One cycle, then exit. While a sidecar holds the state, `--once --recipe X` asks it
+        /// to run X now.
         #[arg(long)]
         once: bool,
-        /// Only this recipe.
-        #[arg(long)]
+        /// Only this recipe (with `--once`).
+        #[arg(long, requires = "once")]
         recipe: Option<String>,
-        /// Print the summary as JSON.
-        #[arg(long)]
+        /// Print the summary as JSON (with `--once`).
+        #[arg(long, requires = "once")]
         json: bool,
+        /// Where the sidecar serves `/livez`, `/readyz`, `/metrics` and its admin API. Any
+        /// address other than loopback needs SLUICE_ADMIN_TOKEN.
+        #[arg(
+            long,
+            env = "SLUICE_LISTEN",
+            default_value = "127.0.0.1:9187",
+            conflicts_with = "once"
+        )]
+        listen: String,
+        /// After SIGTERM or SIGINT, how long cycles under way may take to finish and commit.
+        #[arg(
+            long,
+            env = "SLUICE_SHUTDOWN_TIMEOUT",
+            default_value = "25s",
+            conflicts_with = "once"
+        )]
+        shutdown_timeout: String,
+        /// Do not watch the files for changes (reload on SIGHUP only).
+        #[arg(long, conflicts_with = "once")]
+        no_watch: bool,
     },
     /// Show or reset recipe state (cursors, dedupe keys, journal).
     State {
@@ -240,7 +261,14 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    telemetry::init(cli.log_format, &cli.log);
+    let level = cli.log.clone().unwrap_or_else(|| {
+        match cli.command {
+            Command::Run { .. } => "info",
+            _ => "warn",
+        }
+        .to_string()
+    });
+    telemetry::init(cli.log_format, &level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,13 +351,32 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             )
             .await
         }
-        Command::Run { once, recipe, json } => {
-            if !*once {
-                bail!("only `sluice run --once` exists so far: the long-running scheduler is not built yet");
-            }
-            cmd_run_once(&cli, recipe.as_deref(), *json).await
+        Command::Run {
+            once: true,
+            recipe,
+            json,
+            ..
+        } => cmd_run_once(&cli, recipe.as_deref(), *json).await,
+        Command::Run {
+            listen,
+            shutdown_timeout,
+            no_watch,
+            ..
+        } => {
+            let secs = plan::parse_duration(shutdown_timeout)
+                .map_err(|m| anyhow!("--shutdown-timeout: {m}"))?;
+            crate::sidecar::run(crate::sidecar::Options {
+                config: cli.config.clone(),
+                connectors: connectors_dir(&cli),
+                recipes: cli.recipes.clone(),
+                state_dir: cli.state_dir.clone(),
+                listen: listen.clone(),
+                shutdown_timeout: std::time::Duration::from_secs(secs.max(0) as u64),
+                watch: !no_watch,
+            })
+            .await
         }
-        Command::State { command } => cmd_state(&cli, command),
+        Command::State { command } => cmd_state(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
         Command::Schema => {
             println!("{}", recipe_schema());
@@ -424,12 +471,6 @@ fn load_plan(
     })
 }
 
-/// Opens the runtime over the state store for the plan.
-fn open_runtime(cli: &Cli, plan: plan::Plan) -> Result<Arc<Runtime>> {
-    let store = Arc::new(crate::store::SledStore::open(&cli.state_dir)?);
-    Runtime::new(plan, store)
-}
-
 /// A SIGINT (Ctrl-C) or, on Unix, a SIGTERM.
 async fn signal_received() {
     #[cfg(unix)]
@@ -460,29 +501,51 @@ fn fmt_ts(ts: Option<i64>) -> String {
     }
 }
 
+/// Where state commands reach the store: directly, or through the sidecar that holds it.
+enum Backend {
+    Local(Arc<dyn Store>),
+    Sidecar(crate::sidecar::client::Client),
+}
+
+fn backend(cli: &Cli) -> Result<Backend> {
+    match crate::store::SledStore::open(&cli.state_dir) {
+        Ok(s) => Ok(Backend::Local(Arc::new(s))),
+        Err(e) if crate::sidecar::client::store_in_use(&e) => Ok(Backend::Sidecar(
+            crate::sidecar::client::Client::find(&cli.state_dir)?,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `?recipe=…`, encoded.
+fn recipe_query(recipe: Option<&str>) -> String {
+    recipe
+        .map(|r| {
+            format!(
+                "?recipe={}",
+                percent_encoding::utf8_percent_encode(r, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .unwrap_or_default()
+}
+
 async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
-    let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
-    let rt = open_runtime(cli, plan)?;
-    // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
-    // second signal exits at once (the journal makes that safe too).
-    let (stop, shutdown) = crate::runtime::shutdown_channel();
-    tokio::spawn(async move {
-        signal_received().await;
-        tracing::warn!("Stopping: the steps under way finish and are committed; a second signal exits at once.");
-        stop.trigger();
-        signal_received().await;
-        std::process::exit(130);
-    });
-    // Every recipe's cycle at once: they share the connections (and their rate budgets).
-    // Polled together on this task (not spawned): the connections' I/O runs on the runtime's
-    // workers meanwhile, and a cycle's page handling overlaps its fetches best that way.
-    let cycles = rt
-        .plan()
-        .recipes
-        .iter()
-        .map(|r| crate::engine::run_cycle(rt.clone(), r.clone(), shutdown.clone()));
-    let reports: Vec<crate::engine::CycleReport> = futures_util::future::join_all(cycles).await;
-    rt.log_rate_budgets();
+    let reports: Vec<crate::engine::CycleReport> = match crate::store::SledStore::open(
+        &cli.state_dir,
+    ) {
+        Ok(store) => run_once_here(cli, only, Arc::new(store)).await?,
+        Err(e) if crate::sidecar::client::store_in_use(&e) => {
+            let client = crate::sidecar::client::Client::find(&cli.state_dir)?;
+            let Some(recipe) = only else {
+                bail!("a sidecar on {} holds the state and runs every recipe on its schedule: give --recipe ID to have it run one now", client.base());
+            };
+            let v = client
+                .post(&format!("/api/run{}", recipe_query(Some(recipe))))
+                .await?;
+            serde_json::from_value(v).context("the sidecar's reports")?
+        }
+        Err(e) => return Err(e),
+    };
     let failed = reports.iter().any(|r| r.error.is_some());
     if json && cli.log_format == LogFormat::Json {
         // Only JSON lines: the reports on one.
@@ -517,67 +580,152 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
     })
 }
 
-fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
-    let store = crate::store::SledStore::open(&cli.state_dir)?;
-    let store: &dyn Store = &store;
+/// One cycle of each recipe (of `only`) on this process, with a progress bar on a terminal.
+async fn run_once_here(
+    cli: &Cli,
+    only: Option<&str>,
+    store: Arc<dyn Store>,
+) -> Result<Vec<crate::engine::CycleReport>> {
+    let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
+    let rt = Runtime::new(plan, store)?;
+    // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
+    // second signal exits at once (the journal makes that safe too).
+    let (stop, shutdown) = crate::runtime::shutdown_channel();
+    tokio::spawn(async move {
+        signal_received().await;
+        tracing::warn!("Stopping: the steps under way finish and are committed; a second signal exits at once.");
+        stop.trigger();
+        signal_received().await;
+        std::process::exit(130);
+    });
+    let meters: Vec<Arc<crate::engine::Meter>> =
+        rt.plan().recipes.iter().map(|_| Arc::default()).collect();
+    let bar = progress_bar(cli, &rt, &meters);
+    // Every recipe's cycle at once: they share the connections (and their rate budgets).
+    // Polled together on this task (not spawned): the connections' I/O runs on the runtime's
+    // workers meanwhile, and a cycle's page handling overlaps its fetches best that way.
+    let cycles = rt.plan().recipes.iter().zip(&meters).map(|(r, m)| {
+        let opts = crate::engine::CycleOptions {
+            meter: Some(m.clone()),
+            ..crate::engine::CycleOptions::new(shutdown.clone())
+        };
+        crate::engine::run_cycle(rt.clone(), r.clone(), opts)
+    });
+    let reports = futures_util::future::join_all(cycles).await;
+    if let Some((bar, task)) = bar {
+        task.abort();
+        bar.finish_and_clear();
+    }
+    rt.log_rate_budgets();
+    Ok(reports)
+}
+
+/// On a terminal: a line that shows the cycles' progress (records, rate, cursor), redrawn
+/// every 200 ms.
+fn progress_bar(
+    cli: &Cli,
+    rt: &Runtime,
+    meters: &[Arc<crate::engine::Meter>],
+) -> Option<(indicatif::ProgressBar, tokio::task::JoinHandle<()>)> {
+    use std::io::IsTerminal;
+    if cli.log_format == LogFormat::Json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let names: Vec<String> = rt.plan().recipes.iter().map(|r| r.id.clone()).collect();
+    let meters = meters.to_vec();
+    let started = std::time::Instant::now();
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            every.tick().await;
+            let (mut polled, mut fired, mut finished) = (0, 0, 0);
+            let mut oldest: Option<(i64, &str)> = None;
+            for (m, name) in meters.iter().zip(&names) {
+                let r = m.read();
+                polled += r.polled;
+                fired += r.fired;
+                finished += r.finished;
+                if r.cursor > 0 && oldest.is_none_or(|(c, _)| r.cursor < c) {
+                    oldest = Some((r.cursor, name));
+                }
+            }
+            let rate = polled as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let cursor = oldest
+                .map(|(c, n)| format!(", cursor {} ({n})", crate::engine::fmt_cursor(c)))
+                .unwrap_or_default();
+            b.set_message(format!(
+                "{polled} records polled ({rate:.0}/s), {fired} fired, {finished} finished{cursor}"
+            ));
+            b.tick();
+        }
+    });
+    Some((bar, task))
+}
+
+async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
+    let backend = backend(cli)?;
     match command {
         StateCommand::Show { recipe, json } => {
-            let all = store.namespaces()?;
-            let ids: Vec<String> = match recipe {
-                Some(r) => all
-                    .into_iter()
-                    .filter(|ns| plan::recipe::instance_of(ns, r))
-                    .collect(),
-                None => all,
+            let states: Vec<crate::admin::StateView> = match &backend {
+                Backend::Local(store) => crate::admin::state(store.as_ref(), recipe.as_deref())?,
+                Backend::Sidecar(c) => serde_json::from_value(
+                    c.get(&format!("/api/state{}", recipe_query(recipe.as_deref())))
+                        .await?,
+                )?,
             };
-            let mut states = Vec::new();
-            for id in &ids {
-                let st = store.recipe_state(id)?;
-                let journal: Vec<Value> = store
-                    .journal_entries(id)?
-                    .into_iter()
-                    .map(|(k, e)| json!({"key": k, "ts": e.ts, "steps_done": e.done.iter().map(|d| d.step.clone()).collect::<Vec<_>>(), "attempts": e.attempts}))
-                    .collect();
-                states.push((st, journal));
-            }
             if *json {
-                let v: Vec<Value> = states
-                    .iter()
-                    .map(|(s, j)| json!({"state": s, "journal": j}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&states)?);
             } else if states.is_empty() {
                 println!(
                     "no recipe has run yet (state directory `{}`)",
                     cli.state_dir.display()
                 );
             } else {
-                for (s, j) in &states {
+                for v in &states {
+                    let s = &v.state;
                     println!(
                         "{}: cursor {} (floor {}), {} dedupe keys, {} under way, {} dead letters",
-                        s.recipe,
-                        fmt_ts(s.checkpoint.map(|c| c.cursor)),
-                        fmt_ts(s.checkpoint.map(|c| c.floor)),
-                        s.dedupe_keys,
-                        s.in_journal,
-                        s.dead_letters
+                        s["recipe"].as_str().unwrap_or(""),
+                        fmt_ts(s["checkpoint"]["cursor"].as_i64()),
+                        fmt_ts(s["checkpoint"]["floor"].as_i64()),
+                        s["dedupe_keys"],
+                        s["in_journal"],
+                        s["dead_letters"]
                     );
-                    for e in j {
-                        println!(
-                            "  under way: {} (done: {})",
-                            e["key"].as_str().unwrap_or(""),
-                            e["steps_done"]
-                        );
+                    for e in &v.journal {
+                        println!("  under way: {} (done: {})", e.key, json!(e.steps_done));
                     }
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         StateCommand::Reset { recipe } => {
-            for ns in store.namespaces()? {
-                if plan::recipe::instance_of(&ns, recipe) {
-                    store.reset(&ns)?;
+            let reset: Vec<String> = match &backend {
+                Backend::Local(store) => {
+                    let ns = crate::admin::instances_with_state(store.as_ref(), recipe)?;
+                    for n in &ns {
+                        store.reset(n)?;
+                    }
+                    ns
                 }
+                Backend::Sidecar(c) => {
+                    let v = c
+                        .post(&format!("/api/state/reset{}", recipe_query(Some(recipe))))
+                        .await?;
+                    serde_json::from_value(v["reset"].clone())?
+                }
+            };
+            if reset.is_empty() {
+                eprintln!(
+                    "error: recipe `{recipe}` has no state to reset (see `sluice state show`)"
+                );
+                return Ok(ExitCode::from(1));
             }
             println!("reset `{recipe}`: its next run starts from its `start_from`");
             Ok(ExitCode::SUCCESS)
@@ -586,25 +734,29 @@ fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
 }
 
 async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
-    let sled: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(&cli.state_dir)?);
-    let store = sled.as_ref();
+    let backend = backend(cli)?;
     match command {
         DeadLetterCommand::List { recipe } => {
-            let all: Vec<_> = store
-                .dead_letters(None)?
-                .into_iter()
-                .filter(|(_, d)| {
-                    recipe
-                        .as_deref()
-                        .is_none_or(|r| plan::recipe::instance_of(&d.recipe, r))
-                })
-                .collect();
+            let all: Vec<crate::admin::Letter> = match &backend {
+                Backend::Local(store) => {
+                    crate::admin::dead_letters(store.as_ref(), recipe.as_deref())?
+                }
+                Backend::Sidecar(c) => serde_json::from_value(
+                    c.get(&format!(
+                        "/api/dead-letters{}",
+                        recipe_query(recipe.as_deref())
+                    ))
+                    .await?,
+                )?,
+            };
             if all.is_empty() {
                 println!("no dead letters");
             }
-            for (id, d) in all {
+            for l in all {
+                let d = &l.letter;
                 println!(
-                    "{id:>6}  {}  {}  step `{}`  {}  {}",
+                    "{:>6}  {}  {}  step `{}`  {}  {}",
+                    l.id,
                     fmt_ts(Some(d.at)),
                     d.recipe,
                     d.failed_step,
@@ -614,18 +766,39 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        DeadLetterCommand::Show { id } => match store.dead_letter(*id)? {
-            Some(d) => {
-                println!("{}", serde_json::to_string_pretty(&d)?);
-                Ok(ExitCode::SUCCESS)
+        DeadLetterCommand::Show { id } => {
+            let found = match &backend {
+                Backend::Local(store) => store.dead_letter(*id)?.map(serde_json::to_value),
+                Backend::Sidecar(c) => match c.get(&format!("/api/dead-letters/{id}")).await {
+                    Ok(mut v) => {
+                        if let Some(m) = v.as_object_mut() {
+                            m.remove("id");
+                        }
+                        Some(Ok(v))
+                    }
+                    Err(_) => None,
+                },
+            };
+            match found {
+                Some(d) => {
+                    println!("{}", serde_json::to_string_pretty(&d?)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("error: no dead letter {id} (see `sluice dead-letters list`)");
+                    Ok(ExitCode::from(1))
+                }
             }
-            None => {
-                eprintln!("error: no dead letter {id} (see `sluice dead-letters list`)");
-                Ok(ExitCode::from(1))
-            }
-        },
+        }
         DeadLetterCommand::Drop { id } => {
-            if store.drop_dead_letter(*id)? {
+            let dropped = match &backend {
+                Backend::Local(store) => store.drop_dead_letter(*id)?,
+                Backend::Sidecar(c) => c
+                    .post(&format!("/api/dead-letters/{id}/drop"))
+                    .await
+                    .is_ok(),
+            };
+            if dropped {
                 println!("dropped dead letter {id}");
                 Ok(ExitCode::SUCCESS)
             } else {
@@ -634,43 +807,47 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             }
         }
         DeadLetterCommand::Replay { id } => {
-            let Some(d) = store.dead_letter(*id)? else {
-                eprintln!("error: no dead letter {id}");
-                return Ok(ExitCode::from(1));
+            let outcome = match backend {
+                Backend::Local(store) => {
+                    let Some(d) = store.dead_letter(*id)? else {
+                        eprintln!("error: no dead letter {id}");
+                        return Ok(ExitCode::from(1));
+                    };
+                    let plan = load_plan(
+                        cli,
+                        // The letter names its recipe instance, `recipe@connection`.
+                        recipe_sources(cli, Some(d.recipe.split('@').next().unwrap_or(&d.recipe)))?,
+                        plan::Secrets::Required,
+                    )?;
+                    let rt = Runtime::new(plan, store)?;
+                    let Some(recipe) = rt
+                        .plan()
+                        .recipes
+                        .iter()
+                        .find(|r| r.instance == d.recipe)
+                        .cloned()
+                    else {
+                        eprintln!("error: recipe instance `{}` no longer exists (its recipe now uses another connection); run the record again by hand", d.recipe);
+                        return Ok(ExitCode::from(1));
+                    };
+                    crate::admin::replay(&rt, &recipe, *id).await?
+                }
+                Backend::Sidecar(c) => {
+                    match c.post(&format!("/api/dead-letters/{id}/replay")).await {
+                        Ok(v) => serde_json::from_value(v)?,
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                }
             };
-            let plan = load_plan(
-                cli,
-                // The letter names its recipe instance, `recipe@connection`.
-                recipe_sources(cli, Some(d.recipe.split('@').next().unwrap_or(&d.recipe)))?,
-                plan::Secrets::Required,
-            )?;
-            store.requeue_dead_letter(*id)?;
-            let rt = Runtime::new(plan, sled.clone())?;
-            let recipe = rt.plan().recipes[0].clone();
-            let (rep, res) = crate::engine::resume(&rt, &recipe).await;
-            // The journal may hold other records too: what counts is where this one ended.
-            let ns = crate::engine::namespace(&recipe);
-            let still_open = store.journal_entries(ns)?.iter().any(|(k, _)| *k == d.key);
-            let dead_again = store
-                .dead_letters(Some(ns))?
-                .iter()
-                .any(|(_, l)| l.key == d.key);
-            match res {
-                Ok(_) if !still_open && !dead_again => {
-                    println!(
-                        "replayed: `{}` finished from step `{}`",
-                        d.key, d.failed_step
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Ok(_) => {
-                    eprintln!("replay did not finish: {} dead letter(s), {} unfinished (see `sluice dead-letters list`)", rep.dead_letters, rep.unfinished);
-                    Ok(ExitCode::from(1))
-                }
-                Err(e) => {
-                    eprintln!("error: replay stopped: {e:#}");
-                    Ok(ExitCode::from(1))
-                }
+            if outcome.finished {
+                println!("{}", outcome.message);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{}", outcome.message);
+                Ok(ExitCode::from(1))
             }
         }
     }
@@ -835,19 +1012,20 @@ async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Optio
     Ok(None)
 }
 
+/// The connectors directory: `--connectors`, else `./connectors` if it exists (`None`: the
+/// built-in connector).
+fn connectors_dir(cli: &Cli) -> Option<PathBuf> {
+    cli.connectors.clone().or_else(|| {
+        let d = PathBuf::from("connectors");
+        d.is_dir().then_some(d)
+    })
+}
+
 /// Loads connectors: the `--connectors` directory, else `./connectors` if it exists, else the
 /// built-in Intercom connector.
 pub fn load_connectors(cli: &Cli) -> Result<Vec<Arc<Connector>>> {
-    let dir = cli.connectors.clone().or_else(|| {
-        let d = PathBuf::from("connectors");
-        d.is_dir().then_some(d)
-    });
-    let result = match &dir {
-        Some(d) => plan::load_connectors_dir(d),
-        None => plan::load_connector_text(Path::new("<built-in>/intercom.yaml"), BUILTIN_INTERCOM)
-            .map(|c| vec![Arc::new(c)]),
-    };
-    result.map_err(|mut diags| {
+    let dir = connectors_dir(cli);
+    plan::load_connectors_from(dir.as_deref()).map_err(|mut diags| {
         diag::sort(&mut diags);
         let list: Vec<String> = diags.iter().map(ToString::to_string).collect();
         anyhow!(
@@ -861,11 +1039,7 @@ pub fn load_connectors(cli: &Cli) -> Result<Vec<Arc<Connector>>> {
 /// A loaded connector's spec, for its reference (`connectors show`): read again from the
 /// `--connectors` directory (the file is named after the id) or the built-in text.
 fn connector_spec(cli: &Cli, c: &Connector) -> Result<spec::ConnectorSpec> {
-    let dir = cli.connectors.clone().or_else(|| {
-        let d = PathBuf::from("connectors");
-        d.is_dir().then_some(d)
-    });
-    let (file, text) = match dir {
+    let (file, text) = match connectors_dir(cli) {
         Some(d) => {
             let file = ["yaml", "yml"]
                 .iter()

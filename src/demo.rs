@@ -120,7 +120,12 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
         let t = Instant::now();
         let mut fired = 0;
         for r in &recipes {
-            let rep = crate::engine::run_cycle(rt.clone(), r.clone(), Shutdown::never()).await;
+            let rep = crate::engine::run_cycle(
+                rt.clone(),
+                r.clone(),
+                crate::engine::CycleOptions::new(Shutdown::never()),
+            )
+            .await;
             fired += rep.fired;
             let tot = totals.entry(r.id.clone()).or_insert_with(|| CycleReport {
                 recipe: r.id.clone(),

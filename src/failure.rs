@@ -46,6 +46,59 @@ impl std::fmt::Display for FailureClass {
     }
 }
 
+/// Counts per [`FailureClass`] (step failures in a cycle's report, by class).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ByClass {
+    /// Transient failures.
+    pub retryable: u64,
+    /// Rate-limited.
+    pub rate_limited: u64,
+    /// Credentials.
+    pub auth: u64,
+    /// Permanent.
+    pub fatal: u64,
+    /// Conflicts (the object exists).
+    pub conflict: u64,
+}
+
+impl ByClass {
+    /// Counts one failure of `class`.
+    pub fn bump(&mut self, class: FailureClass) {
+        *self.slot(class) += 1;
+    }
+
+    fn slot(&mut self, class: FailureClass) -> &mut u64 {
+        match class {
+            FailureClass::Retryable => &mut self.retryable,
+            FailureClass::RateLimited => &mut self.rate_limited,
+            FailureClass::Auth => &mut self.auth,
+            FailureClass::Fatal => &mut self.fatal,
+            FailureClass::Conflict => &mut self.conflict,
+        }
+    }
+
+    /// Adds another count.
+    pub fn add(&mut self, o: &ByClass) {
+        self.retryable += o.retryable;
+        self.rate_limited += o.rate_limited;
+        self.auth += o.auth;
+        self.fatal += o.fatal;
+        self.conflict += o.conflict;
+    }
+
+    /// `(class, count)` for every class, in a fixed order.
+    pub fn iter(&self) -> [(FailureClass, u64); 5] {
+        [
+            (FailureClass::Retryable, self.retryable),
+            (FailureClass::RateLimited, self.rate_limited),
+            (FailureClass::Auth, self.auth),
+            (FailureClass::Fatal, self.fatal),
+            (FailureClass::Conflict, self.conflict),
+        ]
+    }
+}
+
 /// Why something did not succeed, classified: the one failure type from the HTTP layer to the
 /// dead letter. Carries no secrets (server text is scrubbed before it gets here).
 #[derive(Debug, Clone, serde::Serialize)]

@@ -322,6 +322,16 @@ impl Connection {
             .await
     }
 
+    /// What the workspace's rate governor has seen.
+    pub(crate) fn governor_stats(&self) -> crate::governor::GovernorStats {
+        self.governor.stats()
+    }
+
+    /// Whether `other` shares this connection's rate budget (the same workspace).
+    pub(crate) fn same_workspace(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.governor, &other.governor)
+    }
+
     /// "Now" on the server's clock (Unix seconds), from the `Date` header of the last
     /// response. Before the first response it asks the connector's `timezone` request once (a
     /// cheap `GET /me` for Intercom); without one, or without a usable `Date`, it is the local

@@ -6,6 +6,7 @@
 //! # Layout
 //!
 //! * `cli`       — argument parsing and commands; the only module that prints.
+//! * `admin`     — state and dead-letter operations, shared by the CLI and the sidecar's API.
 //! * `diag`      — `Diagnostic` (file:line:col, message, help) and YAML position lookup.
 //! * `spec`      — serde shapes of connector, recipe and `sluice.yaml` files (data only).
 //! * `plan`      — `plan::build`: connectors, connections and recipes → one `Plan`, every
@@ -29,6 +30,8 @@
 //! * `store`     — the `Store` trait and the sled store: cursors, dedupe keys, journal,
 //!   dead letters, known ids, run history.
 //! * `telemetry` — the tracing subscriber; JSON lines.
+//! * `sidecar`   — `sluice run`: the scheduler, reloads, `/livez` `/readyz` `/metrics` and
+//!   the admin API, graceful shutdown; the CLI's client for it.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
 //!
@@ -41,6 +44,8 @@
 //!     resume journal → trigger::Poll (since = cursor − lookback, until = server now)
 //!     → dedupe → chain::run_chain × concurrency (Live executor: action::execute → http)
 //!     → Store::commit (compare-and-set cursor, dedupe keys, dead letters) → record_cycle
+//! sluice run:   sidecar: load (last good per file) → Runtime → scheduler → run_cycle per
+//!               slot; reload → Runtime::rebuild (same store and governors) → scheduler
 //! sluice test:  dryrun::run → chain::run_chain with the recording executor (nothing sent)
 //! ```
 #![warn(missing_docs)]
@@ -48,6 +53,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod action;
+pub mod admin;
 pub mod cli;
 pub mod demo;
 pub mod diag;
@@ -61,6 +67,7 @@ pub mod plan;
 pub mod record;
 pub mod runtime;
 pub mod secret;
+pub mod sidecar;
 pub mod sim;
 pub mod spec;
 pub mod store;

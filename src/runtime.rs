@@ -24,9 +24,10 @@ pub struct Runtime {
     /// Per-connection cap on chains in flight (`concurrency` in `sluice.yaml`).
     conn_limits: Vec<Option<Arc<Semaphore>>>,
     store: Option<Arc<dyn Store>>,
-    emit: Emitter,
-    /// One rate governor per workspace, shared by its connections.
-    governors: Governors,
+    emit: Arc<Emitter>,
+    /// One rate governor per workspace, shared by its connections (and by the runtimes a
+    /// reload builds: a workspace's budget outlives a change of configuration).
+    governors: Arc<Governors>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -41,16 +42,32 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Opens every connection of the plan (nothing is sent yet) around a state store.
     pub fn new(plan: Plan, store: Arc<dyn Store>) -> Result<Arc<Runtime>> {
-        Self::build(plan, Some(store))
+        Self::build(plan, Some(store), Arc::default(), Arc::default())
     }
 
     /// A runtime without state, for dry runs: cycles cannot run on it.
     pub fn stateless(plan: Plan) -> Result<Arc<Runtime>> {
-        Self::build(plan, None)
+        Self::build(plan, None, Arc::default(), Arc::default())
     }
 
-    fn build(plan: Plan, store: Option<Arc<dyn Store>>) -> Result<Arc<Runtime>> {
-        let governors = Governors::new();
+    /// A runtime for a new plan (a reload) that keeps this one's store, rate governors and
+    /// `emit` sink: cycles still running on this one and those starting on the new one share
+    /// each workspace's budget.
+    pub fn rebuild(&self, plan: Plan) -> Result<Arc<Runtime>> {
+        Self::build(
+            plan,
+            self.store.clone(),
+            self.governors.clone(),
+            self.emit.clone(),
+        )
+    }
+
+    fn build(
+        plan: Plan,
+        store: Option<Arc<dyn Store>>,
+        governors: Arc<Governors>,
+        emit: Arc<Emitter>,
+    ) -> Result<Arc<Runtime>> {
         let mut conns = Vec::with_capacity(plan.connections.len());
         let mut conn_limits = Vec::with_capacity(plan.connections.len());
         for c in &plan.connections {
@@ -65,7 +82,7 @@ impl Runtime {
             conns,
             conn_limits,
             store,
-            emit: Emitter::default(),
+            emit,
             governors,
         }))
     }
@@ -105,12 +122,60 @@ impl Runtime {
         &self.emit
     }
 
+    /// The shared state store, for those that outlive this runtime (a reload's).
+    pub fn store_arc(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// Each workspace's rate budget: the names of the connections to it (joined by `,`) and
+    /// what its governor has seen.
+    pub fn workspaces(&self) -> Vec<WorkspaceStats> {
+        let mut out: Vec<WorkspaceStats> = Vec::new();
+        for (conn, plan) in self.conns.iter().zip(&self.plan.connections) {
+            let s = conn.governor_stats();
+            match out
+                .iter_mut()
+                .find(|w| conn.same_workspace(&self.conns[w.first]))
+            {
+                Some(w) => w.connections.push_str(&format!(",{}", plan.name)),
+                None => out.push(WorkspaceStats {
+                    connections: plan.name.clone(),
+                    first: plan.id.index(),
+                    calls: s.sent,
+                    rate_limited: s.rejected,
+                    limit: s.limit,
+                    budget: s.budget,
+                    remaining: s.remaining,
+                }),
+            }
+        }
+        out
+    }
+
     /// Logs what each workspace's rate governor has seen (calls, 429s, budget).
     pub fn log_rate_budgets(&self) {
         for (key, s) in self.governors.stats() {
             tracing::debug!(workspace = ?key, calls = s.sent, rate_limited = s.rejected, limit = s.limit, budget = s.budget, remaining = s.remaining, "Rate budget.");
         }
     }
+}
+
+/// A workspace's rate budget, for metrics and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceStats {
+    /// The connections to it, by name, joined by `,`.
+    pub connections: String,
+    first: usize,
+    /// Calls sent since sluice started.
+    pub calls: u64,
+    /// 429 answers since sluice started.
+    pub rate_limited: u64,
+    /// The server's limit per window.
+    pub limit: u32,
+    /// sluice's share of it per window.
+    pub budget: u32,
+    /// Calls left in the current window.
+    pub remaining: u32,
 }
 
 /// Asks running cycles to stop (mini-redis style): they stop taking records, let chains in
@@ -147,5 +212,12 @@ impl Shutdown {
     /// Whether the shutdown was requested.
     pub fn is_requested(&self) -> bool {
         *self.0.borrow()
+    }
+
+    /// Waits until the shutdown is requested (for ever, when it cannot be).
+    pub async fn requested(&mut self) {
+        if self.0.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }

@@ -489,7 +489,23 @@ impl fmt::Debug for SledStore {
     }
 }
 
-/// The database's name inside the state directory: sluice's only entry there.
+/// The state directory is held by another sluice process (a running sidecar, say).
+#[derive(Debug)]
+pub struct InUse(pub std::path::PathBuf);
+
+impl fmt::Display for InUse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the state directory `{}` is in use by another sluice process",
+            self.0.display()
+        )
+    }
+}
+
+impl std::error::Error for InUse {}
+
+/// The database's name inside the state directory (with `sidecar.json` while a sidecar runs).
 const DB_NAME: &str = "sluice.db";
 
 /// Creates the state directory `0700` (and any missing parents), or tightens an existing one
@@ -524,7 +540,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 /// protection. Nothing else in the state directory is touched (it may be a mounted volume
 /// with a `lost+found`, or hold files of the user's); links are never followed. Best effort:
 /// what cannot be changed is a warning, never a failure to start.
-fn make_private(db: &Path) {
+pub(crate) fn make_private(db: &Path) {
     let mut failed: Vec<String> = Vec::new();
     let mut pending = vec![db.to_path_buf()];
     while let Some(path) = pending.pop() {
@@ -606,10 +622,7 @@ impl SledStore {
                 {
                     tries += 1;
                     if tries >= 20 {
-                        return Err(anyhow!(
-                            "the state directory `{}` is in use by another sluice process",
-                            dir.display()
-                        ));
+                        return Err(anyhow::Error::new(InUse(dir.to_path_buf())));
                     }
                     // Start-up work, before any cycle runs: a short blocking wait is harmless.
                     #[allow(clippy::disallowed_methods)]

@@ -103,6 +103,7 @@ pub(crate) struct Tally {
     pub(crate) finished: u64,
     pub(crate) steps_ok: u64,
     pub(crate) steps_failed: u64,
+    pub(crate) failed_by_class: crate::failure::ByClass,
     pub(crate) steps_skipped: u64,
     pub(crate) dead_letters: u64,
     pub(crate) unfinished: u64,
@@ -313,6 +314,7 @@ pub(crate) async fn run_chain(
             Err(f) => {
                 let f = f.in_step(&step.id);
                 tally.steps_failed += 1;
+                tally.failed_by_class.bump(f.class);
                 span.in_scope(|| {
                     tracing::warn!(recipe = %recipe.id, step = %step.id, key, class = %f.class, error = %f, "Step failed.");
                 });

@@ -26,6 +26,7 @@ pub(crate) mod chain;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,8 @@ pub const COMMIT_EVERY: Duration = Duration::from_millis(250);
 pub const COMMIT_MAX_RECORDS: usize = 1_000;
 
 /// What one cycle did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CycleReport {
     /// Recipe id.
     pub recipe: String,
@@ -71,6 +73,8 @@ pub struct CycleReport {
     pub steps_ok: u64,
     /// Steps that failed.
     pub steps_failed: u64,
+    /// Of those, by class.
+    pub step_failures: crate::failure::ByClass,
     /// Steps skipped (`if` false or `on_error: skip`).
     pub steps_skipped: u64,
     /// Records that ended as dead letters.
@@ -89,7 +93,102 @@ pub struct CycleReport {
     pub interrupted: bool,
     /// How long the cycle took, in milliseconds.
     pub elapsed_ms: f64,
+    /// When it started (Unix milliseconds, local clock).
+    pub started_at_ms: i64,
+    /// The schedule slot it ran for (Unix milliseconds), when a schedule started it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_at_ms: Option<i64>,
+    /// How many schedule slots it covers: 1, or more when it catches up on slots missed
+    /// while sluice was down or the previous cycle ran long (0: not scheduled).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub slots: u32,
 }
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// How a cycle is run: what asks it to stop, the schedule slot it serves, where it shows its
+/// progress.
+#[derive(Debug, Clone)]
+pub struct CycleOptions {
+    /// Stops it (see [`Shutdown`]).
+    pub shutdown: Shutdown,
+    /// The schedule slot, when a schedule started it.
+    pub tick: Option<Tick>,
+    /// Where its running counts go, for progress output.
+    pub meter: Option<Arc<Meter>>,
+}
+
+impl CycleOptions {
+    /// A cycle that `shutdown` stops, with no schedule slot and no meter.
+    pub fn new(shutdown: Shutdown) -> CycleOptions {
+        CycleOptions {
+            shutdown,
+            tick: None,
+            meter: None,
+        }
+    }
+}
+
+/// The schedule slot a cycle runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick {
+    /// The slot's time (Unix milliseconds).
+    pub at_ms: i64,
+    /// How many slots the cycle covers (at least 1).
+    pub slots: u32,
+}
+
+/// A running cycle's counts, published as it goes (once per page and at each commit), for
+/// progress bars and progress lines. Readers see a recent, consistent-enough view.
+#[derive(Debug, Default)]
+pub struct Meter {
+    polled: AtomicU64,
+    fired: AtomicU64,
+    finished: AtomicU64,
+    dead: AtomicU64,
+    cursor: AtomicI64,
+}
+
+/// A [`Meter`]'s reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MeterReading {
+    /// Records polled so far.
+    pub polled: u64,
+    /// Chains started.
+    pub fired: u64,
+    /// Chains finished.
+    pub finished: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// The committed cursor (Unix seconds; 0 before the first commit).
+    pub cursor: i64,
+}
+
+impl Meter {
+    fn publish(&self, rep: &CycleReport, cursor: i64) {
+        self.polled.store(rep.polled, Relaxed);
+        self.fired.store(rep.fired, Relaxed);
+        self.finished.store(rep.finished, Relaxed);
+        self.dead.store(rep.dead_letters, Relaxed);
+        self.cursor.store(cursor, Relaxed);
+    }
+
+    /// What the cycle has done so far.
+    pub fn read(&self) -> MeterReading {
+        MeterReading {
+            polled: self.polled.load(Relaxed),
+            fired: self.fired.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            dead: self.dead.load(Relaxed),
+            cursor: self.cursor.load(Relaxed),
+        }
+    }
+}
+
+/// A cycle running longer than this logs its progress, and again each time this passes.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
 /// What a cycle has decided so far about the records it saw, and so where the cursor may go.
 struct Progress {
@@ -271,6 +370,7 @@ impl CycleReport {
         self.finished += other.finished;
         self.steps_ok += other.steps_ok;
         self.steps_failed += other.steps_failed;
+        self.step_failures.add(&other.step_failures);
         self.steps_skipped += other.steps_skipped;
         self.dead_letters += other.dead_letters;
         self.unfinished += other.unfinished;
@@ -284,6 +384,7 @@ impl CycleReport {
         self.finished += t.finished;
         self.steps_ok += t.steps_ok;
         self.steps_failed += t.steps_failed;
+        self.step_failures.add(&t.failed_by_class);
         self.steps_skipped += t.steps_skipped;
         self.dead_letters += t.dead_letters;
         self.unfinished += t.unfinished;
@@ -292,10 +393,11 @@ impl CycleReport {
 
 /// Runs one cycle of `recipe` and reports it. Errors are reported in the result, never
 /// panicked; the cursor stays where the last commit put it. Spawnable: it owns what it uses.
+/// A cycle running longer than [`PROGRESS_EVERY`] logs its progress (records, rate, cursor).
 pub fn run_cycle(
     rt: Arc<Runtime>,
     recipe: Arc<Recipe>,
-    shutdown: Shutdown,
+    opts: CycleOptions,
 ) -> impl Future<Output = CycleReport> + Send + 'static {
     let id = next_cycle_id();
     let span = tracing::info_span!(parent: None, "recipe", recipe = %recipe.id);
@@ -306,9 +408,15 @@ pub fn run_cycle(
         let started_ms = chrono::Utc::now().timestamp_millis();
         let mut rep = CycleReport {
             recipe: recipe.id.clone(),
+            started_at_ms: started_ms,
+            scheduled_at_ms: opts.tick.map(|t| t.at_ms),
+            slots: opts.tick.map_or(0, |t| t.slots),
             ..CycleReport::default()
         };
-        if let Err(e) = cycle(&rt, &recipe, &shutdown, &mut rep).await {
+        let meter = opts.meter.clone().unwrap_or_default();
+        let work = cycle(&rt, &recipe, &opts.shutdown, &meter, &mut rep);
+        let result = with_progress_log(work, &meter, started).await;
+        if let Err(e) = result {
             tracing::warn!(error = %format!("{e:#}"), "Cycle stopped early; the cursor stays at the last committed record.");
             rep.error = Some(format!("{e:#}"));
         }
@@ -324,6 +432,40 @@ pub fn run_cycle(
     };
     // The recipe instance is the rate governor's client: fair shares between recipes.
     crate::http::CLIENT.scope(client, cycle).instrument(span)
+}
+
+/// Runs `work`, logging the meter's reading every [`PROGRESS_EVERY`] while it runs.
+async fn with_progress_log<T>(work: impl Future<Output = T>, meter: &Meter, started: Instant) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = every.tick() => {
+                let m = meter.read();
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(
+                    polled = m.polled,
+                    fired = m.fired,
+                    finished = m.finished,
+                    dead_letters = m.dead,
+                    records_per_sec = (m.polled as f64 / secs).round(),
+                    cursor = %fmt_cursor(m.cursor),
+                    "Cycle still running."
+                );
+            }
+        }
+    }
+}
+
+/// A cursor (Unix seconds) as a UTC time, `-` when unset.
+pub fn fmt_cursor(ts: i64) -> String {
+    match chrono::DateTime::from_timestamp(ts, 0) {
+        Some(d) if ts > 0 => d.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        _ => "-".into(),
+    }
 }
 
 /// Cycle ids, for logs: unique within the process.
@@ -677,6 +819,7 @@ async fn cycle(
     rt: &Runtime,
     recipe: &Recipe,
     shutdown: &Shutdown,
+    meter: &Meter,
     rep: &mut CycleReport,
 ) -> Result<()> {
     let trigger = recipe.trigger();
@@ -798,6 +941,7 @@ async fn cycle(
             if cy.progress.due() {
                 cy.commit()?;
             }
+            meter.publish(rep, cy.cp.cursor);
         }
     }
     .await;
@@ -843,7 +987,7 @@ mod tests {
     /// Compile-time: a cycle can be `tokio::spawn`ed.
     #[allow(dead_code)]
     fn cycles_are_send_and_static(rt: Arc<Runtime>, recipe: Arc<Recipe>) {
-        let f = run_cycle(rt, recipe, Shutdown::never());
+        let f = run_cycle(rt, recipe, CycleOptions::new(Shutdown::never()));
         assert_spawnable(&f);
     }
 

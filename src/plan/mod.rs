@@ -24,7 +24,7 @@ pub use api::{
     SendIn,
 };
 pub use connection::{ConnId, ConnectionPlan, RetryPolicy, Secrets};
-pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, StartFrom, Step, StepAction};
+pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, ScheduleKind, StartFrom, Step, StepAction};
 
 /// Everything a run needs, compiled from the connector, config and recipe files: the one
 /// composition root's input. Recipes and steps hold [`ConnId`]s into `connections`.
@@ -434,11 +434,11 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         .parse()
         .map_err(|_| format!("`{s}` does not start with a whole number"))?;
     let mult = match unit.trim() {
-        "s" | "sec" | "secs" => 1,
-        "m" | "min" | "mins" => 60,
-        "h" | "hour" | "hours" => 3600,
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "m" | "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
         "d" | "day" | "days" => 86_400,
-        other => return Err(format!("unknown unit `{other}` in `{s}`; use s, m, h or d")),
+        other => return Err(format!("unknown unit `{other}` in `{s}`; use s, m, h or d (or seconds, minutes, hours, days)")),
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -1180,6 +1180,19 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
         retry_safe,
         find_earlier,
     })
+}
+
+/// The Intercom connector shipped inside the binary, used when no connectors directory is
+/// found or given.
+pub const BUILTIN_INTERCOM: &str = include_str!("../../connectors/intercom.yaml");
+
+/// The connectors of `dir`, or the built-in Intercom connector when there is none.
+pub fn load_connectors_from(dir: Option<&Path>) -> Result<Vec<Arc<Connector>>, Vec<Diagnostic>> {
+    match dir {
+        Some(d) => load_connectors_dir(d),
+        None => load_connector_text(Path::new("<built-in>/intercom.yaml"), BUILTIN_INTERCOM)
+            .map(|c| vec![Arc::new(c)]),
+    }
 }
 
 /// Reads and builds every connector file (`*.yaml`) in a directory.

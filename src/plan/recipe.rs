@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use chrono_tz::Tz;
 use indexmap::IndexMap;
 use serde_json::{Map, Value};
 
@@ -67,14 +68,86 @@ impl Recipe {
     }
 }
 
-/// Poll schedule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Schedule {
-    /// Every so many seconds.
-    Every(u64),
-    /// A cron expression normalised to six fields (seconds first), in UTC.
-    Cron(String),
+/// When a recipe runs: its slots. Compiled once; the sidecar's scheduler asks it for the
+/// next slot.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Every so often, or on a cron expression.
+    pub kind: ScheduleKind,
+    /// At most this long (ms) after each slot; each instance gets its own fixed offset.
+    pub jitter_ms: u64,
 }
+
+/// The two kinds of schedule.
+#[derive(Debug, Clone)]
+pub enum ScheduleKind {
+    /// Every so many seconds, slots aligned on whole multiples since the Unix epoch (so
+    /// `every: 1h` runs on the hour).
+    Every(u64),
+    /// A cron expression (normalised to six fields, seconds first) in a time zone.
+    Cron {
+        /// The expression as normalised.
+        expr: String,
+        /// Its time zone.
+        tz: Tz,
+        /// The compiled expression.
+        cron: Box<croner::Cron>,
+    },
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, o: &Schedule) -> bool {
+        self.jitter_ms == o.jitter_ms
+            && match (&self.kind, &o.kind) {
+                (ScheduleKind::Every(a), ScheduleKind::Every(b)) => a == b,
+                (
+                    ScheduleKind::Cron {
+                        expr: a, tz: ta, ..
+                    },
+                    ScheduleKind::Cron {
+                        expr: b, tz: tb, ..
+                    },
+                ) => a == b && ta == tb,
+                _ => false,
+            }
+    }
+}
+
+impl Schedule {
+    /// The first slot strictly after `after_ms` (Unix milliseconds), without jitter; `None`
+    /// when a cron expression has no later occurrence.
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        match &self.kind {
+            ScheduleKind::Every(secs) => {
+                let p = (*secs as i64).saturating_mul(1000).max(1);
+                Some((after_ms.div_euclid(p) + 1).saturating_mul(p))
+            }
+            ScheduleKind::Cron { tz, cron, .. } => {
+                let t = chrono::DateTime::from_timestamp_millis(after_ms)?.with_timezone(tz);
+                cron.find_next_occurrence(&t, false)
+                    .ok()
+                    .map(|d| d.timestamp_millis())
+            }
+        }
+    }
+
+    /// How the schedule reads, for people (`every 300s`, `cron 0 */5 * * * * (UTC)`).
+    pub fn describe(&self) -> String {
+        let base = match &self.kind {
+            ScheduleKind::Every(s) => format!("every {s}s"),
+            ScheduleKind::Cron { expr, tz, .. } => format!("cron {expr} ({tz})"),
+        };
+        if self.jitter_ms > 0 {
+            format!("{base}, jitter {}ms", self.jitter_ms)
+        } else {
+            base
+        }
+    }
+}
+
+/// The longest `every`: a year (longer is surely a mistake, and slot arithmetic stays far
+/// from overflow).
+pub const MAX_EVERY_SECS: i64 = 366 * 86_400;
 
 /// Where the first run of a recipe starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,13 +543,36 @@ pub fn parse_start_from(s: &str) -> Result<StartFrom, String> {
 
 /// Parses a schedule.
 pub fn parse_schedule(s: &spec::ScheduleSpec) -> Result<Schedule, (String, &'static str)> {
-    match (&s.every, &s.cron) {
+    let jitter_ms = match &s.jitter {
+        None => 0,
+        Some(j) => {
+            let secs = super::parse_duration(j).map_err(|m| (m, "jitter"))?;
+            if !(0..=86_400).contains(&secs) {
+                return Err(("the jitter must be between 0s and 1d".into(), "jitter"));
+            }
+            secs as u64 * 1000
+        }
+    };
+    if s.timezone.is_some() && s.cron.is_none() {
+        return Err((
+            "`timezone` applies to `cron` only (an `every` interval runs the same in every zone)"
+                .into(),
+            "timezone",
+        ));
+    }
+    let kind = match (&s.every, &s.cron) {
         (Some(e), None) => {
             let secs = super::parse_duration(e).map_err(|m| (m, "every"))?;
             if secs < 1 {
                 return Err(("the interval must be at least one second".into(), "every"));
             }
-            Ok(Schedule::Every(secs as u64))
+            if secs > MAX_EVERY_SECS {
+                return Err((
+                    format!("the interval `{e}` is longer than a year; use `cron` for rare runs"),
+                    "every",
+                ));
+            }
+            ScheduleKind::Every(secs as u64)
         }
         (None, Some(c)) => {
             let fields = c.split_whitespace().count();
@@ -486,22 +582,49 @@ pub fn parse_schedule(s: &spec::ScheduleSpec) -> Result<Schedule, (String, &'sta
             if !(5..=6).contains(&fields) {
                 return Err((format!("cron `{c}` has {fields} fields; write five (minute hour day month weekday) or six (seconds first)"), "cron"));
             }
-            parser
+            let cron = parser
                 .parse(c)
                 .map_err(|e| (format!("cron `{c}` is not valid: {e}"), "cron"))?;
-            let six = if fields == 5 {
+            let tz = match &s.timezone {
+                None => Tz::UTC,
+                Some(name) => name.parse::<Tz>().map_err(|_| {
+                    (
+                        format!("`{name}` is not an IANA time zone (like `Europe/Paris` or `UTC`)"),
+                        "timezone",
+                    )
+                })?,
+            };
+            let expr = if fields == 5 {
                 format!("0 {c}")
             } else {
                 c.clone()
             };
-            Ok(Schedule::Cron(six))
+            let schedule = Schedule {
+                kind: ScheduleKind::Cron {
+                    expr,
+                    tz,
+                    cron: Box::new(cron),
+                },
+                jitter_ms,
+            };
+            // An expression that never matches (`0 0 30 2 *`) would never run.
+            if schedule
+                .next_after(chrono::Utc::now().timestamp_millis())
+                .is_none()
+            {
+                return Err((format!("cron `{c}` never matches a date"), "cron"));
+            }
+            return Ok(schedule);
         }
-        (Some(_), Some(_)) => Err(("give either `every` or `cron`, not both".into(), "")),
-        (None, None) => Err((
-            "say how often to run: `every: 5m` or `cron: \"*/5 * * * *\"`".into(),
-            "",
-        )),
-    }
+        (Some(_), Some(_)) => return Err(("give either `every` or `cron`, not both".into(), "")),
+        (None, None) => {
+            return Err((
+                "say how often to run: `every: 5m` or `cron: \"*/5 * * * *\"`".into(),
+                "",
+            ))
+        }
+    };
+    Ok(Schedule { kind, jitter_ms })
 }
 
 /// Builds a recipe against the connectors and the configured connections (`None`: no
@@ -595,7 +718,7 @@ pub fn build_recipe(
             cx.err(
                 &path,
                 m,
-                Some("examples: `every: 5m`, `cron: \"*/10 * * * *\"` (UTC)".into()),
+                Some("examples: `every: 5m`, `cron: \"*/10 * * * *\"` with `timezone: Europe/Paris`, `jitter: 30s`".into()),
             );
             None
         }

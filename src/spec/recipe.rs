@@ -109,16 +109,24 @@ impl<'de> Deserialize<'de> for TriggerRefSpec {
     }
 }
 
-/// How often: `every: 5m`, or `cron: "*/5 * * * *"` (five fields, or six with seconds first).
+/// How often: `every: 5m`, or `cron: "*/5 * * * *"` (five fields, or six with seconds first),
+/// optionally in a `timezone`, optionally spread by a `jitter`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// A fixed interval: `30s`, `5m`, `1h`, `1d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub every: Option<String>,
-    /// A cron expression, in UTC.
+    /// A cron expression: five fields (minute hour day month weekday) or six (seconds first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<String>,
+    /// The IANA time zone `cron` is read in (default `UTC`), e.g. `Europe/Paris`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Start up to this much after each slot (`30s`, `2m`): a fixed offset per recipe
+    /// instance, so that many recipes on one schedule do not all start in the same second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<String>,
 }
 
 /// What happens to a record when a step fails for good.

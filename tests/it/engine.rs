@@ -677,7 +677,11 @@ async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing(
     let rt = sluice::runtime::Runtime::new(plan, store).unwrap();
     let recipe = rt.plan().recipes[0].clone();
     let (trigger, shutdown) = sluice::runtime::shutdown_channel();
-    let cycle = tokio::spawn(sluice::engine::run_cycle(rt.clone(), recipe, shutdown));
+    let cycle = tokio::spawn(sluice::engine::run_cycle(
+        rt.clone(),
+        recipe,
+        sluice::engine::CycleOptions::new(shutdown),
+    ));
     while e.count("POST", "/notes") < 40 {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }

@@ -95,7 +95,7 @@ fn many_mistakes_are_all_reported_at_once() {
     for needle in [
         "no connection `intercomm`",
         "no trigger `new_tiket`",
-        "unknown unit `minutes`",
+        "unknown unit `fortnights`",
         "no input `nmae`",
         "`tag` is used twice",
         "no action `asign_tags`",

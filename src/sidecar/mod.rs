@@ -1,0 +1,495 @@
+//! The sidecar: `sluice run` as a long-running service.
+//!
+//! One process keeps every recipe instance on its schedule ([`scheduler`]), reloads edited
+//! files without restarting the others ([`load`], file watching and `SIGHUP`), serves
+//! `/livez`, `/readyz`, `/metrics` and the admin API ([`api`], [`metrics`]), and stops
+//! gracefully: on `SIGTERM`/`SIGINT` no new cycle starts, the cycles under way finish their
+//! steps and commit within `--shutdown-timeout`, and a second signal exits at once (the run
+//! journal makes that safe too). While it runs it holds the state store; the CLI's state and
+//! dead-letter commands find it through `<state dir>/sidecar.json` ([`client`]).
+
+pub(crate) mod api;
+pub(crate) mod client;
+pub(crate) mod load;
+pub(crate) mod metrics;
+pub(crate) mod scheduler;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use axum::http::StatusCode;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::engine::{CycleOptions, CycleReport};
+use crate::runtime::{Runtime, Shutdown};
+use crate::secret::Secret;
+use crate::store::Store;
+use api::{Access, ApiError};
+use load::{BrokenFile, Loader, Paths};
+use metrics::{Metrics, Snapshot};
+use scheduler::{Command, InstanceStatus, LastSlot, Launch, Scheduler, SystemClock};
+
+/// How the sidecar runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `sluice.yaml`.
+    pub config: PathBuf,
+    /// The connectors directory (`None`: the built-in connector).
+    pub connectors: Option<PathBuf>,
+    /// The recipes directory.
+    pub recipes: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// Where the HTTP endpoints listen.
+    pub listen: String,
+    /// How long cycles under way may take to finish after a stop signal.
+    pub shutdown_timeout: Duration,
+    /// Whether to watch the files (else only `SIGHUP` reloads).
+    pub watch: bool,
+}
+
+/// What is wrong with the configuration now.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Health {
+    /// The last reload of `sluice.yaml` or the connectors failed (the last good plan runs).
+    pub config: Vec<String>,
+    /// Recipe files that do not load.
+    pub files: Vec<BrokenFile>,
+    /// Connections that cannot be used, with why.
+    pub connections: Vec<(String, String)>,
+}
+
+impl Health {
+    /// One line per problem; empty when ready.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .config
+            .iter()
+            .map(|e| format!("configuration not reloaded (the last good one runs): {e}"))
+            .collect();
+        for (name, why) in &self.connections {
+            out.push(format!("connection `{name}`: {why}"));
+        }
+        for b in &self.files {
+            let state = if b.running_last_good {
+                "its last good version runs"
+            } else {
+                "not running"
+            };
+            out.push(format!(
+                "recipe file `{}` ({state}): {}",
+                b.file.display(),
+                b.errors.join("; ")
+            ));
+        }
+        out
+    }
+}
+
+/// What the HTTP handlers share with the sidecar.
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    rt: RwLock<Arc<Runtime>>,
+    health: RwLock<Health>,
+    metrics: Arc<Metrics>,
+    commands: mpsc::Sender<Command>,
+    pub shutdown: Shutdown,
+    pub access: Access,
+}
+
+impl Shared {
+    /// The runtime of the current plan.
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
+        self.rt
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        self.health
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) async fn send(&self, c: Command) -> Result<(), ApiError> {
+        self.commands.send(c).await.map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sidecar is stopping".into(),
+            )
+        })
+    }
+
+    pub(crate) async fn instances(&self) -> Result<Vec<InstanceStatus>, ApiError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Status(tx)).await?;
+        rx.await.map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the sidecar is stopping".into(),
+            )
+        })
+    }
+
+    pub(crate) async fn instances_of(&self, recipe: &str) -> Result<Vec<String>, ApiError> {
+        Ok(api::instances_named(&self.instances().await?, recipe))
+    }
+
+    pub(crate) fn metrics_text(&self, instances: &[InstanceStatus]) -> String {
+        let now = chrono::Utc::now().timestamp();
+        let health = self.health();
+        let snap = Snapshot {
+            cursor_lag: instances
+                .iter()
+                .filter_map(|i| {
+                    let c = i.last.as_ref()?.cursor_after?;
+                    Some((i.recipe.clone(), i.connection.clone(), (now - c).max(0)))
+                })
+                .collect(),
+            workspaces: self.runtime().workspaces(),
+            broken: health.files.len()
+                + health.connections.len()
+                + usize::from(!health.config.is_empty()),
+        };
+        self.metrics.encode(snap)
+    }
+}
+
+/// The name of the file that tells the CLI where a running sidecar listens.
+pub const DISCOVERY_FILE: &str = "sidecar.json";
+
+fn launch(rt: Arc<Runtime>) -> Launch {
+    Arc::new(move |recipe, opts: CycleOptions| {
+        let cycle = crate::engine::run_cycle(rt.clone(), recipe, opts);
+        Box::pin(async move {
+            let rep = cycle.await;
+            log_report(&rep);
+            rep
+        })
+    })
+}
+
+fn log_report(r: &CycleReport) {
+    if r.error.is_some() {
+        // The engine has said why.
+        return;
+    }
+    if r.fired > 0 || r.dead_letters > 0 || r.unfinished > 0 {
+        tracing::info!(
+            recipe = %r.recipe,
+            polled = r.polled,
+            fired = r.fired,
+            finished = r.finished,
+            dead_letters = r.dead_letters,
+            unfinished = r.unfinished,
+            elapsed_ms = r.elapsed_ms.round(),
+            cursor = %crate::engine::fmt_cursor(r.cursor_after.unwrap_or(0)),
+            "Cycle done."
+        );
+    } else {
+        tracing::debug!(recipe = %r.recipe, polled = r.polled, elapsed_ms = r.elapsed_ms.round(), "Cycle done: nothing new.");
+    }
+}
+
+/// The slot an instance last ran for: the newest run-history row written by a scheduled
+/// cycle.
+fn last_slot(store: Arc<dyn Store>) -> LastSlot {
+    #[derive(serde::Deserialize)]
+    struct Row {
+        scheduled_at_ms: Option<i64>,
+    }
+    Arc::new(move |recipe| {
+        let rows = store.cycles(&recipe.instance, 50).ok()?;
+        rows.iter().find_map(|(_, json)| {
+            serde_json::from_str::<Row>(json)
+                .ok()
+                .and_then(|r| r.scheduled_at_ms)
+        })
+    })
+}
+
+fn health_of(loaded: &load::Loaded) -> Health {
+    Health {
+        config: Vec::new(),
+        files: loaded.broken.clone(),
+        connections: loaded
+            .plan
+            .unavailable
+            .iter()
+            .map(|(n, d)| (n.clone(), d.message.clone()))
+            .collect(),
+    }
+}
+
+fn report_health(h: &Health) {
+    for p in h.problems() {
+        tracing::warn!(problem = %p, "Not ready.");
+    }
+}
+
+/// Runs the sidecar until a stop signal. `Err`: it could not start (exit 2).
+pub async fn run(opts: Options) -> Result<ExitCode> {
+    let mut loader = Loader::new(Paths {
+        config: opts.config.clone(),
+        connectors: opts.connectors.clone(),
+        recipes: opts.recipes.clone(),
+    });
+    let loaded = loader.load().map_err(|errs| {
+        anyhow!(
+            "the configuration has problems; run `sluice validate`:\n{}",
+            errs.join("\n")
+        )
+    })?;
+    let addr: SocketAddr = opts.listen.parse().map_err(|_| {
+        anyhow!(
+            "--listen `{}` is not an address and port like `127.0.0.1:9187`",
+            opts.listen
+        )
+    })?;
+    let token = std::env::var("SLUICE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(Secret::new);
+    let loopback = addr.ip().is_loopback();
+    if !loopback && token.is_none() {
+        return Err(anyhow!("--listen {addr} is reachable from other machines: set SLUICE_ADMIN_TOKEN (the admin API then needs it), or listen on 127.0.0.1"));
+    }
+    let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(&opts.state_dir)?);
+    let health = health_of(&loaded);
+    let rt = Runtime::new(loaded.plan, store.clone())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (`--listen`)"))?;
+    let local = listener.local_addr()?;
+
+    let (stop, shutdown) = crate::runtime::shutdown_channel();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        rt: RwLock::new(rt.clone()),
+        health: RwLock::new(health.clone()),
+        metrics: metrics.clone(),
+        commands: cmd_tx.clone(),
+        shutdown: shutdown.clone(),
+        access: Access { loopback, token },
+    });
+    let scheduler = Scheduler::new(
+        Arc::new(SystemClock),
+        launch(rt.clone()),
+        last_slot(store.clone()),
+        shutdown.clone(),
+        metrics.clone(),
+    );
+    let sched = tokio::spawn(scheduler.run(cmd_rx));
+    cmd_tx
+        .send(Command::Reload {
+            recipes: rt.plan().recipes.clone(),
+            launch: launch(rt.clone()),
+        })
+        .await
+        .map_err(|_| anyhow!("the scheduler stopped at start"))?;
+
+    let (server_stop, server_stopped) = oneshot::channel::<()>();
+    let router = api::router(shared.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = server_stopped.await;
+            })
+            .await
+    });
+    let discovery = opts.state_dir.join(DISCOVERY_FILE);
+    write_discovery(&discovery, local, !loopback)?;
+    tracing::info!(
+        recipes = rt.plan().recipes.len(),
+        listen = %local,
+        "sluice is running: /livez, /readyz, /metrics and /api on http://{local}"
+    );
+    report_health(&health);
+    drop(rt);
+
+    // Reloads: file events are hints (debounced), the fingerprint decides; a periodic check
+    // covers a watch that was lost (a directory replaced), SIGHUP forces one.
+    let (hint_tx, mut hints) = mpsc::channel::<()>(1);
+    let _watcher = if opts.watch {
+        watch(&load::watched_dirs(loader.paths()), hint_tx)
+    } else {
+        None
+    };
+    let mut print = loader.fingerprint();
+    let mut hup = hangups();
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut due: Option<tokio::time::Instant> = None;
+    let stop_signal = signal();
+    tokio::pin!(stop_signal);
+    loop {
+        let force = tokio::select! {
+            _ = &mut stop_signal => break,
+            Some(()) = hup.recv() => true,
+            Some(()) = hints.recv() => {
+                due.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(200));
+                continue;
+            }
+            _ = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => false,
+            _ = check.tick(), if opts.watch => false,
+        };
+        due = None;
+        let now = loader.fingerprint();
+        if !force && now == print {
+            continue;
+        }
+        print = now;
+        reload(&mut loader, &shared, &cmd_tx).await;
+    }
+
+    // Stop: no new cycle from here; those under way finish their steps and commit.
+    stop.trigger();
+    tracing::warn!(
+        timeout_s = opts.shutdown_timeout.as_secs_f64(),
+        "Stopping: cycles under way finish their steps and commit; a second signal exits at once."
+    );
+    tokio::spawn(async {
+        signal().await;
+        tracing::warn!("Second signal: exiting now; unfinished records resume from the journal at the next start.");
+        std::process::exit(130);
+    });
+    let drained = tokio::time::timeout(opts.shutdown_timeout, sched).await;
+    let _ = server_stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = std::fs::remove_file(&discovery);
+    drop(shared);
+    if drained.is_err() {
+        tracing::error!("Cycles were still running at --shutdown-timeout: exiting; their unfinished records resume from the journal at the next start.");
+        return Ok(ExitCode::from(1));
+    }
+    tracing::info!("Stopped.");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload(loader: &mut Loader, shared: &Shared, cmd: &mpsc::Sender<Command>) {
+    match loader.load() {
+        Ok(loaded) => {
+            let health = health_of(&loaded);
+            let partial = !health.files.is_empty();
+            let rt = match shared.runtime().rebuild(loaded.plan) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "Configuration not reloaded; the last good one keeps running.");
+                    shared.metrics.reload("failed");
+                    return;
+                }
+            };
+            let recipes = rt.plan().recipes.clone();
+            *shared.rt.write().unwrap_or_else(PoisonError::into_inner) = rt.clone();
+            *shared
+                .health
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = health.clone();
+            let _ = cmd
+                .send(Command::Reload {
+                    recipes,
+                    launch: launch(rt.clone()),
+                })
+                .await;
+            shared
+                .metrics
+                .reload(if partial { "partial" } else { "ok" });
+            tracing::info!(
+                recipes = rt.plan().recipes.len(),
+                broken_files = health.files.len(),
+                "Configuration reloaded."
+            );
+            report_health(&health);
+        }
+        Err(errs) => {
+            shared.metrics.reload("failed");
+            for e in &errs {
+                tracing::warn!(error = %e, "Configuration not reloaded; the last good one keeps running.");
+            }
+            shared
+                .health
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .config = errs;
+        }
+    }
+}
+
+/// Watches `dirs`; any event is a hint to look again.
+fn watch(dirs: &[PathBuf], hint: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let mut w = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = hint.try_send(());
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot watch the configuration files: changes are picked up every 5 s (and on SIGHUP).");
+            return None;
+        }
+    };
+    for d in dirs {
+        if let Err(e) = w.watch(d, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %d.display(), error = %e, "Cannot watch a directory: its changes are picked up every 5 s (and on SIGHUP).");
+        }
+    }
+    Some(w)
+}
+
+/// SIGHUP, as a stream of hints (never on other systems).
+fn hangups() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut s) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}
+
+/// A SIGINT (Ctrl-C) or, on Unix, a SIGTERM.
+pub(crate) async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn write_discovery(path: &Path, addr: SocketAddr, token: bool) -> Result<()> {
+    let body = serde_json::json!({
+        "pid": std::process::id(),
+        "listen": addr.to_string(),
+        "token_required": token,
+    });
+    std::fs::write(path, body.to_string())
+        .with_context(|| format!("cannot write `{}`", path.display()))?;
+    crate::store::make_private(path);
+    Ok(())
+}
