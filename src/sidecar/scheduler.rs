@@ -245,6 +245,9 @@ pub(crate) struct Scheduler {
     metrics: Arc<Metrics>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Instances that ended a cycle owing slots: caught up after due slots fire (a slot due
+    /// as the cycle ends takes the owed ones along).
+    catch_ups: Vec<String>,
     stopping: bool,
 }
 
@@ -270,6 +273,7 @@ impl Scheduler {
             metrics,
             done_tx,
             done_rx,
+            catch_ups: Vec::new(),
             stopping: false,
         }
     }
@@ -303,7 +307,29 @@ impl Scheduler {
                 }
                 continue;
             }
-            self.fire_due(self.clock.now_ms());
+            let now = self.clock.now_ms();
+            self.fire_due(now);
+            self.catch_up(now);
+        }
+    }
+
+    /// Starts one cycle for each instance that ended a cycle owing slots (unless a due slot
+    /// already started one).
+    fn catch_up(&mut self, now: i64) {
+        for name in std::mem::take(&mut self.catch_ups) {
+            let Some(e) = self.entries.get_mut(&name) else {
+                continue;
+            };
+            if e.running || e.removed || e.paused || e.owed == 0 || now < e.backoff_until {
+                continue;
+            }
+            let tick = Tick {
+                at_ms: e.owed_last,
+                slots: e.owed,
+            };
+            e.owed = 0;
+            self.metrics.catch_up(&name);
+            self.start_cycle(&name, tick);
         }
     }
 
@@ -605,15 +631,9 @@ impl Scheduler {
             }
             return;
         }
-        // Slots skipped while it ran: one cycle now covers them all.
-        if e.owed > 0 && !e.paused && now >= e.backoff_until && !self.stopping {
-            let tick = Tick {
-                at_ms: e.owed_last,
-                slots: e.owed,
-            };
-            e.owed = 0;
-            self.metrics.catch_up(&done.instance);
-            self.start_cycle(&done.instance, tick);
+        // Slots skipped while it ran: one cycle covers them all, at once.
+        if e.owed > 0 {
+            self.catch_ups.push(done.instance);
         }
     }
 }
@@ -622,6 +642,402 @@ impl Scheduler {
 mod tests {
     use super::*;
     use crate::plan::ScheduleKind;
+
+    use std::sync::Mutex;
+
+    /// Wall time that moves with tokio's (paused) clock.
+    struct TokioClock {
+        wall0: i64,
+        t0: tokio::time::Instant,
+    }
+
+    impl Clock for TokioClock {
+        fn now_ms(&self) -> i64 {
+            self.wall0 + self.t0.elapsed().as_millis() as i64
+        }
+    }
+
+    /// A second past a whole minute: slots of `every: 10s` fall on whole ten seconds.
+    const WALL0: i64 = 1_800_000_001_000;
+
+    fn recipes(specs: &[(&str, &str)]) -> Vec<Arc<Recipe>> {
+        let connectors = crate::plan::load_connectors_from(None).expect("built-in connector");
+        let config = "connections:\n  intercom:\n    connector: intercom\n    base_url: http://127.0.0.1:9\n    token: t\n";
+        let files = specs
+            .iter()
+            .map(|(id, schedule)| {
+                (
+                    std::path::PathBuf::from(format!("{id}.yaml")),
+                    format!("id: {id}\nconnection: intercom\ntrigger: intercom.new_contact\nschedule: {schedule}\nsteps:\n  - id: out\n    action: emit\n    with: {{value: x}}\n"),
+                )
+            })
+            .collect();
+        crate::plan::build(crate::plan::Sources {
+            connectors,
+            config: Some(("sluice.yaml".into(), config.into())),
+            recipes: files,
+            env: &|_| None,
+            secrets: crate::plan::Secrets::Required,
+        })
+        .map_err(|d| format!("{d:?}"))
+        .expect("recipes build")
+        .recipes
+    }
+
+    /// One started cycle: instance, slot, slots covered, when it started (wall ms).
+    type Started = (String, i64, u32, i64);
+
+    /// A scheduler whose cycles take `work` (per recipe id, default 0) and fail when the
+    /// id is in `failing`; what started is recorded.
+    struct Harness {
+        started: Arc<Mutex<Vec<Started>>>,
+        running: Arc<Mutex<HashMap<String, usize>>>,
+        clock: Arc<TokioClock>,
+        metrics: Arc<Metrics>,
+        stop: crate::runtime::ShutdownTrigger,
+        tx: mpsc::Sender<Command>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn fake_launch(
+        clock: Arc<TokioClock>,
+        started: Arc<Mutex<Vec<Started>>>,
+        running: Arc<Mutex<HashMap<String, usize>>>,
+        work: HashMap<String, Duration>,
+        failing: Vec<String>,
+    ) -> Launch {
+        Arc::new(move |recipe: Arc<Recipe>, opts: CycleOptions| {
+            let tick = opts.tick.expect("scheduled cycles carry their slot");
+            let now = clock.now_ms();
+            started
+                .lock()
+                .unwrap()
+                .push((recipe.instance.clone(), tick.at_ms, tick.slots, now));
+            let n = {
+                let mut r = running.lock().unwrap();
+                let n = r.entry(recipe.instance.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            assert_eq!(n, 1, "two cycles of {} at once", recipe.instance);
+            let d = work.get(&recipe.id).copied().unwrap_or_default();
+            let fail = failing.contains(&recipe.id);
+            let running = running.clone();
+            Box::pin(async move {
+                tokio::time::sleep(d).await;
+                *running.lock().unwrap().get_mut(&recipe.instance).unwrap() -= 1;
+                CycleReport {
+                    recipe: recipe.id.clone(),
+                    error: fail.then(|| "the API is down".to_string()),
+                    ..CycleReport::default()
+                }
+            })
+        })
+    }
+
+    impl Harness {
+        async fn start(
+            specs: &[(&str, &str)],
+            work: &[(&str, u64)],
+            failing: &[&str],
+            last_slot: Option<i64>,
+        ) -> Harness {
+            let clock = Arc::new(TokioClock {
+                wall0: WALL0,
+                t0: tokio::time::Instant::now(),
+            });
+            let started = Arc::new(Mutex::new(Vec::new()));
+            let running = Arc::new(Mutex::new(HashMap::new()));
+            let work: HashMap<String, Duration> = work
+                .iter()
+                .map(|(id, s)| (id.to_string(), Duration::from_secs(*s)))
+                .collect();
+            let failing: Vec<String> = failing.iter().map(|s| s.to_string()).collect();
+            let launch = fake_launch(
+                clock.clone(),
+                started.clone(),
+                running.clone(),
+                work,
+                failing,
+            );
+            let (stop, shutdown) = crate::runtime::shutdown_channel();
+            let metrics = Arc::new(Metrics::new());
+            let sched = Scheduler::new(
+                clock.clone(),
+                launch.clone(),
+                Arc::new(move |_: &Recipe| last_slot),
+                shutdown,
+                metrics.clone(),
+            );
+            let (tx, rx) = mpsc::channel(16);
+            let task = tokio::spawn(sched.run(rx));
+            tx.send(Command::Reload {
+                recipes: recipes(specs),
+                launch,
+            })
+            .await
+            .unwrap();
+            Harness {
+                started,
+                running,
+                clock,
+                metrics,
+                stop,
+                tx,
+                task,
+            }
+        }
+
+        fn started(&self) -> Vec<Started> {
+            self.started.lock().unwrap().clone()
+        }
+
+        fn metric(&self, line_start: &str) -> f64 {
+            let text = self.metrics.encode(Default::default());
+            text.lines()
+                .find(|l| l.starts_with(line_start))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no `{line_start}` in:\n{text}"))
+        }
+
+        async fn stop(self) {
+            self.stop.trigger();
+            self.task.await.unwrap();
+            assert!(self.running.lock().unwrap().values().all(|n| *n == 0));
+        }
+    }
+
+    async fn wait(secs: u64) {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_fire_on_time_once_each() {
+        let h = Harness::start(
+            &[("a", "{every: 10s}"), ("b", "{cron: '*/15 * * * * *'}")],
+            &[],
+            &[],
+            None,
+        )
+        .await;
+        wait(45).await;
+        let a: Vec<(i64, u32, i64)> = h
+            .started()
+            .into_iter()
+            .filter(|s| s.0 == "a@intercom")
+            .map(|s| (s.1 - WALL0, s.2, s.3 - s.1))
+            .collect();
+        // 1 s past a whole ten: slots at +9 s, +19 s, +29 s, +39 s, each once, on time.
+        assert_eq!(
+            a,
+            vec![
+                (9_000, 1, 0),
+                (19_000, 1, 0),
+                (29_000, 1, 0),
+                (39_000, 1, 0)
+            ]
+        );
+        let b: Vec<i64> = h
+            .started()
+            .into_iter()
+            .filter(|s| s.0 == "b@intercom")
+            .map(|s| s.1 - WALL0)
+            .collect();
+        // Seconds 0, 15, 30, 45 of each minute (WALL0 is at second 1 of a minute… of UTC).
+        let first = b[0];
+        assert!(b.windows(2).all(|w| w[1] - w[0] == 15_000), "{b:?}");
+        assert_eq!(
+            chrono::DateTime::from_timestamp_millis(WALL0 + first)
+                .unwrap()
+                .timestamp()
+                % 15,
+            0
+        );
+        assert_eq!(
+            h.metric("sluice_tick_lateness_seconds_count{recipe=\"a\""),
+            4.0
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_cycle_skips_slots_then_one_cycle_catches_up() {
+        // Cycles take 25 s on a 10 s schedule.
+        let h = Harness::start(&[("slow", "{every: 10s}")], &[("slow", 25)], &[], None).await;
+        wait(70).await;
+        let s: Vec<(i64, u32, i64)> = h
+            .started()
+            .into_iter()
+            .map(|s| (s.1 - WALL0, s.2, s.3 - WALL0))
+            .collect();
+        // +9 runs to +34 (slots +19, +29 skipped); one catch-up at +34 covers both and runs
+        // to +59 (+39, +49 skipped); the slot of +59 covers those two and itself.
+        assert_eq!(
+            s,
+            vec![(9_000, 1, 9_000), (29_000, 2, 34_000), (59_000, 3, 59_000)]
+        );
+        // +19, +29, +39, +49 and +69 were skipped; +59 came as the cycle ended and took
+        // the two before it along.
+        assert_eq!(
+            h.metric("sluice_ticks_skipped_total{recipe=\"slow\",connection=\"intercom\",reason=\"overlap\"}"),
+            5.0
+        );
+        assert_eq!(
+            h.metric("sluice_catch_up_cycles_total{recipe=\"slow\""),
+            1.0
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_missed_while_paused_make_one_cycle() {
+        let h = Harness::start(&[("a", "{every: 10s}")], &[], &[], None).await;
+        wait(10).await;
+        assert_eq!(h.started().len(), 1);
+        // The process stands still (SIGSTOP, a suspended laptop) for 100 s: the wall clock
+        // jumps; every slot in between is due at once.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        wait(1).await;
+        let s = h.started();
+        assert_eq!(s.len(), 2, "{s:?}");
+        let (_, slot, slots, _) = s[1];
+        assert_eq!((slot - WALL0, slots), (109_000, 10));
+        wait(10).await;
+        assert_eq!(h.started().len(), 3);
+        assert_eq!(h.started()[2].2, 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_catches_up_on_slots_missed_while_down() {
+        // The history says the last run was for the slot an hour before start.
+        let last = WALL0 - 1_000 - 3_600_000;
+        let h = Harness::start(&[("a", "{every: 10m}")], &[], &[], Some(last)).await;
+        wait(1).await;
+        let s = h.started();
+        assert_eq!(s.len(), 1, "one catch-up at once, not six");
+        assert_eq!((s[0].1, s[0].2, s[0].3), (WALL0 - 1_000, 6, WALL0));
+        h.stop().await;
+        // Ran for the latest slot already: nothing until the next.
+        let h = Harness::start(&[("a", "{every: 10m}")], &[], &[], Some(WALL0 - 1_000)).await;
+        wait(1).await;
+        assert!(h.started().is_empty());
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_the_next_run_covers_the_skipped_slots() {
+        let h = Harness::start(&[("bad", "{every: 1s}")], &[], &["bad"], None).await;
+        wait(40).await;
+        let s: Vec<(i64, u32)> = h
+            .started()
+            .into_iter()
+            .map(|s| (s.3 - WALL0, s.2))
+            .collect();
+        // Fails at +1 → 10 s off; +11 covers 10 slots → 20 s off; +31 covers 20.
+        assert_eq!(s, vec![(1_000, 1), (11_000, 10), (31_000, 20)]);
+        assert_eq!(
+            h.metric("sluice_recipe_consecutive_failures{recipe=\"bad\""),
+            3.0
+        );
+        assert_eq!(
+            h.metric("sluice_recipe_backoff_seconds{recipe=\"bad\""),
+            40.0
+        );
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reloads_keep_slots_reschedule_add_and_remove() {
+        let h = Harness::start(
+            &[("a", "{every: 10s}"), ("b", "{every: 10s}")],
+            &[("b", 5)],
+            &[],
+            None,
+        )
+        .await;
+        wait(10).await;
+        let at_reload = h.clock.now_ms();
+        // `a` changes schedule, `b` is removed mid-cycle, `c` is new.
+        let launch = fake_launch(
+            h.clock.clone(),
+            h.started.clone(),
+            h.running.clone(),
+            HashMap::new(),
+            vec![],
+        );
+        h.tx.send(Command::Reload {
+            recipes: recipes(&[("a", "{every: 4s}"), ("c", "{every: 10s}")]),
+            launch,
+        })
+        .await
+        .unwrap();
+        wait(20).await;
+        let after: Vec<(String, i64)> = h
+            .started()
+            .into_iter()
+            .filter(|s| s.3 >= at_reload)
+            .map(|s| (s.0, s.1 - WALL0))
+            .collect();
+        assert!(after.iter().all(|(i, _)| i != "b@intercom"), "{after:?}");
+        let a: Vec<i64> = after
+            .iter()
+            .filter(|(i, _)| i == "a@intercom")
+            .map(|x| x.1)
+            .collect();
+        assert_eq!(a, vec![11_000, 15_000, 19_000, 23_000, 27_000]);
+        let c: Vec<i64> = after
+            .iter()
+            .filter(|(i, _)| i == "c@intercom")
+            .map(|x| x.1)
+            .collect();
+        assert_eq!(c, vec![19_000, 29_000]);
+        // `b`'s cycle under way at the reload finished (nothing left running).
+        assert_eq!(h.running.lock().unwrap().get("b@intercom"), Some(&0));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exclusive_work_waits_for_the_cycle_and_a_panic_frees_the_instance() {
+        let h = Harness::start(&[("slow", "{every: 10s}")], &[("slow", 5)], &[], None).await;
+        wait(10).await; // the cycle of +9 runs until +14
+        let (tx, rx) = oneshot::channel();
+        let (refused, _r) = oneshot::channel();
+        let clock = h.clock.clone();
+        h.tx.send(Command::Exclusive {
+            instance: "slow@intercom".into(),
+            work: Box::new(move |_| {
+                Box::pin(async move {
+                    let _ = tx.send(clock.now_ms());
+                    panic!("work that panics");
+                })
+            }),
+            refused,
+        })
+        .await
+        .unwrap();
+        let ran_at = rx.await.unwrap();
+        assert_eq!(ran_at - WALL0, 14_000, "after the cycle, not during it");
+        wait(16).await;
+        // The panic did not leave the instance marked as running: its slots still run.
+        assert!(h.started().iter().any(|s| s.1 - WALL0 == 29_000));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_ticks_at_once_and_waits_for_cycles() {
+        let h = Harness::start(&[("slow", "{every: 10s}")], &[("slow", 30)], &[], None).await;
+        wait(10).await;
+        let before = h.started().len();
+        let t = tokio::time::Instant::now();
+        h.stop.trigger();
+        let task = h.task;
+        task.await.unwrap();
+        // It waited for the cycle under way (till +39) and started nothing new.
+        assert_eq!(t.elapsed(), Duration::from_secs(29));
+        assert_eq!(h.started.lock().unwrap().len(), before);
+    }
 
     #[test]
     fn every_slots_are_aligned_and_counted() {
