@@ -471,29 +471,6 @@ fn load_plan(
     })
 }
 
-/// A SIGINT (Ctrl-C) or, on Unix, a SIGTERM.
-async fn signal_received() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 fn fmt_ts(ts: Option<i64>) -> String {
     match ts.and_then(|t| chrono::DateTime::from_timestamp(t, 0)) {
         Some(d) => d.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -592,10 +569,10 @@ async fn run_once_here(
     // second signal exits at once (the journal makes that safe too).
     let (stop, shutdown) = crate::runtime::shutdown_channel();
     tokio::spawn(async move {
-        signal_received().await;
+        crate::sidecar::signal().await;
         tracing::warn!("Stopping: the steps under way finish and are committed; a second signal exits at once.");
         stop.trigger();
-        signal_received().await;
+        crate::sidecar::signal().await;
         std::process::exit(130);
     });
     let meters: Vec<Arc<crate::engine::Meter>> =

@@ -145,10 +145,11 @@ impl Shared {
         let now = chrono::Utc::now().timestamp();
         let health = self.health();
         let snap = Snapshot {
+            // From the store: right after a restart too, before any cycle has run.
             cursor_lag: instances
                 .iter()
                 .filter_map(|i| {
-                    let c = i.last.as_ref()?.cursor_after?;
+                    let c = self.store.checkpoint(&i.instance).ok()??.cursor;
                     Some((i.recipe.clone(), i.connection.clone(), (now - c).max(0)))
                 })
                 .collect(),
@@ -159,6 +160,12 @@ impl Shared {
         };
         self.metrics.encode(snap)
     }
+}
+
+/// The first slot of recipe instance `instance` on `schedule` strictly after `t` (Unix ms),
+/// jitter included: the scheduler's own slot arithmetic, for tools that check a run history.
+pub fn slot_after(instance: &str, schedule: &crate::plan::Schedule, t: i64) -> Option<i64> {
+    scheduler::Slots::of(instance, schedule).next_after(t)
 }
 
 /// The name of the file that tells the CLI where a running sidecar listens.

@@ -157,9 +157,13 @@ const MAX_COUNTED: u32 = 1_000_000;
 
 impl Slots {
     pub(crate) fn new(recipe: &Recipe) -> Slots {
+        Slots::of(&recipe.instance, &recipe.schedule)
+    }
+
+    pub(crate) fn of(instance: &str, schedule: &Schedule) -> Slots {
         Slots {
-            offset: jitter_offset(&recipe.instance, recipe.schedule.jitter_ms),
-            schedule: recipe.schedule.clone(),
+            offset: jitter_offset(instance, schedule.jitter_ms),
+            schedule: schedule.clone(),
         }
     }
 
@@ -416,7 +420,8 @@ impl Scheduler {
                         tracing::warn!(instance = %name, "The recipe's trigger changed: its state (cursor, dedupe keys) is kept; `sluice state reset --recipe {}` starts it afresh.", r.id);
                     }
                     e.recipe = r;
-                    if rescheduled {
+                    // Rescheduled, or removed and back before its last cycle ended.
+                    if rescheduled || e.next.is_none() {
                         e.slots = Slots::new(&e.recipe);
                         let next = e.slots.next_after(now);
                         if let Some(old) = e.next {
@@ -995,6 +1000,31 @@ mod tests {
         assert_eq!(c, vec![19_000, 29_000]);
         // `b`'s cycle under way at the reload finished (nothing left running).
         assert_eq!(h.running.lock().unwrap().get("b@intercom"), Some(&0));
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recipe_removed_and_back_during_its_cycle_keeps_its_slots() {
+        let h = Harness::start(&[("b", "{every: 10s}")], &[("b", 5)], &[], None).await;
+        wait(10).await; // b's cycle of +9 runs until +14
+        for specs in [&[][..], &[("b", "{every: 10s}")][..]] {
+            let launch = fake_launch(
+                h.clock.clone(),
+                h.started.clone(),
+                h.running.clone(),
+                HashMap::new(),
+                vec![],
+            );
+            h.tx.send(Command::Reload {
+                recipes: recipes(specs),
+                launch,
+            })
+            .await
+            .unwrap();
+        }
+        wait(20).await;
+        let slots: Vec<i64> = h.started().iter().map(|s| s.1 - WALL0).collect();
+        assert_eq!(slots, vec![9_000, 19_000, 29_000]);
         h.stop().await;
     }
 

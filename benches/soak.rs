@@ -1,0 +1,392 @@
+//! The sidecar soak: `cargo bench --bench soak [-- --minutes M --recipes N --every S]`.
+//! Prints figures; asserts nothing about time. Results are recorded in docs/BENCHMARKS.md.
+//!
+//! * `soak` (default 10 minutes, 1,000 recipe instances on `every: 10s` with `jitter: 10s`)
+//!   runs `sluice run` (its own process, release build) against the simulator (in this
+//!   process, clock running, data churning), rewrites 50 recipe files every minute (reloads),
+//!   SIGKILLs the sidecar half way and starts it again, then stops it with SIGTERM. It then
+//!   reads the run history from the state store and checks, per instance, that every slot
+//!   from the first start to the stop is covered by exactly one cycle (a cycle covers
+//!   `slots` slots ending at its `scheduled_at_ms`): **doubled** slots are covered twice,
+//!   **lost** slots not at all. Tick lateness is the start of each on-time cycle minus its
+//!   slot. RSS is sampled every second.
+//! * `idle` (`-- idle`): the 12 shipped recipes for 60 s after start-up: CPU and RSS.
+
+// This harness is a plain thread driving child processes; the simulator runs on its own
+// runtime's workers, so sleeping here blocks nothing.
+#![allow(clippy::disallowed_methods, clippy::zombie_processes)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice::store::Store;
+
+const TOKEN: &str = "sim-token";
+
+fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Resident set size (bytes) and user+system CPU seconds of a process.
+fn rss_and_cpu(pid: u32) -> Option<(u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?;
+    Some((rss_kb * 1024, ticks / 100.0))
+}
+
+/// A one-shot HTTP GET on loopback; the status code.
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+struct Sidecar {
+    child: Child,
+    addr: String,
+}
+
+fn start_sidecar(dir: &Path, recipes: &Path, log: &str) -> Sidecar {
+    let state = dir.join("state");
+    let _ = std::fs::remove_file(state.join("sidecar.json"));
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(log))
+        .expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .current_dir(dir)
+        .env("INTERCOM_TOKEN", TOKEN)
+        .env("INTERCOM_BACKUP_TOKEN", TOKEN)
+        .args(["--log", "warn", "--config"])
+        .arg(dir.join("sluice.yaml"))
+        .arg("--connectors")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/connectors"))
+        .arg("--recipes")
+        .arg(recipes)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start sluice run");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(state.join("sidecar.json")) {
+            let v: serde_json::Value = serde_json::from_str(&t).expect("sidecar.json");
+            let addr = v["listen"].as_str().expect("listen").to_string();
+            if http_status(&addr, "/livez") == Some(200) {
+                return Sidecar { child, addr };
+            }
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not come up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+fn config(dir: &Path, base_url: &str) {
+    std::fs::write(
+        dir.join("sluice.yaml"),
+        format!(
+            "connections:\n  intercom:\n    connector: intercom\n    base_url: {base_url}\n    token: ${{env:INTERCOM_TOKEN}}\n  intercom_backup:\n    connector: intercom\n    base_url: {base_url}\n    token: ${{env:INTERCOM_BACKUP_TOKEN}}\n"
+        ),
+    )
+    .expect("sluice.yaml");
+}
+
+const TRIGGERS: [&str; 6] = [
+    "intercom.new_contact",
+    "intercom.contact_updated",
+    "intercom.new_ticket",
+    "intercom.ticket_updated",
+    "intercom.new_conversation",
+    "intercom.conversation_updated",
+];
+
+fn recipe_text(i: usize, every: u64, version: u64) -> String {
+    format!(
+        "id: r{i:04}\nconnection: intercom\ntrigger: {}\nschedule:\n  every: {every}s\n  jitter: {every}s\ndescription: version {version}\nsteps:\n  - id: out\n    action: emit\n    with:\n      to: out.jsonl\n      value: \"{{{{record.id}}}} v{version}\"\n",
+        TRIGGERS[i % TRIGGERS.len()]
+    )
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn soak(rt: &tokio::runtime::Runtime) {
+    let minutes = arg("--minutes", 10);
+    let n = arg("--recipes", 1000) as usize;
+    let every = arg("--every", 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path().to_path_buf();
+    let sim = rt
+        .block_on(sluice::sim::Sim::start(sluice::sim::SimConfig {
+            contacts: 500,
+            companies: 50,
+            tickets: 200,
+            conversations: 200,
+            ..sluice::sim::SimConfig::default()
+        }))
+        .expect("simulator");
+    config(&dir, &sim.base_url);
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(&recipes).expect("recipes dir");
+    for i in 0..n {
+        std::fs::write(
+            recipes.join(format!("r{i:04}.yaml")),
+            recipe_text(i, every, 0),
+        )
+        .expect("recipe");
+    }
+    println!(
+        "soak: {n} recipe instances on `every: {every}s, jitter: {every}s` for {minutes} min"
+    );
+    let t_start = chrono::Utc::now().timestamp_millis();
+    let mut sc = start_sidecar(&dir, &recipes, "sidecar.log");
+    let t_ready = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        http_status(&sc.addr, "/readyz"),
+        Some(200),
+        "every recipe loads (see sidecar.log)"
+    );
+    println!(
+        "  started in {} ms (pid {})",
+        t_ready - t_start,
+        sc.child.id()
+    );
+    let total = Duration::from_secs(minutes * 60);
+    let began = Instant::now();
+    let mut max_rss = 0u64;
+    let mut rss_samples = Vec::new();
+    let mut killed = false;
+    let mut reloads = 0u64;
+    let mut last_reload = Instant::now();
+    while began.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(1));
+        sim.sim.churn(5);
+        if let Some((rss, _)) = rss_and_cpu(sc.child.id()) {
+            max_rss = max_rss.max(rss);
+            rss_samples.push(rss);
+        }
+        if last_reload.elapsed() >= Duration::from_secs(60) {
+            reloads += 1;
+            last_reload = Instant::now();
+            for k in 0..50 {
+                let i = (reloads as usize * 50 + k) % n;
+                std::fs::write(
+                    recipes.join(format!("r{i:04}.yaml")),
+                    recipe_text(i, every, reloads),
+                )
+                .expect("rewrite recipe");
+            }
+        }
+        if !killed && began.elapsed() >= total / 2 {
+            killed = true;
+            let t = chrono::Utc::now().timestamp_millis();
+            signal(&sc.child, "-KILL");
+            let _ = sc.child.wait();
+            sc = start_sidecar(&dir, &recipes, "sidecar.log");
+            let kill_downtime_ms = chrono::Utc::now().timestamp_millis() - t;
+            println!(
+                "  SIGKILL at {:.0} s, up again after {kill_downtime_ms} ms (pid {})",
+                began.elapsed().as_secs_f64(),
+                sc.child.id()
+            );
+        }
+    }
+    let t_stop = chrono::Utc::now().timestamp_millis();
+    let metrics_ok = http_status(&sc.addr, "/metrics") == Some(200);
+    signal(&sc.child, "-TERM");
+    let stopping = Instant::now();
+    let status = sc.child.wait().expect("wait");
+    println!(
+        "  SIGTERM: exit {:?} after {} ms; /metrics answered: {metrics_ok}",
+        status.code(),
+        stopping.elapsed().as_millis()
+    );
+
+    // The run history, per instance.
+    let store = sluice::store::SledStore::open(&dir.join("state")).expect("store");
+    let (mut lost, mut doubled, mut covered, mut cycles) = (0u64, 0u64, 0u64, 0u64);
+    let mut lateness: Vec<i64> = Vec::new();
+    let mut worst: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let spec = sluice::spec::ScheduleSpec {
+        every: Some(format!("{every}s")),
+        jitter: Some(format!("{every}s")),
+        ..Default::default()
+    };
+    let schedule = sluice::plan::recipe::parse_schedule(&spec).expect("schedule");
+    for i in 0..n {
+        let ns = format!("r{i:04}@intercom");
+        let rows = store.cycles(&ns, 100_000).expect("history");
+        let mut slots: Vec<(i64, u32, i64)> = rows
+            .iter()
+            .filter_map(|(_, json)| {
+                let v: serde_json::Value = serde_json::from_str(json).ok()?;
+                Some((
+                    v["scheduled_at_ms"].as_i64()?,
+                    v["slots"].as_u64()? as u32,
+                    v["started_at_ms"].as_i64()?,
+                ))
+            })
+            .collect();
+        slots.sort();
+        cycles += slots.len() as u64;
+        // Every slot from the first after the scheduler took the recipe (between the start
+        // and the sidecar answering) to the last before the stop, in order.
+        let first_due = sluice::sidecar::slot_after(&ns, &schedule, t_start).expect("slot");
+        let latest_first = sluice::sidecar::slot_after(&ns, &schedule, t_ready).expect("slot");
+        let first_run = slots
+            .first()
+            .map(|(at, k, _)| at - (i64::from(*k) - 1) * every as i64 * 1000);
+        let mut expect = match first_run {
+            Some(f) if f >= first_due && f <= latest_first => f,
+            _ => first_due,
+        };
+        let mut mine = (0u64, 0u64);
+        for (at, k, started) in &slots {
+            // The slots this cycle covers, oldest first.
+            let mut covers = vec![*at];
+            let mut t = *at;
+            // Walk back `k - 1` slots.
+            for _ in 1..*k {
+                let prev = t - (every as i64) * 1000;
+                covers.push(prev);
+                t = prev;
+            }
+            covers.reverse();
+            for c in covers {
+                if c < expect {
+                    mine.1 += 1;
+                } else {
+                    while expect < c {
+                        mine.0 += 1;
+                        expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+                    }
+                    covered += 1;
+                    expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+                }
+            }
+            if *k == 1 {
+                lateness.push(started - at);
+            }
+        }
+        // Slots due before the stop (with a second's grace) that no cycle covered.
+        while expect < t_stop - 1000 {
+            mine.0 += 1;
+            expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+        }
+        lost += mine.0;
+        doubled += mine.1;
+        if mine != (0, 0) {
+            worst.insert(ns, mine);
+        }
+    }
+    lateness.sort_unstable();
+    println!("  cycles recorded: {cycles}, slots covered: {covered}");
+    println!("  lost slots: {lost}, doubled slots: {doubled}");
+    for (ns, (l, d)) in worst.iter().take(5) {
+        println!("    {ns}: lost {l}, doubled {d}");
+    }
+    println!(
+        "  tick lateness over {} on-time cycles: p50 {} ms, p99 {} ms, max {} ms",
+        lateness.len(),
+        percentile(&lateness, 0.5),
+        percentile(&lateness, 0.99),
+        lateness.last().copied().unwrap_or(0)
+    );
+    rss_samples.sort_unstable();
+    println!(
+        "  RSS: max {:.1} MB, median {:.1} MB; reloads: {reloads}",
+        max_rss as f64 / 1e6,
+        percentile(
+            &rss_samples.iter().map(|r| *r as i64).collect::<Vec<_>>(),
+            0.5
+        ) as f64
+            / 1e6
+    );
+}
+
+fn idle(rt: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path().to_path_buf();
+    let sim = rt
+        .block_on(sluice::sim::Sim::start(sluice::sim::SimConfig::default()))
+        .expect("simulator");
+    config(&dir, &sim.base_url);
+    let recipes: PathBuf = concat!(env!("CARGO_MANIFEST_DIR"), "/recipes").into();
+    let sc = start_sidecar(&dir, &recipes, "idle.log");
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, cpu0) = rss_and_cpu(sc.child.id()).expect("proc");
+    let t0 = Instant::now();
+    let mut max_rss = 0;
+    while t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(1));
+        let (rss, _) = rss_and_cpu(sc.child.id()).expect("proc");
+        max_rss = max_rss.max(rss);
+    }
+    let (_, cpu1) = rss_and_cpu(sc.child.id()).expect("proc");
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "idle: 12 shipped recipes, 60 s after start-up: CPU {:.3} s = {:.3} % of a core, max RSS {:.1} MB",
+        cpu1 - cpu0,
+        (cpu1 - cpu0) / secs * 100.0,
+        max_rss as f64 / 1e6
+    );
+    signal(&sc.child, "-TERM");
+    let mut child = sc.child;
+    let _ = child.wait();
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "idle") {
+        idle(&rt);
+    } else {
+        soak(&rt);
+    }
+}
