@@ -6,7 +6,7 @@
 //! URLs without their query string. Does not decide what to do with a failure beyond retrying.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,9 +62,21 @@ pub fn method_str(m: Method) -> &'static str {
 
 pub use crate::plan::RetryPolicy;
 
+/// Who is calling (a recipe instance's cycle), for the rate governor's fairness, and what its
+/// calls came to (for the cycle's report).
+#[derive(Debug, Default)]
+pub struct Caller {
+    /// The client's name (a recipe instance); `cli` when no cycle is calling.
+    pub name: String,
+    /// Requests sent (every attempt counts).
+    pub calls: AtomicU64,
+    /// 429 answers.
+    pub rate_limited: AtomicU64,
+}
+
 tokio::task_local! {
-    /// Who is calling (a recipe instance), for the rate governor's fairness; `cli` when unset.
-    pub static CLIENT: String;
+    /// The caller of the requests made on this task.
+    pub static CLIENT: Arc<Caller>;
 }
 
 /// The budget of a connection's workspace, from the connector's `rate_limit` and the
@@ -469,10 +481,13 @@ impl Connection {
         let first = tokio::time::Instant::now();
         loop {
             // Budgeted ahead of sending, fairly between the recipes sharing the workspace.
-            let client = CLIENT
-                .try_with(|c| c.clone())
-                .unwrap_or_else(|_| "cli".into());
-            self.governor.acquire(&client).await;
+            let client = CLIENT.try_with(|c| {
+                c.calls.fetch_add(1, Ordering::Relaxed);
+                c.name.clone()
+            });
+            self.governor
+                .acquire(client.as_deref().unwrap_or("cli"))
+                .await;
             attempts += 1;
             let mut failure = match self.send_once(req, rules).await {
                 Ok(resp) => {
@@ -697,6 +712,9 @@ impl Connection {
         headers: &reqwest::header::HeaderMap,
         status: u16,
     ) -> Option<Duration> {
+        if status == 429 {
+            Self::count_rate_limited();
+        }
         let Some(spec) = self.connector.api.rate_limit.as_ref() else {
             // No rate-limit headers declared: a 429 still pauses the whole workspace, for
             // `Retry-After` seconds when the server says, else a second.
@@ -748,6 +766,11 @@ impl Connection {
                 .rejected(wait.unwrap_or(Duration::from_secs(1)));
         }
         wait
+    }
+
+    /// Counts a 429 against the calling cycle.
+    fn count_rate_limited() {
+        let _ = CLIENT.try_with(|c| c.rate_limited.fetch_add(1, Ordering::Relaxed));
     }
 
     fn error_details(&self, body: Option<&Value>, raw: &[u8]) -> (Option<String>, String) {

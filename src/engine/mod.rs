@@ -98,6 +98,10 @@ pub struct CycleReport {
     /// The schedule slot it ran for (Unix milliseconds), when a schedule started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_at_ms: Option<i64>,
+    /// Requests it sent (every attempt counts).
+    pub calls: u64,
+    /// 429 answers it got.
+    pub rate_limited: u64,
     /// How many schedule slots it covers: 1, or more when it catches up on slots missed
     /// while sluice was down or the previous cycle ran long (0: not scheduled).
     #[serde(skip_serializing_if = "is_zero")]
@@ -402,7 +406,11 @@ pub fn run_cycle(
     let id = next_cycle_id();
     let span = tracing::info_span!(parent: None, "recipe", recipe = %recipe.id);
     let span = tracing::info_span!(parent: &span, "cycle", cycle = id);
-    let client = namespace(&recipe).to_string();
+    let caller = Arc::new(crate::http::Caller {
+        name: namespace(&recipe).to_string(),
+        ..Default::default()
+    });
+    let counts = caller.clone();
     let cycle = async move {
         let started = Instant::now();
         let started_ms = chrono::Utc::now().timestamp_millis();
@@ -422,6 +430,8 @@ pub fn run_cycle(
         }
         let _ = rt.emitter().flush();
         rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        rep.calls = counts.calls.load(Relaxed);
+        rep.rate_limited = counts.rate_limited.load(Relaxed);
         // One row of run history per cycle; a failure to write it does not undo the cycle.
         if let (Ok(store), Ok(json)) = (rt.store(), serde_json::to_string(&rep)) {
             if let Err(e) = store.record_cycle(namespace(&recipe), started_ms, &json) {
@@ -431,7 +441,7 @@ pub fn run_cycle(
         rep
     };
     // The recipe instance is the rate governor's client: fair shares between recipes.
-    crate::http::CLIENT.scope(client, cycle).instrument(span)
+    crate::http::CLIENT.scope(caller, cycle).instrument(span)
 }
 
 /// Runs `work`, logging the meter's reading every [`PROGRESS_EVERY`] while it runs.
