@@ -1,8 +1,8 @@
 //! The sidecar (`sluice run` without `--once`) as a child process against the simulator:
 //! schedules, metrics that agree with the run history, hot reloads (file watching and
-//! SIGHUP), graceful and hurried shutdown, and who may use its API. The simulator's recorded
-//! calls, the emitted lines and the state store (opened once the sidecar is gone) are the
-//! oracles.
+//! SIGHUP), graceful and hurried shutdown, the CLI's state, dead-letter and `run --once`
+//! commands through its API, and who may use that API. The simulator's recorded calls, the
+//! emitted lines and the state store (opened once the sidecar is gone) are the oracles.
 //!
 //! Nothing sleeps for a fixed time where a condition can be polled: every wait polls every
 //! 50 ms up to a deadline and fails naming what it waited for, with the sidecar's log.
@@ -14,10 +14,10 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sluice::sim::{Faults, Kind, SimConfig};
+use sluice::sim::{FailRule, Faults, Kind, SimConfig};
 use sluice::store::{SledStore, Store};
 
-use crate::util::{run_async, SimEnv};
+use crate::util::{run_async, Run, SimEnv};
 
 /// How long a condition that should hold "within a few seconds" may take.
 const SOON: Duration = Duration::from_secs(10);
@@ -99,6 +99,15 @@ fn notes_by_contact(env: &SimEnv) -> HashMap<String, usize> {
         }
     }
     n
+}
+
+/// Successful calls with this method and path.
+fn calls(env: &SimEnv, method: &str, path: &str) -> usize {
+    env.sim()
+        .audit()
+        .iter()
+        .filter(|e| e.method == method && e.path == path && e.status > 0 && e.status < 300)
+        .count()
 }
 
 fn unix_ms() -> i64 {
@@ -965,6 +974,191 @@ async fn a_second_sigterm_exits_at_once_and_a_restart_resumes_without_losing_any
     let st = env.sluice_in(&["state", "show", "--json"], None).await;
     st.assert_ok();
     assert_eq!(st.json()[0]["state"]["in_journal"], 0, "{}", st.stdout);
+}
+
+// ---------------------------------------------------------------------------------------
+// The CLI against a running sidecar.
+
+const CHAIN: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"step one\"\n  - id: rename\n    action: intercom.update_contact\n    with:\n      id: \"{{record.id}}\"\n      name: \"done\"\n    on_error: stop\n";
+
+/// The next `PUT /contacts/…` fails for good (422).
+fn fail_next_rename(env: &SimEnv) {
+    env.sim().set_faults(Faults {
+        fail_next: vec![FailRule {
+            path_prefix: "/contacts/".into(),
+            method: Some("PUT".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count: 1,
+            skip: 0,
+            after_write: false,
+        }],
+        ..Faults::default()
+    });
+}
+
+async fn dead_letter_ids(sc: &Sidecar) -> Vec<u64> {
+    let (code, body) = sc.get("/api/dead-letters").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str::<Value>(&body)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_u64().unwrap())
+        .collect()
+}
+
+async fn cli(env: &SimEnv, args: &[&str]) -> Run {
+    env.sluice_in(args, None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
+    let env = live_sim().await;
+    env.write_recipe(CHAIN);
+    let mut sc = Sidecar::start(&env, &[]).await;
+    sc.cycle_after("chain@intercom", 0).await;
+    fail_next_rename(&env);
+    let dead = contact(&env, "dead@x.io");
+    let letter = sc
+        .until("a dead letter", SOON, || async {
+            dead_letter_ids(&sc).await.first().copied()
+        })
+        .await
+        .to_string();
+    sc.pause("chain@intercom").await;
+
+    // The same commands, the same answers, with the sidecar holding the store and without.
+    let commands: [&[&str]; 5] = [
+        &["state", "show"],
+        &["state", "show", "--json"],
+        &["state", "show", "--recipe", "chain"],
+        &["dead-letters", "list"],
+        &["dead-letters", "show", &letter],
+    ];
+    let mut through_sidecar = Vec::new();
+    for c in commands {
+        let r = cli(&env, c).await;
+        r.assert_ok();
+        through_sidecar.push(r.stdout);
+    }
+    assert!(
+        through_sidecar[0].starts_with("chain@intercom: cursor ")
+            && through_sidecar[0].contains("1 dead letters"),
+        "{}",
+        through_sidecar[0]
+    );
+    assert!(
+        through_sidecar[3].contains("step `rename`") && through_sidecar[3].contains("HTTP 422"),
+        "{}",
+        through_sidecar[3]
+    );
+    let (code, _) = sc.stop().await;
+    assert_eq!(code, 0, "{}", sc.log());
+    for (c, seen) in commands.iter().zip(&through_sidecar) {
+        let r = cli(&env, c).await;
+        r.assert_ok();
+        assert_eq!(
+            &r.stdout,
+            seen,
+            "`{}` differs without the sidecar",
+            c.join(" ")
+        );
+    }
+
+    // Replay through the sidecar once the cause is gone: it finishes from the failed step.
+    let sc = Sidecar::start(&env, &[]).await;
+    env.sim().set_faults(Faults::default());
+    let r = cli(&env, &["dead-letters", "replay", &letter]).await;
+    r.assert_ok();
+    assert!(
+        r.stdout.starts_with("replayed: ") && r.stdout.contains("from step `rename`"),
+        "{}",
+        r.stdout
+    );
+    let note_path = format!("/contacts/{dead}/notes");
+    let put_path = format!("/contacts/{dead}");
+    assert_eq!(
+        calls(&env, "POST", &note_path),
+        1,
+        "the note is not sent again"
+    );
+    assert_eq!(calls(&env, "PUT", &put_path), 1);
+    assert_eq!(
+        env.sim().record(Kind::Contact, &dead).unwrap()["name"],
+        "done"
+    );
+    let r = cli(&env, &["dead-letters", "list"]).await;
+    assert_eq!(r.stdout, "no dead letters\n");
+    let r = cli(&env, &["dead-letters", "replay", &letter]).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("no dead letter {letter}")),
+        "{}",
+        r.stderr
+    );
+
+    // Drop through the sidecar.
+    fail_next_rename(&env);
+    contact(&env, "dropped@x.io");
+    let second = sc
+        .until("a second dead letter", SOON, || async {
+            dead_letter_ids(&sc).await.first().copied()
+        })
+        .await
+        .to_string();
+    let r = cli(&env, &["dead-letters", "drop", &second]).await;
+    r.assert_ok();
+    assert_eq!(r.stdout, format!("dropped dead letter {second}\n"));
+    let r = cli(&env, &["dead-letters", "drop", &second]).await;
+    assert_eq!(
+        (r.code, r.stderr.as_str()),
+        (1, format!("error: no dead letter {second}\n").as_str())
+    );
+    let r = cli(&env, &["dead-letters", "show", &second]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("no dead letter"), "{}", r.stderr);
+
+    // `run --once --recipe` has the sidecar run it now; its report reads as without one.
+    sc.pause("chain@intercom").await;
+    let fired = contact(&env, "now@x.io");
+    // A poll stops at the server's "now": a record of this very second is the next one's.
+    let created = env.sim().record(Kind::Contact, &fired).unwrap()["created_at"]
+        .as_i64()
+        .unwrap();
+    eventually(
+        "the simulator's clock past the record",
+        SOON,
+        String::new,
+        || async { (env.sim().now() > created).then_some(()) },
+    )
+    .await;
+    let r = cli(&env, &["run", "--once", "--recipe", "chain"]).await;
+    r.assert_ok();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("chain: "))
+        .unwrap_or_else(|| panic!("no summary line:\n{}", r.stderr));
+    assert!(
+        line.contains("fired 1 (0 resumed), finished 1") && line.contains(", cursor "),
+        "{line}"
+    );
+    assert_eq!(calls(&env, "POST", &format!("/contacts/{fired}/notes")), 1);
+    let r = cli(&env, &["run", "--once", "--recipe", "chain", "--json"]).await;
+    r.assert_ok();
+    let reps = crate::util::reports_of(&r.stderr);
+    assert_eq!(reps[0]["fired"], 0, "{reps}");
+    // Every recipe at once is the sidecar's job: refused, saying what to do.
+    let r = cli(&env, &["run", "--once"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("give --recipe ID"), "{}", r.stderr);
+    let r = cli(&env, &["run", "--once", "--recipe", "nope"]).await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no recipe `nope`"), "{}", r.stderr);
+    assert_eq!(sc.status().await["pid"], json!(sc.pid));
 }
 
 // ---------------------------------------------------------------------------------------
