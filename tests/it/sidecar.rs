@@ -1135,6 +1135,7 @@ async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
         || async { (env.sim().now() > created).then_some(()) },
     )
     .await;
+    let m0 = sc.metrics().await;
     let r = cli(&env, &["run", "--once", "--recipe", "chain"]).await;
     r.assert_ok();
     let line = r
@@ -1151,6 +1152,18 @@ async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
     r.assert_ok();
     let reps = crate::util::reports_of(&r.stderr);
     assert_eq!(reps[0]["fired"], 0, "{reps}");
+    // A cycle run on demand is a cycle of the instance: the counters include it.
+    let m1 = sc.metrics().await;
+    let chain = [("recipe", "chain")];
+    assert_eq!(
+        m1.sum("sluice_records_fired_total", &chain) - m0.sum("sluice_records_fired_total", &chain),
+        1.0,
+        "a record fired by `run --once --recipe` is not counted"
+    );
+    assert_eq!(
+        m1.sum("sluice_cycles_total", &chain) - m0.sum("sluice_cycles_total", &chain),
+        2.0
+    );
     // Every recipe at once is the sidecar's job: refused, saying what to do.
     let r = cli(&env, &["run", "--once"]).await;
     assert_eq!(r.code, 2, "{}", r.stderr);
