@@ -1216,6 +1216,24 @@ async fn only_loopback_host_names_and_marked_posts_are_answered() {
     assert_eq!(code, 200);
     let (code, _) = sc.post("/api/instances/nope@intercom/pause", true).await;
     assert_eq!(code, 404);
+    // A second sidecar on the same state directory refuses to start and leaves the first
+    // one's discovery file alone.
+    let discovery = env.ws.path().join("state/sidecar.json");
+    let before = std::fs::read_to_string(&discovery).unwrap();
+    let mut c = env.cmd(&["run", "--listen", "127.0.0.1:0"]);
+    c.arg("--recipes")
+        .arg(env.ws.path().join("recipes"))
+        .arg("--state-dir")
+        .arg(env.ws.path().join("state"));
+    let r = run_async(c).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("in use by another sluice process"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&discovery).unwrap(), before);
+    assert_eq!(sc.get("/livez").await, (200, "ok\n".to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
