@@ -1286,4 +1286,31 @@ async fn listening_beyond_loopback_needs_an_admin_token() {
     let r = run_async(c).await;
     r.assert_ok();
     assert!(r.json().is_array(), "{}", r.stdout);
+    // A refused token is said as such, not taken for a missing dead letter.
+    let letters = |token: &'static str, args: &'static [&'static str]| {
+        let mut c = env.cmd(args);
+        c.env("SLUICE_ADMIN_TOKEN", token)
+            .arg("--state-dir")
+            .arg(dir.join("state"));
+        run_async(c)
+    };
+    for args in [
+        &["dead-letters", "show", "1"],
+        &["dead-letters", "drop", "1"],
+    ] {
+        let r = letters("wrong", args).await;
+        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("Bearer") && !r.stderr.contains("no dead letter"),
+            "{args:?}: {}",
+            r.stderr
+        );
+        let r = letters("s3cret", args).await;
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("no dead letter 1"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
 }
