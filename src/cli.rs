@@ -753,7 +753,8 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                         }
                         Some(Ok(v))
                     }
-                    Err(_) => None,
+                    Err(e) if crate::sidecar::client::not_found(&e) => None,
+                    Err(e) => return Err(e),
                 },
             };
             match found {
@@ -770,10 +771,13 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
         DeadLetterCommand::Drop { id } => {
             let dropped = match &backend {
                 Backend::Local(store) => store.drop_dead_letter(*id)?,
-                Backend::Sidecar(c) => c
-                    .post(&format!("/api/dead-letters/{id}/drop"))
-                    .await
-                    .is_ok(),
+                Backend::Sidecar(c) => {
+                    match c.post(&format!("/api/dead-letters/{id}/drop")).await {
+                        Ok(_) => true,
+                        Err(e) if crate::sidecar::client::not_found(&e) => false,
+                        Err(e) => return Err(e),
+                    }
+                }
             };
             if dropped {
                 println!("dropped dead letter {id}");

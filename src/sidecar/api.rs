@@ -343,7 +343,9 @@ async fn run_now(State(s): State<Arc<Shared>>, Query(q): Query<RecipeQuery>) -> 
             Box::pin(async move {
                 let rt = shared.runtime();
                 let opts = crate::engine::CycleOptions::new(shared.shutdown.clone());
+                let instance = recipe.instance.clone();
                 let rep = crate::engine::run_cycle(rt, recipe, opts).await;
+                shared.metrics.on_demand(&instance, &rep);
                 let _ = tx.send(rep);
             })
         });

@@ -99,17 +99,35 @@ impl Client {
             .await
             .map_err(|e| anyhow!("the sidecar's answer is not JSON: {}", e.without_url()))?;
         if status.is_success() {
-            Ok(body)
-        } else {
-            Err(anyhow!(
-                "{}",
-                body["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("the sidecar answered {status}"))
-            ))
+            return Ok(body);
         }
+        let message = body["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("the sidecar answered {status}"));
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(anyhow::Error::new(NotFound(message)));
+        }
+        Err(anyhow!("{message}"))
     }
+}
+
+/// The sidecar answered 404: what was asked for does not exist (as opposed to any other
+/// failure: not answering, a refused token, stopping).
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
+/// Whether `e` is the sidecar's 404.
+pub fn not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NotFound>().is_some()
 }
 
 /// Whether `e` says the store is held by another process.

@@ -407,6 +407,28 @@ impl Metrics {
     /// A cycle ended.
     pub(crate) fn cycle(&self, instance: &str, r: &CycleReport, failures: u32, backoff_ms: i64) {
         let i = self.inst(instance);
+        self.count(&i, r);
+        self.failures.get_or_create(&i).set(i64::from(failures));
+        self.backoff.get_or_create(&i).set(backoff_ms / 1000);
+    }
+
+    /// A cycle run on demand (`POST /api/run`) ended: counted like a scheduled one, leaving
+    /// the schedule's failure and backoff gauges alone; not when the instance was removed
+    /// meanwhile (its series are gone).
+    pub(crate) fn on_demand(&self, instance: &str, r: &CycleReport) {
+        let i = self
+            .labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(instance)
+            .cloned();
+        if let Some(i) = i {
+            self.count(&i, r);
+        }
+    }
+
+    /// A cycle's counts and duration.
+    fn count(&self, i: &Inst, r: &CycleReport) {
         let result = if r.error.is_some() {
             "error"
         } else if r.interrupted {
@@ -417,12 +439,12 @@ impl Metrics {
         self.cycles
             .get_or_create(&ByResult::of(i.clone(), result))
             .inc();
-        self.polled.get_or_create(&i).inc_by(r.polled);
-        self.seen.get_or_create(&i).inc_by(r.skipped_seen);
-        self.filtered.get_or_create(&i).inc_by(r.filtered);
-        self.fired.get_or_create(&i).inc_by(r.fired);
-        self.finished.get_or_create(&i).inc_by(r.finished);
-        self.dead.get_or_create(&i).inc_by(r.dead_letters);
+        self.polled.get_or_create(i).inc_by(r.polled);
+        self.seen.get_or_create(i).inc_by(r.skipped_seen);
+        self.filtered.get_or_create(i).inc_by(r.filtered);
+        self.fired.get_or_create(i).inc_by(r.fired);
+        self.finished.get_or_create(i).inc_by(r.finished);
+        self.dead.get_or_create(i).inc_by(r.dead_letters);
         for (class, n) in r.step_failures.iter() {
             if n > 0 {
                 self.step_failures
@@ -430,9 +452,7 @@ impl Metrics {
                     .inc_by(n);
             }
         }
-        self.duration.get_or_create(&i).observe(r.elapsed_ms / 1e3);
-        self.failures.get_or_create(&i).set(i64::from(failures));
-        self.backoff.get_or_create(&i).set(backoff_ms / 1000);
+        self.duration.get_or_create(i).observe(r.elapsed_ms / 1e3);
     }
 
     /// A reload ended (`ok`, `partial`: some files kept their last good version, `failed`).
