@@ -206,6 +206,14 @@ fn soak(rt: &tokio::runtime::Runtime) {
             rss_samples.push(rss);
         }
         if last_reload.elapsed() >= Duration::from_secs(60) {
+            if let Some((rss, cpu)) = rss_and_cpu(sc.child.id()) {
+                println!(
+                    "  {:>4.0} s: RSS {:.1} MB, sidecar CPU {:.1} s",
+                    began.elapsed().as_secs_f64(),
+                    rss as f64 / 1e6,
+                    cpu
+                );
+            }
             reloads += 1;
             last_reload = Instant::now();
             for k in 0..50 {

@@ -167,6 +167,15 @@ pub enum Command {
         /// Do not watch the files for changes (reload on SIGHUP only).
         #[arg(long, conflicts_with = "once")]
         no_watch: bool,
+        /// At most this many recipe cycles run at once (a burst of catch-ups after downtime
+        /// waits for its turn).
+        #[arg(
+            long,
+            env = "SLUICE_MAX_CYCLES",
+            default_value_t = 64,
+            conflicts_with = "once"
+        )]
+        max_cycles: usize,
     },
     /// Show or reset recipe state (cursors, dedupe keys, journal).
     State {
@@ -361,6 +370,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             shutdown_timeout,
             no_watch,
+            max_cycles,
             ..
         } => {
             let secs = plan::parse_duration(shutdown_timeout)
@@ -373,6 +383,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 listen: listen.clone(),
                 shutdown_timeout: std::time::Duration::from_secs(secs.max(0) as u64),
                 watch: !no_watch,
+                max_cycles: *max_cycles,
             })
             .await
         }
@@ -484,7 +495,10 @@ enum Backend {
     Sidecar(crate::sidecar::client::Client),
 }
 
-fn backend(cli: &Cli) -> Result<Backend> {
+async fn backend(cli: &Cli) -> Result<Backend> {
+    if let Some(c) = crate::sidecar::client::running(&cli.state_dir).await {
+        return Ok(Backend::Sidecar(c));
+    }
     match crate::store::SledStore::open(&cli.state_dir) {
         Ok(s) => Ok(Backend::Local(Arc::new(s))),
         Err(e) if crate::sidecar::client::store_in_use(&e) => Ok(Backend::Sidecar(
@@ -507,12 +521,9 @@ fn recipe_query(recipe: Option<&str>) -> String {
 }
 
 async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
-    let reports: Vec<crate::engine::CycleReport> = match crate::store::SledStore::open(
-        &cli.state_dir,
-    ) {
-        Ok(store) => run_once_here(cli, only, Arc::new(store)).await?,
-        Err(e) if crate::sidecar::client::store_in_use(&e) => {
-            let client = crate::sidecar::client::Client::find(&cli.state_dir)?;
+    let reports: Vec<crate::engine::CycleReport> = match backend(cli).await? {
+        Backend::Local(store) => run_once_here(cli, only, store).await?,
+        Backend::Sidecar(client) => {
             let Some(recipe) = only else {
                 bail!("a sidecar on {} holds the state and runs every recipe on its schedule: give --recipe ID to have it run one now", client.base());
             };
@@ -521,7 +532,6 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
                 .await?;
             serde_json::from_value(v).context("the sidecar's reports")?
         }
-        Err(e) => return Err(e),
     };
     let failed = reports.iter().any(|r| r.error.is_some());
     if json && cli.log_format == LogFormat::Json {
@@ -568,11 +578,12 @@ async fn run_once_here(
     // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
     // second signal exits at once (the journal makes that safe too).
     let (stop, shutdown) = crate::runtime::shutdown_channel();
+    let mut signals = crate::sidecar::StopSignals::new();
     tokio::spawn(async move {
-        crate::sidecar::signal().await;
+        signals.next().await;
         tracing::warn!("Stopping: the steps under way finish and are committed; a second signal exits at once.");
         stop.trigger();
-        crate::sidecar::signal().await;
+        signals.next().await;
         std::process::exit(130);
     });
     let meters: Vec<Arc<crate::engine::Meter>> =
@@ -646,7 +657,7 @@ fn progress_bar(
 }
 
 async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
-    let backend = backend(cli)?;
+    let backend = backend(cli).await?;
     match command {
         StateCommand::Show { recipe, json } => {
             let states: Vec<crate::admin::StateView> = match &backend {
@@ -711,7 +722,7 @@ async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
 }
 
 async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
-    let backend = backend(cli)?;
+    let backend = backend(cli).await?;
     match command {
         DeadLetterCommand::List { recipe } => {
             let all: Vec<crate::admin::Letter> = match &backend {

@@ -93,7 +93,8 @@ impl Executor for Live<'_> {
         // The journal will say every step so far is done: lines an earlier `emit` step of this
         // chain queued must be written first, or a crash would lose them.
         self.rt.emitter().flush()?;
-        self.rt.store()?.journal_step(self.ns, key, view)
+        let store = self.rt.store()?;
+        super::durably(|| store.journal_step(self.ns, key, view))
     }
 }
 

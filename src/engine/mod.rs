@@ -323,21 +323,35 @@ impl Progress {
         known: Option<HashMap<String, Known>>,
     ) -> Result<()> {
         rt.emitter().flush()?;
-        rt.store()?.commit(
-            namespace(recipe),
-            &Commit {
-                expected,
-                checkpoint: *cp,
-                finished: &self.finished,
-                dead: &self.dead,
-                keep_from: prune_bound(recipe, cp.cursor),
-                known: known.as_ref(),
-            },
-        )?;
+        let store = rt.store()?;
+        durably(|| {
+            store.commit(
+                namespace(recipe),
+                &Commit {
+                    expected,
+                    checkpoint: *cp,
+                    finished: &self.finished,
+                    dead: &self.dead,
+                    keep_from: prune_bound(recipe, cp.cursor),
+                    known: known.as_ref(),
+                },
+            )
+        })?;
         self.finished.clear();
         self.dead.clear();
         self.committed_at = Instant::now();
         Ok(())
+    }
+}
+
+/// Runs a store write that waits for the disk (an fsync) without holding up the other tasks
+/// of a multi-threaded runtime (the sidecar's scheduler and the other recipes' cycles): the
+/// worker hands its other tasks to another thread meanwhile.
+pub(crate) fn durably<T>(write: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
     }
 }
 
@@ -812,6 +826,15 @@ impl<'a> Cycle<'a> {
             .min(self.now.max(self.cp.cursor))
             .max(self.cp.cursor);
         next.high = next.high.max(self.progress.max_done);
+        if next == self.cp
+            && self.progress.finished.is_empty()
+            && self.progress.dead.is_empty()
+            && self.known.is_none()
+        {
+            // Nothing to write (a cycle that found nothing new): no transaction, no fsync.
+            self.progress.committed_at = Instant::now();
+            return Ok(());
+        }
         // Keys behind the pruning bound leave memory too, except this batch's own: with
         // offset (page-number) pagination a record can show up again on the next page when
         // records are inserted ahead of it while the trigger pages.

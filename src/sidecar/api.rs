@@ -248,6 +248,7 @@ async fn reset(State(s): State<Arc<Shared>>, Query(q): Query<RecipeQuery>) -> Ap
         let work: Work = Box::new(move |recipe| {
             Box::pin(async move {
                 let _ = tx.send(store.reset(&recipe.instance).map_err(|e| format!("{e:#}")));
+                None
             })
         });
         (work, rx)
@@ -306,6 +307,7 @@ async fn replay(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> ApiResult 
                     .await
                     .map_err(|e| format!("{e:#}"));
                 let _ = tx.send(r);
+                None
             })
         });
         (work, rx)
@@ -343,10 +345,9 @@ async fn run_now(State(s): State<Arc<Shared>>, Query(q): Query<RecipeQuery>) -> 
             Box::pin(async move {
                 let rt = shared.runtime();
                 let opts = crate::engine::CycleOptions::new(shared.shutdown.clone());
-                let instance = recipe.instance.clone();
                 let rep = crate::engine::run_cycle(rt, recipe, opts).await;
-                shared.metrics.on_demand(&instance, &rep);
-                let _ = tx.send(rep);
+                let _ = tx.send(rep.clone());
+                Some(rep)
             })
         });
         (work, rx)

@@ -56,6 +56,15 @@ impl Client {
         })
     }
 
+    /// Whether it answers `/livez` (within a second).
+    pub async fn alive(&self) -> bool {
+        let req = self
+            .http
+            .get(format!("{}/livez", self.base))
+            .timeout(Duration::from_secs(1));
+        matches!(req.send().await, Ok(r) if r.status().is_success())
+    }
+
     /// Where it listens.
     pub fn base(&self) -> &str {
         &self.base
@@ -128,6 +137,19 @@ impl std::error::Error for NotFound {}
 /// Whether `e` is the sidecar's 404.
 pub fn not_found(e: &anyhow::Error) -> bool {
     e.downcast_ref::<NotFound>().is_some()
+}
+
+/// The sidecar that holds `state_dir`, when one is running and answers (its discovery file
+/// names a live process): then the store is not even tried (its lock would hold us a second).
+pub async fn running(state_dir: &Path) -> Option<Client> {
+    let file = state_dir.join(DISCOVERY_FILE);
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+    let pid = v["pid"].as_u64()?;
+    if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    let c = Client::find(state_dir).ok()?;
+    c.alive().await.then_some(c)
 }
 
 /// Whether `e` says the store is held by another process.

@@ -412,21 +412,6 @@ impl Metrics {
         self.backoff.get_or_create(&i).set(backoff_ms / 1000);
     }
 
-    /// A cycle run on demand (`POST /api/run`) ended: counted like a scheduled one, leaving
-    /// the schedule's failure and backoff gauges alone; not when the instance was removed
-    /// meanwhile (its series are gone).
-    pub(crate) fn on_demand(&self, instance: &str, r: &CycleReport) {
-        let i = self
-            .labels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(instance)
-            .cloned();
-        if let Some(i) = i {
-            self.count(&i, r);
-        }
-    }
-
     /// A cycle's counts and duration.
     fn count(&self, i: &Inst, r: &CycleReport) {
         let result = if r.error.is_some() {

@@ -50,6 +50,8 @@ pub struct Options {
     pub shutdown_timeout: Duration,
     /// Whether to watch the files (else only `SIGHUP` reloads).
     pub watch: bool,
+    /// At most this many scheduled cycles run at once.
+    pub max_cycles: usize,
 }
 
 /// What is wrong with the configuration now.
@@ -74,6 +76,8 @@ impl Health {
         for (name, why) in &self.connections {
             out.push(format!("connection `{name}`: {why}"));
         }
+        // One line each (a diagnostic's `help:` goes on the same line).
+        let one_line = |s: &String| s.lines().map(str::trim).collect::<Vec<_>>().join(" ");
         for b in &self.files {
             let state = if b.running_last_good {
                 "its last good version runs"
@@ -86,7 +90,7 @@ impl Health {
                 b.errors.join("; ")
             ));
         }
-        out
+        out.iter().map(one_line).collect()
     }
 }
 
@@ -99,6 +103,8 @@ pub(crate) struct Shared {
     commands: mpsc::Sender<Command>,
     pub shutdown: Shutdown,
     pub access: Access,
+    /// The cap on scheduled cycles at once.
+    cycles: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -171,10 +177,14 @@ pub fn slot_after(instance: &str, schedule: &crate::plan::Schedule, t: i64) -> O
 /// The name of the file that tells the CLI where a running sidecar listens.
 pub const DISCOVERY_FILE: &str = "sidecar.json";
 
-fn launch(rt: Arc<Runtime>) -> Launch {
+fn launch(rt: Arc<Runtime>, cycles: Arc<tokio::sync::Semaphore>) -> Launch {
     Arc::new(move |recipe, opts: CycleOptions| {
         let cycle = crate::engine::run_cycle(rt.clone(), recipe, opts);
+        let cycles = cycles.clone();
         Box::pin(async move {
+            // At most `--max-cycles` at once: a burst (catching up after downtime) waits
+            // here instead of holding a thousand pages in memory.
+            let _permit = cycles.acquire_owned().await;
             let rep = cycle.await;
             log_report(&rep);
             rep
@@ -242,6 +252,8 @@ fn report_health(h: &Health) {
 
 /// Runs the sidecar until a stop signal. `Err`: it could not start (exit 2).
 pub async fn run(opts: Options) -> Result<ExitCode> {
+    // First of all: a stop signal from here on is a graceful stop, never a lost one.
+    let mut signals = StopSignals::new();
     let mut loader = Loader::new(Paths {
         config: opts.config.clone(),
         connectors: opts.connectors.clone(),
@@ -278,6 +290,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     let (stop, shutdown) = crate::runtime::shutdown_channel();
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let metrics = Arc::new(Metrics::new());
+    let cycles = Arc::new(tokio::sync::Semaphore::new(opts.max_cycles.max(1)));
     let shared = Arc::new(Shared {
         store: store.clone(),
         rt: RwLock::new(rt.clone()),
@@ -286,10 +299,11 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         commands: cmd_tx.clone(),
         shutdown: shutdown.clone(),
         access: Access { loopback, token },
+        cycles: cycles.clone(),
     });
     let scheduler = Scheduler::new(
         Arc::new(SystemClock),
-        launch(rt.clone()),
+        launch(rt.clone(), cycles.clone()),
         last_slot(store.clone()),
         shutdown.clone(),
         metrics.clone(),
@@ -298,7 +312,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     cmd_tx
         .send(Command::Reload {
             recipes: rt.plan().recipes.clone(),
-            launch: launch(rt.clone()),
+            launch: launch(rt.clone(), cycles.clone()),
         })
         .await
         .map_err(|_| anyhow!("the scheduler stopped at start"))?;
@@ -335,11 +349,9 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     let mut check = tokio::time::interval(Duration::from_secs(5));
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut due: Option<tokio::time::Instant> = None;
-    let stop_signal = signal();
-    tokio::pin!(stop_signal);
     loop {
         let force = tokio::select! {
-            _ = &mut stop_signal => break,
+            _ = signals.next() => break,
             Some(()) = hup.recv() => true,
             Some(()) = hints.recv() => {
                 due.get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_millis(200));
@@ -363,8 +375,8 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         timeout_s = opts.shutdown_timeout.as_secs_f64(),
         "Stopping: cycles under way finish their steps and commit; a second signal exits at once."
     );
-    tokio::spawn(async {
-        signal().await;
+    tokio::spawn(async move {
+        signals.next().await;
         tracing::warn!("Second signal: exiting now; unfinished records resume from the journal at the next start.");
         std::process::exit(130);
     });
@@ -403,7 +415,7 @@ async fn reload(loader: &mut Loader, shared: &Shared, cmd: &mpsc::Sender<Command
             let _ = cmd
                 .send(Command::Reload {
                     recipes,
-                    launch: launch(rt.clone()),
+                    launch: launch(rt.clone(), shared.cycles.clone()),
                 })
                 .await;
             shared
@@ -469,23 +481,51 @@ fn hangups() -> mpsc::Receiver<()> {
     rx
 }
 
-/// A SIGINT (Ctrl-C) or, on Unix, a SIGTERM.
-pub(crate) async fn signal() {
+/// Stop signals — SIGINT (Ctrl-C) and, on Unix, SIGTERM — listened for from creation on, so
+/// that none is missed between the first and the second.
+pub(crate) struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Starts listening (the default action — exit — no longer applies).
+    pub(crate) fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// The next stop signal.
+    pub(crate) async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {}
+                _ = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

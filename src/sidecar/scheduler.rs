@@ -51,8 +51,10 @@ pub(crate) type Launch =
     Arc<dyn Fn(Arc<Recipe>, CycleOptions) -> BoxFuture<'static, CycleReport> + Send + Sync>;
 
 /// Work that needs an instance to itself (a replay, a reset, a cycle on demand): it runs
-/// when no cycle of the instance does, and no slot starts one meanwhile.
-pub(crate) type Work = Box<dyn FnOnce(Arc<Recipe>) -> BoxFuture<'static, ()> + Send>;
+/// when no cycle of the instance does, and no slot starts one meanwhile. A cycle's report
+/// comes back like a scheduled cycle's (metrics, last run, backoff).
+pub(crate) type Work =
+    Box<dyn FnOnce(Arc<Recipe>) -> BoxFuture<'static, Option<CycleReport>> + Send>;
 
 /// The slot an instance last ran for, from the run history (`None`: never on a schedule).
 pub(crate) type LastSlot = Arc<dyn Fn(&Recipe) -> Option<i64> + Send + Sync>;
@@ -585,7 +587,7 @@ impl Scheduler {
         e.running = true;
         e.meter = None;
         let fut = work(e.recipe.clone());
-        let guard = DoneGuard {
+        let mut guard = DoneGuard {
             tx: self.done_tx.clone(),
             done: Some(Done {
                 instance: name.to_string(),
@@ -593,8 +595,10 @@ impl Scheduler {
             }),
         };
         tokio::spawn(async move {
-            fut.await;
-            drop(guard);
+            let report = fut.await;
+            if let Some(d) = guard.done.as_mut() {
+                d.report = report;
+            }
         });
     }
 
@@ -1041,6 +1045,8 @@ mod tests {
                 Box::pin(async move {
                     let _ = tx.send(clock.now_ms());
                     panic!("work that panics");
+                    #[allow(unreachable_code)]
+                    None
                 })
             }),
             refused,
