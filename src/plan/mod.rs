@@ -438,9 +438,11 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
         "d" | "day" | "days" => 86_400,
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "unknown unit `{other}` in `{s}`; use s, m, h or d (or seconds, minutes, hours, days)"
-        )),
+        ))
+        }
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod conformance;
+mod conventions;
 mod crash;
 mod demo;
 mod docs;
