@@ -332,3 +332,33 @@ async fn reports_follow_the_emitted_lines_on_stdout() {
         r.stderr
     );
 }
+
+#[test]
+fn filters_on_a_tickets_tags_and_company_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tagged.yaml");
+    let recipe = |filter: &str| {
+        format!("id: tagged\nconnection: intercom\ntrigger: intercom.ticket_updated\nschedule:\n  every: 5m\nfilter: \"{filter}\"\nsteps:\n  - id: out\n    action: emit\n")
+    };
+    let validate = || {
+        let mut c = sluice();
+        c.arg("validate").arg(&file);
+        run(c)
+    };
+    std::fs::write(
+        &file,
+        recipe("{{#if record.tags.tags}}{{record.company_id}}{{/if}}"),
+    )
+    .unwrap();
+    let r = validate();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    std::fs::write(&file, recipe("{{record.tagz}}")).unwrap();
+    let r = validate();
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr
+            .contains("`record.tagz` is not a field of trigger `intercom.ticket_updated`"),
+        "{}",
+        r.stderr
+    );
+}
