@@ -362,3 +362,60 @@ fn filters_on_a_tickets_tags_and_company_validate() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_from_takes_a_record_that_passes_the_filter_or_the_one_named() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    let recipe = "id: vip\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nfilter: '{{eq record.name \"VIP\"}}'\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{record.email}}\"\n";
+    env.write_recipe(recipe);
+    let file = env.ws.path().join("recipes/vip.yaml");
+    let file = file.to_str().unwrap();
+    let mk = |email: &str, name: &str, ts: i64| {
+        let c = env
+            .sim()
+            .create(
+                Kind::Contact,
+                json!({"email": email, "name": name, "role": "user", "created_at": ts, "updated_at": ts}),
+            )
+            .unwrap();
+        c["id"].as_str().unwrap().to_string()
+    };
+    let vip = mk("vip@x.io", "VIP", T0 - 300);
+    let newest = mk("plain@x.io", "Plain", T0 - 60);
+    // The newest record fails the filter: the newest one that passes is shown.
+    let r = run_async(env.cmd(&["test", file, "--sample-from", "intercom"])).await;
+    r.assert_ok();
+    assert!(
+        r.stdout.contains(&format!("record {vip}")) && r.stdout.contains("emit to stdout"),
+        "{}",
+        r.stdout
+    );
+    // `--record` names one.
+    let r = run_async(env.cmd(&[
+        "test",
+        file,
+        "--sample-from",
+        "intercom",
+        "--record",
+        &newest,
+    ]))
+    .await;
+    r.assert_ok();
+    assert!(
+        r.stdout.contains(&format!("record {newest}"))
+            && r.stdout.contains("filter: false for this record"),
+        "{}",
+        r.stdout
+    );
+    let r = run_async(env.cmd(&[
+        "test",
+        file,
+        "--sample-from",
+        "intercom",
+        "--record",
+        "nope",
+    ]))
+    .await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("no record `nope`"), "{}", r.stderr);
+}

@@ -18,6 +18,7 @@ mod intercom_errors;
 mod intercom_triggers;
 mod paths;
 mod polling;
+mod readme;
 mod recipes;
 mod store;
 mod validate;
