@@ -132,7 +132,8 @@ async fn sim_search_50k() {
     );
 }
 
-/// Runs `sluice ARGS` under GNU time; returns (wall s, user+sys CPU s, peak RSS KiB, stderr).
+/// Runs `sluice ARGS` under GNU time; returns (wall s, user+sys CPU s, peak RSS KiB, stdout:
+/// the `--json` run reports on its last line).
 fn timed(args: &[&str], dir: &std::path::Path) -> (f64, f64, u64, String) {
     let out = std::process::Command::new("/usr/bin/time")
         .arg("-f")
@@ -140,7 +141,6 @@ fn timed(args: &[&str], dir: &std::path::Path) -> (f64, f64, u64, String) {
         .arg(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .current_dir(dir)
-        .stdout(std::process::Stdio::null())
         .output()
         .expect("/usr/bin/time (apt-get install time)");
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -154,7 +154,8 @@ fn timed(args: &[&str], dir: &std::path::Path) -> (f64, f64, u64, String) {
         .map(|x| x.parse().unwrap())
         .collect();
     assert!(out.status.success(), "sluice {args:?} failed:\n{err}");
-    (f[0], f[1] + f[2], f[3] as u64, err)
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    (f[0], f[1] + f[2], f[3] as u64, stdout)
 }
 
 fn workspace(url: &str, recipe: &str) -> std::path::PathBuf {
@@ -192,8 +193,8 @@ async fn engine_50k() {
     let dir = workspace(&url, recipe);
     let args = run_args(&dir);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (wall, cpu, rss, err) = timed(&a, &dir);
-    let fired = fired_of(&err);
+    let (wall, cpu, rss, out) = timed(&a, &dir);
+    let fired = fired_of(&out);
     println!(
         "engine_50k (a) first cycle: {fired} records fired in {wall:.2} s = {:.0} records/s; CPU {cpu:.2} s = {:.1} µs/record; peak RSS {:.1} MB",
         fired as f64 / wall,
@@ -219,8 +220,8 @@ async fn engine_50k() {
         .send()
         .await
         .unwrap();
-    let (wall, cpu, rss, err) = timed(&a, &dir);
-    let rep = report_of(&err);
+    let (wall, cpu, rss, out) = timed(&a, &dir);
+    let rep = report_of(&out);
     println!(
         "engine_50k (b) next cycle with 1% changed: {} fired ({} already seen); the cycle took {:.0} ms; the whole process {:.0} ms, CPU {cpu:.3} s, peak RSS {:.1} MB",
         rep["fired"],
@@ -238,8 +239,8 @@ async fn engine_chain_5k() {
     let dir = workspace(&url, recipe);
     let args = run_args(&dir);
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (wall, cpu, rss, err) = timed(&a, &dir);
-    let fired = fired_of(&err);
+    let (wall, cpu, rss, out) = timed(&a, &dir);
+    let fired = fired_of(&out);
     let actions = fired * 3;
     println!(
         "engine_chain_5k (c): {fired} records, {actions} actions in {wall:.2} s = {:.0} actions/s; sluice CPU {cpu:.2} s = {:.0} µs/action; peak RSS {:.1} MB",
@@ -250,20 +251,15 @@ async fn engine_chain_5k() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn report_of(stderr: &str) -> serde_json::Value {
-    let json_start = stderr.find('[').expect("run report");
-    let json_end = stderr.rfind(']').expect("run report");
-    let v: serde_json::Value =
-        serde_json::from_str(&stderr[json_start..=json_end]).expect("run report JSON");
+/// The first recipe's report: `run --once --json` writes the reports on stdout's last line.
+fn report_of(stdout: &str) -> serde_json::Value {
+    let last = stdout.lines().next_back().expect("run report");
+    let v: serde_json::Value = serde_json::from_str(last).expect("run report JSON");
     v[0].clone()
 }
 
-fn fired_of(stderr: &str) -> u64 {
-    let json_start = stderr.find('[').expect("run report");
-    let json_end = stderr.rfind(']').expect("run report");
-    let v: serde_json::Value =
-        serde_json::from_str(&stderr[json_start..=json_end]).expect("run report JSON");
-    v[0]["fired"].as_u64().unwrap_or(0)
+fn fired_of(stdout: &str) -> u64 {
+    report_of(stdout)["fired"].as_u64().unwrap_or(0)
 }
 
 /// `sluice sim` with `n` contacts and nothing else, no rate limit in the way.
@@ -430,12 +426,12 @@ async fn actions_latency() {
         });
         let args = run_args(&dir);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (wall, cpu, rss, err) = tokio::task::block_in_place(|| timed(&a, &dir));
+        let (wall, cpu, rss, out) = tokio::task::block_in_place(|| timed(&a, &dir));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = other_task {
             let _ = t.await;
         }
-        let rep = report_of(&err);
+        let rep = report_of(&out);
         let audit = get_json(&client, &format!("{url}/_sim/audit")).await;
         let ours = |e: &&serde_json::Value| e["path"] != "/tags";
         let calls = audit.iter().filter(ours).count();

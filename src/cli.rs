@@ -25,6 +25,30 @@ use crate::telemetry::{self, LogFormat};
 
 pub use crate::plan::BUILTIN_INTERCOM;
 
+/// `println!` that returns an error instead of panicking when stdout is gone (`sluice … |
+/// head`): [`main`] ends such a run quietly. Every line the CLI prints to stdout goes
+/// through this macro or [`out!`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+/// `print!` through the same path as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout().lock(), $($arg)*)?
+    };
+}
+
+/// Whether an error is a write to a closed pipe (the reader, e.g. `head`, has exited).
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// sluice: YAML connectors and recipes that poll SaaS APIs and run actions.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, propagate_version = true)]
@@ -37,6 +61,10 @@ pub struct Cli {
         default_value = "sluice.yaml"
     )]
     pub config: PathBuf,
+    /// Whether `--config` (or SLUICE_CONFIG) was given: then a missing file is an error
+    /// wherever the config is read; the default `sluice.yaml` may be absent.
+    #[arg(skip)]
+    pub config_given: bool,
     /// Directory of connector definitions (default: ./connectors if present, else built-in).
     #[arg(long, global = true, env = "SLUICE_CONNECTORS")]
     pub connectors: Option<PathBuf>,
@@ -80,6 +108,10 @@ pub enum Command {
         /// Print the request that would be sent instead of sending it.
         #[arg(long)]
         dry_run: bool,
+        /// One JSON value per line (the output, or each request with `--dry-run`) instead
+        /// of indented JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run one trigger and print matching records as JSON lines.
     Poll {
@@ -124,9 +156,14 @@ pub enum Command {
             required_unless_present = "sample_from"
         )]
         sample: Option<PathBuf>,
-        /// Take the newest real record of the trigger from this connection instead.
+        /// Take a real record of the trigger from this connection instead: the newest one
+        /// that passes the recipe's filter (or the newest of all when none does).
         #[arg(long)]
         sample_from: Option<String>,
+        /// With `--sample-from`: the record with this id (among those the trigger returns
+        /// in the last year).
+        #[arg(long, requires = "sample_from")]
+        record: Option<String>,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -144,9 +181,12 @@ pub enum Command {
         /// Only this recipe (with `--once`).
         #[arg(long, requires = "once")]
         recipe: Option<String>,
-        /// Print the summary as JSON (with `--once`).
+        /// Print the reports as JSON on stdout, on its last line (with `--once`).
         #[arg(long, requires = "once")]
         json: bool,
+        /// Exit 1 when the run created dead letters (with `--once`; for CI).
+        #[arg(long, requires = "once")]
+        fail_on_dead_letters: bool,
         /// Where the sidecar serves `/livez`, `/readyz`, `/metrics` and its admin API. Any
         /// address other than loopback needs SLUICE_ADMIN_TOKEN.
         #[arg(
@@ -193,6 +233,12 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Show sluice working against the built-in Intercom simulator (no account needed).
     Demo,
+    /// Print a shell completion script: `sluice completions bash > ~/.local/share/bash-completion/completions/sluice`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `state` subcommands.
@@ -219,16 +265,22 @@ pub enum StateCommand {
 /// `dead-letters` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterCommand {
-    /// One line per dead letter.
+    /// One line per dead letter, oldest first.
     List {
         /// Only this recipe.
         #[arg(long)]
         recipe: Option<String>,
+        /// A JSON array of the letters (with their ids).
+        #[arg(long)]
+        json: bool,
     },
     /// Everything about one dead letter (record, failed step, error, request).
     Show {
         /// Its id (from `list`).
         id: u64,
+        /// The stored letter as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Run the record's chain again from the step that failed.
     Replay {
@@ -246,10 +298,15 @@ pub enum DeadLetterCommand {
 #[derive(Debug, Subcommand)]
 pub enum ConnectorsCommand {
     /// One line per connector.
-    List,
-    /// Every trigger and action of a connector, with inputs and outputs.
+    List {
+        /// A JSON array: id, title, trigger and action names.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every trigger and action of a connector, with inputs and outputs; or one of them
+    /// (`intercom.create_contact`).
     Show {
-        /// Connector id.
+        /// Connector id, or `<connector>.<trigger or action>`.
         id: String,
         /// Machine-readable output.
         #[arg(long)]
@@ -259,8 +316,17 @@ pub enum ConnectorsCommand {
 
 /// Parses arguments from the process and runs the command.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let mut cli = match parsed {
+        Ok((mut c, m)) => {
+            c.config_given = m
+                .value_source("config")
+                .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+            c
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -270,13 +336,18 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    let level = cli.log.clone().unwrap_or_else(|| {
+    let level = cli.log.take().unwrap_or_else(|| {
         match cli.command {
             Command::Run { .. } => "info",
             _ => "warn",
         }
         .to_string()
     });
+    if let Err(why) = telemetry::check_filter(&level) {
+        eprintln!("error: --log `{level}`: {why}");
+        return ExitCode::from(2);
+    }
+    cli.log = Some(level.clone());
     telemetry::init(cli.log_format, &level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -291,6 +362,8 @@ pub fn main() -> ExitCode {
     let format = cli.log_format;
     match rt.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of our stdout has gone (`| head`): it has what it wanted.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             telemetry::line(format, "ERROR", &format!("error: {e:#}"), None);
             ExitCode::from(2)
@@ -306,7 +379,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             connection,
             with,
             dry_run,
-        } => cmd_call(&cli, action, connection, with, *dry_run).await,
+            json,
+        } => cmd_call(&cli, action, connection, with, *dry_run, *json).await,
         Command::Poll {
             trigger,
             connection,
@@ -317,28 +391,62 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Connectors { command } => {
             let connectors = load_connectors(&cli)?;
             match command {
-                ConnectorsCommand::List => {
-                    let mut out = std::io::stdout().lock();
+                ConnectorsCommand::List { json } => {
+                    if *json {
+                        let list: Vec<Value> = connectors
+                            .iter()
+                            .map(|c| {
+                                json!({
+                                    "id": c.id,
+                                    "title": c.api.title,
+                                    "triggers": c.triggers.keys().collect::<Vec<_>>(),
+                                    "actions": c.actions.keys().collect::<Vec<_>>(),
+                                })
+                            })
+                            .collect();
+                        outln!("{}", serde_json::to_string_pretty(&list)?);
+                        return Ok(ExitCode::SUCCESS);
+                    }
                     for c in &connectors {
-                        writeln!(
-                            out,
+                        outln!(
                             "{:<12} {} ({} triggers, {} actions)",
                             c.id,
                             c.api.title,
                             c.triggers.len(),
                             c.actions.len()
-                        )?;
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 ConnectorsCommand::Show { id, json } => {
                     // The reference is the connector file's own documentation: its spec.
-                    let c = connector_spec(&cli, find_connector(&connectors, id)?)?;
+                    let (cid, entry) = match id.split_once('.') {
+                        Some((c, e)) => (c, Some(e)),
+                        None => (id.as_str(), None),
+                    };
+                    let c = connector_spec(&cli, find_connector(&connectors, cid)?)?;
                     let c = &c;
-                    if *json {
-                        println!("{}", serde_json::to_string_pretty(&describe(c))?);
-                    } else {
-                        print!("{}", describe_text(c));
+                    match entry {
+                        None if *json => {
+                            outln!("{}", serde_json::to_string_pretty(&describe(c))?)
+                        }
+                        None => out!("{}", describe_text(c)),
+                        Some(name) => {
+                            let Some((v, text)) = describe_one(c, name) else {
+                                let names = c.triggers.keys().chain(c.actions.keys());
+                                let hint = spec::did_you_mean(name, names.map(String::as_str))
+                                    .map(|s| format!("; did you mean `{cid}.{s}`?"))
+                                    .unwrap_or_else(|| {
+                                        format!("; see `sluice connectors show {cid}`")
+                                    });
+                                bail!("connector `{cid}` has no trigger or action `{name}`{hint}");
+                            };
+                            if *json {
+                                outln!("{}", serde_json::to_string_pretty(&v)?);
+                            } else {
+                                out!("{text}");
+                            }
+                        }
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -349,13 +457,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             recipe,
             sample,
             sample_from,
+            record,
             json,
         } => {
             cmd_test(
                 &cli,
                 recipe,
                 sample.as_deref(),
-                sample_from.as_deref(),
+                sample_from.as_deref().map(|c| (c, record.as_deref())),
                 *json,
             )
             .await
@@ -364,8 +473,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             once: true,
             recipe,
             json,
+            fail_on_dead_letters,
             ..
-        } => cmd_run_once(&cli, recipe.as_deref(), *json).await,
+        } => cmd_run_once(&cli, recipe.as_deref(), *json, *fail_on_dead_letters).await,
         Command::Run {
             listen,
             shutdown_timeout,
@@ -373,6 +483,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             max_cycles,
             ..
         } => {
+            if cli.config_given && !cli.config.exists() {
+                bail!("the config file `{}` does not exist", cli.config.display());
+            }
             let secs = plan::parse_duration(shutdown_timeout)
                 .map_err(|m| anyhow!("--shutdown-timeout: {m}"))?;
             crate::sidecar::run(crate::sidecar::Options {
@@ -390,13 +503,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::State { command } => cmd_state(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
         Command::Schema => {
-            println!("{}", recipe_schema());
+            outln!("{}", recipe_schema());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
             let connectors = load_connectors(&cli)?;
             let report = crate::demo::run(&connectors, &cli.recipes).await?;
-            print!("{report}");
+            out!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Generated into memory, then written like any output (a closed pipe is quiet).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "sluice", &mut script);
+            std::io::stdout().lock().write_all(&script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Sim(args) => {
@@ -424,6 +545,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 fn config_source(cli: &Cli) -> Result<Option<(PathBuf, String)>> {
     match std::fs::read_to_string(&cli.config) {
         Ok(text) => Ok(Some((cli.config.clone(), text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && cli.config_given => Err(anyhow!(
+            "the config file `{}` does not exist (--config / SLUICE_CONFIG)",
+            cli.config.display()
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(anyhow!(
             "cannot read the config file `{}`: {e}",
@@ -520,7 +645,12 @@ fn recipe_query(recipe: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitCode> {
+async fn cmd_run_once(
+    cli: &Cli,
+    only: Option<&str>,
+    json: bool,
+    fail_on_dead_letters: bool,
+) -> Result<ExitCode> {
     let reports: Vec<crate::engine::CycleReport> = match backend(cli).await? {
         Backend::Local(store) => run_once_here(cli, only, store).await?,
         Backend::Sidecar(client) => {
@@ -534,11 +664,10 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
         }
     };
     let failed = reports.iter().any(|r| r.error.is_some());
-    if json && cli.log_format == LogFormat::Json {
-        // Only JSON lines: the reports on one.
-        eprintln!("{}", serde_json::to_string(&reports)?);
-    } else if json {
-        eprintln!("{}", serde_json::to_string_pretty(&reports)?);
+    let dead: u64 = reports.iter().map(|r| r.dead_letters).sum();
+    if json {
+        // On stdout's last line, after any `emit` lines: `| tail -n 1 | jq`.
+        outln!("{}", serde_json::to_string(&reports)?);
     } else if cli.log_format == LogFormat::Json {
         for r in &reports {
             telemetry::line(
@@ -559,6 +688,17 @@ async fn cmd_run_once(cli: &Cli, only: Option<&str>, json: bool) -> Result<ExitC
                 eprintln!("  error: {e}");
             }
         }
+    }
+    if fail_on_dead_letters && dead > 0 {
+        if !failed {
+            telemetry::line(
+                cli.log_format,
+                "ERROR",
+                &format!("error: the run created {dead} dead letter(s) (--fail-on-dead-letters); see `sluice dead-letters list`"),
+                None,
+            );
+        }
+        return Ok(ExitCode::from(1));
     }
     Ok(if failed {
         ExitCode::from(1)
@@ -668,16 +808,16 @@ async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
                 )?,
             };
             if *json {
-                println!("{}", serde_json::to_string_pretty(&states)?);
+                outln!("{}", serde_json::to_string_pretty(&states)?);
             } else if states.is_empty() {
-                println!(
+                outln!(
                     "no recipe has run yet (state directory `{}`)",
                     cli.state_dir.display()
                 );
             } else {
                 for v in &states {
                     let s = &v.state;
-                    println!(
+                    outln!(
                         "{}: cursor {} (floor {}), {} dedupe keys, {} under way, {} dead letters",
                         s["recipe"].as_str().unwrap_or(""),
                         fmt_ts(s["checkpoint"]["cursor"].as_i64()),
@@ -687,7 +827,7 @@ async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
                         s["dead_letters"]
                     );
                     for e in &v.journal {
-                        println!("  under way: {} (done: {})", e.key, json!(e.steps_done));
+                        outln!("  under way: {} (done: {})", e.key, json!(e.steps_done));
                     }
                 }
             }
@@ -715,7 +855,7 @@ async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::from(1));
             }
-            println!("reset `{recipe}`: its next run starts from its `start_from`");
+            outln!("reset `{recipe}`: its next run starts from its `start_from`");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -724,7 +864,7 @@ async fn cmd_state(cli: &Cli, command: &StateCommand) -> Result<ExitCode> {
 async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<ExitCode> {
     let backend = backend(cli).await?;
     match command {
-        DeadLetterCommand::List { recipe } => {
+        DeadLetterCommand::List { recipe, json } => {
             let all: Vec<crate::admin::Letter> = match &backend {
                 Backend::Local(store) => {
                     crate::admin::dead_letters(store.as_ref(), recipe.as_deref())?
@@ -737,12 +877,16 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                     .await?,
                 )?,
             };
+            if *json {
+                outln!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if all.is_empty() {
-                println!("no dead letters");
+                outln!("no dead letters");
             }
             for l in all {
                 let d = &l.letter;
-                println!(
+                outln!(
                     "{:>6}  {}  {}  step `{}`  {}  {}",
                     l.id,
                     fmt_ts(Some(d.at)),
@@ -754,7 +898,7 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             }
             Ok(ExitCode::SUCCESS)
         }
-        DeadLetterCommand::Show { id } => {
+        DeadLetterCommand::Show { id, json } => {
             let found = match &backend {
                 Backend::Local(store) => store.dead_letter(*id)?.map(serde_json::to_value),
                 Backend::Sidecar(c) => match c.get(&format!("/api/dead-letters/{id}")).await {
@@ -770,7 +914,13 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             };
             match found {
                 Some(d) => {
-                    println!("{}", serde_json::to_string_pretty(&d?)?);
+                    let d = d?;
+                    if *json {
+                        outln!("{}", serde_json::to_string_pretty(&d)?);
+                    } else {
+                        let letter: crate::store::DeadLetter = serde_json::from_value(d)?;
+                        out!("{}", dead_letter_text(*id, &letter));
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
@@ -791,7 +941,7 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                 }
             };
             if dropped {
-                println!("dropped dead letter {id}");
+                outln!("dropped dead letter {id}");
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("error: no dead letter {id}");
@@ -835,7 +985,7 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                 }
             };
             if outcome.finished {
-                println!("{}", outcome.message);
+                outln!("{}", outcome.message);
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("{}", outcome.message);
@@ -843,6 +993,60 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             }
         }
     }
+}
+
+/// `dead-letters show ID` for people: what failed and why, the request, the steps that had
+/// finished, then the record.
+pub fn dead_letter_text(id: u64, d: &crate::store::DeadLetter) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "dead letter {id}");
+    let _ = writeln!(out, "  recipe      {}", d.recipe);
+    let _ = writeln!(
+        out,
+        "  record      {} (cursor {})",
+        d.key,
+        fmt_ts(Some(d.ts))
+    );
+    let _ = writeln!(out, "  failed at   {}", fmt_ts(Some(d.at)));
+    let _ = writeln!(out, "  step        {}", d.failed_step);
+    let class = serde_json::to_value(d.class)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  class       {class}");
+    if let Some(r) = &d.request {
+        let status = d.status.map(|s| format!(" -> {s}")).unwrap_or_default();
+        let _ = writeln!(out, "  request     {r}{status}");
+    }
+    let _ = writeln!(out, "  error       {}", d.error);
+    if d.done.is_empty() {
+        let _ = writeln!(out, "  done before none (replay starts at the first step)");
+    } else {
+        let done: Vec<String> = d
+            .done
+            .iter()
+            .map(|s| {
+                if s.skipped {
+                    format!("{} (skipped)", s.step)
+                } else {
+                    s.step.clone()
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "  done before {}", done.join(", "));
+    }
+    let record = serde_json::to_string_pretty(&d.record).unwrap_or_default();
+    let _ = writeln!(out, "  record:");
+    for l in record.lines() {
+        let _ = writeln!(out, "    {l}");
+    }
+    let _ = writeln!(
+        out,
+        "next: `sluice dead-letters replay {id}` runs it again from step `{}`; `sluice dead-letters drop {id}` forgets it",
+        d.failed_step
+    );
+    out
 }
 
 /// The JSON Schema of recipe files, generated from the types the parser uses.
@@ -855,7 +1059,7 @@ async fn cmd_test(
     cli: &Cli,
     file: &Path,
     sample: Option<&Path>,
-    sample_from: Option<&str>,
+    sample_from: Option<(&str, Option<&str>)>,
     json: bool,
 ) -> Result<ExitCode> {
     let text = std::fs::read_to_string(file)
@@ -900,15 +1104,27 @@ async fn cmd_test(
                 .with_context(|| format!("the sample `{}` is not valid JSON", p.display()))?;
             crate::dryrun::Sample::from_json(v).map_err(|e| anyhow!("{}: {e}", p.display()))?
         }
-        (None, Some(name)) => {
+        (None, Some((name, wanted))) => {
             let conn = open_connection(cli, name)?;
-            match newest_record(&conn, &recipe).await? {
-                Some(record) => crate::dryrun::Sample {
+            let t = format!("{}.{}", recipe.connector.id, recipe.trigger_id);
+            match (pick_record(&conn, &recipe, wanted).await?, wanted) {
+                (Picked::Passing(record), _) => crate::dryrun::Sample {
                     record,
                     steps: Map::new(),
                 },
-                None => {
-                    eprintln!("error: trigger `{}.{}` returned no record in the last year on connection `{name}`", recipe.connector.id, recipe.trigger_id);
+                (Picked::NonePasses(record), _) => {
+                    eprintln!("note: no record of `{t}` in the last year passes the filter; showing the newest");
+                    crate::dryrun::Sample {
+                        record,
+                        steps: Map::new(),
+                    }
+                }
+                (Picked::Nothing, Some(id)) => {
+                    eprintln!("error: trigger `{t}` returned no record `{id}` in the last year on connection `{name}`");
+                    return Ok(ExitCode::from(1));
+                }
+                (Picked::Nothing, None) => {
+                    eprintln!("error: trigger `{t}` returned no record in the last year on connection `{name}`");
                     return Ok(ExitCode::from(1));
                 }
             }
@@ -923,7 +1139,7 @@ async fn cmd_test(
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
+        outln!("{}", serde_json::to_string_pretty(&plan)?);
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = std::io::stdout().lock();
@@ -975,10 +1191,26 @@ async fn cmd_test(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The newest record the recipe's trigger returns, looking back one hour, then a day, a week,
-/// a month and a year.
-async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Option<Value>> {
-    let now = chrono::Utc::now().timestamp();
+/// What `--sample-from` found.
+enum Picked {
+    /// The record asked for, or the newest that passes the filter.
+    Passing(Value),
+    /// No record passes the filter: the newest of all.
+    NonePasses(Value),
+    /// No record (with that id).
+    Nothing,
+}
+
+/// The record `--sample-from` shows: the one with id `wanted`, else the newest the recipe's
+/// trigger returns that passes its filter, looking back one hour, then a day, a week, a month
+/// and a year; when none passes, the newest of all.
+async fn pick_record(
+    conn: &Connection,
+    recipe: &plan::Recipe,
+    wanted: Option<&str>,
+) -> Result<Picked> {
+    let now = conn.server_now().await;
+    let mut newest = None;
     for window in [3600, 86_400, 7 * 86_400, 30 * 86_400, 365 * 86_400] {
         let mut poll = crate::trigger::Poll::start(
             conn,
@@ -988,20 +1220,28 @@ async fn newest_record(conn: &Connection, recipe: &plan::Recipe) -> Result<Optio
         )
         .await
         .map_err(|e| anyhow!("{e}"))?;
-        let mut last = None;
+        // Oldest first: the last passing record seen is the newest.
+        let mut passing = None;
         while let Some(page) = poll.next_page().await.map_err(|e| anyhow!("{e}"))? {
-            if let Some(r) = page.into_iter().last() {
-                last = Some(r);
+            for r in page {
+                let v = r.to_value().map_err(|e| anyhow!(e))?;
+                if let Some(id) = wanted {
+                    if crate::trigger::id_of(recipe.trigger(), &v).as_deref() == Some(id) {
+                        return Ok(Picked::Passing(v));
+                    }
+                    continue;
+                }
+                if crate::dryrun::passes(recipe, &v).unwrap_or(false) {
+                    passing = Some(v.clone());
+                }
+                newest = Some(v);
             }
         }
-        if last.is_some() {
-            return last
-                .map(|r| r.to_value())
-                .transpose()
-                .map_err(|e| anyhow!(e));
+        if let Some(v) = passing {
+            return Ok(Picked::Passing(v));
         }
     }
-    Ok(None)
+    Ok(newest.map_or(Picked::Nothing, Picked::NonePasses))
 }
 
 /// The connectors directory: `--connectors`, else `./connectors` if it exists (`None`: the
@@ -1104,6 +1344,10 @@ pub fn open_connection(cli: &Cli, name: &str) -> Result<Connection> {
         Some(c) => Connection::new(c),
         None => match plan.unavailable.iter().find(|(n, _)| n == name) {
             Some((_, why)) => Err(anyhow!("{why}")),
+            None if !cli.config.exists() => Err(anyhow!(
+                "no connection `{name}`: the config file `{}` does not exist (--config, SLUICE_CONFIG)",
+                cli.config.display()
+            )),
             None => {
                 let names: Vec<&str> = plan
                     .connections
@@ -1139,7 +1383,15 @@ async fn cmd_call(
     connection: &str,
     with: &str,
     dry_run: bool,
+    json: bool,
 ) -> Result<ExitCode> {
+    let show = |v: &Value| {
+        if json {
+            serde_json::to_string(v)
+        } else {
+            serde_json::to_string_pretty(v)
+        }
+    };
     let connectors = load_connectors(cli)?;
     let (connector, name) = resolve_ref(&connectors, action_ref, "action")?;
     let action = find_named(&connector.actions, &name, "action", &connector.id)?;
@@ -1155,14 +1407,14 @@ async fn cmd_call(
         let conn = open_connection(cli, connection)?;
         for r in &prepared.requests {
             let shown = crate::dryrun::describe_request(&conn, r).map_err(|e| anyhow!(e))?;
-            println!("{}", serde_json::to_string_pretty(&shown)?);
+            outln!("{}", show(&shown)?);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let conn = open_connection(cli, connection)?;
     match crate::action::execute(&conn, action, &input).await {
         Ok(out) => {
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", show(&out)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -1373,7 +1625,7 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     }
     diag::sort(&mut diags);
     if json {
-        println!("{}", serde_json::to_string_pretty(&diags)?);
+        outln!("{}", serde_json::to_string_pretty(&diags)?);
     } else {
         for d in &diags {
             eprintln!("{d}");
@@ -1388,7 +1640,7 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     if !json {
-        println!(
+        outln!(
             "ok: {} connector(s), {} trigger(s), {} action(s), {} recipe(s) in {} file(s)",
             counts.0,
             counts.1,
@@ -1522,6 +1774,54 @@ fn describe_fields(
     }
 }
 
+/// One trigger or action of a connector (`connectors show intercom.create_contact`): its
+/// machine-readable entry and its text, as in the whole reference.
+pub fn describe_one(c: &spec::ConnectorSpec, name: &str) -> Option<(Value, String)> {
+    let full = describe(c);
+    let cid = &c.header.id;
+    let mut text = String::new();
+    let entry = if let Some(t) = c.triggers.get(name) {
+        describe_trigger(&mut text, cid, name, t);
+        full["triggers"]
+            .as_array()?
+            .iter()
+            .find(|t| t["id"] == name)?
+            .clone()
+    } else if let Some(a) = c.actions.get(name) {
+        describe_action(&mut text, cid, name, a);
+        full["actions"]
+            .as_array()?
+            .iter()
+            .find(|a| a["id"] == name)?
+            .clone()
+    } else {
+        return None;
+    };
+    // The entry stands alone: drop the blank line that separates entries in the reference.
+    Some((entry, text.trim_start_matches('\n').to_string()))
+}
+
+fn describe_trigger(out: &mut String, cid: &str, id: &str, t: &spec::TriggerSpec) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "\n  {cid}.{id} — {}", t.title);
+    let _ = writeln!(out, "    {}", t.description.trim());
+    let _ = writeln!(
+        out,
+        "    fires once per key `{}`; looks back {}",
+        t.dedupe_key, t.lookback
+    );
+    describe_fields(out, "options", &t.options);
+    describe_fields(out, "outputs", &t.outputs);
+}
+
+fn describe_action(out: &mut String, cid: &str, id: &str, a: &spec::ActionSpec) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "\n  {cid}.{id} — {}", a.title);
+    let _ = writeln!(out, "    {}", a.description.trim());
+    describe_fields(out, "inputs", &a.inputs);
+    describe_fields(out, "outputs", &a.outputs);
+}
+
 /// The human-readable reference of a connector.
 pub fn describe_text(c: &spec::ConnectorSpec) -> String {
     use std::fmt::Write as _;
@@ -1552,22 +1852,15 @@ pub fn describe_text(c: &spec::ConnectorSpec) -> String {
     }
     let _ = writeln!(out, "\nTRIGGERS ({})", c.triggers.len());
     for (id, t) in &c.triggers {
-        let _ = writeln!(out, "\n  {cid}.{id} — {}", t.title);
-        let _ = writeln!(out, "    {}", t.description.trim());
-        let _ = writeln!(
-            out,
-            "    fires once per key `{}`; looks back {}",
-            t.dedupe_key, t.lookback
-        );
-        describe_fields(&mut out, "options", &t.options);
-        describe_fields(&mut out, "outputs", &t.outputs);
+        describe_trigger(&mut out, cid, id, t);
     }
     let _ = writeln!(out, "\nACTIONS ({})", c.actions.len());
     for (id, a) in &c.actions {
-        let _ = writeln!(out, "\n  {cid}.{id} — {}", a.title);
-        let _ = writeln!(out, "    {}", a.description.trim());
-        describe_fields(&mut out, "inputs", &a.inputs);
-        describe_fields(&mut out, "outputs", &a.outputs);
+        describe_action(&mut out, cid, id, a);
     }
+    let _ = writeln!(
+        out,
+        "\nOne entry: `sluice connectors show {cid}.<trigger or action>`."
+    );
     out
 }

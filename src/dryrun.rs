@@ -181,6 +181,14 @@ impl Executor for Recorder<'_> {
     }
 }
 
+/// Whether the recipe's filter lets `record` through (`true` without a filter).
+pub fn passes(recipe: &Recipe, record: &Value) -> Result<bool, String> {
+    let raw = RawValue::from_string(record.to_string())
+        .map_err(|e| format!("the record cannot be read: {e}"))?;
+    let ts = crate::trigger::cursor_of(recipe.trigger(), record).unwrap_or_default();
+    passes_filter(recipe, &mut Chain::new(raw, ts)).map_err(|f| format!("filter: {}", f.message))
+}
+
 /// Runs the recipe's own chain ([`crate::engine`]'s) for a sample, sending nothing.
 pub async fn run(rt: &Runtime, recipe: &Recipe, sample: &Sample) -> Result<DryRun, String> {
     let raw = RawValue::from_string(sample.record.to_string())

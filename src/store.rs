@@ -57,6 +57,9 @@ const LEGACY_DEDUPE_BY_TIME: u8 = b't';
 const JOURNAL: u8 = b'j';
 /// Key prefix of dead letters.
 const DEAD_LETTERS: u8 = b'x';
+/// The key of the highest dead-letter id given so far (ids count 1, 2, 3… and are never
+/// reused, a dropped letter's included).
+const DEAD_LETTER_SEQ: &[u8] = b"q\0dead-letters";
 /// Key prefix of the ids a scan trigger last listed (ns → [`KnownIds`]).
 const KNOWN_IDS: u8 = b'k';
 /// Key prefix of run history (ns + start time + id → a cycle report).
@@ -481,6 +484,8 @@ pub struct SledStore {
     history_rows: Mutex<HashMap<String, usize>>,
     /// Cycle reports kept per namespace ([`HISTORY_PER_NS`]).
     history_limit: usize,
+    /// The id the next dead letter gets.
+    next_dead_letter: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SledStore {
@@ -636,11 +641,25 @@ impl SledStore {
                 }
             }
         };
+        let tree = db.open_tree(TREE)?;
+        // After the highest id given (stored), or the highest letter kept (a store written
+        // before ids were counted, or a batch that stored a lower count last).
+        let given = tree
+            .get(DEAD_LETTER_SEQ)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let kept = tree
+            .scan_prefix([DEAD_LETTERS, 0])
+            .next_back()
+            .transpose()?
+            .and_then(|(k, _)| k.get(2..).and_then(|b| <[u8; 8]>::try_from(b).ok()))
+            .map_or(0, u64::from_be_bytes);
         let store = SledStore {
-            tree: db.open_tree(TREE)?,
+            tree,
             db,
             history_rows: Mutex::new(HashMap::new()),
             history_limit: HISTORY_PER_NS,
+            next_dead_letter: (given.max(kept) + 1).into(),
         };
         make_private(&dir.join(DB_NAME));
         store.migrate_legacy_dedupe()?;
@@ -694,7 +713,11 @@ impl SledStore {
                     ..d.clone()
                 })
             };
-            b.insert(dead_key(self.db.generate_id()?), encode(&d));
+            let id = self
+                .next_dead_letter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            b.insert(dead_key(id), encode(&d));
+            b.insert(DEAD_LETTER_SEQ, &id.to_be_bytes());
             b.remove(key(JOURNAL, ns, &d.key));
         }
         b.insert(cursor_key(ns), encode(&c.checkpoint));

@@ -32,6 +32,32 @@ pub fn line(format: LogFormat, level: &str, message: &str, extra: Option<serde_j
     }
 }
 
+/// Checks a `--log` value: comma-separated directives, each a level (`warn`) or
+/// `target=level` (`sluice=debug`, `sluice::http=trace`). A bare word that is not a level is
+/// refused: tracing would read it as a target name with every level on (`--log verbose`).
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let is_level = |s: &str| LEVELS.contains(&s.trim().to_ascii_lowercase().as_str());
+    if filter.trim().is_empty() {
+        return Err("empty; give a level: trace, debug, info, warn, error or off".into());
+    }
+    for d in filter.split(',') {
+        let ok = match d.rsplit_once('=') {
+            Some((target, level)) => !target.trim().is_empty() && is_level(level),
+            None => is_level(d),
+        };
+        if !ok {
+            return Err(format!(
+                "`{}` is not a level (trace, debug, info, warn, error, off) nor `target=level` (e.g. `sluice=debug`)",
+                d.trim()
+            ));
+        }
+    }
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive (`info`, `sluice=debug`).
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("warn"));

@@ -32,6 +32,8 @@
 //!   `PUT /tickets/{id}` adds a `ticket_state_updated_by_admin` part and sets `open` to
 //!   `category != resolved` unless `open` is given. Tickets also carry `tags` and `company_id`.
 //! - Deleting a company detaches its contacts without bumping their `updated_at`.
+//! - `GET /conversations/{id}?display_as=plaintext` answers the message and part bodies with
+//!   their HTML tags dropped (and `&lt; &gt; &amp;` decoded); any other value keeps HTML.
 //! - A `fail_next` rule with status 0 drops the connection; without a connection tap (router used
 //!   directly) a drop answers an empty 502.
 

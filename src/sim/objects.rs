@@ -286,6 +286,41 @@ pub(crate) fn linked_objects() -> Value {
 }
 
 /// Wraps plain text as the HTML Intercom stores (`<p>…</p>`), escaping markup characters.
+/// `?display_as=plaintext`: the conversation's message and part bodies as plain text (tags
+/// dropped, the entities `html_body` writes decoded).
+pub(crate) fn plaintext_bodies(conversation: &mut Value) {
+    fn plain(v: &mut Value) {
+        if let Some(html) = v.as_str() {
+            let mut out = String::with_capacity(html.len());
+            let mut in_tag = false;
+            for ch in html.chars() {
+                match ch {
+                    '<' => in_tag = true,
+                    '>' if in_tag => in_tag = false,
+                    c if !in_tag => out.push(c),
+                    _ => {}
+                }
+            }
+            let text = out
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&");
+            *v = Value::String(text);
+        }
+    }
+    if let Some(body) = conversation.pointer_mut("/source/body") {
+        plain(body);
+    }
+    if let Some(parts) = conversation
+        .pointer_mut("/conversation_parts/conversation_parts")
+        .and_then(Value::as_array_mut)
+    {
+        for body in parts.iter_mut().filter_map(|p| p.get_mut("body")) {
+            plain(body);
+        }
+    }
+}
+
 pub(crate) fn html_body(text: &str) -> String {
     if text.trim_start().starts_with('<') {
         return text.to_string();

@@ -488,7 +488,12 @@ fn route(
         ("POST", ["conversations", "search"]) => run_search(st, Kind::Conversation, obj(body)?),
         ("GET", ["conversations", id]) => st
             .cloned(Kind::Conversation, id)
-            .map(Out::Json)
+            .map(|mut c| {
+                if q(&pairs, "display_as") == Some("plaintext") {
+                    objects::plaintext_bodies(&mut c);
+                }
+                Out::Json(c)
+            })
             .ok_or_else(ApiError::resource_not_found),
         ("PUT", ["conversations", id]) => update_conversation(st, id, obj(body)?),
         ("DELETE", ["conversations", id]) => {

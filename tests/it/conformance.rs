@@ -765,12 +765,13 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         .map_or_else(|| convs[3].clone(), str::to_string);
     act(c, r, "update_conversation", "required", json!({"id": conv})).await;
     act(c, r, "update_conversation", "all", json!({"id": conv, "read": true, "title": "Billing question", "custom_attributes": {"issue_type": "Billing"}, "company_id": cfull})).await;
+    act(c, r, "find_conversation", "required", json!({"id": conv})).await;
     act(
         c,
         r,
         "find_conversation",
-        "required = all",
-        json!({"id": conv}),
+        "all",
+        json!({"id": conv, "display_as": "plaintext"}),
     )
     .await;
 
@@ -779,10 +780,26 @@ async fn conformance_all_actions_required_and_optional_inputs() {
         c,
         r,
         "create_tag",
-        "required = all",
+        "required",
         json!({"name": "Conformance"}),
     )
     .await);
+    act(
+        c,
+        r,
+        "create_tag",
+        "all: tag companies",
+        json!({"name": "Conformance", "companies": [{"id": cfull}, {"company_id": "conf-min"}]}),
+    )
+    .await;
+    act(
+        c,
+        r,
+        "create_tag",
+        "all: untag a company",
+        json!({"name": "Conformance", "companies": [{"id": cfull, "untag": true}]}),
+    )
+    .await;
     let two = json!([tags[0], tag]);
     act(
         c,

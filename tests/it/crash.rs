@@ -77,7 +77,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
             .arg(ws.path().join("recipes"))
             .arg("--state-dir")
             .arg(ws.path().join("state"));
-        c.stdout(Stdio::null()).stderr(Stdio::piped());
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     };
     let client = reqwest::Client::builder().build().unwrap();
@@ -112,7 +112,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_only_steps_in_fligh
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "run failed:\n{stderr}");
-        let reports = crate::util::reports_of(&stderr);
+        let reports = crate::util::reports_of(&String::from_utf8_lossy(&out.stdout));
         if reports[0]["fired"] == 0 && reports[0]["unfinished"] == 0 {
             finished = true;
             break;

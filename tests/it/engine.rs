@@ -222,7 +222,7 @@ async fn a_failing_step_makes_a_dead_letter_that_replays_from_that_step() {
         list.stdout
     );
     let dl_id = list.stdout.split_whitespace().next().unwrap().to_string();
-    let show = e.sluice(&["dead-letters", "show", &dl_id]).await;
+    let show = e.sluice(&["dead-letters", "show", &dl_id, "--json"]).await;
     let d = show.json();
     assert_eq!(d["failed_step"], "rename");
     assert_eq!(d["request"], format!("PUT /contacts/{id}"));
@@ -547,8 +547,11 @@ async fn a_record_updated_while_the_trigger_pages_is_not_missed_and_each_version
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
+    // The emitted lines, then the run reports on the last line.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (emitted, reports) = stdout.trim_end().rsplit_once('\n').unwrap();
+    assert_eq!(crate::util::reports_of(reports)[0]["recipe"], "versions");
+    let lines: Vec<String> = emitted
         .lines()
         .map(|l| serde_json::from_str::<String>(l).unwrap())
         .collect();
@@ -587,7 +590,10 @@ async fn a_filter_that_cannot_be_evaluated_makes_a_dead_letter_not_a_stuck_curso
         list.stdout
     );
     let dl_id = list.stdout.split_whitespace().next().unwrap().to_string();
-    let d = e.sluice(&["dead-letters", "show", &dl_id]).await.json();
+    let d = e
+        .sluice(&["dead-letters", "show", &dl_id, "--json"])
+        .await
+        .json();
     assert_eq!(d["record"]["id"], id.as_str());
 }
 
@@ -754,7 +760,7 @@ async fn sigterm_finishes_the_steps_under_way_and_exits_cleanly() {
         .arg(dir.join("recipes"))
         .arg("--state-dir")
         .arg(dir.join("state"))
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
     while e.count("POST", "/notes") < 40 {
@@ -770,7 +776,7 @@ async fn sigterm_finishes_the_steps_under_way_and_exits_cleanly() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let rep = crate::util::reports_of(&stderr)[0].clone();
+    let rep = crate::util::reports_of(&String::from_utf8_lossy(&out.stdout))[0].clone();
     assert_eq!(rep["interrupted"], true, "{rep}");
     assert!(rep["fired"].as_u64().unwrap() < 300, "{rep}");
     // The next run does the rest: every contact gets exactly one note.

@@ -493,3 +493,66 @@ async fn events_are_accepted_and_recorded() {
         r.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_tag_tags_and_untags_companies() {
+    let env = SimEnv::start(SimEnv::config(5, 3, 0, 0)).await;
+    let companies = env.sim().records(Kind::Company);
+    let (a, b) = (&companies[0], &companies[1]);
+    let vip = env
+        .ok(
+            "create_tag",
+            json!({"name": "VIP", "companies": [{"id": id(a)}, {"company_id": b["company_id"]}]}),
+        )
+        .await;
+    assert_eq!(vip["name"], "VIP");
+    let tagged = |c: &Value| tag_ids(&env.sim().record(Kind::Company, &id(c)).unwrap());
+    assert_eq!(tagged(a), [id(&vip)]);
+    assert_eq!(tagged(b), [id(&vip)]);
+    // The same call untags the items that say so; the tag is not created twice.
+    let again = env
+        .ok(
+            "create_tag",
+            json!({"name": "vip", "companies": [{"id": id(a), "untag": true}]}),
+        )
+        .await;
+    assert_eq!(id(&again), id(&vip));
+    assert!(tagged(a).is_empty());
+    assert_eq!(tagged(b), [id(&vip)]);
+    let req = env.audit().last().unwrap().clone();
+    assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/tags"));
+    // An unknown company is Intercom's 404, and fails the call.
+    let r = env
+        .call(
+            "create_tag",
+            json!({"name": "VIP", "companies": [{"id": "000000000000000000000000"}]}),
+        )
+        .await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("404"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_conversation_can_answer_in_plain_text() {
+    let env = SimEnv::start(SimEnv::config(3, 0, 0, 2)).await;
+    let conv = first(&env, Kind::Conversation);
+    let html = env.ok("find_conversation", json!({"id": id(&conv)})).await;
+    let body = html["source"]["body"].as_str().unwrap().to_string();
+    assert!(body.starts_with("<p>"), "{body}");
+    let plain = env
+        .ok(
+            "find_conversation",
+            json!({"id": id(&conv), "display_as": "plaintext"}),
+        )
+        .await;
+    let text = plain["source"]["body"].as_str().unwrap();
+    assert!(!text.contains('<') && !text.is_empty(), "{text}");
+    assert_eq!(format!("<p>{text}</p>"), body.replace("&amp;", "&"));
+    let r = env
+        .call(
+            "find_conversation",
+            json!({"id": id(&conv), "display_as": "html"}),
+        )
+        .await;
+    assert_eq!(r.code, 1, "refused before sending: {}", r.stderr);
+}

@@ -5,6 +5,7 @@ mod util;
 
 mod cli;
 mod conformance;
+mod conventions;
 mod crash;
 mod demo;
 mod docs;
@@ -17,6 +18,7 @@ mod intercom_errors;
 mod intercom_triggers;
 mod paths;
 mod polling;
+mod readme;
 mod recipes;
 mod sidecar;
 mod store;

@@ -22,6 +22,18 @@ pub fn sluice() -> Command {
     c
 }
 
+/// Compares `actual` with `tests/golden/<name>.expected`; `UPDATE_GOLDEN=1` rewrites the file
+/// (review the diff by eye).
+pub fn golden(name: &str, actual: &str) {
+    let file = root().join(format!("tests/golden/{name}.expected"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&file, actual).unwrap();
+    }
+    let want = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", file.display()));
+    assert_eq!(actual, want, "differs from {}", file.display());
+}
+
 /// What a finished command printed.
 pub struct Run {
     pub code: i32,
@@ -99,14 +111,15 @@ impl Workspace {
     }
 }
 
-/// The JSON run reports `run --once --json` writes on stderr (after any log lines).
-pub fn reports_of(stderr: &str) -> serde_json::Value {
-    let start = stderr
-        .find("\n[")
-        .map(|i| i + 1)
-        .or_else(|| stderr.starts_with('[').then_some(0))
-        .unwrap_or_else(|| panic!("no run report in:\n{stderr}"));
-    serde_json::from_str(&stderr[start..]).unwrap_or_else(|e| panic!("{e}: {stderr}"))
+/// The JSON run reports `run --once --json` writes on stdout's last line (after any `emit`
+/// lines).
+pub fn reports_of(stdout: &str) -> serde_json::Value {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no run report in an empty stdout"));
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: the last line of\n{stdout}"))
 }
 
 /// Runs a blocking command from async code.
@@ -239,12 +252,19 @@ impl SimEnv {
     }
 
     /// `run --once --json` over the workspace's recipes: the run and its reports by recipe id.
+    /// The run's stdout is what came before the reports' line (the `emit` lines).
     pub async fn run_once_in(
         &self,
         cwd: Option<&Path>,
     ) -> (Run, std::collections::BTreeMap<String, serde_json::Value>) {
-        let r = self.sluice_in(&["run", "--once", "--json"], cwd).await;
-        let reports = reports_of(&r.stderr);
+        let mut r = self.sluice_in(&["run", "--once", "--json"], cwd).await;
+        let reports = reports_of(&r.stdout);
+        let before = r
+            .stdout
+            .trim_end_matches('\n')
+            .rfind('\n')
+            .map_or(0, |i| i + 1);
+        r.stdout.truncate(before);
         let by_id = reports
             .as_array()
             .unwrap_or_else(|| panic!("a list of reports: {reports}"))
