@@ -1124,7 +1124,8 @@ async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
     // `run --once --recipe` has the sidecar run it now; its report reads as without one.
     sc.pause("chain@intercom").await;
     let fired = contact(&env, "now@x.io");
-    // A poll stops at the server's "now": a record of this very second is the next one's.
+    // A poll stops at the server's "now" (whole seconds of its `Date`, so up to a second
+    // behind): a record of this very second is the next one's.
     let created = env.sim().record(Kind::Contact, &fired).unwrap()["created_at"]
         .as_i64()
         .unwrap();
@@ -1132,7 +1133,7 @@ async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
         "the simulator's clock past the record",
         SOON,
         String::new,
-        || async { (env.sim().now() > created).then_some(()) },
+        || async { (env.sim().now() > created + 1).then_some(()) },
     )
     .await;
     let m0 = sc.metrics().await;
@@ -1145,12 +1146,13 @@ async fn state_and_dead_letter_commands_work_through_a_running_sidecar() {
         .unwrap_or_else(|| panic!("no summary line:\n{}", r.stderr));
     assert!(
         line.contains("fired 1 (0 resumed), finished 1") && line.contains(", cursor "),
-        "{line}"
+        "{line}\n{}",
+        sc.log()
     );
     assert_eq!(calls(&env, "POST", &format!("/contacts/{fired}/notes")), 1);
     let r = cli(&env, &["run", "--once", "--recipe", "chain", "--json"]).await;
     r.assert_ok();
-    let reps = crate::util::reports_of(&r.stderr);
+    let reps = crate::util::reports_of(&r.stdout);
     assert_eq!(reps[0]["fired"], 0, "{reps}");
     // A cycle run on demand is a cycle of the instance: the counters include it.
     let m1 = sc.metrics().await;
