@@ -1090,15 +1090,10 @@ impl Store for SledStore {
             None => prefix_end(&start),
         };
         let mut out = Vec::new();
-        let mut scanned = 0;
-        for item in self.tree.range(start.clone()..end).rev() {
-            if out.len() >= limit {
+        for (scanned, item) in self.tree.range(start.clone()..end).rev().enumerate() {
+            if out.len() >= limit || scanned >= max_scan {
                 return Ok((out, true));
             }
-            if scanned >= max_scan {
-                return Ok((out, true));
-            }
-            scanned += 1;
             let (k, v) = item?;
             let json = decode_history(&v)?;
             if keep(&json) {
