@@ -177,9 +177,7 @@ fn soak(rt: &tokio::runtime::Runtime) {
         )
         .expect("recipe");
     }
-    println!(
-        "soak: {n} recipe instances on `every: {every}s, jitter: {every}s` for {minutes} min"
-    );
+    println!("soak: {n} recipe instances on `every: {every}s, jitter: {every}s` for {minutes} min");
     let t_start = chrono::Utc::now().timestamp_millis();
     let mut sc = start_sidecar(&dir, &recipes, "sidecar.log");
     let t_ready = chrono::Utc::now().timestamp_millis();
