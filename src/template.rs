@@ -135,12 +135,16 @@ impl Template {
         if let Some(path) = single_path(src) {
             return Ok(Template::Path(path));
         }
+        // A single expression is parsed once, inside `json (…)` (the typed form); a syntax
+        // error is reported from the text as written.
+        if let Some(inner) = single_expression(src) {
+            if let Ok(typed) = compile_hb(&format!("{{{{json ({inner})}}}}")) {
+                check::template(&typed)?;
+                return Ok(Template::Expr(Box::new(typed), src.to_string()));
+            }
+        }
         let tpl = compile_hb(src)?;
         check::template(&tpl)?;
-        if let Some(inner) = single_expression(src) {
-            let typed = compile_hb(&format!("{{{{json ({inner})}}}}"))?;
-            return Ok(Template::Expr(Box::new(typed), src.to_string()));
-        }
         Ok(Template::Text(Box::new(tpl), src.to_string()))
     }
 

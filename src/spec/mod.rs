@@ -266,7 +266,7 @@ pub fn from_value<T: DeserializeOwned>(
     let mut removed: Vec<String> = Vec::new();
     // Every round removes one entry, so this ends; the bound is a backstop.
     for _ in 0..1000 {
-        let e = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        let e = match serde_path_to_error::deserialize::<_, T>(&value) {
             Ok(t) => return (complete.then_some(t), diags),
             Err(e) => e,
         };
