@@ -64,6 +64,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The files `sluice schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFile {
+    /// Recipe files (`recipes/*.yaml`).
+    Recipe,
+    /// The configuration file (`sluice.yaml`).
+    Config,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -134,8 +143,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the JSON Schema of recipe files (for editors: yaml-language-server).
-    Schema,
+    /// Print the JSON Schema of recipe files, completed with the connectors' triggers, actions
+    /// and inputs (for editors: yaml-language-server), or of `sluice.yaml`.
+    Schema {
+        /// Which file: `recipe` (default) or `config` (`sluice.yaml`).
+        #[arg(value_enum, default_value = "recipe")]
+        file: SchemaFile,
+        /// Only this connector's triggers and actions (default: every loaded connector).
+        #[arg(long)]
+        connector: Option<String>,
+    },
     /// Run recipes: as a long-running sidecar that keeps every recipe on its schedule (with
     /// `/livez`, `/readyz`, `/metrics` on `--listen`), or `--once`: one cycle of every recipe
     /// (or of `--recipe`) with a summary per recipe.
@@ -385,8 +402,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::State { command } => cmd_state(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
-        Command::Schema => {
-            println!("{}", recipe_schema());
+        Command::Schema { file, connector } => {
+            let mut connectors = load_connectors(&cli)?;
+            if let Some(id) = connector {
+                connectors = vec![find_connector(&connectors, id)?.clone()];
+            }
+            let schema = match file {
+                SchemaFile::Recipe => crate::schema::recipe(&connectors),
+                SchemaFile::Config => crate::schema::config(&connectors),
+            };
+            println!("{}", crate::schema::to_text(&schema));
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -835,12 +860,6 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
             }
         }
     }
-}
-
-/// The JSON Schema of recipe files, generated from the types the parser uses.
-pub fn recipe_schema() -> String {
-    let schema = schemars::schema_for!(spec::RecipeSpec);
-    serde_json::to_string_pretty(&schema).expect("invariant: a schema serialises")
 }
 
 async fn cmd_test(

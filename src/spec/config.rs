@@ -4,11 +4,13 @@
 //! environment when the plan is built.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The whole `sluice.yaml`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "sluice configuration (sluice.yaml)")]
 pub struct ConfigSpec {
     /// Connection name → how to reach one account of a service.
     #[serde(default)]
@@ -16,7 +18,7 @@ pub struct ConfigSpec {
 }
 
 /// One connection: which connector, which account, which credentials.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionSpec {
     /// Connector id (`intercom`).
@@ -60,7 +62,7 @@ pub struct ConnectionSpec {
 }
 
 /// Retry policy knobs.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Attempts for a retryable failure, the first included (default 5).

@@ -18,5 +18,6 @@ mod intercom_triggers;
 mod paths;
 mod polling;
 mod recipes;
+mod schema;
 mod store;
 mod validate;
