@@ -563,3 +563,177 @@ async fn expiring_tokens_are_refreshed_once_for_many_requests() {
         .collect();
     assert_eq!(expired.len(), 1);
 }
+
+/// The first 401 marks the token revoked and holds the sidecar's recipes on that connection:
+/// no further calls, readiness and `connections list` say why. `sluice connect` again (the
+/// sidecar still running) releases them, and they go on from their cursors: every contact
+/// fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_holds_recipes_until_connected_again() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let env = SimEnv::start(sluice::sim::SimConfig {
+        start_time: now,
+        frozen_clock: false,
+        ..SimEnv::config(0, 0, 0, 0)
+    })
+    .await;
+    let ws = oauth_ws(&env, "intercom", "intercom", "");
+    let recipes = ws.path().join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    let out = ws.path().join("out.jsonl");
+    std::fs::write(
+        recipes.join("watch.yaml"),
+        format!(
+            "id: watch\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{{{record.id}}}}\"\n      to: {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
+
+    let state = ws.path().join("state");
+    let log = ws.path().join("sidecar.log");
+    let mut c = cmd(&ws, &["run", "--listen", "127.0.0.1:0"], CLIENT_SECRET);
+    c.arg("--recipes")
+        .arg(&recipes)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sidecar = KillOnDrop(c.spawn().unwrap());
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let base = until("the sidecar's discovery file", &show_log, || {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(state.join("sidecar.json")).ok()?)
+                .ok()?;
+        Some(format!("http://{}", v["listen"].as_str()?))
+    })
+    .await;
+    let emitted = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<String>(l).ok())
+            .collect()
+    };
+    let contact = |email: &str| -> String {
+        env.sim()
+            .create(
+                sluice::sim::Kind::Contact,
+                json!({"email": email, "role": "user"}),
+            )
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = contact("a@example.com");
+    until("contact A to fire", &show_log, || {
+        emitted().contains(&a).then_some(())
+    })
+    .await;
+
+    // The workspace uninstalls the app.
+    sim_control(&env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
+    let b = contact("b@example.com");
+    let readyz = until("/readyz to name the revoked connection", &show_log, || {
+        let r = blocking_get(&format!("{base}/readyz"))?;
+        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
+    })
+    .await;
+    assert!(readyz.contains("sluice connect intercom"), "{readyz}");
+    let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    assert_eq!(list.json()[0]["state"], "revoked", "{}", list.stdout);
+    // Held: slots pass (owed) and nothing is sent.
+    until("two slots to pass while held", &show_log, || {
+        let (_, body) = blocking_get(&format!("{base}/api/status"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let i = &v["instances"][0];
+        (i["held"].is_string() && i["owed"].as_u64()? >= 2).then_some(())
+    })
+    .await;
+    let unauthorized = env
+        .sim()
+        .audit()
+        .iter()
+        .filter(|e| e.status == 401 && e.path != "/auth/eagle/token")
+        .count();
+    assert_eq!(unauthorized, 1, "calls after the first 401");
+    assert!(!emitted().contains(&b));
+
+    // Authorized again while the sidecar runs: it picks the token up and catches up.
+    connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
+    until("contact B to fire", &show_log, || {
+        emitted().contains(&b).then_some(())
+    })
+    .await;
+    until("/readyz to be ready", &show_log, || {
+        let r = blocking_get(&format!("{base}/readyz"))?;
+        (r.0 == 200).then_some(())
+    })
+    .await;
+    let all = emitted();
+    assert_eq!(
+        (
+            all.iter().filter(|x| **x == a).count(),
+            all.iter().filter(|x| **x == b).count()
+        ),
+        (1, 1),
+        "{all:?}"
+    );
+    let text = show_log();
+    for t in env.sim().oauth_tokens() {
+        assert!(!text.contains(&t), "the log shows a token");
+    }
+    let _ = sidecar.0.kill();
+    let _ = sidecar.0.wait();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `probe` every 50 ms until it gives a value; panics after 15 s naming `what`.
+async fn until<T>(what: &str, log: &dyn Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited for {what}:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A blocking GET for probes (status and body), without proxies: on a thread of its own,
+/// so that it can be called from a probe closure inside the test's runtime.
+fn blocking_get(url: &str) -> Option<(u16, String)> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .ok()?
+                .get(&url)
+                .send()
+                .await
+                .ok()?;
+            let status = r.status().as_u16();
+            Some((status, r.text().await.ok()?))
+        })
+    })
+    .join()
+    .ok()?
+}
