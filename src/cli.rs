@@ -25,6 +25,9 @@ use crate::telemetry::{self, LogFormat};
 
 pub use crate::plan::BUILTIN_INTERCOM;
 
+mod connections;
+pub use connections::ConnectionsCommand;
+
 /// `println!` that returns an error instead of panicking when stdout is gone (`sluice … |
 /// head`): [`main`] ends such a run quietly. Every line the CLI prints to stdout goes
 /// through this macro or [`out!`].
@@ -248,6 +251,28 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: DeadLetterCommand,
+    },
+    /// Authorize an `auth: oauth2` connection: prints (and on a desktop opens) the
+    /// provider's authorize URL, waits for the browser on a loopback port, stores the token
+    /// encrypted in the state directory.
+    Connect {
+        /// The connection's name in the config file.
+        name: String,
+        /// Only print the URL (also when no display is available).
+        #[arg(long)]
+        no_browser: bool,
+        /// The loopback port the browser comes back to (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// How long to wait for the browser.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+    /// Connections of the config file: list, check against the API, rotate the token key.
+    Connections {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConnectionsCommand,
     },
     /// Run the built-in Intercom simulator on loopback.
     Sim(crate::sim::SimArgs),
@@ -525,6 +550,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::State { command } => cmd_state(&cli, command).await,
+        Command::Connect {
+            name,
+            no_browser,
+            port,
+            timeout,
+        } => connections::cmd_connect(&cli, name, *no_browser, *port, timeout).await,
+        Command::Connections { command } => connections::cmd_connections(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
         Command::Schema { file, connector } => {
             let mut connectors = load_connectors(&cli)?;
@@ -746,7 +778,11 @@ async fn run_once_here(
     store: Arc<dyn Store>,
 ) -> Result<Vec<crate::engine::CycleReport>> {
     let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
-    let rt = Runtime::new(plan, store)?;
+    let rt = Runtime::with_credentials(
+        plan,
+        store,
+        Arc::new(crate::oauth::Credentials::new(&cli.state_dir)),
+    )?;
     // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
     // second signal exits at once (the journal makes that safe too).
     let (stop, shutdown) = crate::runtime::shutdown_channel();
@@ -999,7 +1035,11 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                         recipe_sources(cli, Some(d.recipe.split('@').next().unwrap_or(&d.recipe)))?,
                         plan::Secrets::Required,
                     )?;
-                    let rt = Runtime::new(plan, store)?;
+                    let rt = Runtime::with_credentials(
+                        plan,
+                        store,
+                        Arc::new(crate::oauth::Credentials::new(&cli.state_dir)),
+                    )?;
                     let Some(recipe) = rt
                         .plan()
                         .recipes

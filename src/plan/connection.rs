@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use super::Connector;
 use crate::diag::{Diagnostic, LocationIndex};
 use crate::secret::Secret;
-use crate::spec::ConfigSpec;
+use crate::spec::{ConfigSpec, ConnectionAuth, ConnectionSpec};
 
 /// Default limit on a response body, in MiB.
 pub const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
@@ -91,6 +91,8 @@ pub struct ConnectionPlan {
     pub connector: Arc<Connector>,
     /// Base URL, without a trailing `/`.
     pub base_url: String,
+    /// The region: configured, else the connector's default (also with a `base_url`).
+    pub region: String,
     /// The credential (never printed).
     pub token: Option<Secret>,
     /// The API version header's value, if the connector pins one.
@@ -109,6 +111,44 @@ pub struct ConnectionPlan {
     pub rate_share: f64,
     /// At most this many chains in flight on this connection, across recipes.
     pub concurrency: Option<usize>,
+    /// With `auth: oauth2`: the grant's URLs and client (the token is in the credential
+    /// store, not in the plan).
+    pub oauth: Option<Arc<OAuthPlan>>,
+}
+
+/// An OAuth2 connection's grant: where to authorize and exchange, and the app's client.
+#[derive(Debug)]
+pub struct OAuthPlan {
+    /// Browser URL where the user grants access (the connection's region; on the
+    /// connection's `base_url` when it sets one).
+    pub authorize_url: String,
+    /// URL where a code (or a refresh token) is exchanged for a token.
+    pub token_url: String,
+    /// Scopes to ask for.
+    pub scopes: Vec<String>,
+    /// Whether to use PKCE.
+    pub pkce: bool,
+    /// The client id, or the `${env:…}` text that is not set.
+    pub client_id: Result<String, String>,
+    /// The client secret, or the `${env:…}` text that is not set.
+    pub client_secret: Result<Secret, String>,
+}
+
+/// `url` with its scheme, host and port replaced by `base`'s (its path, query and fragment
+/// kept): a connection pointed at a proxy or the simulator authorizes there too.
+fn rebase(url: &str, base: &str) -> Option<String> {
+    let mut u = reqwest::Url::parse(url).ok()?;
+    let b = reqwest::Url::parse(base).ok()?;
+    u.set_scheme(b.scheme()).ok()?;
+    u.set_host(b.host_str()).ok()?;
+    u.set_port(b.port()).ok()?;
+    // A base URL with a path prefix (a proxy) keeps it in front of the grant's path.
+    let prefix = b.path().trim_end_matches('/');
+    if !prefix.is_empty() {
+        let path = format!("{prefix}{}", u.path());
+        u.set_path(&path);
+    }
+    Some(u.to_string())
 }
 
 /// How `${env:…}` references that are not set are treated.
@@ -291,6 +331,30 @@ pub fn build_connections(
             }
             None => None,
         };
+        let oauth = match spec.auth.unwrap_or(ConnectionAuth::Bearer) {
+            ConnectionAuth::Bearer => {
+                for (field, v) in [
+                    ("client_id", &spec.client_id),
+                    ("client_secret", &spec.client_secret),
+                ] {
+                    if v.is_some() {
+                        diags.push(
+                            Diagnostic::error(
+                                file,
+                                format!("connection `{name}`: `{field}` is only used with `auth: oauth2`"),
+                            )
+                            .at(index, &at(field))
+                            .warning()
+                            .help("add `auth: oauth2`, or remove the field"),
+                        );
+                    }
+                }
+                None
+            }
+            ConnectionAuth::Oauth2 => {
+                oauth_plan(name, spec, connector, file, index, env, &mut diags)
+            }
+        };
         let timezone = spec
             .timezone
             .as_ref()
@@ -421,6 +485,10 @@ pub fn build_connections(
             name: name.clone(),
             connector: connector.clone(),
             base_url: base_url.trim_end_matches('/').to_string(),
+            region: spec
+                .region
+                .clone()
+                .unwrap_or_else(|| h.default_region.clone()),
             token,
             api_version: spec
                 .api_version
@@ -434,6 +502,7 @@ pub fn build_connections(
             max_clock_skew,
             rate_share,
             concurrency: spec.concurrency,
+            oauth,
         });
     }
     BuiltConnections {
@@ -442,6 +511,111 @@ pub fn build_connections(
         unavailable,
         unset,
     }
+}
+
+/// The grant of an `auth: oauth2` connection; `None` (with an error) when it cannot be had.
+/// The client id and secret may be unset here: a stored token that does not expire needs
+/// neither, and `sluice connect` (or a refresh) names the variable when it does.
+fn oauth_plan(
+    name: &str,
+    spec: &ConnectionSpec,
+    connector: &Connector,
+    file: &Path,
+    index: &LocationIndex,
+    env: &dyn Fn(&str) -> Option<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<OAuthPlan>> {
+    let at = |field: &str| format!("connections.{name}.{field}");
+    let Some(grant) = &connector.api.oauth2 else {
+        diags.push(
+            Diagnostic::error(
+                file,
+                format!(
+                    "connection `{name}` has `auth: oauth2`, but connector `{}` offers no OAuth2 grant",
+                    connector.id
+                ),
+            )
+            .at(index, &at("auth"))
+            .help("use `auth: bearer` with a `token`"),
+        );
+        return None;
+    };
+    if spec.token.is_some() {
+        diags.push(
+            Diagnostic::error(
+                file,
+                format!("connection `{name}` has `auth: oauth2` and a `token`"),
+            )
+            .at(index, &at("token"))
+            .help(format!(
+                "remove `token`: `sluice connect {name}` obtains and stores the token"
+            )),
+        );
+        return None;
+    }
+    let mut client = |field: &str, v: &Option<String>| -> Option<Result<String, String>> {
+        let Some(raw) = v else {
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has `auth: oauth2` but no `{field}`"),
+                )
+                .at(index, &at("auth"))
+                .help(format!("add `{field}: ${{env:NAME}}`")),
+            );
+            return None;
+        };
+        if field == "client_secret" && !raw.contains("${env:") {
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has its client secret written in the file"),
+                )
+                .at(index, &at(field))
+                .warning()
+                .help("use `${env:NAME}` so the secret is not in a file"),
+            );
+        }
+        match resolve_env(raw, env) {
+            Ok(v) => Some(Ok(v)),
+            Err(EnvError::Missing(var)) => Some(Err(var)),
+            Err(EnvError::Syntax(m)) => {
+                diags.push(
+                    Diagnostic::error(file, format!("connection `{name}`: `{field}`: {m}"))
+                        .at(index, &at(field)),
+                );
+                None
+            }
+        }
+    };
+    let client_id = client("client_id", &spec.client_id);
+    let client_secret = client("client_secret", &spec.client_secret);
+    let (client_id, client_secret) = (client_id?, client_secret?);
+    let region = spec
+        .region
+        .as_deref()
+        .unwrap_or(&connector.api.default_region);
+    let (authorize, token) = grant
+        .regions
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(region))
+        .map_or(&grant.urls, |(_, v)| v);
+    let (authorize_url, token_url) = match &spec.base_url {
+        // Checked with the base URL itself; an `${env:…}` there is resolved the same way.
+        Some(base) => {
+            let base = resolve_env(base, env).ok()?;
+            (rebase(authorize, &base)?, rebase(token, &base)?)
+        }
+        None => (authorize.clone(), token.clone()),
+    };
+    Some(Arc::new(OAuthPlan {
+        authorize_url,
+        token_url,
+        scopes: grant.scopes.clone(),
+        pkce: grant.pkce,
+        client_id,
+        client_secret: client_secret.map(Secret::new),
+    }))
 }
 
 /// Why `${env:…}` could not be resolved.

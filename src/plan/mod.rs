@@ -20,10 +20,10 @@ pub mod api;
 pub mod connection;
 pub mod recipe;
 pub use api::{
-    Api, Cursor, ErrorRule, Field, FieldType, Granularity, Method, OnConflict, OnError, Pagination,
-    SendIn,
+    Api, Cursor, ErrorRule, Field, FieldType, Granularity, Method, OAuth2Api, OnConflict, OnError,
+    Pagination, SendIn,
 };
-pub use connection::{ConnId, ConnectionPlan, RetryPolicy, Secrets};
+pub use connection::{ConnId, ConnectionPlan, OAuthPlan, RetryPolicy, Secrets};
 pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, ScheduleKind, StartFrom, Step, StepAction};
 
 /// Everything a run needs, compiled from the connector, config and recipe files: the one
@@ -562,11 +562,31 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         if let AuthSpec::Oauth2AuthorizationCode {
             authorize_url,
             token_url,
+            regions,
             ..
         } = a
         {
             check_url(&mut cx, &format!("auth.{i}.authorize_url"), authorize_url);
             check_url(&mut cx, &format!("auth.{i}.token_url"), token_url);
+            for (r, urls) in regions {
+                if !h.regions.contains_key(r) {
+                    cx.err(
+                        &format!("auth.{i}.regions.{r}"),
+                        format!("`{r}` is not one of the connector's regions"),
+                        None,
+                    );
+                }
+                check_url(
+                    &mut cx,
+                    &format!("auth.{i}.regions.{r}.authorize_url"),
+                    &urls.authorize_url,
+                );
+                check_url(
+                    &mut cx,
+                    &format!("auth.{i}.regions.{r}.token_url"),
+                    &urls.token_url,
+                );
+            }
         }
     }
     check_rules(&mut cx, "errors", &h.errors);

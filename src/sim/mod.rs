@@ -34,6 +34,7 @@
 //! - Deleting a company detaches its contacts without bumping their `updated_at`.
 //! - `GET /conversations/{id}?display_as=plaintext` answers the message and part bodies with
 //!   their HTML tags dropped (and `&lt; &gt; &amp;` decoded); any other value keeps HTML.
+//! - OAuth (`GET /oauth`, `POST /auth/eagle/token`, `/_sim/oauth`): see `oauth`.
 //! - A `fail_next` rule with status 0 drops the connection; without a connection tap (router used
 //!   directly) a drop answers an empty 502.
 
@@ -42,6 +43,7 @@ mod clock;
 mod control;
 mod error;
 mod faults;
+mod oauth;
 mod objects;
 mod routes;
 mod search;
@@ -345,6 +347,11 @@ impl Sim {
         std::mem::replace(&mut st.in_flight.1, now)
     }
 
+    /// Every access token issued through OAuth and not revoked (tests check none leaks).
+    pub fn oauth_tokens(&self) -> Vec<String> {
+        oauth::issued(&self.lock())
+    }
+
     /// Sets the search index lag.
     pub fn set_search_lag(&self, secs: i64) {
         self.lock().config.search_lag_secs = secs.max(0);
@@ -538,6 +545,32 @@ async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
         set_header(&mut resp, "content-type", "application/json");
         set_header(&mut resp, "date", &http_date(sim.now()));
         return resp;
+    }
+    if path == "/oauth" || path == "/auth/eagle/token" {
+        let ct = parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        let answer = oauth::handle(
+            &mut sim.lock(),
+            &method,
+            &path,
+            query.as_deref(),
+            ct,
+            &bytes,
+        );
+        if let Some(r) = answer {
+            let mut resp = Response::new(Body::from(r.body));
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            set_header(&mut resp, "date", &http_date(sim.now()));
+            if let Some(l) = r.location {
+                set_header(&mut resp, "location", &l);
+            } else {
+                set_header(&mut resp, "content-type", "application/json");
+            }
+            return resp;
+        }
     }
     let latency = {
         let mut st = sim.lock();
