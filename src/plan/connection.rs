@@ -7,7 +7,7 @@
 //! located diagnostic; none stops the others. The runtime opens an `http::Connection` from a
 //! [`ConnectionPlan`] and never sees the spec.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,8 +85,10 @@ impl RetryPolicy {
 pub struct ConnectionPlan {
     /// Its handle.
     pub id: ConnId,
-    /// Its name in `sluice.yaml`.
+    /// Its name in `sluice.yaml` (or its connection file's stem).
     pub name: String,
+    /// Its labels (recipes may run for every connection with a label).
+    pub labels: Vec<String>,
     /// The connector it speaks.
     pub connector: Arc<Connector>,
     /// Base URL, without a trailing `/`.
@@ -174,6 +176,99 @@ pub struct BuiltConnections {
     pub unset: Vec<Diagnostic>,
 }
 
+/// One connection to build: its name, its spec and where it is written.
+#[derive(Debug, Clone)]
+pub struct ConnSource {
+    /// Its name: the key in `sluice.yaml`, or the connection file's stem.
+    pub name: String,
+    /// What the file says.
+    pub spec: ConnectionSpec,
+    /// The file it is written in.
+    pub file: PathBuf,
+    /// Positions in that file.
+    pub index: Arc<LocationIndex>,
+    /// Its field path in the file: `connections.<name>` in `sluice.yaml`, empty in a
+    /// connection file.
+    pub at: String,
+}
+
+/// The connections of `sluice.yaml` and of a connections directory, gathered by name.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// Connections to build, `sluice.yaml`'s first, then the files' in name order.
+    pub sources: Vec<ConnSource>,
+    /// Connections that cannot be built at all (a file that does not parse, a name defined
+    /// twice), with the first reason.
+    pub broken: Vec<(String, Diagnostic)>,
+    /// Every problem of the connection files, located (errors and warnings).
+    pub problems: Vec<Diagnostic>,
+}
+
+/// Gathers the connections of `sluice.yaml` (`config`) and of the connection files (each
+/// one connection named by its file stem). A name defined twice is an error, and neither
+/// definition is used: running recipes against the wrong workspace would be worse than not
+/// running them.
+pub fn gather(
+    config: Option<(&Path, &ConfigSpec, Arc<LocationIndex>)>,
+    files: &[(PathBuf, String)],
+) -> Gathered {
+    let mut g = Gathered::default();
+    if let Some((file, config, index)) = config {
+        for (name, spec) in &config.connections {
+            g.sources.push(ConnSource {
+                name: name.clone(),
+                spec: spec.clone(),
+                file: file.to_path_buf(),
+                index: index.clone(),
+                at: format!("connections.{name}"),
+            });
+        }
+    }
+    for (file, text) in files {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let (parsed, problems) = crate::spec::parse_connection_file(file, text);
+        let first_error = problems.iter().find(|d| d.is_error()).cloned();
+        g.problems.extend(problems);
+        let twice = g
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.file.as_path()))
+            .chain(g.broken.iter().map(|(n, d)| (n.as_str(), d.file.as_path())))
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f.to_path_buf());
+        if let Some(other) = twice {
+            let d = Diagnostic::error(
+                file,
+                format!(
+                    "connection `{name}` is also defined in `{}`",
+                    other.display()
+                ),
+            )
+            .help("give each connection one definition; neither is used until then");
+            g.problems.push(d.clone());
+            g.sources.retain(|s| s.name != name);
+            g.broken.push((name, d));
+            continue;
+        }
+        match (parsed, first_error) {
+            (Some((spec, index)), None) => g.sources.push(ConnSource {
+                name,
+                spec,
+                file: file.clone(),
+                index: Arc::new(index),
+                at: String::new(),
+            }),
+            (_, Some(d)) => g.broken.push((name, d)),
+            (None, None) => {}
+        }
+    }
+    g
+}
+
 /// Builds every connection of `config`. Connections with problems are left out, and each
 /// problem is a diagnostic located in `file` (warnings for things worth fixing that do not
 /// stop the connection from working).
@@ -185,17 +280,29 @@ pub fn build_connections(
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> BuiltConnections {
+    let g = gather(Some((file, config, Arc::new(index.clone()))), &[]);
+    build_connection_list(&g.sources, connectors, env, secrets)
+}
+
+/// Builds connections from wherever they are written ([`gather`]). Connections with
+/// problems are left out, and each problem is a diagnostic located in its file (warnings for
+/// things worth fixing that do not stop the connection from working).
+pub fn build_connection_list(
+    sources: &[ConnSource],
+    connectors: &[Arc<Connector>],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> BuiltConnections {
     let mut out = Vec::new();
     let mut diags = Vec::new();
     let mut unavailable: Vec<(String, Diagnostic)> = Vec::new();
     let mut unset: Vec<Diagnostic> = Vec::new();
-    for (name, spec) in &config.connections {
-        let at = |field: &str| {
-            if field.is_empty() {
-                format!("connections.{name}")
-            } else {
-                format!("connections.{name}.{field}")
-            }
+    for src in sources {
+        let (name, spec, file, index) = (&src.name, &src.spec, src.file.as_path(), &*src.index);
+        let at = |field: &str| match (src.at.is_empty(), field.is_empty()) {
+            (true, _) => field.to_string(),
+            (false, true) => src.at.clone(),
+            (false, false) => format!("{}.{field}", src.at),
         };
         let before = diags.iter().filter(|d: &&Diagnostic| d.is_error()).count();
         let Some(connector) = connectors.iter().find(|c| c.id == spec.connector) else {
@@ -483,6 +590,7 @@ pub fn build_connections(
         out.push(ConnectionPlan {
             id: ConnId(out.len()),
             name: name.clone(),
+            labels: spec.labels.clone(),
             connector: connector.clone(),
             base_url: base_url.trim_end_matches('/').to_string(),
             region: spec

@@ -41,6 +41,8 @@ pub struct Options {
     pub config: PathBuf,
     /// The connectors directory (`None`: the built-in connector).
     pub connectors: Option<PathBuf>,
+    /// The connection files' directory, if any (watched like the others).
+    pub connections: Option<PathBuf>,
     /// The recipes directory.
     pub recipes: PathBuf,
     /// The state directory.
@@ -246,7 +248,16 @@ fn health_of(loaded: &load::Loaded) -> Health {
             .plan
             .unavailable
             .iter()
-            .map(|(n, d)| (n.clone(), d.message.clone()))
+            .map(|(n, d)| {
+                // A connection file's problem names the file; `sluice.yaml`'s are as before.
+                let why = if d.file.file_stem().and_then(|s| s.to_str()) == Some(n.as_str()) {
+                    d.to_string()
+                } else {
+                    d.message.clone()
+                };
+                (n.clone(), why)
+            })
+            .chain(loaded.unreadable.iter().cloned())
             .collect(),
         auth: Vec::new(),
     }
@@ -318,6 +329,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     let mut loader = Loader::new(Paths {
         config: opts.config.clone(),
         connectors: opts.connectors.clone(),
+        connections: opts.connections.clone(),
         recipes: opts.recipes.clone(),
     });
     let loaded = loader.load().map_err(|errs| {

@@ -725,6 +725,7 @@ mod tests {
         crate::plan::build(crate::plan::Sources {
             connectors,
             config: Some(("sluice.yaml".into(), config.into())),
+            connection_files: Vec::new(),
             recipes: files,
             env: &|_| None,
             secrets: crate::plan::Secrets::Required,

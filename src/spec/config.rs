@@ -43,6 +43,10 @@ pub struct HistorySpec {
 pub struct ConnectionSpec {
     /// Connector id (`intercom`).
     pub connector: String,
+    /// Labels, for recipes that run for every connection with a label
+    /// (`connections: {label: customer}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Region name from the connector's `regions` (default: the connector's `default_region`).
     #[serde(default)]
     pub region: Option<String>,

@@ -511,6 +511,7 @@ async fn expiring_tokens_are_refreshed_once_for_many_requests() {
     let plan = sluice::plan::build(sluice::plan::Sources {
         connectors: vec![std::sync::Arc::new(connector)],
         config: Some((ws.config(), std::fs::read_to_string(ws.config()).unwrap())),
+        connection_files: vec![],
         recipes: vec![],
         env: &env_fn,
         secrets: sluice::plan::Secrets::Required,
