@@ -727,7 +727,7 @@ impl SledStore {
                 .path(dir.join(DB_NAME))
                 .flush_every_ms(Some(1000))
                 // sled's default page cache is 1 GiB; the state is small and mostly write-once.
-                .cache_capacity(8 * 1024 * 1024)
+                .cache_capacity(2 * 1024 * 1024)
                 .open();
             match opened {
                 Ok(db) => break db,
