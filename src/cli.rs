@@ -744,6 +744,12 @@ async fn run_once_here(
         task.abort();
         bar.finish_and_clear();
     }
+    // Keep the run history to its bounds (a sidecar does this in the background).
+    let store = rt.store()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    if let Err(e) = crate::history::prune_all(store, now, &rt.plan().retention, 1_000) {
+        tracing::warn!(error = %format!("{e:#}"), "The run history could not be pruned.");
+    }
     rt.log_rate_budgets();
     Ok(reports)
 }
@@ -1536,6 +1542,9 @@ fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> Result<ValidateCo
                         plan::Secrets::Optional,
                     );
                     diags.extend(built.problems);
+                    if let Some(h) = &config.history {
+                        plan::build_retention(&path, &index, h, diags);
+                    }
                     Some(
                         config
                             .connections

@@ -214,9 +214,17 @@ pub async fn run(rt: &Runtime, recipe: &Recipe, sample: &Sample) -> Result<DryRu
     // Outputs the sample mocks are what later steps see.
     let mut chain = Some(chain);
     let mut tally = Tally::default();
-    let outcome = run_chain(recipe, &rec, "dry-run", &mut chain, 0, &mut tally)
-        .await
-        .map_err(|e| format!("{e:#}"))?;
+    let outcome = run_chain(
+        recipe,
+        &rec,
+        "dry-run",
+        &mut chain,
+        0,
+        &mut tally,
+        &mut Vec::new(),
+    )
+    .await
+    .map_err(|e| format!("{e:#}"))?;
     let done = match (outcome, chain) {
         (Outcome::Finished, Some(c)) => c.done,
         (Outcome::Dead(d), _) => return Err(format!("step `{}`: {}", d.failed_step, d.error)),

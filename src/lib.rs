@@ -62,6 +62,7 @@ pub mod emit;
 pub mod engine;
 pub mod failure;
 pub(crate) mod governor;
+pub mod history;
 pub mod http;
 pub mod plan;
 pub mod record;

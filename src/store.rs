@@ -39,6 +39,8 @@ use anyhow::{anyhow, Context, Result};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::history::{Hourly, RecordRun, Retention, RunId};
 use serde_json::Value;
 use sled::transaction::{abort, TransactionError};
 
@@ -64,15 +66,21 @@ const DEAD_LETTER_SEQ: &[u8] = b"q\0dead-letters";
 const KNOWN_IDS: u8 = b'k';
 /// Key prefix of run history (ns + start time + id → a cycle report).
 const HISTORY: u8 = b'h';
+/// Key prefix of a run's record rows (ns + start time + run id + sequence → a [`RecordRun`]).
+const RECORD_RUNS: u8 = b'r';
+/// Key prefix of hourly counts (ns + hour start → [`Hourly`]).
+const HOURLY: u8 = b'y';
 /// The key spaces holding a namespace's state, keyed `kind \0 ns \0 …` (dead letters are
 /// keyed by id and name their namespace inside).
-const NS_KINDS: [u8; 5] = [CURSORS, DEDUPE_BLOCKS, JOURNAL, KNOWN_IDS, HISTORY];
-
-/// Cycle reports kept per namespace by default; older ones are dropped as new ones come.
-const HISTORY_PER_NS: usize = 1_000;
-/// At most this many history rows are dropped per [`Store::record_cycle`], so a backlog over
-/// the bound drains over several cycles instead of stalling one.
-const HISTORY_PRUNE_PER_CALL: usize = 8;
+const NS_KINDS: [u8; 7] = [
+    CURSORS,
+    DEDUPE_BLOCKS,
+    JOURNAL,
+    KNOWN_IDS,
+    HISTORY,
+    RECORD_RUNS,
+    HOURLY,
+];
 
 /// The records a recipe's scan trigger has listed: id → the cursor value it was last listed
 /// with and when. (Versions before it kept a bare id list, read as "listed, value unknown".)
@@ -272,6 +280,49 @@ fn dead_key(id: u64) -> Vec<u8> {
     out
 }
 
+/// The key of run `run` in key space `kind` (history rows; record rows extend it).
+fn run_key(kind: u8, ns: &str, run: RunId) -> Vec<u8> {
+    let mut k = prefix(kind, ns);
+    k.extend_from_slice(&time_bytes(run.started_ms));
+    k.extend_from_slice(&run.id.to_be_bytes());
+    k
+}
+
+/// The run of a history key's tail (after the namespace prefix).
+fn run_of(tail: &[u8]) -> Result<RunId> {
+    let t: [u8; 8] = tail
+        .get(..8)
+        .and_then(|t| t.try_into().ok())
+        .ok_or_else(|| anyhow!("the state store holds a malformed history key"))?;
+    let id: [u8; 8] = tail
+        .get(8..16)
+        .and_then(|t| t.try_into().ok())
+        .ok_or_else(|| anyhow!("the state store holds a malformed history key"))?;
+    Ok(RunId {
+        started_ms: time_of(t),
+        id: u64::from_be_bytes(id),
+    })
+}
+
+/// The key of the hour that `t_ms` falls in.
+fn hour_key(ns: &str, t_ms: i64) -> Vec<u8> {
+    let mut k = prefix(HOURLY, ns);
+    k.extend_from_slice(&time_bytes(t_ms.div_euclid(3_600_000) * 3_600_000));
+    k
+}
+
+/// The first key after every key that starts with `p`.
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut end = p.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; p.len() + 1]
+}
+
 /// Order-preserving encoding of an i64.
 fn time_bytes(ts: i64) -> [u8; 8] {
     ((ts as u64) ^ (1 << 63)).to_be_bytes()
@@ -422,10 +473,54 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// are gone (the cap spreads a large backlog over several cycles); returns how many.
     fn prune(&self, ns: &str, before: i64, max: usize) -> Result<usize>;
 
-    /// Appends one cycle's report (JSON) to the namespace's run history. Only a bounded
-    /// number of the newest are kept; older ones are dropped a few at a time. Not fsynced on
-    /// its own: the next commit (or sled's flush within a second) makes it durable.
-    fn record_cycle(&self, ns: &str, started_at_ms: i64, report_json: &str) -> Result<()>;
+    /// A fresh id, unique in the store (for runs).
+    fn next_id(&self) -> Result<u64>;
+
+    /// Appends one cycle's report (JSON) to the namespace's run history and adds `hour` to
+    /// the counts of the hour it started in. Not fsynced on its own: the next commit (or
+    /// sled's flush within a second) makes it durable. [`Store::prune_history`] bounds it.
+    fn record_cycle(&self, ns: &str, run: RunId, report_json: &str, hour: Hourly) -> Result<()>;
+
+    /// Stores record rows of run `run`, numbered from `first` (not fsynced).
+    fn record_runs(&self, ns: &str, run: RunId, first: u32, rows: &[RecordRun]) -> Result<()>;
+
+    /// Runs of the namespace newest first (older than `before`, when given) whose report
+    /// `keep` accepts: at most `limit`, looking at no more than `max_scan` rows. The flag says
+    /// whether rows were left unexamined.
+    fn runs(
+        &self,
+        ns: &str,
+        before: Option<RunId>,
+        limit: usize,
+        max_scan: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<(RunId, String)>, bool)>;
+
+    /// One run's report.
+    fn run(&self, ns: &str, run: RunId) -> Result<Option<String>>;
+
+    /// A run's record rows from number `from`, at most `limit`.
+    fn run_records(
+        &self,
+        ns: &str,
+        run: RunId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, RecordRun)>>;
+
+    /// Hourly counts of hours starting in `[from_ms, to_ms)`.
+    fn hourly(&self, ns: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Hourly)>>;
+
+    /// Drops the namespace's runs (with their record rows) that `retention` no longer keeps
+    /// at `now_ms`, and hourly counts older than its age, deleting at most about `max` rows;
+    /// returns how many went. Call again until it returns less than `max`.
+    fn prune_history(
+        &self,
+        ns: &str,
+        now_ms: i64,
+        retention: &Retention,
+        max: usize,
+    ) -> Result<usize>;
 
     /// The newest `limit` cycle reports of the namespace, newest first, with their start times
     /// (Unix milliseconds).
@@ -482,8 +577,6 @@ pub struct SledStore {
     /// History rows per namespace, counted on a namespace's first [`Store::record_cycle`] and
     /// kept up to date after, so bounding the history costs no scan per cycle.
     history_rows: Mutex<HashMap<String, usize>>,
-    /// Cycle reports kept per namespace ([`HISTORY_PER_NS`]).
-    history_limit: usize,
     /// The id the next dead letter gets.
     next_dead_letter: std::sync::atomic::AtomicU64,
 }
@@ -658,7 +751,6 @@ impl SledStore {
             tree,
             db,
             history_rows: Mutex::new(HashMap::new()),
-            history_limit: HISTORY_PER_NS,
             next_dead_letter: (given.max(kept) + 1).into(),
         };
         make_private(&dir.join(DB_NAME));
@@ -941,38 +1033,184 @@ impl Store for SledStore {
         Ok(n)
     }
 
-    fn record_cycle(&self, ns: &str, started_at_ms: i64, report_json: &str) -> Result<()> {
+    fn next_id(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    fn record_cycle(&self, ns: &str, run: RunId, report_json: &str, hour: Hourly) -> Result<()> {
         let report = RawValue::from_string(report_json.to_string())
             .context("a cycle report must be JSON")?;
-        let p = prefix(HISTORY, ns);
-        let mut k = p.clone();
-        k.extend_from_slice(&time_bytes(started_at_ms));
-        k.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         let mut b = sled::Batch::default();
-        b.insert(k, encode(&HistoryRow { report: &report }));
+        b.insert(
+            run_key(HISTORY, ns, run),
+            encode(&HistoryRow { report: &report }),
+        );
+        let hk = hour_key(ns, run.started_ms);
+        let mut h: Hourly = match self.tree.get(&hk)? {
+            Some(v) => decode("hourly counts", &v)?,
+            None => Hourly::default(),
+        };
+        h.cycles += hour.cycles;
+        h.fired += hour.fired;
+        h.failed += hour.failed;
+        b.insert(hk, encode(&h));
+        self.tree.apply_batch(b)?;
         let mut rows = self
             .history_rows
             .lock()
             .map_err(|_| anyhow!("history counts poisoned"))?;
-        let n = match rows.get_mut(ns) {
-            Some(n) => n,
-            None => {
-                let counted = self.tree.scan_prefix(&p).count();
-                rows.entry(ns.to_string()).or_insert(counted)
-            }
-        };
-        // The oldest rows beyond the bound go, a few per call.
-        let excess = (*n + 1)
-            .saturating_sub(self.history_limit)
-            .min(HISTORY_PRUNE_PER_CALL);
-        let mut dropped = 0;
-        for item in self.tree.scan_prefix(&p).take(excess) {
-            b.remove(item?.0);
-            dropped += 1;
+        if let Some(n) = rows.get_mut(ns) {
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    fn record_runs(&self, ns: &str, run: RunId, first: u32, rows: &[RecordRun]) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for (i, r) in rows.iter().enumerate() {
+            let mut k = run_key(RECORD_RUNS, ns, run);
+            k.extend_from_slice(&(first + i as u32).to_be_bytes());
+            b.insert(k, encode(r));
         }
         self.tree.apply_batch(b)?;
-        *n = *n + 1 - dropped;
         Ok(())
+    }
+
+    fn runs(
+        &self,
+        ns: &str,
+        before: Option<RunId>,
+        limit: usize,
+        max_scan: usize,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Vec<(RunId, String)>, bool)> {
+        let start = prefix(HISTORY, ns);
+        let end = match before {
+            Some(r) => run_key(HISTORY, ns, r),
+            None => prefix_end(&start),
+        };
+        let mut out = Vec::new();
+        for (scanned, item) in self.tree.range(start.clone()..end).rev().enumerate() {
+            if out.len() >= limit || scanned >= max_scan {
+                return Ok((out, true));
+            }
+            let (k, v) = item?;
+            let json = decode_history(&v)?;
+            if keep(&json) {
+                out.push((run_of(&k[start.len()..])?, json));
+            }
+        }
+        Ok((out, false))
+    }
+
+    fn run(&self, ns: &str, run: RunId) -> Result<Option<String>> {
+        self.tree
+            .get(run_key(HISTORY, ns, run))?
+            .map(|v| decode_history(&v))
+            .transpose()
+    }
+
+    fn run_records(
+        &self,
+        ns: &str,
+        run: RunId,
+        from: u32,
+        limit: usize,
+    ) -> Result<Vec<(u32, RecordRun)>> {
+        let p = run_key(RECORD_RUNS, ns, run);
+        let mut start = p.clone();
+        start.extend_from_slice(&from.to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.tree.range(start..prefix_end(&p)).take(limit) {
+            let (k, v) = item?;
+            let seq: [u8; 4] = k[p.len()..]
+                .try_into()
+                .map_err(|_| anyhow!("the state store holds a malformed record-run key"))?;
+            out.push((u32::from_be_bytes(seq), decode("record run", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn hourly(&self, ns: &str, from_ms: i64, to_ms: i64) -> Result<Vec<(i64, Hourly)>> {
+        let p = prefix(HOURLY, ns);
+        let mut out = Vec::new();
+        for item in self.tree.range(hour_key(ns, from_ms)..hour_key(ns, to_ms)) {
+            let (k, v) = item?;
+            let t: [u8; 8] = k[p.len()..]
+                .try_into()
+                .map_err(|_| anyhow!("the state store holds a malformed hourly key"))?;
+            out.push((time_of(t), decode("hourly counts", &v)?));
+        }
+        Ok(out)
+    }
+
+    fn prune_history(
+        &self,
+        ns: &str,
+        now_ms: i64,
+        retention: &Retention,
+        max: usize,
+    ) -> Result<usize> {
+        let start = prefix(HISTORY, ns);
+        let count = {
+            let mut rows = self
+                .history_rows
+                .lock()
+                .map_err(|_| anyhow!("history counts poisoned"))?;
+            *rows
+                .entry(ns.to_string())
+                .or_insert_with(|| self.tree.scan_prefix(&start).count())
+        };
+        let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+        let mut over = count.saturating_sub(retention.max_runs);
+        let mut gone = 0usize;
+        let mut runs_gone = 0usize;
+        let mut b = sled::Batch::default();
+        for item in self.tree.scan_prefix(&start) {
+            let (k, _) = item?;
+            let run = run_of(&k[start.len()..])?;
+            if run.started_ms >= cutoff && over == 0 {
+                break;
+            }
+            // Its record rows first; the run row goes once they all have.
+            let rp = run_key(RECORD_RUNS, ns, run);
+            let mut all = true;
+            for r in self.tree.scan_prefix(&rp) {
+                if gone >= max {
+                    all = false;
+                    break;
+                }
+                b.remove(r?.0);
+                gone += 1;
+            }
+            if !all || gone >= max {
+                break;
+            }
+            b.remove(k);
+            gone += 1;
+            runs_gone += 1;
+            over = over.saturating_sub(1);
+        }
+        // Hourly counts past the age.
+        let hp = prefix(HOURLY, ns);
+        for item in self.tree.range(hp.clone()..hour_key(ns, cutoff)) {
+            if gone >= max {
+                break;
+            }
+            b.remove(item?.0);
+            gone += 1;
+        }
+        if gone > 0 {
+            self.tree.apply_batch(b)?;
+            let mut rows = self
+                .history_rows
+                .lock()
+                .map_err(|_| anyhow!("history counts poisoned"))?;
+            if let Some(n) = rows.get_mut(ns) {
+                *n = n.saturating_sub(runs_gone);
+            }
+        }
+        Ok(gone)
     }
 
     fn cycles(&self, ns: &str, limit: usize) -> Result<Vec<(i64, String)>> {
@@ -1350,61 +1588,165 @@ mod tests {
         assert_eq!(s.checkpoint("r").unwrap(), Some(cp(8)));
     }
 
+    fn run(t: i64, id: u64) -> RunId {
+        RunId { started_ms: t, id }
+    }
+
+    fn one(fired: u64) -> Hourly {
+        Hourly {
+            cycles: 1,
+            fired,
+            failed: 0,
+        }
+    }
+
+    fn rec(key: &str) -> RecordRun {
+        RecordRun {
+            key: key.into(),
+            outcome: "finished".into(),
+            steps: vec![],
+            error: None,
+        }
+    }
+
     #[test]
-    fn history_is_newest_first_bounded_and_pruned_a_few_at_a_time() {
+    fn history_reads_newest_first_with_records_and_hours() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SledStore::open(dir.path()).unwrap();
-        s.history_limit = 3;
-        for t in [5_000, 1_000, 3_000, 3_000] {
-            s.record_cycle("r", t, &format!(r#"{{"t":{t}}}"#)).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        for (t, id) in [(5_000, 1), (1_000, 2), (3_000, 3), (3_000, 4)] {
+            s.record_cycle("r", run(t, id), &format!(r#"{{"t":{t}}}"#), one(2))
+                .unwrap();
         }
-        s.record_cycle("other", 2_000, "{}").unwrap();
-        // The oldest (1,000) went; two cycles started in the same millisecond are both kept.
-        assert_eq!(
-            s.cycles("r", 10).unwrap(),
-            [
-                (5_000, r#"{"t":5000}"#.to_string()),
-                (3_000, r#"{"t":3000}"#.to_string()),
-                (3_000, r#"{"t":3000}"#.to_string()),
-            ]
-        );
-        assert_eq!(s.cycles("r", 1).unwrap().len(), 1);
-        assert_eq!(s.cycles("r@x", 10).unwrap(), []);
-        assert_eq!(s.history_namespaces().unwrap(), ["other", "r"]);
-        assert!(s.record_cycle("r", 6_000, "not json").is_err());
-        // A lower bound (or rows from before the bound was set) drains a few rows per cycle.
-        s.history_limit = 100;
-        for t in 0..20 {
-            s.record_cycle("big", t, "{}").unwrap();
-        }
-        s.history_limit = 2;
-        s.record_cycle("big", 100, "{}").unwrap();
-        assert_eq!(
-            s.cycles("big", 100).unwrap().len(),
-            21 - HISTORY_PRUNE_PER_CALL
-        );
-        for t in 101..104 {
-            s.record_cycle("big", t, "{}").unwrap();
-        }
-        let rows = s.cycles("big", 100).unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-            [103, 102],
-            "the newest stay"
-        );
-        // A reopened store counts a namespace's rows on first use.
-        drop(s);
-        let mut s = SledStore::open(dir.path()).unwrap();
-        s.history_limit = 3;
-        s.record_cycle("r", 7_000, "{}").unwrap();
+        s.record_cycle("other", run(2_000, 5), "{}", one(0))
+            .unwrap();
         assert_eq!(
             s.cycles("r", 10)
                 .unwrap()
                 .iter()
                 .map(|r| r.0)
                 .collect::<Vec<_>>(),
-            [7_000, 5_000, 3_000]
+            [5_000, 3_000, 3_000, 1_000]
         );
+        assert_eq!(s.cycles("r@x", 10).unwrap(), []);
+        assert_eq!(s.history_namespaces().unwrap(), ["other", "r"]);
+        assert!(s
+            .record_cycle("r", run(6_000, 6), "not json", one(0))
+            .is_err());
+        // Pages: before a run, a filter, a bound on what is examined.
+        let (page, more) = s
+            .runs("r", Some(run(3_000, 4)), 10, 100, &|_| true)
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [run(3_000, 3), run(1_000, 2)]
+        );
+        assert!(!more);
+        let (page, more) = s.runs("r", None, 10, 2, &|j| j.contains("1000")).unwrap();
+        assert!(
+            page.is_empty() && more,
+            "two rows examined, none kept, more left"
+        );
+        assert_eq!(
+            s.run("r", run(5_000, 1)).unwrap().as_deref(),
+            Some(r#"{"t":5000}"#)
+        );
+        assert_eq!(s.run("r", run(5_000, 9)).unwrap(), None);
+        // Record rows, in order, from a number.
+        s.record_runs("r", run(5_000, 1), 0, &[rec("a"), rec("b")])
+            .unwrap();
+        s.record_runs("r", run(5_000, 1), 2, &[rec("c")]).unwrap();
+        let keys = |from| {
+            s.run_records("r", run(5_000, 1), from, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(n, r)| (n, r.key))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(0), [(0, "a".into()), (1, "b".into()), (2, "c".into())]);
+        assert_eq!(keys(2), [(2, "c".to_string())]);
+        assert!(s.run_records("r", run(3_000, 3), 0, 10).unwrap().is_empty());
+        // Hours: the four runs fell in the first hour.
+        assert_eq!(
+            s.hourly("r", 0, 3_600_000).unwrap(),
+            [(
+                0,
+                Hourly {
+                    cycles: 4,
+                    fired: 8,
+                    failed: 0
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn history_is_pruned_by_count_and_age_a_bounded_amount_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let hour = 3_600_000;
+        for i in 0..10i64 {
+            s.record_cycle("r", run(i * hour, i as u64), "{}", one(1))
+                .unwrap();
+            s.record_runs("r", run(i * hour, i as u64), 0, &[rec("a"), rec("b")])
+                .unwrap();
+        }
+        let keep = Retention {
+            max_age_ms: 100 * hour,
+            max_runs: 6,
+            max_records_per_run: 10,
+        };
+        // Four runs over the count, three rows each: 12 rows, at most 5 per call.
+        let now = 10 * hour;
+        let mut calls = 0;
+        while s.prune_history("r", now, &keep, 5).unwrap() > 0 {
+            calls += 1;
+            assert!(calls < 10);
+        }
+        let left: Vec<i64> = s
+            .cycles("r", 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.0 / hour)
+            .collect();
+        assert_eq!(left, [9, 8, 7, 6, 5, 4]);
+        assert!(s
+            .run_records("r", run(3 * hour, 3), 0, 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.run_records("r", run(4 * hour, 4), 0, 10).unwrap().len(),
+            2
+        );
+        // By age: runs and hours older than 3 hours go, whatever the count.
+        let young = Retention {
+            max_age_ms: 3 * hour,
+            ..keep
+        };
+        while s.prune_history("r", now, &young, 1_000).unwrap() > 0 {}
+        let left: Vec<i64> = s
+            .cycles("r", 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.0 / hour)
+            .collect();
+        assert_eq!(left, [9, 8, 7]);
+        assert_eq!(
+            s.hourly("r", 0, now)
+                .unwrap()
+                .iter()
+                .map(|h| h.0 / hour)
+                .collect::<Vec<_>>(),
+            [7, 8, 9]
+        );
+        // A reopened store counts a namespace's rows on first use.
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        let two = Retention {
+            max_runs: 2,
+            ..keep
+        };
+        while s.prune_history("r", now, &two, 1_000).unwrap() > 0 {}
+        assert_eq!(s.cycles("r", 100).unwrap().len(), 2);
     }
 
     #[test]
@@ -1424,7 +1766,7 @@ mod tests {
         )
         .unwrap();
         journal(&s, "r", "j", 25);
-        s.record_cycle("r", 1, "{}").unwrap();
+        s.record_cycle("r", run(1, 1), "{}", one(0)).unwrap();
         // Another recipe whose id starts the same is not touched.
         commit(&s, "r2", None, cp(5), &[("z".into(), 5, false)]).unwrap();
         let before = s.recipe_state("r").unwrap();

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::failure::{Failure, FailureClass, OUTCOME_UNKNOWN};
+use crate::history::{truncate, StepRun};
 use crate::plan::{Action, EmitTo, OnError, Recipe, Step, StepAction};
 use crate::record::parse_raw;
 use crate::runtime::Runtime;
@@ -55,6 +56,11 @@ pub(crate) trait Executor: Sync {
     fn step_output(&self, _step: &Step, output: Value) -> Value {
         output
     }
+
+    /// Whether steps' rendered inputs are kept for the run history.
+    fn traced(&self) -> bool {
+        false
+    }
 }
 
 /// The executor of real cycles: requests go over the runtime's connections, lines to its
@@ -83,6 +89,10 @@ impl Executor for Live<'_> {
             Line::Raw(raw) => e.emit_raw(to, raw),
         }
         .map_err(|e| Failure::input(format!("emit: {e:#}")))
+    }
+
+    fn traced(&self) -> bool {
+        true
     }
 
     fn stopping(&self) -> bool {
@@ -248,6 +258,7 @@ pub(crate) fn passes_filter(recipe: &Recipe, chain: &mut Chain) -> Result<bool, 
 
 /// Runs the chain from its first unfinished step. `chain` is taken when the record becomes a
 /// dead letter.
+/// Each step run is added to `trace` (what it sent and got, for the run history).
 pub(crate) async fn run_chain(
     recipe: &Recipe,
     exec: &impl Executor,
@@ -255,6 +266,7 @@ pub(crate) async fn run_chain(
     chain: &mut Option<Chain>,
     now: i64,
     tally: &mut Tally,
+    trace: &mut Vec<StepRun>,
 ) -> Result<Outcome> {
     let c = chain.as_mut().expect("invariant: a chain to run");
     while c.done.len() < recipe.steps.len() {
@@ -276,9 +288,17 @@ pub(crate) async fn run_chain(
                 .map_err(|e| Failure::input(format!("if: {e}"))),
             None => Ok(true),
         };
+        let mut sent = None;
         let result = match run {
             Ok(false) => {
                 tally.steps_skipped += 1;
+                trace.push(StepRun {
+                    step: step.id.clone(),
+                    sent: None,
+                    got: Value::Null,
+                    skipped: true,
+                    error: None,
+                });
                 c.push(StepDone {
                     step: step.id.clone(),
                     output: Value::Null,
@@ -288,7 +308,7 @@ pub(crate) async fn run_chain(
                 continue;
             }
             Ok(true) => {
-                execute_step(recipe, step, c, exec)
+                execute_step(recipe, step, c, exec, &mut sent)
                     .instrument(span.clone())
                     .await
             }
@@ -297,6 +317,13 @@ pub(crate) async fn run_chain(
         match result {
             Ok(output) => {
                 let output = exec.step_output(step, output);
+                trace.push(StepRun {
+                    step: step.id.clone(),
+                    sent: sent.as_ref().map(truncate),
+                    got: truncate(&output),
+                    skipped: false,
+                    error: None,
+                });
                 tally.steps_ok += 1;
                 c.attempts = 0;
                 c.push(StepDone {
@@ -314,6 +341,13 @@ pub(crate) async fn run_chain(
             }
             Err(f) => {
                 let f = f.in_step(&step.id);
+                trace.push(StepRun {
+                    step: step.id.clone(),
+                    sent: sent.as_ref().map(truncate),
+                    got: Value::Null,
+                    skipped: matches!(step.on_error, OnError::Skip),
+                    error: Some(f.to_string()),
+                });
                 tally.steps_failed += 1;
                 tally.failed_by_class.bump(f.class);
                 span.in_scope(|| {
@@ -366,21 +400,23 @@ pub(crate) async fn run_chain(
     Ok(Outcome::Finished)
 }
 
+/// Runs a step; `sent` gets the inputs it rendered (a list of them for `for_each`).
 async fn execute_step(
     recipe: &Recipe,
     step: &Step,
     chain: &mut Chain,
     exec: &impl Executor,
+    sent: &mut Option<Value>,
 ) -> Result<Value, Failure> {
     if !step.needs_scope() {
-        return execute_one(step, None, &chain.raw, exec).await;
+        return execute_one(step, None, &chain.raw, exec, sent).await;
     }
     chain.scope(recipe).map_err(Failure::input)?;
     let (Some(scope), raw) = (&chain.scope, &chain.raw) else {
         unreachable!("invariant: the scope was built just above")
     };
     let Some(each) = &step.for_each else {
-        return execute_one(step, Some(scope), raw, exec).await;
+        return execute_one(step, Some(scope), raw, exec, sent).await;
     };
     let items = match each
         .render_required(scope)
@@ -394,12 +430,17 @@ async fn execute_step(
         }
     };
     let mut outputs = Vec::with_capacity(items.len());
+    let mut inputs = Vec::with_capacity(items.len());
     for it in items {
         let mut v = scope.value().clone();
         if let Value::Object(m) = &mut v {
             m.insert("item".into(), it);
         }
-        outputs.push(execute_one(step, Some(&Scope::new(v)), raw, exec).await?);
+        let mut one = None;
+        let out = execute_one(step, Some(&Scope::new(v)), raw, exec, &mut one).await;
+        inputs.push(one.unwrap_or(Value::Null));
+        *sent = Some(Value::Array(inputs.clone()));
+        outputs.push(out?);
     }
     Ok(Value::Array(outputs))
 }
@@ -411,6 +452,7 @@ async fn execute_one(
     scope: Option<&Scope>,
     raw: &RawValue,
     exec: &impl Executor,
+    sent: &mut Option<Value>,
 ) -> Result<Value, Failure> {
     let rendered;
     let input = match (&step.fixed_inputs, scope) {
@@ -421,6 +463,9 @@ async fn execute_one(
         }
         (None, None) => unreachable!("invariant: a step with templated inputs gets a scope"),
     };
+    if exec.traced() {
+        *sent = Some(Value::Object(input.clone()));
+    }
     match &step.kind {
         StepAction::Emit { .. } => {
             let to = step

@@ -35,6 +35,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::history::{Hourly, RecordRun, RunId, StepRun};
 use crate::plan::{Recipe, StartFrom};
 use crate::record::Record;
 use crate::runtime::{Runtime, Shutdown};
@@ -98,6 +99,11 @@ pub struct CycleReport {
     /// The schedule slot it ran for (Unix milliseconds), when a schedule started it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduled_at_ms: Option<i64>,
+    /// Its run in the history (`START_MS-ID`), when it was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// `scheduled`, `on_demand` (run by a person: `run --once`, "run now") or `replay`.
+    pub kind: String,
     /// Requests it sent (every attempt counts).
     pub calls: u64,
     /// 429 answers it got.
@@ -428,15 +434,24 @@ pub fn run_cycle(
     let cycle = async move {
         let started = Instant::now();
         let started_ms = chrono::Utc::now().timestamp_millis();
+        let run = new_run(&rt, started_ms);
         let mut rep = CycleReport {
             recipe: recipe.id.clone(),
             started_at_ms: started_ms,
             scheduled_at_ms: opts.tick.map(|t| t.at_ms),
             slots: opts.tick.map_or(0, |t| t.slots),
+            kind: if opts.tick.is_some() {
+                "scheduled"
+            } else {
+                "on_demand"
+            }
+            .into(),
+            run: run.map(|r| r.to_string()),
             ..CycleReport::default()
         };
         let meter = opts.meter.clone().unwrap_or_default();
-        let work = cycle(&rt, &recipe, &opts.shutdown, &meter, &mut rep);
+        let mut trail = Trail::new(run, rt.plan().retention.max_records_per_run);
+        let work = cycle(&rt, &recipe, &opts.shutdown, &meter, &mut rep, &mut trail);
         let result = with_progress_log(work, &meter, started).await;
         if let Err(e) = result {
             tracing::warn!(error = %format!("{e:#}"), "Cycle stopped early; the cursor stays at the last committed record.");
@@ -446,12 +461,11 @@ pub fn run_cycle(
         rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
         rep.calls = counts.calls.load(Relaxed);
         rep.rate_limited = counts.rate_limited.load(Relaxed);
-        // One row of run history per cycle; a failure to write it does not undo the cycle.
-        if let (Ok(store), Ok(json)) = (rt.store(), serde_json::to_string(&rep)) {
-            if let Err(e) = store.record_cycle(namespace(&recipe), started_ms, &json) {
-                tracing::warn!(error = %format!("{e:#}"), "The cycle's report could not be kept in the run history.");
-            }
+        // What it did to each record, then one row for the cycle.
+        if let Err(e) = trail.flush(&rt, namespace(&recipe)) {
+            tracing::warn!(error = %format!("{e:#}"), "The run's records could not be kept in the run history.");
         }
+        keep_run(&rt, &recipe, run, &rep);
         rep
     };
     // The recipe instance is the rate governor's client: fair shares between recipes.
@@ -500,9 +514,16 @@ fn next_cycle_id() -> u64 {
 
 /// Resumes the records in `recipe`'s journal without polling (`dead-letters replay`): the
 /// report, and why it stopped early if it did.
+/// It is kept in the run history as a run of kind `replay`.
 pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) {
+    let started = Instant::now();
+    let started_ms = chrono::Utc::now().timestamp_millis();
+    let run = new_run(rt, started_ms);
     let mut rep = CycleReport {
         recipe: recipe.id.clone(),
+        started_at_ms: started_ms,
+        kind: "replay".into(),
+        run: run.map(|r| r.to_string()),
         ..CycleReport::default()
     };
     let now = rt.conn(recipe.conn).server_now().await;
@@ -511,11 +532,39 @@ pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) 
         ns: namespace(recipe),
         shutdown: None,
     };
-    let res = resume_journal(rt, recipe, &exec, now, &mut rep)
+    let mut trail = Trail::new(run, rt.plan().retention.max_records_per_run);
+    let res = resume_journal(rt, recipe, &exec, now, &mut rep, &mut trail)
         .await
         .map(|_| ());
     let _ = rt.emitter().flush();
+    if let Err(e) = &res {
+        rep.error = Some(format!("{e:#}"));
+    }
+    rep.elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    keep_run(rt, recipe, run, &rep);
     (rep, res)
+}
+
+/// A new run id for the history (`None` without a store, or when the store cannot give one:
+/// the run then goes unrecorded rather than failing).
+fn new_run(rt: &Runtime, started_ms: i64) -> Option<RunId> {
+    let id = rt.store().ok()?.next_id().ok()?;
+    Some(RunId { started_ms, id })
+}
+
+/// Keeps a run's report in the history; a failure to write it does not undo the run.
+fn keep_run(rt: &Runtime, recipe: &Recipe, run: Option<RunId>, rep: &CycleReport) {
+    let (Some(run), Ok(store), Ok(json)) = (run, rt.store(), serde_json::to_string(rep)) else {
+        return;
+    };
+    let hour = Hourly {
+        cycles: 1,
+        fired: rep.fired,
+        failed: rep.dead_letters + u64::from(rep.error.is_some()),
+    };
+    if let Err(e) = store.record_cycle(namespace(recipe), run, &json, hour) {
+        tracing::warn!(error = %format!("{e:#}"), "The run could not be kept in the run history.");
+    }
 }
 
 /// Resumes every record in the journal (after a crash, `retry`, or a dead-letter replay),
@@ -529,6 +578,7 @@ async fn resume_journal(
     exec: &Live<'_>,
     now: i64,
     rep: &mut CycleReport,
+    trail: &mut Trail,
 ) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
     let store = rt.store()?;
     let ns = namespace(recipe);
@@ -571,10 +621,12 @@ async fn resume_journal(
             journaled: true,
         });
         let mut tally = Tally::default();
-        let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally)
+        let mut trace = Vec::new();
+        let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally, &mut trace)
             .instrument(tracing::info_span!("record", key = %key))
             .await?;
         rep.add(tally);
+        trail.note(&key, &outcome, trace);
         if progress.outcome(outcome, key.clone(), ts, true) {
             open.insert(key);
         }
@@ -584,6 +636,7 @@ async fn resume_journal(
     if !progress.finished.is_empty() || !progress.dead.is_empty() || stored != Some(cp) {
         progress.commit(rt, recipe, stored, &cp, None)?;
     }
+    trail.flush(rt, ns)?;
     if let Some(m) = progress.abort {
         return Err(anyhow!(m));
     }
@@ -599,6 +652,57 @@ struct Done {
     journaled: bool,
     outcome: Result<Outcome>,
     tally: Tally,
+    trace: Vec<StepRun>,
+}
+
+/// A run's history rows for its fired records: gathered as chains end, written (without an
+/// fsync) with each commit; at most `max` per run.
+pub(crate) struct Trail {
+    run: Option<RunId>,
+    rows: Vec<RecordRun>,
+    next: u32,
+    max: usize,
+}
+
+impl Trail {
+    fn new(run: Option<RunId>, max: usize) -> Trail {
+        Trail {
+            run,
+            rows: Vec::new(),
+            next: 0,
+            max,
+        }
+    }
+
+    fn note(&mut self, key: &str, outcome: &Outcome, steps: Vec<StepRun>) {
+        if self.run.is_none() || self.next as usize + self.rows.len() >= self.max {
+            return;
+        }
+        let (outcome, error) = match outcome {
+            Outcome::Finished => ("finished", None),
+            Outcome::Dead(d) => ("dead", Some(d.error.clone())),
+            Outcome::Unfinished(m) | Outcome::Abort(m) => ("unfinished", Some(m.clone())),
+        };
+        self.rows.push(RecordRun {
+            key: key.to_string(),
+            outcome: outcome.into(),
+            steps,
+            error,
+        });
+    }
+
+    fn flush(&mut self, rt: &Runtime, ns: &str) -> Result<()> {
+        let Some(run) = self.run else {
+            return Ok(());
+        };
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        rt.store()?.record_runs(ns, run, self.next, &self.rows)?;
+        self.next += self.rows.len() as u32;
+        self.rows.clear();
+        Ok(())
+    }
 }
 
 /// Runs one record's chain and says what it came to.
@@ -614,7 +718,8 @@ async fn run_one(
     let ts = chain.ts;
     let mut tally = Tally::default();
     let mut chain = Some(chain);
-    let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally).await;
+    let mut trace = Vec::new();
+    let outcome = run_chain(recipe, exec, &key, &mut chain, now, &mut tally, &mut trace).await;
     let journaled = chain.as_ref().is_some_and(|c| c.journaled);
     Done {
         key,
@@ -624,6 +729,7 @@ async fn run_one(
         journaled,
         outcome,
         tally,
+        trace,
     }
 }
 
@@ -657,6 +763,8 @@ struct Cycle<'a> {
     /// Whether a chain sends requests (else it runs to the end without waiting).
     io: bool,
     shutdown: &'a Shutdown,
+    /// The run history rows of the records that ended.
+    trail: &'a mut Trail,
 }
 
 impl<'a> Cycle<'a> {
@@ -793,6 +901,7 @@ impl<'a> Cycle<'a> {
         if let (true, Some(id)) = (d.late && (!unfinished || d.journaled), d.id) {
             self.late_done.insert(id);
         }
+        self.trail.note(&d.key, &outcome, d.trace);
         self.progress.outcome(outcome, d.key, d.ts, d.journaled);
         Ok(())
     }
@@ -816,6 +925,7 @@ impl<'a> Cycle<'a> {
     /// dead letter older than the cursor waits in the journal; it does not pull the cursor
     /// back to re-poll records whose dedupe keys may be gone).
     fn commit(&mut self) -> Result<()> {
+        self.trail.flush(self.rt, namespace(self.recipe))?;
         // What the store holds: `resume_journal` left it there and every commit since wrote it.
         // The new checkpoint becomes the cycle's only once it is stored.
         let expected = Some(self.cp);
@@ -854,6 +964,7 @@ async fn cycle(
     shutdown: &Shutdown,
     meter: &Meter,
     rep: &mut CycleReport,
+    trail: &mut Trail,
 ) -> Result<()> {
     let trigger = recipe.trigger();
     let conn = rt.conn(recipe.conn);
@@ -869,7 +980,7 @@ async fn cycle(
         ns,
         shutdown: Some(shutdown),
     };
-    let (cp, min_open, open) = resume_journal(rt, recipe, &exec, now, rep).await?;
+    let (cp, min_open, open) = resume_journal(rt, recipe, &exec, now, rep, trail).await?;
     let since = (cp.cursor - trigger.lookback_secs).max(cp.floor);
     let polling = |f: crate::http::Failure| {
         anyhow!("polling {}.{}: {f}", recipe.connector.id, recipe.trigger_id)
@@ -902,6 +1013,7 @@ async fn cycle(
         concurrency: recipe.concurrency.max(1),
         io: recipe.steps.iter().any(|s| s.action().is_some()),
         shutdown,
+        trail,
     };
     let picker = poll.picker();
     let mut page = poll.next_batch().await.map_err(polling)?;

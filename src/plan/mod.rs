@@ -43,6 +43,8 @@ pub struct Plan {
     pub unavailable: Vec<(String, Diagnostic)>,
     /// Built with [`Secrets::Optional`]: environment variables that are not set.
     pub unset: Vec<Diagnostic>,
+    /// How much run history is kept.
+    pub retention: crate::history::Retention,
 }
 
 impl Plan {
@@ -85,9 +87,13 @@ pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
     let mut unavailable = Vec::new();
     let mut unset = Vec::new();
     let mut table: Option<recipe::ConnectionTable> = None;
+    let mut retention = crate::history::Retention::default();
     if let Some((file, text)) = &src.config {
         match spec::parse_config(file, text) {
             Ok((config, index)) => {
+                if let Some(h) = &config.history {
+                    retention = build_retention(file, &index, h, &mut diags);
+                }
                 let built = connection::build_connections(
                     file,
                     &config,
@@ -159,7 +165,49 @@ pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
         warnings,
         unavailable,
         unset,
+        retention,
     })
+}
+
+/// `history:` of `sluice.yaml`: the defaults, with what it sets.
+pub fn build_retention(
+    file: &Path,
+    index: &crate::diag::LocationIndex,
+    h: &spec::HistorySpec,
+    diags: &mut Vec<Diagnostic>,
+) -> crate::history::Retention {
+    let mut r = crate::history::Retention::default();
+    if let Some(age) = &h.max_age {
+        match parse_duration(age) {
+            Ok(secs) if secs >= 60 => r.max_age_ms = secs.saturating_mul(1000),
+            Ok(_) => diags.push(
+                Diagnostic::error(file, "history.max_age must be at least a minute")
+                    .at(index, "history.max_age"),
+            ),
+            Err(m) => diags.push(
+                Diagnostic::error(file, format!("history.max_age: {m}"))
+                    .at(index, "history.max_age"),
+            ),
+        }
+    }
+    for (field, v, slot) in [
+        ("max_runs", h.max_runs, &mut r.max_runs),
+        (
+            "max_records_per_run",
+            h.max_records_per_run,
+            &mut r.max_records_per_run,
+        ),
+    ] {
+        match v {
+            Some(0) => diags.push(
+                Diagnostic::error(file, format!("history.{field} must be at least 1"))
+                    .at(index, &format!("history.{field}")),
+            ),
+            Some(n) => *slot = n,
+            None => {}
+        }
+    }
+    r
 }
 
 /// A compiled connector.

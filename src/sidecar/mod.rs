@@ -326,6 +326,31 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
             })
             .await
     });
+    // History retention: a pass a minute on a blocking thread, a bounded batch per call, so
+    // it never holds up a cycle.
+    let pruner = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let store = shared.store.clone();
+                let retention = shared.runtime().plan().retention;
+                let now = chrono::Utc::now().timestamp_millis();
+                let pass = tokio::task::spawn_blocking(move || {
+                    crate::history::prune_all(store.as_ref(), now, &retention, 1_000)
+                });
+                match pass.await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(rows = n, "Run history pruned."),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %format!("{e:#}"), "The run history could not be pruned.")
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
     let discovery = opts.state_dir.join(DISCOVERY_FILE);
     write_discovery(&discovery, local, !loopback)?;
     tracing::info!(
@@ -380,6 +405,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         tracing::warn!("Second signal: exiting now; unfinished records resume from the journal at the next start.");
         std::process::exit(130);
     });
+    pruner.abort();
     let drained = tokio::time::timeout(opts.shutdown_timeout, sched).await;
     let _ = server_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -13,6 +13,24 @@ pub struct ConfigSpec {
     /// Connection name → how to reach one account of a service.
     #[serde(default)]
     pub connections: IndexMap<String, ConnectionSpec>,
+    /// How much run history is kept.
+    #[serde(default)]
+    pub history: Option<HistorySpec>,
+}
+
+/// How much run history is kept (`history:` in `sluice.yaml`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySpec {
+    /// Runs older than this go (default `30d`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    /// At most this many runs per recipe instance (default 2,000).
+    #[serde(default)]
+    pub max_runs: Option<usize>,
+    /// At most this many record rows per run (default 10,000).
+    #[serde(default)]
+    pub max_records_per_run: Option<usize>,
 }
 
 /// One connection: which connector, which account, which credentials.

@@ -14,7 +14,7 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
 use crate::diag::{Diagnostic, LocationIndex};
-pub use config::{ConfigSpec, ConnectionSpec, RetrySpec};
+pub use config::{ConfigSpec, ConnectionSpec, HistorySpec, RetrySpec};
 pub use connector::*;
 pub use recipe::{OnErrorSpec, RecipeSpec, ScheduleSpec, StepSpec, TriggerRefSpec};
 
