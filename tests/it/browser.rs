@@ -191,7 +191,7 @@ impl Browser {
                     "--disable-component-update",
                     "--disable-sync",
                     "--disable-dev-shm-usage",
-                    "--window-size=1280,1024",
+                    "--window-size=1280,1600",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
             },
@@ -693,8 +693,12 @@ async fn browser_the_overview_lists_every_shipped_recipe_and_connection() {
     listed.sort();
     assert_eq!(listed, want, "one row per shipped recipe instance");
     for (instance, state, href) in &rows {
-        // Nothing has run yet: the shipped schedules are minutes apart.
-        assert_eq!(state, "never run", "{instance}");
+        // Nothing has run yet, unless one of the shipped schedules' slots (minutes apart)
+        // came since the start; nothing is failing, paused or broken.
+        assert!(
+            state == "never run" || state == "ok",
+            "{instance}: state {state:?}"
+        );
         assert_eq!(href, &format!("/recipes/{instance}"), "{instance}'s link");
     }
     let mut connections = Vec::new();
@@ -722,11 +726,19 @@ async fn browser_the_overview_lists_every_shipped_recipe_and_connection() {
     assert!(!b.has("form.resume").await, "and no resume");
     assert!(b.has("form.run-now").await);
     assert!(b.has("svg#chart").await);
-    assert!(b.all("table#runs tr.run").await.is_empty(), "no runs yet");
+    for tr in b.all("table#runs tr.run").await {
+        // Only a scheduled slot, should one have come since the start.
+        assert_eq!(
+            tr.attr("data-kind").await.unwrap().as_deref(),
+            Some("scheduled")
+        );
+    }
     b.close().await;
 }
 
-/// The onboarding ticket step of `new_contact_welcome` fails for good (422).
+/// The onboarding ticket step of `new_contact_welcome` (`POST /tickets`) fails for good
+/// (422) until the faults are cleared. (The rule's prefix also fails other recipes' polls
+/// of `POST /tickets/search`, should one of their slots come: that makes no dead letter.)
 fn fail_tickets(env: &SimEnv) {
     env.sim().set_faults(Faults {
         fail_next: vec![FailRule {
@@ -735,12 +747,25 @@ fn fail_tickets(env: &SimEnv) {
             status: 422,
             code: Some("parameter_invalid".into()),
             message: Some("Ticket type 102 is archived (injected)".into()),
-            count: 1,
+            count: 1000,
             skip: 0,
             after_write: false,
         }],
         ..Faults::default()
     });
+}
+
+/// The tickets `new_contact_welcome` opened ("Onboard …").
+fn onboarding_tickets(env: &SimEnv) -> Vec<Value> {
+    env.sim()
+        .records(Kind::Ticket)
+        .into_iter()
+        .filter(|t| {
+            t["ticket_attributes"]["_default_title_"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Onboard "))
+        })
+        .collect()
 }
 
 /// Successful calls with this method and path.
@@ -835,7 +860,7 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     assert_eq!(decoded(&b.path().await), format!("/recipes/{instance}"));
     let flash = b.one("p.flash").await.text().await.unwrap();
     assert!(flash.contains("finished"), "the flash: {flash:?}");
-    let tickets = env.sim().records(Kind::Ticket);
+    let tickets = onboarding_tickets(&env);
     assert_eq!(tickets.len(), 1, "the onboarding ticket: {tickets:?}");
     assert_eq!(
         calls(&env, "POST", "/conversations"),
@@ -1002,7 +1027,9 @@ async fn browser_a_script_in_a_record_shows_as_text_on_its_run_page_and_does_not
         || sc.log(),
         || async {
             b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
-            let runs = b.all("table#runs tr.run[data-outcome='ok']").await;
+            let runs = b
+                .all("table#runs tr.run[data-outcome='ok'][data-kind='on_demand']")
+                .await;
             match runs.first() {
                 Some(r) => r.find(Locator::Css("a.run-link")).await.ok(),
                 None => None,
