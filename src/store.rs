@@ -554,6 +554,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// One dead letter.
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>>;
 
+    /// Dead letters newest first, older than id `before` when given, those `keep` accepts:
+    /// at most `limit`, examining at most `max_scan`. The flag says whether some were left
+    /// unexamined.
+    fn dead_letters_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        max_scan: usize,
+        keep: &dyn Fn(&DeadLetter) -> bool,
+    ) -> Result<(Vec<(u64, DeadLetter)>, bool)>;
+
     /// Removes a dead letter; false when there was none.
     fn drop_dead_letter(&self, id: u64) -> Result<bool>;
 
@@ -1264,6 +1275,33 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn dead_letters_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        max_scan: usize,
+        keep: &dyn Fn(&DeadLetter) -> bool,
+    ) -> Result<(Vec<(u64, DeadLetter)>, bool)> {
+        let start = vec![DEAD_LETTERS, 0];
+        let end = match before {
+            Some(id) => dead_key(id),
+            None => prefix_end(&start),
+        };
+        let mut out = Vec::new();
+        for (scanned, item) in self.tree.range(start..end).rev().enumerate() {
+            if out.len() >= limit || scanned >= max_scan {
+                return Ok((out, true));
+            }
+            let (k, v) = item?;
+            let d: DeadLetter = decode("dead letter", &v)?;
+            if keep(&d) {
+                let id = u64::from_be_bytes(k[2..].try_into().unwrap_or([0; 8]));
+                out.push((id, d));
+            }
+        }
+        Ok((out, false))
     }
 
     fn dead_letter(&self, id: u64) -> Result<Option<DeadLetter>> {

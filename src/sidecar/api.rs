@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::scheduler::{Command, InstanceStatus, Work};
-use super::Shared;
+use super::{pages, Shared};
 use crate::admin;
 use crate::secret::Secret;
 
@@ -49,12 +49,32 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/run", post(run_now))
         .route("/api/instances/{instance}/pause", post(pause))
         .route("/api/instances/{instance}/resume", post(resume))
+        .route("/api/instances/{instance}/runs", get(runs))
+        .route("/api/runs/{instance}/{run}", get(run_records))
         .route_layer(middleware::from_fn_with_state(shared.clone(), api_guard));
+    let pages = Router::new()
+        .route("/", get(pages::overview))
+        .route("/recipes/{instance}", get(pages::recipe))
+        .route("/runs/{instance}/{run}", get(pages::run))
+        .route("/dead-letters", get(pages::letters))
+        .route("/dead-letters/{id}", get(pages::letter))
+        .route(
+            "/ui/instances/{instance}/{action}",
+            post(pages::instance_action),
+        )
+        .route("/ui/dead-letters/replay-all", post(pages::replay_all))
+        .route("/ui/dead-letters/{id}/{action}", post(pages::letter_action))
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            pages::page_guard,
+        ));
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/login", get(pages::login_page).post(pages::login))
         .merge(api)
+        .merge(pages)
         .layer(middleware::from_fn_with_state(shared.clone(), host_guard))
         .with_state(shared)
 }
@@ -106,7 +126,7 @@ async fn host_guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> R
 }
 
 /// Compares in time that depends on the length only.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -383,6 +403,55 @@ async fn set_paused(s: &Shared, instance: String, paused: bool) -> ApiResult {
             format!("no recipe instance `{instance}` runs here"),
         ))
     }
+}
+
+/// `GET /api/instances/{instance}/runs?outcome=&before=`: a page of runs, newest first.
+async fn runs(
+    State(s): State<Arc<Shared>>,
+    Path(instance): Path<String>,
+    Query(q): Query<pages::RunsQuery>,
+) -> ApiResult {
+    let (rows, more) = pages::runs_page(&s, &instance, &q)?;
+    let runs: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, r)| json!({"run": id.to_string(), "report": r}))
+        .collect();
+    Ok(Json(json!({ "runs": runs, "more": more })))
+}
+
+#[derive(Deserialize)]
+struct FromQuery {
+    from: Option<u32>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/runs/{instance}/{run}?from=&limit=`: a run's report and a page of its records.
+async fn run_records(
+    State(s): State<Arc<Shared>>,
+    Path((instance, run)): Path<(String, String)>,
+    Query(q): Query<FromQuery>,
+) -> ApiResult {
+    let id: crate::history::RunId = run
+        .parse()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let report = s.store.run(&instance, id)?.ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no run {run} of `{instance}`"),
+        )
+    })?;
+    let records = s.store.run_records(
+        &instance,
+        id,
+        q.from.unwrap_or(0),
+        q.limit.unwrap_or(100).min(1_000),
+    )?;
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|(n, r)| json!({"n": n, "record": r}))
+        .collect();
+    let report: Value = serde_json::from_str(&report).map_err(anyhow::Error::from)?;
+    Ok(Json(json!({ "report": report, "records": records })))
 }
 
 /// The instances of a recipe id the scheduler runs.

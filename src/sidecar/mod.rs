@@ -12,6 +12,7 @@ pub(crate) mod api;
 pub(crate) mod client;
 pub(crate) mod load;
 pub(crate) mod metrics;
+pub(crate) mod pages;
 pub(crate) mod scheduler;
 
 use std::net::SocketAddr;
@@ -105,6 +106,10 @@ pub(crate) struct Shared {
     pub access: Access,
     /// The cap on scheduled cycles at once.
     cycles: Arc<tokio::sync::Semaphore>,
+    /// The page templates.
+    pub pages: handlebars::Handlebars<'static>,
+    /// The token every page form carries.
+    pub csrf: String,
 }
 
 impl Shared {
@@ -300,6 +305,8 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         shutdown: shutdown.clone(),
         access: Access { loopback, token },
         cycles: cycles.clone(),
+        pages: pages::templates(),
+        csrf: pages::random_token(),
     });
     let scheduler = Scheduler::new(
         Arc::new(SystemClock),
