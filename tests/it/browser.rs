@@ -248,6 +248,11 @@ impl Browser {
             .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
+    /// The path of the page shown, percent-decoded.
+    async fn page_path(&self) -> String {
+        decoded(self.client.current_url().await.unwrap().path())
+    }
+
     /// The path (and query) of the page shown.
     async fn path(&self) -> String {
         let u = self.client.current_url().await.unwrap();
@@ -846,18 +851,18 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     );
     let record = b.one("pre.record").await.text().await.unwrap();
     assert!(record.contains(&id), "the record's JSON: {record}");
+    assert_eq!(b.pwned().await, Value::Null, "a script in a record ran");
     assert!(
         record.contains(PAYLOAD),
         "the name shows as text, as it was: {record}"
     );
-    assert_eq!(b.pwned().await, Value::Null, "a script in a record ran");
     assert!(b.all("pre.record script, pre.record img").await.is_empty());
 
     // Replay once the cause is gone: it finishes from the failed step.
     env.sim().set_faults(Faults::default());
     b.submit("form.replay").await;
     b.shot("after-replay").await;
-    assert_eq!(decoded(&b.path().await), format!("/recipes/{instance}"));
+    assert_eq!(b.page_path().await, format!("/recipes/{instance}"));
     let flash = b.one("p.flash").await.text().await.unwrap();
     assert!(flash.contains("finished"), "the flash: {flash:?}");
     let tickets = onboarding_tickets(&env);
@@ -1046,6 +1051,14 @@ async fn browser_a_script_in_a_record_shows_as_text_on_its_run_page_and_does_not
         records[0].attr("data-outcome").await.unwrap().as_deref(),
         Some("finished")
     );
+    // Each step's journal is folded (<details>): open them as a person would.
+    let steps = b.all("table#records tr.record details > summary").await;
+    assert_eq!(steps.len(), 3, "the recipe's three steps");
+    for summary in &steps {
+        summary.click().await.unwrap();
+    }
+    b.settle().await;
+    b.shot("run-page-steps-open").await;
     let text = b.one("table#records").await.text().await.unwrap();
     assert!(
         text.contains(PAYLOAD),
