@@ -12,6 +12,9 @@
 //! * `sim_search_50k` — `sluice sim` (its own process) serving 50,000 contacts through
 //!   `POST /contacts/search` in pages of 150 over loopback, read by `sluice poll`'s code path
 //!   (trigger `contact_updated`). Reports the simulator's CPU and the client's CPU separately.
+//! * `validate_20k` — `sluice validate` of one recipe with 20,000 steps (Intercom actions whose
+//!   inputs read the record and the step before), then of the same recipe with a wrong
+//!   reference in every step (20,000 diagnostics): wall time and peak RSS (issue 14).
 //! * `store_50k` — the state store alone: 50,000 dedupe keys committed 150 at a time, each
 //!   commit compare-and-set on the checkpoint, one atomic write plus an fsync.
 
@@ -462,6 +465,67 @@ async fn get_json(client: &reqwest::Client, url: &str) -> Vec<serde_json::Value>
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// A recipe of `n` steps; `broken`: every step reads an output its previous step lacks.
+fn steps_recipe(n: usize, broken: bool) -> String {
+    let mut r = String::from(
+        "id: steps_20k\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 5m\nfilter: '{{eq record.role \"user\"}}'\nsteps:\n",
+    );
+    for i in 0..n {
+        let prev = if i == 0 {
+            "{{record.id}}".to_string()
+        } else if broken {
+            format!("{{{{steps.s{}.nope}}}}", i - 1)
+        } else {
+            format!("{{{{default steps.s{}.id record.id}}}}", i - 1)
+        };
+        r.push_str(&format!(
+            "  - id: s{i}\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{prev}\"\n      body: \"Step {i} for {{{{lowercase record.email}}}}\"\n"
+        ));
+    }
+    r
+}
+
+fn validate_20k() {
+    for broken in [false, true] {
+        let dir = workspace("http://127.0.0.1:9", &steps_recipe(20_000, broken));
+        let size = std::fs::metadata(dir.join("recipes/steps_20k.yaml"))
+            .unwrap()
+            .len();
+        let args = [
+            "--connectors",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/connectors"),
+            "validate",
+            "recipes",
+        ];
+        let out = std::process::Command::new("/usr/bin/time")
+            .args(["-f", "TIME %e %M"])
+            .arg(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .output()
+            .expect("/usr/bin/time (apt-get install time)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let t: Vec<&str> = err
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("TIME "))
+            .expect("timing")
+            .split_whitespace()
+            .collect();
+        let diags = err.matches(": error: ").count();
+        println!(
+            "validate_20k{}: 20,000 steps ({:.1} MB): {} s wall, peak RSS {} MiB, {diags} error(s), exit {}",
+            if broken { " (broken)" } else { "" },
+            size as f64 / 1e6,
+            t[0],
+            t[1].parse::<u64>().unwrap_or(0) / 1024,
+            out.status.code().unwrap_or(-1)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 fn main() {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -478,6 +542,9 @@ fn main() {
     }
     if run("store_50k") {
         store_50k();
+    }
+    if run("validate_20k") {
+        validate_20k();
     }
     if run("engine_50k") {
         rt.block_on(engine_50k());

@@ -92,6 +92,15 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The files `sluice schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchemaFile {
+    /// Recipe files (`recipes/*.yaml`).
+    Recipe,
+    /// The configuration file (`sluice.yaml`).
+    Config,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -144,6 +153,9 @@ pub enum Command {
         /// Print problems as JSON.
         #[arg(long)]
         json: bool,
+        /// Fail (exit 1) on warnings too, for CI.
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Dry-run a recipe for a sample record: print every request it would send, send nothing.
     Test {
@@ -168,8 +180,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the JSON Schema of recipe files (for editors: yaml-language-server).
-    Schema,
+    /// Print the JSON Schema of recipe files, completed with the connectors' triggers, actions
+    /// and inputs (for editors: yaml-language-server), or of `sluice.yaml`.
+    Schema {
+        /// Which file: `recipe` (default) or `config` (`sluice.yaml`).
+        #[arg(value_enum, default_value = "recipe")]
+        file: SchemaFile,
+        /// Only this connector's triggers and actions (default: every loaded connector).
+        #[arg(long)]
+        connector: Option<String>,
+    },
     /// Run recipes: as a long-running sidecar that keeps every recipe on its schedule (with
     /// `/livez`, `/readyz`, `/metrics` on `--listen`), or `--once`: one cycle of every recipe
     /// (or of `--recipe`) with a summary per recipe.
@@ -452,7 +472,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Validate { paths, json } => cmd_validate(&cli, paths, *json),
+        Command::Validate {
+            paths,
+            json,
+            deny_warnings,
+        } => cmd_validate(&cli, paths, *json, *deny_warnings),
         Command::Test {
             recipe,
             sample,
@@ -502,8 +526,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::State { command } => cmd_state(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
-        Command::Schema => {
-            outln!("{}", recipe_schema());
+        Command::Schema { file, connector } => {
+            let mut connectors = load_connectors(&cli)?;
+            if let Some(id) = connector {
+                connectors = vec![find_connector(&connectors, id)?.clone()];
+            }
+            let schema = match file {
+                SchemaFile::Recipe => crate::schema::recipe(&connectors),
+                SchemaFile::Config => crate::schema::config(&connectors),
+            };
+            outln!("{}", crate::schema::to_text(&schema));
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -1055,12 +1087,6 @@ pub fn dead_letter_text(id: u64, d: &crate::store::DeadLetter) -> String {
     out
 }
 
-/// The JSON Schema of recipe files, generated from the types the parser uses.
-pub fn recipe_schema() -> String {
-    let schema = schemars::schema_for!(spec::RecipeSpec);
-    serde_json::to_string_pretty(&schema).expect("invariant: a schema serialises")
-}
-
 async fn cmd_test(
     cli: &Cli,
     file: &Path,
@@ -1518,63 +1544,89 @@ fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads the config file; `Ok(None)` when it does not exist.
 /// For `validate`: the runtime's connectors and the connections of `sluice.yaml` as recipes
-/// see them; every problem of `sluice.yaml` goes to `diags`.
-type ValidateContext = (Vec<Arc<Connector>>, Option<plan::recipe::ConnectionTable>);
+/// see them; every problem of `sluice.yaml` (and of the connectors it names) goes to `diags`.
+/// `None` when the connectors themselves do not load (their problems are in `diags`).
+type ValidateContext = Option<(Vec<Arc<Connector>>, Option<plan::recipe::ConnectionTable>)>;
 
-fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> Result<ValidateContext> {
-    let connectors = load_connectors(cli)?;
-    let table = match config_source(cli)? {
-        None => None,
-        Some((path, text)) => {
-            // The connections are checked as a run would, a secret that is not set
-            // aside (a warning: validate runs where secrets are not).
-            let env = |k: &str| std::env::var(k).ok();
-            match spec::parse_config(&path, &text) {
-                Ok((config, index)) => {
-                    let built = plan::connection::build_connections(
-                        &path,
-                        &config,
-                        &index,
-                        &connectors,
-                        &env,
-                        plan::Secrets::Optional,
-                    );
-                    diags.extend(built.problems);
-                    if let Some(h) = &config.history {
-                        plan::build_retention(&path, &index, h, diags);
-                    }
-                    Some(
-                        config
-                            .connections
-                            .iter()
-                            .map(|(name, c)| {
-                                // Problems of the connection itself are reported in
-                                // `sluice.yaml`; recipes naming it are still checked.
-                                (
-                                    name.clone(),
-                                    plan::recipe::ConnEntry {
-                                        connector: c.connector.clone(),
-                                        id: Some(plan::ConnId::CHECK_ONLY),
-                                        why: None,
-                                    },
-                                )
-                            })
-                            .collect(),
-                    )
-                }
-                Err(d) => {
-                    diags.push(d);
-                    None
-                }
-            }
+fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> ValidateContext {
+    let dir = connectors_dir(cli);
+    let connectors = match plan::load_connectors_from(dir.as_deref()) {
+        Ok(c) => c,
+        Err(d) => {
+            diags.extend(d);
+            return None;
         }
     };
-    Ok((connectors, table))
+    if !cli.config.is_file() {
+        return Some((connectors, None));
+    }
+    let text = match spec::read_source(&cli.config) {
+        Ok(t) => t,
+        Err(d) => {
+            diags.push(d);
+            return Some((connectors, Some(Default::default())));
+        }
+    };
+    let path = cli.config.clone();
+    // The connections are checked as a run would, a secret that is not set aside
+    // (validate runs where secrets are not).
+    let env = |k: &str| std::env::var(k).ok();
+    let (parsed, problems) = spec::parse_config(&path, &text);
+    diags.extend(problems);
+    let known = |c: &str| connectors.iter().any(|k| k.id == c);
+    let table = match parsed {
+        Some((config, index)) => {
+            let built = plan::connection::build_connections(
+                &path,
+                &config,
+                &index,
+                &connectors,
+                &env,
+                plan::Secrets::Optional,
+            );
+            diags.extend(built.problems);
+            if let Some(h) = &config.history {
+                plan::build_retention(&path, &index, h, diags);
+            }
+            config
+                .connections
+                .iter()
+                .map(|(name, c)| (name.clone(), Some(c.connector.clone())))
+                .collect::<Vec<_>>()
+        }
+        // The file has problems of its own (reported): recipes are still checked against
+        // the connections it names.
+        None => serde_yaml::from_str::<serde_yaml::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("connections").and_then(|c| c.as_mapping()).cloned())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        let connector = v.get("connector").and_then(|c| c.as_str());
+                        Some((k.as_str()?.to_string(), connector.map(str::to_string)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let table = table
+        .into_iter()
+        .map(|(name, connector)| {
+            // Problems of the connection itself (an unknown connector too) are reported in
+            // `sluice.yaml`; the recipes naming it are still checked, and not blamed for them.
+            let entry = plan::recipe::ConnEntry {
+                connector: connector.filter(|c| known(c)),
+                id: Some(plan::ConnId::CHECK_ONLY),
+                why: None,
+            };
+            (name, entry)
+        })
+        .collect();
+    Some((connectors, Some(table)))
 }
 
-fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
+fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool, deny_warnings: bool) -> Result<ExitCode> {
     let paths: Vec<PathBuf> = if paths.is_empty() {
         ["connectors", "recipes"]
             .iter()
@@ -1587,13 +1639,20 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
     let files = yaml_files(&paths)?;
     let mut diags: Vec<Diagnostic> = Vec::new();
     let mut counts = (0usize, 0usize, 0usize, 0usize);
-    // Recipes are checked against the runtime's connectors and the config file, read once.
-    let mut runtime: Option<ValidateContext> = None;
-    // Recipe ids are the keys of their state: two files with one id are an error.
+    // `sluice.yaml` and the connectors recipes are checked against, read once (and checked
+    // even when no recipe is given).
+    let context = validate_context(cli, &mut diags);
+    // Recipe ids are the keys of their state: two files with one id are an error, across
+    // folders too.
     let mut ids: std::collections::HashMap<String, PathBuf> = std::collections::HashMap::new();
     for f in &files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read `{}`", f.display()))?;
+        let text = match spec::read_source(f) {
+            Ok(t) => t,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
         if spec::looks_like_connector(&text) {
             match plan::load_connector_text(f, &text) {
                 Ok(c) => {
@@ -1605,10 +1664,9 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             continue;
         }
-        if runtime.is_none() {
-            runtime = Some(validate_context(cli, &mut diags)?);
-        }
-        let (connectors, table) = runtime.as_ref().expect("invariant: set just above");
+        let Some((connectors, table)) = &context else {
+            continue; // the connectors do not load: reported above
+        };
         match plan::recipe::load_recipe(f, &text, connectors, table.as_ref()) {
             Ok(r) => {
                 counts.3 += 1;
@@ -1618,21 +1676,20 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
                             f,
                             format!("recipe id `{}` is also used by `{}`", r.id, first.display()),
                         )
+                        .at(&diag::LocationIndex::build(&text), "id")
                         .help("every recipe needs its own id: its state is kept under it"),
                     );
+                } else {
+                    ids.insert(r.id.clone(), f.clone());
                 }
-                ids.insert(r.id.clone(), f.clone());
                 diags.extend(r.warnings);
             }
             Err(d) => diags.extend(d),
         }
     }
-    // `sluice.yaml` is checked even when no recipe was (when the connectors load at all:
-    // their own problems are reported above).
-    if runtime.is_none() && cli.config.is_file() && load_connectors(cli).is_ok() {
-        validate_context(cli, &mut diags)?;
-    }
     diag::sort(&mut diags);
+    // A connectors directory both given and loaded reports its problems once.
+    diags.dedup();
     if json {
         outln!("{}", serde_json::to_string_pretty(&diags)?);
     } else {
@@ -1640,12 +1697,14 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool) -> Result<ExitCode> {
             eprintln!("{d}");
         }
     }
-    let errors = diags
-        .iter()
-        .filter(|d| d.severity == diag::Severity::Error)
-        .count();
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
     if errors > 0 {
         eprintln!("{errors} error(s) in {} file(s)", files.len());
+        return Ok(ExitCode::from(1));
+    }
+    if deny_warnings && warnings > 0 {
+        eprintln!("{warnings} warning(s), denied by --deny-warnings");
         return Ok(ExitCode::from(1));
     }
     if !json {

@@ -123,7 +123,17 @@ pub fn sort(diags: &mut [Diagnostic]) {
 #[derive(Debug, Default, Clone)]
 pub struct LocationIndex {
     text: String,
-    spans: std::sync::OnceLock<std::collections::HashMap<String, (usize, usize)>>,
+    walk: std::sync::OnceLock<Walk>,
+}
+
+/// What one walk over a document's parse events found.
+#[derive(Debug, Default, Clone)]
+struct Walk {
+    spans: std::collections::HashMap<String, (usize, usize)>,
+    /// Keys seen a second time in one mapping: path and position of the repeat.
+    duplicates: Vec<(String, (usize, usize))>,
+    /// Where each document of the stream starts.
+    documents: Vec<(usize, usize)>,
 }
 
 impl LocationIndex {
@@ -131,23 +141,24 @@ impl LocationIndex {
     pub fn build(text: &str) -> LocationIndex {
         LocationIndex {
             text: text.to_string(),
-            spans: std::sync::OnceLock::new(),
+            walk: std::sync::OnceLock::new(),
         }
     }
 
-    fn spans(&self) -> &std::collections::HashMap<String, (usize, usize)> {
-        self.spans.get_or_init(|| {
+    fn walk(&self) -> &Walk {
+        self.walk.get_or_init(|| {
             let mut recv = IndexBuilder::default();
             let mut parser = yaml_rust2::parser::Parser::new_from_str(&self.text);
             // A syntax error is reported separately by serde_yaml with its own position.
-            let _ = parser.load(&mut recv, false);
-            recv.spans
+            let _ = parser.load(&mut recv, true);
+            recv.walk
         })
     }
 
-    /// The position of `path`, or of its nearest ancestor that has one.
+    /// The position of `path`, or of its nearest ancestor that has one; the start of the
+    /// file (1:1) when the document has nothing at all (an empty or comment-only file).
     pub fn find(&self, path: &str) -> Option<(usize, usize)> {
-        let spans = self.spans();
+        let spans = &self.walk().spans;
         let mut p = path;
         loop {
             if let Some(span) = spans.get(p) {
@@ -155,9 +166,22 @@ impl LocationIndex {
             }
             match p.rfind('.') {
                 Some(i) => p = &p[..i],
-                None => return spans.get("").copied(),
+                None => return Some(spans.get("").copied().unwrap_or((1, 1))),
             }
         }
+    }
+
+    /// The first key repeated within one mapping: its dotted path and where the repeat is.
+    pub fn first_duplicate(&self) -> Option<(&str, (usize, usize))> {
+        self.walk()
+            .duplicates
+            .first()
+            .map(|(p, span)| (p.as_str(), *span))
+    }
+
+    /// Where the second document of the stream starts (after a `---`), if there is one.
+    pub fn second_document(&self) -> Option<(usize, usize)> {
+        self.walk().documents.get(1).copied()
     }
 }
 
@@ -170,7 +194,7 @@ enum Frame {
 struct IndexBuilder {
     stack: Vec<Frame>,
     path: Vec<String>,
-    spans: std::collections::HashMap<String, (usize, usize)>,
+    walk: Walk,
 }
 
 impl IndexBuilder {
@@ -188,11 +212,16 @@ impl IndexBuilder {
                 let i = *next;
                 *next += 1;
                 self.path.push(i.to_string());
-                self.spans.insert(self.path.join("."), (line, col));
+                if self.walk.documents.len() <= 1 {
+                    self.walk.spans.insert(self.path.join("."), (line, col));
+                }
                 true
             }
             None => {
-                self.spans.insert(String::new(), (line, col));
+                // Only the first document counts; later ones are refused anyway.
+                if self.walk.documents.len() <= 1 {
+                    self.walk.spans.insert(String::new(), (line, col));
+                }
                 false
             }
         }
@@ -213,7 +242,16 @@ impl yaml_rust2::parser::MarkedEventReceiver for IndexBuilder {
                             p.push('.');
                         }
                         p.push_str(&value);
-                        self.spans.insert(p, (line, col));
+                        if self.walk.documents.len() <= 1 {
+                            match self.walk.spans.entry(p) {
+                                std::collections::hash_map::Entry::Occupied(e) => {
+                                    self.walk.duplicates.push((e.key().clone(), (line, col)));
+                                }
+                                std::collections::hash_map::Entry::Vacant(e) => {
+                                    e.insert((line, col));
+                                }
+                            }
+                        }
                         *key = Some(value);
                         return;
                     }
@@ -237,6 +275,7 @@ impl yaml_rust2::parser::MarkedEventReceiver for IndexBuilder {
                     Frame::Seq { next: 0 }
                 });
             }
+            Event::DocumentStart => self.walk.documents.push((line, col)),
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
                 if !self.stack.is_empty() {

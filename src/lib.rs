@@ -16,6 +16,7 @@
 //! * `engine`    — one cycle of a recipe: journal, poll, dedupe, concurrent chains
 //!   (`engine::chain`, the one chain implementation), cursor, commits.
 //! * `dryrun`    — `sluice test`: the engine's chain with a recording executor.
+//! * `schema`    — JSON Schemas for editors: recipes completed per connector, `sluice.yaml`.
 //! * `template`  — the Handlebars registry, compiled templates and template trees.
 //! * `http`      — a `Connection`: auth, headers, URL, body limits, redaction, retries, the
 //!   server's clock.
@@ -67,6 +68,7 @@ pub mod http;
 pub mod plan;
 pub mod record;
 pub mod runtime;
+pub mod schema;
 pub mod secret;
 pub mod sidecar;
 pub mod sim;

@@ -74,6 +74,44 @@ pub enum Template {
     Text(Box<handlebars::Template>, String),
 }
 
+/// Why a template does not compile: a sentence, and how to fix it when there is more to say
+/// than "templates look like `{{record.email}}`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateError {
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl TemplateError {
+    fn new(message: impl Into<String>) -> TemplateError {
+        TemplateError {
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    fn with_help(message: impl Into<String>, help: impl Into<String>) -> TemplateError {
+        TemplateError {
+            message: message.into(),
+            help: Some(help.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<TemplateError> for String {
+    fn from(e: TemplateError) -> String {
+        e.message
+    }
+}
+
 /// Why rendering failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderError(pub String);
@@ -87,19 +125,26 @@ impl std::fmt::Display for RenderError {
 impl std::error::Error for RenderError {}
 
 impl Template {
-    /// Compiles a template string, reporting a syntax error in words.
-    pub fn compile(src: &str) -> Result<Template, String> {
+    /// Compiles a template string, reporting a syntax error in words. Every helper call is
+    /// checked against the helper table (name, number of arguments, a literal `date` format
+    /// or time zone), so what compiles here does not fail at run time for those reasons.
+    pub fn compile(src: &str) -> Result<Template, TemplateError> {
         if !src.contains("{{") {
             return Ok(Template::Literal(src.to_string()));
         }
         if let Some(path) = single_path(src) {
             return Ok(Template::Path(path));
         }
-        let tpl = compile_hb(src)?;
+        // A single expression is parsed once, inside `json (…)` (the typed form); a syntax
+        // error is reported from the text as written.
         if let Some(inner) = single_expression(src) {
-            let typed = compile_hb(&format!("{{{{json ({inner})}}}}"))?;
-            return Ok(Template::Expr(Box::new(typed), src.to_string()));
+            if let Ok(typed) = compile_hb(&format!("{{{{json ({inner})}}}}")) {
+                check::template(&typed)?;
+                return Ok(Template::Expr(Box::new(typed), src.to_string()));
+            }
         }
+        let tpl = compile_hb(src)?;
+        check::template(&tpl)?;
         Ok(Template::Text(Box::new(tpl), src.to_string()))
     }
 
@@ -165,17 +210,155 @@ impl Template {
     }
 }
 
-fn compile_hb(src: &str) -> Result<handlebars::Template, String> {
+fn compile_hb(src: &str) -> Result<handlebars::Template, TemplateError> {
     handlebars::Template::compile(src).map_err(|e| {
-            let mut reason = e.reason().to_string();
-            if reason.starts_with("invalid handlebars syntax") {
-                reason = "every `{{` needs a matching `}}`, and a block like `{{#if x}}` needs its argument and a closing `{{/if}}`".into();
-            }
-            match e.pos() {
-                Some((l, c)) => format!("template syntax error at {l}:{c}: {reason}"),
-                None => format!("template syntax error: {reason}"),
-            }
+        let mut reason = e.reason().to_string();
+        if reason.starts_with("invalid handlebars syntax") {
+            reason = "every `{{` needs a matching `}}`, and a block like `{{#if x}}` needs its argument and a closing `{{/if}}`".into();
+        }
+        TemplateError::new(match e.pos() {
+            Some((l, c)) => format!("template syntax error at {l}:{c}: {reason}"),
+            None => format!("template syntax error: {reason}"),
+        })
     })
+}
+
+mod check {
+    //! Checks a compiled Handlebars template against the helper table: every call (also in
+    //! sub-expressions and block bodies) names a helper sluice has, with an argument count it
+    //! takes; `date`'s format and time zone, when written literally, are valid.
+    use handlebars::template::{HelperTemplate, Parameter, TemplateElement};
+
+    use super::{helpers, TemplateError};
+
+    pub(super) fn template(t: &handlebars::Template) -> Result<(), TemplateError> {
+        t.elements.iter().try_for_each(element)
+    }
+
+    fn element(e: &TemplateElement) -> Result<(), TemplateError> {
+        match e {
+            TemplateElement::Expression(h) | TemplateElement::HtmlExpression(h) => call(h, false),
+            TemplateElement::HelperBlock(h) => call(h, true),
+            TemplateElement::DecoratorExpression(_)
+            | TemplateElement::DecoratorBlock(_)
+            | TemplateElement::PartialExpression(_)
+            | TemplateElement::PartialBlock(_) => Err(TemplateError::with_help(
+                "partials (`{{> …}}`) and decorators (`{{* …}}`) are not supported",
+                "write the text out, or use a helper",
+            )),
+            // Text, comments (and anything a later Handlebars adds) call nothing.
+            _ => Ok(()),
+        }
+    }
+
+    fn param(p: &Parameter) -> Result<(), TemplateError> {
+        match p {
+            Parameter::Subexpression(sub) => match sub.element.as_ref() {
+                // `(helper args…)`: always a call.
+                TemplateElement::Expression(h) => call_named(h, false, true),
+                other => element(other),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    fn call(h: &HelperTemplate, block: bool) -> Result<(), TemplateError> {
+        call_named(h, block, false)
+    }
+
+    fn call_named(h: &HelperTemplate, block: bool, sub: bool) -> Result<(), TemplateError> {
+        let name = match &h.name {
+            Parameter::Subexpression(_) => {
+                return Err(TemplateError::new(
+                    "a helper name cannot be computed; write the helper's name",
+                ))
+            }
+            other => other.as_name().unwrap_or_default(),
+        };
+        let is_call = block || sub || !h.params.is_empty() || !h.hash.is_empty();
+        if is_call {
+            let Some(sig) = helpers::signature(name) else {
+                // `{{x}}` alone is a path; `(x)` alone may be too.
+                if sub && h.params.is_empty() && h.hash.is_empty() {
+                    return Ok(());
+                }
+                let help = match crate::spec::did_you_mean(name, helpers::names()) {
+                    Some(best) => format!("did you mean `{best}`? (`{}`)", helpers::usage(best)),
+                    None => format!(
+                        "the helpers are: {}",
+                        helpers::names().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                return Err(TemplateError::with_help(
+                    format!("there is no helper `{name}`"),
+                    help,
+                ));
+            };
+            if sig.block != block && sig.block {
+                return Err(TemplateError::with_help(
+                    format!("`{name}` is a block: write `{{{{#{name} …}}}}…{{{{/{name}}}}}`"),
+                    format!("e.g. `{}`", sig.usage),
+                ));
+            }
+            let n = h.params.len();
+            if n < sig.min || sig.max.is_some_and(|m| n > m) {
+                let takes = match sig.max {
+                    Some(m) if m == sig.min => format!("{m}"),
+                    Some(m) => format!("{} to {m}", sig.min),
+                    None => format!("at least {}", sig.min),
+                };
+                let noun = if takes == "1" {
+                    "argument"
+                } else {
+                    "arguments"
+                };
+                return Err(TemplateError::with_help(
+                    format!(
+                        "`{name}` takes {takes} {noun}, but {n} {} given",
+                        if n == 1 { "is" } else { "are" }
+                    ),
+                    format!("write `{}`", sig.usage),
+                ));
+            }
+            if let Some(k) = h.hash.keys().next() {
+                return Err(TemplateError::with_help(
+                    format!("`{name}` takes no `{k}=…` option"),
+                    format!("write `{}`", sig.usage),
+                ));
+            }
+            if name == "date" {
+                date_literals(&h.params)?;
+            }
+        }
+        for p in &h.params {
+            param(p)?;
+        }
+        for p in h.hash.values() {
+            param(p)?;
+        }
+        for t in [&h.template, &h.inverse].into_iter().flatten() {
+            template(t)?;
+        }
+        Ok(())
+    }
+
+    /// `{{date ts "FORMAT" "ZONE"}}`: a literal format and zone are checked now.
+    fn date_literals(params: &[Parameter]) -> Result<(), TemplateError> {
+        if let Some(Parameter::Literal(serde_json::Value::String(fmt))) = params.get(1) {
+            helpers::check_date_format(fmt).map_err(|m| {
+                TemplateError::with_help(m, "e.g. `{{date record.created_at \"%Y-%m-%d %H:%M\"}}`")
+            })?;
+        }
+        if let Some(Parameter::Literal(serde_json::Value::String(tz))) = params.get(2) {
+            helpers::check_time_zone(tz).map_err(|m| {
+                TemplateError::with_help(
+                    m,
+                    "use an IANA name such as `Europe/Paris`, `America/New_York` or `UTC`",
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 fn render_hb(t: &handlebars::Template, src: &str, scope: &Scope) -> Result<String, RenderError> {
@@ -257,7 +440,7 @@ fn single_path(src: &str) -> Option<Vec<String>> {
     }
     // Literals and keywords are not paths.
     if matches!(inner, "true" | "false" | "null" | "this" | "else")
-        || helpers::NAMES.contains(&inner)
+        || helpers::signature(inner).is_some()
     {
         return None;
     }
@@ -285,7 +468,7 @@ fn text_refs(src: &str) -> Vec<Vec<String>> {
             if tok == "(" || tok == ")" || tok.starts_with(['"', '\'']) || tok.contains('=') {
                 continue;
             }
-            if is_head && (helpers::NAMES.contains(&tok) || is_keyword(tok)) {
+            if is_head && (helpers::signature(tok).is_some() || is_keyword(tok)) {
                 continue;
             }
             if is_keyword(tok) || tok.starts_with('@') || tok.starts_with("..") {
@@ -406,7 +589,7 @@ pub enum Tree {
 impl Tree {
     /// Compiles every string leaf of a YAML value. Errors name the dotted path of the leaf;
     /// the tree holds every leaf that did compile, so callers can check those too.
-    pub fn compile(v: &serde_yaml::Value) -> (Tree, Vec<(String, String)>) {
+    pub fn compile(v: &serde_yaml::Value) -> (Tree, Vec<(String, TemplateError)>) {
         let mut errors = Vec::new();
         let tree = compile_tree(v, "", &mut errors);
         (tree, errors)
@@ -509,7 +692,11 @@ fn collect_templates<'a>(t: &'a Tree, path: String, out: &mut Vec<(String, &'a T
     }
 }
 
-fn compile_tree(v: &serde_yaml::Value, path: &str, errors: &mut Vec<(String, String)>) -> Tree {
+fn compile_tree(
+    v: &serde_yaml::Value,
+    path: &str,
+    errors: &mut Vec<(String, TemplateError)>,
+) -> Tree {
     let join = |k: &str| {
         if path.is_empty() {
             k.to_string()
@@ -534,7 +721,10 @@ fn compile_tree(v: &serde_yaml::Value, path: &str, errors: &mut Vec<(String, Str
                         Ok(Value::String(s)) => s,
                         Ok(other) => other.to_string(),
                         Err(_) => {
-                            errors.push((path.to_string(), "keys must be plain text".into()));
+                            errors.push((
+                                path.to_string(),
+                                TemplateError::new("keys must be plain text"),
+                            ));
                             continue;
                         }
                     },
@@ -555,7 +745,7 @@ fn compile_tree(v: &serde_yaml::Value, path: &str, errors: &mut Vec<(String, Str
         other => match serde_json::to_value(other) {
             Ok(v) => Tree::Value(v),
             Err(e) => {
-                errors.push((path.to_string(), e.to_string()));
+                errors.push((path.to_string(), TemplateError::new(e.to_string())));
                 Tree::Value(Value::Null)
             }
         },
@@ -572,30 +762,109 @@ mod helpers {
     };
     use serde_json::Value;
 
-    /// Names of registered helpers (built-in and ours), so reference checks skip them.
-    pub const NAMES: &[&str] = &[
-        "eq",
-        "ne",
-        "gt",
-        "gte",
-        "lt",
-        "lte",
-        "and",
-        "or",
-        "not",
-        "len",
-        "lookup",
-        "default",
-        "lowercase",
-        "uppercase",
-        "trim",
-        "json",
-        "join",
-        "concat",
-        "first",
-        "date",
-        "now",
+    /// A helper: its name and the arguments it takes. The one table both the checker
+    /// (`validate`) and the registry (`run`) read.
+    pub struct Signature {
+        /// The name.
+        pub name: &'static str,
+        /// Fewest arguments.
+        pub min: usize,
+        /// Most arguments (`None`: any number).
+        pub max: Option<usize>,
+        /// Whether it is a block (`{{#if x}}…{{/if}}`).
+        pub block: bool,
+        /// How it is written.
+        pub usage: &'static str,
+    }
+
+    const fn sig(
+        name: &'static str,
+        min: usize,
+        max: Option<usize>,
+        block: bool,
+        usage: &'static str,
+    ) -> Signature {
+        Signature {
+            name,
+            min,
+            max,
+            block,
+            usage,
+        }
+    }
+
+    /// Every helper a template may call: Handlebars' built-ins sluice documents, then ours.
+    pub const HELPERS: &[Signature] = &[
+        sig("if", 1, Some(1), true, "{{#if cond}}…{{else}}…{{/if}}"),
+        sig("unless", 1, Some(1), true, "{{#unless cond}}…{{/unless}}"),
+        sig("each", 1, Some(1), true, "{{#each list}}{{this}}{{/each}}"),
+        sig(
+            "with",
+            1,
+            Some(1),
+            true,
+            "{{#with record.owner}}{{name}}{{/with}}",
+        ),
+        sig("eq", 2, Some(2), false, "{{eq a b}}"),
+        sig("ne", 2, Some(2), false, "{{ne a b}}"),
+        sig("gt", 2, Some(2), false, "{{gt a b}}"),
+        sig("gte", 2, Some(2), false, "{{gte a b}}"),
+        sig("lt", 2, Some(2), false, "{{lt a b}}"),
+        sig("lte", 2, Some(2), false, "{{lte a b}}"),
+        sig("and", 2, None, false, "{{and a b}}"),
+        sig("or", 2, None, false, "{{or a b}}"),
+        sig("not", 1, Some(1), false, "{{not a}}"),
+        sig("len", 1, Some(1), false, "{{len list}}"),
+        sig("lookup", 2, Some(2), false, "{{lookup object \"key\"}}"),
+        sig("default", 2, Some(2), false, "{{default value fallback}}"),
+        sig("lowercase", 1, Some(1), false, "{{lowercase text}}"),
+        sig("uppercase", 1, Some(1), false, "{{uppercase text}}"),
+        sig("trim", 1, Some(1), false, "{{trim text}}"),
+        sig("json", 1, Some(1), false, "{{json value}}"),
+        sig("join", 2, Some(2), false, "{{join list \", \"}}"),
+        sig("concat", 1, None, false, "{{concat a b …}}"),
+        sig("first", 1, Some(1), false, "{{first list}}"),
+        sig(
+            "date",
+            2,
+            Some(3),
+            false,
+            "{{date timestamp \"%Y-%m-%d\" \"Europe/Paris\"}}",
+        ),
+        sig("now", 0, Some(0), false, "{{now}}"),
     ];
+
+    /// The helper called `name`.
+    pub fn signature(name: &str) -> Option<&'static Signature> {
+        HELPERS.iter().find(|s| s.name == name)
+    }
+
+    /// Every helper's name.
+    pub fn names() -> impl Iterator<Item = &'static str> + Clone {
+        HELPERS.iter().map(|s| s.name)
+    }
+
+    /// How helper `name` is written.
+    pub fn usage(name: &str) -> &'static str {
+        signature(name).map_or("", |s| s.usage)
+    }
+
+    /// Checks a `date` format: strftime codes only.
+    pub fn check_date_format(fmt: &str) -> Result<Vec<chrono::format::Item<'_>>, String> {
+        let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(fmt).collect();
+        if items.contains(&chrono::format::Item::Error) {
+            return Err(format!(
+                "`{fmt}` is not a valid date format (use strftime codes such as %Y-%m-%d)"
+            ));
+        }
+        Ok(items)
+    }
+
+    /// Checks a time zone name: IANA.
+    pub fn check_time_zone(name: &str) -> Result<chrono_tz::Tz, String> {
+        name.parse()
+            .map_err(|_| format!("`{name}` is not an IANA time zone name"))
+    }
 
     type Fun = fn(&[Value]) -> Result<Value, String>;
 
@@ -604,6 +873,8 @@ mod helpers {
         name: &'static str,
         /// Fewest arguments.
         min: usize,
+        /// Most arguments.
+        max: Option<usize>,
         /// Whether a missing (not merely null) argument is allowed.
         lenient: bool,
         f: Fun,
@@ -626,12 +897,12 @@ mod helpers {
                 }
                 args.push(p.value().clone());
             }
-            if args.len() < self.min {
+            if args.len() < self.min || self.max.is_some_and(|m| args.len() > m) {
                 return Err(RenderErrorReason::Other(format!(
-                    "`{}` needs {} argument(s), got {}",
+                    "`{}` does not take {} argument(s): write `{}`",
                     self.name,
-                    self.min,
-                    args.len()
+                    args.len(),
+                    usage(self.name)
                 ))
                 .into());
             }
@@ -642,36 +913,38 @@ mod helpers {
     }
 
     pub fn register(h: &mut Handlebars<'static>) {
-        let mut add = |name: &'static str, min: usize, lenient: bool, f: Fun| {
+        let mut add = |name: &'static str, lenient: bool, f: Fun| {
+            let sig = signature(name).expect("invariant: every registered helper is in HELPERS");
             h.register_helper(
                 name,
                 Box::new(ValueFn {
                     name,
-                    min,
+                    min: sig.min,
+                    max: sig.max,
                     lenient,
                     f,
                 }),
             );
         };
-        add("lowercase", 1, false, |a| {
+        add("lowercase", false, |a| {
             Ok(text(&a[0]).to_lowercase().into())
         });
-        add("uppercase", 1, false, |a| {
+        add("uppercase", false, |a| {
             Ok(text(&a[0]).to_uppercase().into())
         });
-        add("trim", 1, false, |a| Ok(text(&a[0]).trim().into()));
-        add("json", 1, false, |a| Ok(a[0].to_string().into()));
-        add("default", 2, true, |a| {
+        add("trim", false, |a| Ok(text(&a[0]).trim().into()));
+        add("json", false, |a| Ok(a[0].to_string().into()));
+        add("default", true, |a| {
             Ok(match &a[0] {
                 Value::Null => a[1].clone(),
                 Value::String(s) if s.is_empty() => a[1].clone(),
                 other => other.clone(),
             })
         });
-        add("concat", 1, false, |a| {
+        add("concat", false, |a| {
             Ok(a.iter().map(text).collect::<String>().into())
         });
-        add("join", 2, false, |a| match &a[0] {
+        add("join", false, |a| match &a[0] {
             Value::Array(items) => Ok(items
                 .iter()
                 .map(text)
@@ -680,15 +953,13 @@ mod helpers {
                 .into()),
             other => Err(format!("the first argument must be a list, not {other}")),
         });
-        add("first", 1, false, |a| match &a[0] {
+        add("first", false, |a| match &a[0] {
             Value::Array(items) => Ok(items.first().cloned().unwrap_or(Value::Null)),
             other => Err(format!("the argument must be a list, not {other}")),
         });
-        add("now", 0, false, |_| {
-            Ok(chrono::Utc::now().timestamp().into())
-        });
+        add("now", false, |_| Ok(chrono::Utc::now().timestamp().into()));
         // `{{date ts "%Y-%m-%d"}}`, optionally with an IANA timezone: `{{date ts "%H:%M" "Europe/Dublin"}}`.
-        add("date", 2, false, |a| {
+        add("date", false, |a| {
             let ts = match &a[0] {
                 Value::Number(n) => n.as_i64(),
                 Value::String(s) => s.trim().parse().ok(),
@@ -698,18 +969,10 @@ mod helpers {
             let fmt = text(&a[1]);
             let utc = chrono::DateTime::from_timestamp(ts, 0)
                 .ok_or_else(|| format!("{ts} is out of range"))?;
-            let items: Vec<chrono::format::Item> =
-                chrono::format::StrftimeItems::new(&fmt).collect();
-            if items.contains(&chrono::format::Item::Error) {
-                return Err(format!(
-                    "`{fmt}` is not a valid date format (use strftime codes such as %Y-%m-%d)"
-                ));
-            }
+            let items = check_date_format(&fmt)?;
             Ok(match a.get(2) {
                 Some(tz) => {
-                    let tz: chrono_tz::Tz = text(tz)
-                        .parse()
-                        .map_err(|_| format!("{tz} is not an IANA timezone name"))?;
+                    let tz = check_time_zone(&text(tz))?;
                     utc.with_timezone(&tz)
                         .format_with_items(items.into_iter())
                         .to_string()
@@ -820,6 +1083,76 @@ mod tests {
     }
 
     #[test]
+    fn helper_calls_are_checked_when_compiling() {
+        let err = |src: &str| Template::compile(src).unwrap_err();
+        let e = err("{{lowercse record.id}}");
+        assert_eq!(e.message, "there is no helper `lowercse`");
+        assert_eq!(
+            e.help.as_deref(),
+            Some("did you mean `lowercase`? (`{{lowercase text}}`)")
+        );
+        // Nested in a sub-expression and in a block body.
+        assert_eq!(
+            err("{{eq (lowercse a) \"x\"}}").message,
+            "there is no helper `lowercse`"
+        );
+        assert_eq!(
+            err("{{#if x}}{{nope y}}{{else}}b{{/if}}").message,
+            "there is no helper `nope`"
+        );
+        assert_eq!(
+            err("a {{default x}}").message,
+            "`default` takes 2 arguments, but 1 is given"
+        );
+        assert_eq!(
+            err("{{default x}}").help.as_deref(),
+            Some("write `{{default value fallback}}`")
+        );
+        assert_eq!(
+            err("{{eq x}}").message,
+            "`eq` takes 2 arguments, but 1 is given"
+        );
+        assert_eq!(
+            err("{{lowercase record.id \"x\"}}").message,
+            "`lowercase` takes 1 argument, but 2 are given"
+        );
+        assert_eq!(
+            err("{{date 1 \"%Y\" \"x\" \"y\"}}").message,
+            "`date` takes 2 to 3 arguments, but 4 are given"
+        );
+        assert_eq!(
+            err("{{join (first x)}}").message,
+            "`join` takes 2 arguments, but 1 is given"
+        );
+        assert_eq!(
+            err("{{date record.at \"%Y-%Q\"}}").message,
+            "`%Y-%Q` is not a valid date format (use strftime codes such as %Y-%m-%d)"
+        );
+        assert_eq!(
+            err("{{date record.at \"%H\" \"Mars/Olympus\"}}").message,
+            "`Mars/Olympus` is not an IANA time zone name"
+        );
+        assert!(err("{{lowercase x key=1}}")
+            .message
+            .contains("no `key=…` option"));
+        assert!(err("{{> partial}}").message.contains("partials"));
+        // What the checker passes renders.
+        let s = Scope::new(json!({"a": "X", "n": null, "l": [1, 2], "t": 0}));
+        for ok in [
+            "{{or (eq a \"X\") (not n)}}",
+            "{{and a (gt (len l) 1)}}",
+            "{{#each l}}{{this}}{{/each}}",
+            "{{#if a}}{{lowercase a}}{{else}}{{now}}{{/if}}",
+            "{{date t \"%Y\" \"Europe/Paris\"}}",
+            "{{concat a \"-\" (first l)}}",
+            "{{default n (lookup l 0)}}",
+        ] {
+            let t = Template::compile(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            t.render(&s).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
     fn conditions_and_required_paths() {
         let s = Scope::new(json!({"record": {"role": "user", "n": 0, "tags": []}}));
         let t = |src: &str| Template::compile(src).unwrap().truthy(&s).unwrap();
@@ -852,6 +1185,6 @@ mod tests {
         assert_eq!(refs, ["record.title", "x.y", "z"]);
         // An unclosed block is a syntax error with a readable reason.
         let e = Template::compile("{{#if x}}yes").unwrap_err();
-        assert!(e.contains("template syntax error"), "{e}");
+        assert!(e.message.contains("template syntax error"), "{e}");
     }
 }

@@ -89,45 +89,44 @@ pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
     let mut table: Option<recipe::ConnectionTable> = None;
     let mut retention = crate::history::Retention::default();
     if let Some((file, text)) = &src.config {
-        match spec::parse_config(file, text) {
-            Ok((config, index)) => {
-                if let Some(h) = &config.history {
-                    retention = build_retention(file, &index, h, &mut diags);
-                }
-                let built = connection::build_connections(
-                    file,
-                    &config,
-                    &index,
-                    &src.connectors,
-                    src.env,
-                    src.secrets,
-                );
-                // A connection with problems is left out (`unavailable`): an error for the
-                // recipes that use it, not for the others. `validate` reports every problem.
-                diags.extend(built.problems.into_iter().filter(|d| !d.is_error()));
-                let mut t = recipe::ConnectionTable::new();
-                for (name, c) in &config.connections {
-                    let id = built.plans.iter().find(|b| &b.name == name).map(|b| b.id);
-                    let why = built
-                        .unavailable
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, d)| d.message.clone());
-                    t.insert(
-                        name.clone(),
-                        recipe::ConnEntry {
-                            connector: c.connector.clone(),
-                            id,
-                            why,
-                        },
-                    );
-                }
-                table = Some(t);
-                unavailable = built.unavailable;
-                unset = built.unset;
-                connections = built.plans.into_iter().map(Arc::new).collect();
+        let (parsed, problems) = spec::parse_config(file, text);
+        diags.extend(problems);
+        if let Some((config, index)) = parsed {
+            if let Some(h) = &config.history {
+                retention = build_retention(file, &index, h, &mut diags);
             }
-            Err(d) => diags.push(d),
+            let built = connection::build_connections(
+                file,
+                &config,
+                &index,
+                &src.connectors,
+                src.env,
+                src.secrets,
+            );
+            // A connection with problems is left out (`unavailable`): an error for the
+            // recipes that use it, not for the others. `validate` reports every problem.
+            diags.extend(built.problems.into_iter().filter(|d| !d.is_error()));
+            let mut t = recipe::ConnectionTable::new();
+            for (name, c) in &config.connections {
+                let id = built.plans.iter().find(|b| &b.name == name).map(|b| b.id);
+                let why = built
+                    .unavailable
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, d)| d.message.clone());
+                t.insert(
+                    name.clone(),
+                    recipe::ConnEntry {
+                        connector: Some(c.connector.clone()),
+                        id,
+                        why,
+                    },
+                );
+            }
+            table = Some(t);
+            unavailable = built.unavailable;
+            unset = built.unset;
+            connections = built.plans.into_iter().map(Arc::new).collect();
         }
     }
     let mut recipes: Vec<Arc<Recipe>> = Vec::new();
@@ -478,9 +477,11 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("`{s}` has no unit; write e.g. `30s`, `10m`, `2h` or `1d`"))?;
     let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` does not start with a whole number"))?;
+    if num.is_empty() {
+        return Err(format!("`{s}` does not start with a whole number"));
+    }
+    // Only digits by construction: a number that does not parse is too large.
+    let n: i64 = num.parse().map_err(|_| format!("`{s}` is far too large"))?;
     let mult = match unit.trim() {
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
@@ -493,7 +494,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         }
     };
     n.checked_mul(mult)
-        .ok_or_else(|| format!("`{s}` is too large"))
+        .ok_or_else(|| format!("`{s}` is far too large"))
 }
 
 struct Ctx<'a> {
@@ -569,6 +570,26 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         }
     }
     check_rules(&mut cx, "errors", &h.errors);
+    if let Some(rl) = &h.rate_limit {
+        if let Some(w) = &rl.window {
+            match parse_duration(w) {
+                Err(m) => cx.err("rate_limit.window", m, Some("e.g. `window: 10s`".into())),
+                Ok(secs) if !(1..=86_400).contains(&secs) => cx.err(
+                    "rate_limit.window",
+                    format!("`{w}` is outside 1s to 1d"),
+                    Some("e.g. `window: 10s`".into()),
+                ),
+                Ok(_) => {}
+            }
+        }
+        if rl.limit == Some(0) {
+            cx.err(
+                "rate_limit.limit",
+                "`limit` must be at least 1",
+                Some("the calls the API allows per window, e.g. `limit: 166`".into()),
+            );
+        }
+    }
     if h.max_response_mb == Some(0) {
         cx.err(
             "max_response_mb",
@@ -804,7 +825,10 @@ fn build_request(
                 check_refs(cx, &qpath, &t, scope);
                 query.push((k.clone(), t));
             }
-            Err(e) => cx.err(&qpath, e, None),
+            Err(e) => {
+                let help = e.help.clone();
+                cx.err(&qpath, e, help)
+            }
         }
     }
     let body = match &spec.body {
@@ -819,7 +843,8 @@ fn build_request(
             }
             let (tree, errs) = Tree::compile(b);
             for (p, e) in errs {
-                cx.err(&format!("{path}.body.{p}"), e, None);
+                let help = e.help.clone();
+                cx.err(&format!("{path}.body.{p}"), e, help);
             }
             for (p, t) in tree.templates() {
                 check_refs(cx, &format!("{path}.body.{p}"), t, scope);
@@ -908,6 +933,15 @@ fn build_trigger(cx: &mut Ctx, id: &str, t: &TriggerSpec) -> Option<Trigger> {
     };
     let request = build_request(cx, &format!("{base}.request"), &t.request, &scope, &options);
     let (page_size, max) = t.pagination.page_sizes();
+    for (field, v) in [("page_size", page_size), ("max_page_size", max)] {
+        if v == Some(0) {
+            cx.err(
+                &format!("{base}.pagination.{field}"),
+                format!("`{field}` must be at least 1: a page of 0 records never ends a poll"),
+                Some("give the number of records a page holds, e.g. `page_size: 50`".into()),
+            );
+        }
+    }
     if let (Some(p), Some(m)) = (page_size, max) {
         if p > m {
             cx.err(
@@ -1196,7 +1230,10 @@ fn build_action(cx: &mut Ctx, id: &str, a: &ActionSpec) -> Option<Action> {
                     check_refs(cx, &at, &t, &scope);
                     matches.push((split_path(field), t));
                 }
-                Err(e) => cx.err(&at, e, None),
+                Err(e) => {
+                    let help = e.help.clone();
+                    cx.err(&at, e, help)
+                }
             }
         }
         let request = build_request(
@@ -1433,5 +1470,15 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(172_800));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_duration("5 minutes"), Ok(300));
+        assert_eq!(parse_duration("2 hrs"), Ok(7200));
+        assert_eq!(
+            parse_duration("99999999999999999999s"),
+            Err("`99999999999999999999s` is far too large".into())
+        );
+        assert_eq!(
+            parse_duration("9223372036854775807d"),
+            Err("`9223372036854775807d` is far too large".into())
+        );
     }
 }

@@ -407,14 +407,17 @@ fn suggest<'a>(word: &str, options: impl IntoIterator<Item = &'a str> + Clone) -
 }
 
 /// What templates of one place may read, for reference checks.
+///
+/// Everything is borrowed: a scope is made per step, and copying the earlier steps into each
+/// made validation quadratic in the number of steps (issue 14).
 struct RefScope<'a> {
-    record_fields: Option<BTreeSet<String>>,
+    record_fields: Option<&'a BTreeSet<String>>,
     /// Earlier steps: id → (declared output fields, output is a list).
-    steps: IndexMap<String, (BTreeSet<String>, bool)>,
-    /// Later steps (for a better message).
-    later: BTreeSet<&'a str>,
+    steps: &'a IndexMap<String, (BTreeSet<String>, bool)>,
+    /// Later steps (for a better message; searched only when a reference is wrong).
+    later: &'a [spec::StepSpec],
     item: bool,
-    trigger_name: String,
+    trigger_name: &'a str,
 }
 
 fn check_refs(cx: &mut Cx, path: &str, tpl: &Template, scope: &RefScope) {
@@ -428,7 +431,7 @@ fn check_refs(cx: &mut Cx, path: &str, tpl: &Template, scope: &RefScope) {
         };
         match root {
             "record" => {
-                if let (Some(fields), Some(f)) = (&scope.record_fields, r.get(1)) {
+                if let (Some(fields), Some(f)) = (scope.record_fields, r.get(1)) {
                     if !fields.contains(f.as_str()) {
                         cx.err(
                             path,
@@ -466,7 +469,7 @@ fn check_refs(cx: &mut Cx, path: &str, tpl: &Template, scope: &RefScope) {
                             }
                         }
                     }
-                    None if scope.later.contains(id.as_str()) => cx.err(
+                    None if scope.later.iter().any(|s| s.id == *id) => cx.err(
                         path,
                         format!("step `{id}` runs later, so its output does not exist yet here"),
                         Some("a step can only use the outputs of steps above it; move it up or change the reference".into()),
@@ -519,7 +522,11 @@ fn compile_template(cx: &mut Cx, path: &str, src: &str, scope: &RefScope) -> Opt
             Some(t)
         }
         Err(e) => {
-            cx.err(path, e, Some("templates look like `{{record.email}}` or `{{default record.name \"friend\"}}`".into()));
+            let help = e.help.clone().unwrap_or_else(|| {
+                "templates look like `{{record.email}}` or `{{default record.name \"friend\"}}`"
+                    .into()
+            });
+            cx.err(path, e, Some(help));
             None
         }
     }
@@ -672,7 +679,7 @@ pub fn build_recipe(
 
     // Connection.
     let recipe_conn = connection_connector(&mut cx, "connection", &spec.connection, conns);
-    let conn_connector = recipe_conn.as_ref().map(|(c, _)| c.clone());
+    let conn_connector = recipe_conn.as_ref().and_then(|(c, _)| c.clone());
 
     // Trigger.
     let trigger_path = if matches!(spec.trigger, spec::TriggerRefSpec::Full { .. }) {
@@ -729,6 +736,17 @@ pub fn build_recipe(
         .map(parse_start_from)
         .unwrap_or(Ok(StartFrom::Now))
     {
+        Ok(StartFrom::At(t)) if t > chrono::Utc::now().timestamp() => {
+            cx.err(
+                "start_from",
+                format!(
+                    "`start_from` {} is in the future: the recipe would skip every change until then",
+                    spec.start_from.as_deref().unwrap_or_default().trim()
+                ),
+                Some("leave it out (or write `now`) to start with new changes, or give a past date to backfill from".into()),
+            );
+            StartFrom::Now
+        }
         Ok(s) => s,
         Err(m) => {
             cx.err(
@@ -755,14 +773,14 @@ pub fn build_recipe(
             .any(|h| Some(h) == t.cursor_field.first().map(String::as_str));
         per_change.then(|| t.object.clone()).flatten()
     });
-    let all_ids: Vec<&str> = spec.steps.iter().map(|s| s.id.as_str()).collect();
+    let no_steps = IndexMap::new();
     let filter = spec.filter.as_deref().and_then(|f| {
         let scope = RefScope {
-            record_fields: record_fields.clone(),
-            steps: IndexMap::new(),
-            later: all_ids.iter().copied().collect(),
+            record_fields: record_fields.as_ref(),
+            steps: &no_steps,
+            later: &spec.steps,
             item: false,
-            trigger_name: trigger_name.clone(),
+            trigger_name: &trigger_name,
         };
         compile_template(&mut cx, "filter", f, &scope)
     });
@@ -795,13 +813,12 @@ pub fn build_recipe(
                 Some("give every step its own id".into()),
             );
         }
-        let later: BTreeSet<&str> = spec.steps[i + 1..].iter().map(|s| s.id.as_str()).collect();
         let scope_plain = RefScope {
-            record_fields: record_fields.clone(),
-            steps: earlier.clone(),
-            later: later.clone(),
+            record_fields: record_fields.as_ref(),
+            steps: &earlier,
+            later: &spec.steps[i + 1..],
             item: false,
-            trigger_name: trigger_name.clone(),
+            trigger_name: &trigger_name,
         };
         let condition = s
             .condition
@@ -836,11 +853,16 @@ pub fn build_recipe(
                 }
                 let (tree, errs) = Tree::compile(v);
                 for (p, e) in errs {
-                    cx.err(
-                        &path,
-                        format!("{e} (at {p})"),
-                        Some("templates look like `{{record.email}}`".into()),
-                    );
+                    let at = if p.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path}.{p}")
+                    };
+                    let help = e
+                        .help
+                        .clone()
+                        .unwrap_or_else(|| "templates look like `{{record.email}}`".into());
+                    cx.err(&at, e, Some(help));
                 }
                 for (p, t) in tree.templates() {
                     let at = if p.is_empty() {
@@ -894,7 +916,7 @@ pub fn build_recipe(
             Some(c) => connection_connector(&mut cx, &format!("{base}.connection"), c, conns),
             None => recipe_conn.clone(),
         };
-        let step_conn_connector = step_conn_resolved.as_ref().map(|(c, _)| c.clone());
+        let step_conn_connector = step_conn_resolved.as_ref().and_then(|(c, _)| c.clone());
         let action = resolve(
             &mut cx,
             &format!("{base}.action"),
@@ -1038,8 +1060,9 @@ pub type ConnectionTable = IndexMap<String, ConnEntry>;
 /// A connection as recipes see it.
 #[derive(Debug, Clone)]
 pub struct ConnEntry {
-    /// The connector it speaks.
-    pub connector: String,
+    /// The connector it speaks; `None` when that connector is not loaded (reported in
+    /// `sluice.yaml`: recipes naming the connection are checked without it).
+    pub connector: Option<String>,
     /// Its handle, when it compiled.
     pub id: Option<ConnId>,
     /// Why it could not be opened, when that is not a problem of the file (an environment
@@ -1048,13 +1071,13 @@ pub struct ConnEntry {
 }
 
 /// Checks a connection name against the configured connections; returns its connector id
-/// and handle.
+/// (when known) and handle.
 fn connection_connector(
     cx: &mut Cx,
     path: &str,
     name: &str,
     conns: Option<&ConnectionTable>,
-) -> Option<(String, ConnId)> {
+) -> Option<(Option<String>, ConnId)> {
     let Some(conns) = conns else {
         cx.err(
             path,
@@ -1179,11 +1202,11 @@ fn check_inputs(
             } else {
                 format!("{path}.{p}")
             };
-            cx.err(
-                &at,
-                e,
-                Some("templates look like `{{record.email}}`".into()),
-            );
+            let help = e
+                .help
+                .clone()
+                .unwrap_or_else(|| "templates look like `{{record.email}}`".into());
+            cx.err(&at, e, Some(help));
         }
         for (p, t) in tree.templates() {
             let at = if p.is_empty() {

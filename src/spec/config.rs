@@ -4,11 +4,13 @@
 //! environment when the plan is built.
 
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The whole `sluice.yaml`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "sluice configuration (sluice.yaml)")]
 pub struct ConfigSpec {
     /// Connection name → how to reach one account of a service.
     #[serde(default)]
@@ -19,7 +21,7 @@ pub struct ConfigSpec {
 }
 
 /// How much run history is kept (`history:` in `sluice.yaml`).
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HistorySpec {
     /// Runs older than this go (default `30d`).
@@ -27,14 +29,16 @@ pub struct HistorySpec {
     pub max_age: Option<String>,
     /// At most this many runs per recipe instance (default 2,000).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_runs: Option<usize>,
     /// At most this many record rows per run (default 10,000).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_records_per_run: Option<usize>,
 }
 
 /// One connection: which connector, which account, which credentials.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionSpec {
     /// Connector id (`intercom`).
@@ -78,7 +82,7 @@ pub struct ConnectionSpec {
 }
 
 /// Retry policy knobs.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySpec {
     /// Attempts for a retryable failure, the first included (default 5).

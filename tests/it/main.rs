@@ -21,6 +21,7 @@ mod paths;
 mod polling;
 mod readme;
 mod recipes;
+mod schema;
 mod sidecar;
 mod store;
 mod validate;

@@ -1316,3 +1316,347 @@ async fn listening_beyond_loopback_needs_an_admin_token() {
         );
     }
 }
+
+// ---- The status pages (issue 12): HTML through HTTP; the browser test drives them too. ----
+
+/// A recipe that notes each new contact with its name (record data on the pages).
+const NAMED: &str = "id: named\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"for {{record.name}}\"\n";
+
+/// A page's form CSRF token.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("no CSRF token in:\n{html}"));
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// Every `href="/runs/…"` of a page, in order.
+fn run_links(html: &str) -> Vec<String> {
+    html.split("href=\"/runs/")
+        .skip(1)
+        .map(|s| format!("/runs/{}", &s[..s.find('"').unwrap()]))
+        .collect()
+}
+
+impl Sidecar {
+    /// A form `POST` (no redirect followed): the status and the `Location`.
+    async fn form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let r = http
+            .post(format!("{}{path}", self.base))
+            .form(fields)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log()));
+        let location = r
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (r.status().as_u16(), location)
+    }
+
+    /// A page that must answer 200.
+    async fn page(&self, path: &str) -> String {
+        let (code, body) = self.get(path).await;
+        assert_eq!(code, 200, "GET {path}: {body}\n{}", self.log());
+        body
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pages_show_runs_and_records_with_record_data_escaped() {
+    let env = live_sim().await;
+    env.write_recipe(NAMED);
+    let sc = Sidecar::start(&env, &[]).await;
+    let id = env
+        .sim()
+        .create(
+            Kind::Contact,
+            json!({"email": "x@x.io", "role": "user", "name": "<script>window.__pwned=1</script>"}),
+        )
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sc.until("the note", SOON, || async {
+        (calls(&env, "POST", &format!("/contacts/{id}/notes")) == 1).then_some(())
+    })
+    .await;
+    let overview = sc.page("/").await;
+    assert!(
+        overview.contains("<tr data-instance=\"named@intercom\">"),
+        "{overview}"
+    );
+    assert!(
+        overview.contains("<tr data-connection=\"intercom\">"),
+        "{overview}"
+    );
+    // The run that fired it, through the outcome filter, then its records.
+    let fired = sc
+        .until("a run that fired", SOON, || async {
+            let html = sc.page("/recipes/named@intercom?outcome=fired").await;
+            run_links(&html).into_iter().next()
+        })
+        .await;
+    let html = sc.page("/recipes/named@intercom").await;
+    assert!(html.contains("<svg id=\"chart\""), "{html}");
+    assert!(html.contains("data-kind=\"scheduled\""), "{html}");
+    let run = sc.page(&fired).await;
+    assert!(
+        run.contains("<tr class=\"record\" data-outcome=\"finished\">"),
+        "{run}"
+    );
+    // What the step sent, escaped: the page shows the text, never the tag.
+    assert!(
+        run.contains("&lt;script&gt;window.__pwned&#x3D;1&lt;/script&gt;"),
+        "{run}"
+    );
+    assert!(!run.contains("<script>"), "{run}");
+    // The same as JSON.
+    let (code, body) = sc
+        .get("/api/instances/named@intercom/runs?outcome=fired")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let first = &v["runs"][0];
+    assert_eq!(first["report"]["fired"], json!(1), "{v}");
+    let run_id = first["run"].as_str().unwrap();
+    let (code, body) = sc.get(&format!("/api/runs/named@intercom/{run_id}")).await;
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let step = &v["records"][0]["record"]["steps"][0];
+    assert_eq!(step["step"], "note", "{v}");
+    assert_eq!(
+        step["sent"]["body"],
+        json!("for <script>window.__pwned=1</script>"),
+        "{v}"
+    );
+    assert_eq!(step["got"]["type"], "note", "{v}");
+    // Unknown things are 404s, bad ids 400s.
+    assert_eq!(sc.get("/recipes/nope@intercom").await.0, 404);
+    assert_eq!(sc.get("/runs/named@intercom/x").await.0, 400);
+    assert_eq!(sc.get("/runs/named@intercom/1-1").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_and_dropped_from_the_pages_with_their_csrf_token() {
+    let env = live_sim().await;
+    env.write_recipe(NAMED);
+    let sc = Sidecar::start(&env, &[]).await;
+    // The note of contact `c` fails for good (422), once.
+    let fail = |c: &str| Faults {
+        fail_next: vec![FailRule {
+            path_prefix: format!("/contacts/{c}/notes"),
+            method: Some("POST".into()),
+            status: 422,
+            code: None,
+            message: None,
+            count: 1,
+            skip: 0,
+            after_write: false,
+        }],
+        ..Faults::default()
+    };
+    // Paused while the contact and its fault are set up.
+    sc.pause("named@intercom").await;
+    let a = contact(&env, "a@x.io");
+    env.sim().set_faults(fail(&a));
+    assert_eq!(
+        sc.post("/api/instances/named@intercom/resume", true)
+            .await
+            .0,
+        200
+    );
+    let list = sc
+        .until("a dead letter on the page", SOON, || async {
+            let html = sc.page("/dead-letters").await;
+            html.contains("<tr data-id=").then_some(html)
+        })
+        .await;
+    let id = {
+        let at = list.find("<tr data-id=\"").unwrap() + "<tr data-id=\"".len();
+        list[at..at + list[at..].find('"').unwrap()].to_string()
+    };
+    let detail = sc.page(&format!("/dead-letters/{id}")).await;
+    assert!(detail.contains("class=\"error\""), "{detail}");
+    assert!(detail.contains("422"), "{detail}");
+    assert!(detail.contains(&a), "the record's JSON: {detail}");
+    // A form without the page's token changes nothing.
+    let (code, _) = sc
+        .form(
+            &format!("/ui/dead-letters/{id}/replay"),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_eq!(code, 403);
+    assert_eq!(calls(&env, "POST", &format!("/contacts/{a}/notes")), 0);
+    // Fixed; replayed with the token: back on the recipe's page, finished.
+    env.sim().set_faults(Faults::default());
+    let token = csrf_of(&detail);
+    let (code, location) = sc
+        .form(
+            &format!("/ui/dead-letters/{id}/replay"),
+            &[("csrf", &token)],
+        )
+        .await;
+    assert_eq!(code, 303, "{location}");
+    assert!(
+        location.starts_with("/recipes/named@intercom?flash="),
+        "{location}"
+    );
+    let page = sc.page(&location).await;
+    assert!(page.contains("class=\"flash\">replayed: "), "{page}");
+    assert!(page.contains("finished from step"), "{page}");
+    assert!(page.contains("data-kind=\"replay\""), "{page}");
+    assert_eq!(calls(&env, "POST", &format!("/contacts/{a}/notes")), 1);
+    assert!(!sc
+        .page("/dead-letters")
+        .await
+        .contains(&format!("data-id=\"{id}\"")));
+    // Another one, dropped.
+    sc.pause("named@intercom").await;
+    let b = contact(&env, "b@x.io");
+    env.sim().set_faults(fail(&b));
+    assert_eq!(
+        sc.post("/api/instances/named@intercom/resume", true)
+            .await
+            .0,
+        200
+    );
+    let id = sc
+        .until("a second dead letter", SOON, || async {
+            let html = sc.page(&format!("/dead-letters?q={b}")).await;
+            let at = html.find("<tr data-id=\"")? + "<tr data-id=\"".len();
+            Some(html[at..at + html[at..].find('"')?].to_string())
+        })
+        .await;
+    let (code, location) = sc
+        .form(&format!("/ui/dead-letters/{id}/drop"), &[("csrf", &token)])
+        .await;
+    assert_eq!(
+        (code, location.starts_with("/dead-letters?flash=dropped")),
+        (303, true)
+    );
+    assert!(!sc.page("/dead-letters").await.contains("<tr data-id="));
+    assert_eq!(calls(&env, "POST", &format!("/contacts/{b}/notes")), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_on_the_page_stops_the_ticks_and_resume_restarts_them() {
+    let env = live_sim().await;
+    env.write_recipe(NAMED);
+    let sc = Sidecar::start(&env, &[]).await;
+    let html = sc.page("/recipes/named@intercom").await;
+    assert!(html.contains("<form class=\"pause"), "{html}");
+    let token = csrf_of(&html);
+    let (code, _) = sc
+        .form("/ui/instances/named@intercom/pause", &[("csrf", &token)])
+        .await;
+    assert_eq!(code, 303);
+    let html = sc.page("/recipes/named@intercom").await;
+    assert!(html.contains("<form class=\"resume"), "{html}");
+    sc.until("idle and paused", SOON, || async {
+        sc.instance("named@intercom")
+            .await
+            .filter(|i| i["paused"] == true && i["running"] == false)
+    })
+    .await;
+    let runs = |html: &str| html.matches("<tr class=\"run\"").count();
+    let before = runs(&sc.page("/recipes/named@intercom").await);
+    // Three of its slots pass: no run.
+    let c = contact(&env, "p@x.io");
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    assert_eq!(runs(&sc.page("/recipes/named@intercom").await), before);
+    assert_eq!(calls(&env, "POST", &format!("/contacts/{c}/notes")), 0);
+    let (code, _) = sc
+        .form("/ui/instances/named@intercom/resume", &[("csrf", &token)])
+        .await;
+    assert_eq!(code, 303);
+    sc.until("the note after resuming", SOON, || async {
+        (calls(&env, "POST", &format!("/contacts/{c}/notes")) == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_pages_need_the_admin_token() {
+    let env = live_sim().await;
+    env.write_recipe(NAMED);
+    let sc = Sidecar::start_with(&env, "0.0.0.0:0", &[], Some("s3cret-admin")).await;
+    let (code, location) = sc
+        .form("/ui/instances/named@intercom/pause", &[("csrf", "x")])
+        .await;
+    assert_eq!((code, location.as_str()), (303, "/login"));
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(format!("{}/", sc.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let wrong = http
+        .post(format!("{}/login", sc.base))
+        .form(&[("token", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert!(wrong.headers().get("set-cookie").is_none());
+    let right = http
+        .post(format!("{}/login", sc.base))
+        .form(&[("token", "s3cret-admin")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = right.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let page = http
+        .get(format!("{}/", sc.base))
+        .header("cookie", cookie.split(';').next().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("data-instance=\"named@intercom\""));
+    assert!(!html.contains("s3cret-admin"), "no page shows a credential");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_is_kept_to_its_bounds() {
+    let env = live_sim().await;
+    env.write_recipe(NAMED);
+    let config = std::fs::read_to_string(env.ws.config()).unwrap();
+    std::fs::write(
+        env.ws.config(),
+        format!("{config}history:\n  max_runs: 3\n  max_age: 30d\n"),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        env.sluice_in(&["run", "--once"], None).await.assert_ok();
+    }
+    let store = SledStore::open(&env.ws.path().join("state")).unwrap();
+    assert_eq!(store.cycles("named@intercom", 100).unwrap().len(), 3);
+    drop(store);
+    // A bound that is no bound is refused where it is written.
+    std::fs::write(
+        env.ws.config(),
+        format!("{config}history:\n  max_runs: 0\n"),
+    )
+    .unwrap();
+    let r = env.sluice_in(&["validate"], None).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("history.max_runs must be at least 1"),
+        "{}",
+        r.stderr
+    );
+}

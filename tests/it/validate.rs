@@ -339,8 +339,188 @@ fn the_config_is_checked_without_recipes_and_recipe_ids_are_unique_across_files(
     });
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("recipe id `twice` is also used by"),
+        r.stderr
+            .contains("b/twice.yaml:1:1: error: recipe id `twice` is also used by `a/twice.yaml`"),
         "{}",
         r.stderr
     );
+}
+
+/// A workspace with the shipped connectors' `sluice.yaml` shape and a recipe directory.
+fn recipe_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sluice.yaml"), config).unwrap();
+    std::fs::create_dir(dir.path().join("recipes")).unwrap();
+    dir
+}
+
+const CONFIG: &str =
+    "connections:\n  intercom:\n    connector: intercom\n    token: ${env:INTERCOM_TOKEN}\n";
+
+fn recipe(id: &str, extra: &str) -> String {
+    format!(
+        "id: {id}\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 5m\n{extra}steps:\n  - id: out\n    action: emit\n"
+    )
+}
+
+fn validate_in(dir: &std::path::Path, args: &[&str]) -> crate::util::Run {
+    run({
+        let mut c = sluice();
+        c.current_dir(dir)
+            .arg("--connectors")
+            .arg(root().join("connectors"))
+            .arg("validate")
+            .args(args);
+        c
+    })
+}
+
+#[test]
+fn issue_14_a_file_that_is_not_utf8_is_named_and_the_others_are_still_checked() {
+    let dir = recipe_dir(CONFIG);
+    let mut latin1 = b"id: caf".to_vec();
+    latin1.push(0xe9); // `é` in Latin-1
+    latin1.extend_from_slice(b"\n");
+    std::fs::write(dir.path().join("recipes/cafe.yaml"), latin1).unwrap();
+    std::fs::write(
+        dir.path().join("recipes/other.yaml"),
+        recipe("other", "concurrency: 0\n"),
+    )
+    .unwrap();
+    let r = validate_in(dir.path(), &["recipes"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "recipes/cafe.yaml:1:8: error: the file is not UTF-8 text (byte 0xe9 here is not valid UTF-8)\n  help: save the file as UTF-8"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("recipes/other.yaml:6:1: error: concurrency 0 is outside 1 to 256"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn issue_14_a_huge_file_is_refused_with_its_size_without_reading_it_all() {
+    let dir = recipe_dir(CONFIG);
+    let mut text = recipe("huge", "");
+    text.push_str(&"# padding padding padding padding padding padding padding\n".repeat(170_000));
+    std::fs::write(dir.path().join("recipes/huge.yaml"), &text).unwrap();
+    assert!(text.len() > 9 << 20);
+    let r = validate_in(dir.path(), &["recipes"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "recipes/huge.yaml:1:1: error: the file is 9.4 MiB; sluice reads connector, recipe and config files of at most 8 MiB"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn issue_14_a_byte_order_mark_and_merge_keys_are_accepted() {
+    let dir = recipe_dir(CONFIG);
+    let text = "\u{feff}id: merged\nconnection: intercom\ntrigger: intercom.new_contact\nschedule: &every\n  every: 5m\nsteps:\n  - &step\n    id: out\n    action: emit\n  - <<: *step\n    id: again\n";
+    std::fs::write(dir.path().join("recipes/merged.yaml"), text).unwrap();
+    let r = validate_in(dir.path(), &["recipes"]);
+    r.assert_ok();
+    assert!(r.stdout.contains("1 recipe(s)"), "{}", r.stdout);
+    // A merge of something that is not a mapping is refused in words.
+    std::fs::write(
+        dir.path().join("recipes/merged.yaml"),
+        text.replace("<<: *step", "<<: 5"),
+    )
+    .unwrap();
+    let r = validate_in(dir.path(), &["recipes"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("error: a merge key (`<<`) cannot be applied")
+            && !r.stderr.contains("did you mean"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn issue_14_a_connections_unknown_connector_is_reported_in_the_config_not_on_the_recipe() {
+    let dir = recipe_dir(
+        "connections:\n  intercom:\n    connector: intercomm\n    token: ${env:INTERCOM_TOKEN}\n    timeout_secs: 0\n",
+    );
+    std::fs::write(dir.path().join("recipes/one.yaml"), recipe("one", "")).unwrap();
+    let r = validate_in(dir.path(), &["recipes"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr,
+        "sluice.yaml:3:5: error: connection `intercom` names connector `intercomm`, which is not loaded\n  help: did you mean `intercom`?\n1 error(s) in 1 file(s)\n"
+    );
+    // Every problem of the file in one pass: an unknown key does not hide a bad region.
+    std::fs::write(
+        dir.path().join("sluice.yaml"),
+        "connections:\n  a:\n    connector: intercom\n    regoin: eu\n  b:\n    connector: intercom\n    region: mars\n    timeout_secs: 0\n",
+    )
+    .unwrap();
+    let r = validate_in(dir.path(), &[]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for want in [
+        "sluice.yaml:4:5: error: unknown key `regoin`\n  help: did you mean `region`?",
+        "sluice.yaml:7:5: error: connection `b`: region `mars` is not one of connector `intercom`'s regions",
+        "sluice.yaml:8:5: error: connection `b`: `timeout_secs` 0 is outside 1 to 600",
+    ] {
+        assert!(r.stderr.contains(want), "{want}\n{}", r.stderr);
+    }
+}
+
+#[test]
+fn issue_14_deny_warnings_fails_on_warnings() {
+    let dir = recipe_dir("connections:\n  intercom:\n    connector: intercom\n    token: abc\n");
+    std::fs::write(dir.path().join("recipes/one.yaml"), recipe("one", "")).unwrap();
+    let r = validate_in(dir.path(), &["recipes"]);
+    r.assert_ok();
+    assert!(r
+        .stderr
+        .contains("warning: connection `intercom` has its token written"));
+    let r = validate_in(dir.path(), &["--deny-warnings", "recipes"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .ends_with("1 warning(s), denied by --deny-warnings\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.stdout, "");
+}
+
+#[test]
+fn issue_14_page_sizes_of_zero_are_refused() {
+    let fixture = root().join("tests/fixtures/connectors/tinyapi.yaml");
+    let text = std::fs::read_to_string(fixture).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("tinyapi.yaml");
+    let zero = regex_free_replace(&text, "page_size: ", "page_size: 0 #");
+    std::fs::write(&f, zero).unwrap();
+    let r = run({
+        let mut c = sluice();
+        c.arg("validate").arg(&f);
+        c
+    });
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "error: `page_size` must be at least 1: a page of 0 records never ends a poll"
+        ),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Replaces the first occurrence only.
+fn regex_free_replace(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "no {from:?}");
+    text.replacen(from, to, 1)
 }
