@@ -892,6 +892,19 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
         .all("table#runs tr.run[data-kind='replay'][data-outcome='ok']")
         .await;
     assert_eq!(replays.len(), 1, "the recipe's runs show the replay");
+    // Its run page: the record finished, with the step it resumed at.
+    let link = replays[0].find(Locator::Css("a.run-link")).await.unwrap();
+    b.follow(&link).await;
+    b.shot("replay-run").await;
+    let records = b.all("table#records tr.record").await;
+    assert_eq!(records.len(), 1, "the replayed record");
+    assert_eq!(
+        records[0].attr("data-outcome").await.unwrap().as_deref(),
+        Some("finished")
+    );
+    let row = records[0].text().await.unwrap();
+    assert!(row.contains(&id), "the record's key: {row}");
+    assert!(row.contains("onboarding"), "the step run: {row}");
 
     // Gone from the list.
     b.goto(&sc.url("/dead-letters")).await;
