@@ -1627,6 +1627,10 @@ fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> ValidateContext {
 }
 
 fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool, deny_warnings: bool) -> Result<ExitCode> {
+    // A config file given (`--config`, SLUICE_CONFIG) but missing cannot be validated.
+    if cli.config_given && !cli.config.exists() {
+        config_source(cli)?;
+    }
     let paths: Vec<PathBuf> = if paths.is_empty() {
         ["connectors", "recipes"]
             .iter()
