@@ -1055,22 +1055,34 @@ async fn browser_a_script_in_a_record_shows_as_text_on_its_run_page_and_does_not
     b.submit("form.run-now").await;
     b.shot("after-run-now").await;
 
-    let link = until(
-        "a run with a link",
+    // The run that fired the record: a scheduled slot of the recipe may have come before the
+    // click, so every run it lists is looked at; exactly one holds the record.
+    let recipe_page = sc.url(&format!("/recipes/{instance}"));
+    let fired = until(
+        "a run of the recipe with a record",
         SOON,
         || sc.log(),
         || async {
-            b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
-            let runs = b
-                .all("table#runs tr.run[data-outcome='ok'][data-kind='on_demand']")
-                .await;
-            match runs.first() {
-                Some(r) => r.find(Locator::Css("a.run-link")).await.ok(),
-                None => None,
+            b.goto(&recipe_page).await;
+            let mut hrefs = Vec::new();
+            for r in b.all("table#runs tr.run").await {
+                let a = r.find(Locator::Css("a.run-link")).await.unwrap();
+                hrefs.push(a.attr("href").await.unwrap().unwrap());
             }
+            let mut with_records = Vec::new();
+            for h in hrefs {
+                b.goto(&sc.url(&href_path(&h))).await;
+                if b.has("table#records tr.record").await {
+                    with_records.push(h);
+                }
+            }
+            (!with_records.is_empty()).then_some(with_records)
         },
     )
     .await;
+    assert_eq!(fired.len(), 1, "the record fired in one run: {fired:?}");
+    b.goto(&recipe_page).await;
+    let link = b.one(&format!("a.run-link[href='{}']", fired[0])).await;
     b.follow(&link).await;
     b.settle().await;
     b.shot("run-page").await;
