@@ -368,6 +368,35 @@ impl Browser {
             .unwrap();
     }
 
+    /// Every POST form of the page carries a hidden, non-empty token (CSRF); how many forms.
+    async fn post_forms_carry_a_token(&self) -> usize {
+        let forms = self.all("form").await;
+        let mut n = 0;
+        for f in &forms {
+            let method = f.attr("method").await.unwrap().unwrap_or_default();
+            if !method.eq_ignore_ascii_case("post") {
+                continue;
+            }
+            n += 1;
+            let mut token = false;
+            for i in f
+                .find_all(Locator::Css("input[type='hidden']"))
+                .await
+                .unwrap()
+            {
+                let v = i.prop("value").await.unwrap().unwrap_or_default();
+                token |= v.len() >= 16;
+            }
+            assert!(
+                token,
+                "a POST form without a hidden token on {}: {}",
+                self.path().await,
+                f.html(false).await.unwrap_or_default()
+            );
+        }
+        n
+    }
+
     /// `window.__pwned` (null when nothing set it).
     async fn pwned(&self) -> Value {
         self.client
@@ -730,6 +759,7 @@ async fn browser_the_overview_lists_every_shipped_recipe_and_connection() {
     assert!(b.has("form.pause").await, "a running recipe offers pause");
     assert!(!b.has("form.resume").await, "and no resume");
     assert!(b.has("form.run-now").await);
+    assert_eq!(b.post_forms_carry_a_token().await, 2, "pause and run now");
     assert!(b.has("svg#chart").await);
     for tr in b.all("table#runs tr.run").await {
         // Only a scheduled slot, should one have come since the start.
@@ -816,6 +846,8 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     .await;
     b.shot("dead-letters").await;
     assert_eq!(b.all("table#dead-letters tr[data-id]").await.len(), 1);
+    assert!(b.has("form.replay-all").await);
+    assert_eq!(b.post_forms_carry_a_token().await, 1, "replay all");
     let api = sc.dead_letters().await;
     assert_eq!(api.len(), 1, "{api:?}");
     assert_eq!(
@@ -865,6 +897,8 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
         error.contains("Ticket type 102 is archived (injected)"),
         "the detail shows the error: {error:?}"
     );
+    assert!(b.has("form.drop").await);
+    assert_eq!(b.post_forms_carry_a_token().await, 2, "replay and drop");
     let record = b.one("pre.record").await.text().await.unwrap();
     assert!(record.contains(&id), "the record's JSON: {record}");
     assert_eq!(b.pwned().await, Value::Null, "a script in a record ran");
