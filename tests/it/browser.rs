@@ -949,6 +949,50 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     );
     assert!(sc.dead_letters().await.is_empty());
     assert_eq!(b.pwned().await, Value::Null);
+
+    // A second dead letter, dropped from its page: gone, and never replayed.
+    fail_tickets(&env);
+    let second = contact(&env, "drop@x.io", "Dropped Person");
+    past(&env, Kind::Contact, &second).await;
+    b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
+    b.submit("form.run-now").await;
+    let letter = until(
+        "a second dead letter on the page",
+        SOON,
+        || sc.log(),
+        || async {
+            b.goto(&sc.url("/dead-letters")).await;
+            match b.all("table#dead-letters tr[data-id]").await.first() {
+                Some(r) => Some(r.attr("data-id").await.unwrap().unwrap()),
+                None => None,
+            }
+        },
+    )
+    .await;
+    env.sim().set_faults(Faults::default());
+    let link = b
+        .one(&format!(
+            "table#dead-letters tr[data-id='{letter}'] a.letter-link"
+        ))
+        .await;
+    b.follow(&link).await;
+    let record = b.one("pre.record").await.text().await.unwrap();
+    assert!(record.contains(&second), "{record}");
+    b.submit("form.drop").await;
+    b.shot("after-drop").await;
+    assert_eq!(b.page_path().await, "/dead-letters");
+    let flash = b.one("p.flash").await.text().await.unwrap();
+    assert!(flash.contains("dropped"), "the flash: {flash:?}");
+    assert!(
+        b.all("table#dead-letters tr[data-id]").await.is_empty(),
+        "the dropped letter is gone"
+    );
+    assert!(sc.dead_letters().await.is_empty());
+    assert_eq!(
+        onboarding_tickets(&env).len(),
+        1,
+        "the dropped record got no ticket"
+    );
     b.close().await;
 }
 
