@@ -11,6 +11,10 @@
 //!   **lost** slots not at all. Tick lateness is the start of each on-time cycle minus its
 //!   slot. RSS is sampled every second.
 //! * `idle` (`-- idle`): the 12 shipped recipes for 60 s after start-up: CPU and RSS.
+//! * `pages` (`-- pages`): a state store with 1,000,000 runs in its history (100 recipe
+//!   instances × 10,000), one run of 10,000 records and 10,000 dead letters, served by a
+//!   sidecar: each status page and its JSON twin fetched 20 times, time (on loopback, so
+//!   about the server's) and size.
 
 // This harness is a plain thread driving child processes; the simulator runs on its own
 // runtime's workers, so sleeping here blocks nothing.
@@ -383,6 +387,200 @@ fn idle(rt: &tokio::runtime::Runtime) {
     let _ = child.wait();
 }
 
+/// One HTTP GET on loopback: status, body bytes, seconds.
+fn http_get(addr: &str, path: &str) -> (u16, usize, f64) {
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let secs = t.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.find("\r\n\r\n").map_or(0, |i| buf.len() - i - 4);
+    (status, body, secs)
+}
+
+fn pages(rt: &tokio::runtime::Runtime) {
+    use sluice::history::{Hourly, RecordRun, RunId, StepRun};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path().to_path_buf();
+    let sim = rt
+        .block_on(sluice::sim::Sim::start(sluice::sim::SimConfig::default()))
+        .expect("simulator");
+    config(&dir, &sim.base_url);
+    // Keep everything: the bench is about reading a full history.
+    let mut cfg = std::fs::read_to_string(dir.join("sluice.yaml")).expect("config");
+    cfg.push_str("history:\n  max_runs: 1000000\n  max_age: 3650d\n");
+    std::fs::write(dir.join("sluice.yaml"), cfg).expect("config");
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(&recipes).expect("recipes dir");
+    let (instances, per) = (100usize, 10_000usize);
+    for i in 0..instances {
+        std::fs::write(
+            recipes.join(format!("p{i:03}.yaml")),
+            format!("id: p{i:03}\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1h\nsteps:\n  - id: out\n    action: emit\n    with:\n      to: out.jsonl\n"),
+        )
+        .expect("recipe");
+    }
+    let t = Instant::now();
+    let now = chrono::Utc::now().timestamp_millis();
+    let big = RunId {
+        started_ms: now - 1_000,
+        id: u64::MAX / 2,
+    };
+    {
+        let store = sluice::store::SledStore::open(&dir.join("state")).expect("store");
+        for i in 0..instances {
+            let ns = format!("p{i:03}@intercom");
+            for k in 0..per {
+                // One run a minute back from now, every tenth with an error.
+                let started = now - (per - k) as i64 * 60_000;
+                let err = if k % 10 == 0 {
+                    "\"the API is down\""
+                } else {
+                    "null"
+                };
+                let json = format!(
+                    r#"{{"recipe":"p{i:03}","polled":150,"skipped_seen":140,"filtered":2,"fired":8,"finished":8,"dead_letters":0,"unfinished":0,"cursor_before":{c},"cursor_after":{c},"error":{err},"interrupted":false,"elapsed_ms":42.0,"started_at_ms":{started},"kind":"scheduled","calls":2,"rate_limited":0}}"#,
+                    c = started / 1000
+                );
+                let run = RunId {
+                    started_ms: started,
+                    id: (i * per + k) as u64,
+                };
+                let hour = Hourly {
+                    cycles: 1,
+                    fired: 8,
+                    failed: u64::from(k % 10 == 0),
+                };
+                store.record_cycle(&ns, run, &json, hour).expect("row");
+            }
+        }
+        // One big run of p000: 10,000 records of three steps each.
+        let rows: Vec<RecordRun> = (0..10_000)
+            .map(|n| RecordRun {
+                key: format!("contact-{n}"),
+                outcome: "finished".into(),
+                steps: (0..3)
+                    .map(|s| StepRun {
+                        step: format!("step{s}"),
+                        sent: Some(serde_json::json!({"id": format!("contact-{n}"), "body": "x".repeat(200)})),
+                        got: serde_json::json!({"type": "note", "id": n, "body": "y".repeat(600)}),
+                        skipped: false,
+                        error: None,
+                    })
+                    .collect(),
+                error: None,
+            })
+            .collect();
+        store
+            .record_cycle(
+                "p000@intercom",
+                big,
+                r#"{"recipe":"p000","fired":10000,"finished":10000,"kind":"scheduled"}"#,
+                Hourly::default(),
+            )
+            .expect("big run");
+        for (n, chunk) in rows.chunks(1_000).enumerate() {
+            store
+                .record_runs("p000@intercom", big, (n * 1_000) as u32, chunk)
+                .expect("records");
+        }
+        // 10,000 dead letters.
+        let letters: Vec<sluice::store::DeadLetter> = (0..10_000)
+            .map(|n| sluice::store::DeadLetter {
+                recipe: format!("p{:03}@intercom", n % instances),
+                key: format!("contact-{n}"),
+                ts: now / 1000,
+                record: serde_json::json!({"id": format!("contact-{n}"), "name": "z".repeat(300)}),
+                done: vec![],
+                failed_step: "out".into(),
+                class: sluice::failure::FailureClass::Fatal,
+                error: format!("POST /contacts/{n}/notes failed with HTTP 422"),
+                request: Some(format!("POST /contacts/{n}/notes")),
+                status: Some(422),
+                at: now / 1000,
+            })
+            .collect();
+        for chunk in letters.chunks(1_000) {
+            store
+                .commit(
+                    &chunk[0].recipe,
+                    &sluice::store::Commit {
+                        expected: store.checkpoint(&chunk[0].recipe).expect("cp"),
+                        checkpoint: sluice::store::Checkpoint {
+                            cursor: now / 1000,
+                            floor: 0,
+                            high: now / 1000,
+                        },
+                        finished: &[],
+                        dead: chunk,
+                        keep_from: 0,
+                        known: None,
+                    },
+                )
+                .expect("dead letters");
+        }
+    }
+    println!(
+        "pages: {} history rows, 10,000 records in one run, 10,000 dead letters written in {:.1} s",
+        instances * per + 1,
+        t.elapsed().as_secs_f64()
+    );
+    let sc = start_sidecar(&dir, &recipes, "pages.log");
+    let big_path = format!("/runs/p000@intercom/{big}");
+    let paths = [
+        "/".to_string(),
+        "/recipes/p050@intercom".into(),
+        "/recipes/p050@intercom?outcome=error".into(),
+        "/recipes/p050@intercom?outcome=dead".into(),
+        big_path.clone(),
+        format!("{big_path}?from=9975"),
+        "/dead-letters".into(),
+        "/dead-letters?q=contact-9999".into(),
+        "/dead-letters?recipe=p077".into(),
+        "/dead-letters/5000".into(),
+        "/api/instances/p050@intercom/runs".into(),
+        format!("/api/runs/p000@intercom/{big}?limit=100"),
+        "/metrics".into(),
+    ];
+    println!(
+        "  {:<52} {:>6} {:>9} {:>9} {:>9}",
+        "page", "status", "p50 ms", "max ms", "bytes"
+    );
+    for p in &paths {
+        let mut times = Vec::new();
+        let (mut status, mut bytes) = (0, 0);
+        for _ in 0..20 {
+            let (s, b, secs) = http_get(&sc.addr, p);
+            status = s;
+            bytes = b;
+            times.push((secs * 1e6) as i64);
+        }
+        times.sort_unstable();
+        println!(
+            "  {:<52} {:>6} {:>9.1} {:>9.1} {:>9}",
+            p,
+            status,
+            percentile(&times, 0.5) as f64 / 1e3,
+            *times.last().unwrap_or(&0) as f64 / 1e3,
+            bytes
+        );
+    }
+    signal(&sc.child, "-TERM");
+    let mut child = sc.child;
+    let _ = child.wait();
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -392,6 +590,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "idle") {
         idle(&rt);
+    } else if args.iter().any(|a| a == "pages") {
+        pages(&rt);
     } else {
         soak(&rt);
     }

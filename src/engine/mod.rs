@@ -450,7 +450,7 @@ pub fn run_cycle(
             ..CycleReport::default()
         };
         let meter = opts.meter.clone().unwrap_or_default();
-        let mut trail = Trail::new(run, rt.plan().retention.max_records_per_run);
+        let mut trail = Trail::new(run, &recipe, rt.plan().retention.max_records_per_run);
         let work = cycle(&rt, &recipe, &opts.shutdown, &meter, &mut rep, &mut trail);
         let result = with_progress_log(work, &meter, started).await;
         if let Err(e) = result {
@@ -532,7 +532,7 @@ pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) 
         ns: namespace(recipe),
         shutdown: None,
     };
-    let mut trail = Trail::new(run, rt.plan().retention.max_records_per_run);
+    let mut trail = Trail::new(run, recipe, rt.plan().retention.max_records_per_run);
     let res = resume_journal(rt, recipe, &exec, now, &mut rep, &mut trail)
         .await
         .map(|_| ());
@@ -656,26 +656,33 @@ struct Done {
 }
 
 /// A run's history rows for its fired records: gathered as chains end, written (without an
-/// fsync) with each commit; at most `max` per run.
+/// fsync) with each commit; at most `max` per run. A recipe whose steps are all `emit` keeps
+/// rows only for records that did not finish: a finished one's output is its emitted line,
+/// and the per-record path of such recipes (100,000 records/s) stays free of the writes.
 pub(crate) struct Trail {
     run: Option<RunId>,
     rows: Vec<RecordRun>,
     next: u32,
     max: usize,
+    finished_too: bool,
 }
 
 impl Trail {
-    fn new(run: Option<RunId>, max: usize) -> Trail {
+    fn new(run: Option<RunId>, recipe: &Recipe, max: usize) -> Trail {
         Trail {
             run,
             rows: Vec::new(),
             next: 0,
             max,
+            finished_too: recipe.steps.iter().any(|s| s.action().is_some()),
         }
     }
 
     fn note(&mut self, key: &str, outcome: &Outcome, steps: Vec<StepRun>) {
         if self.run.is_none() || self.next as usize + self.rows.len() >= self.max {
+            return;
+        }
+        if !self.finished_too && matches!(outcome, Outcome::Finished) {
             return;
         }
         let (outcome, error) = match outcome {
