@@ -31,8 +31,9 @@
 //! * `store`     — the `Store` trait and the sled store: cursors, dedupe keys, journal,
 //!   dead letters, known ids, run history.
 //! * `telemetry` — the tracing subscriber; JSON lines.
-//! * `sidecar`   — `sluice run`: the scheduler, reloads, `/livez` `/readyz` `/metrics` and
-//!   the admin API, graceful shutdown; the CLI's client for it.
+//! * `sidecar`   — `sluice run`: the scheduler, reloads, `/livez` `/readyz` `/metrics`, the
+//!   admin API and the status pages, graceful shutdown; the CLI's client for it.
+//! * `history`   — run history rows (runs, fired records' steps, hourly counts), retention.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
 //!
