@@ -1011,7 +1011,9 @@ async fn cycle(
         cp,
         progress,
         open,
-        handled: store.handled_keys(ns)?,
+        // A sorted poll returns nothing before `since`: older keys cannot match. A scan may
+        // list anything.
+        handled: store.handled_keys_from(ns, if scan { i64::MIN } else { since })?,
         late_done: HashSet::new(),
         known: None,
         running: FuturesUnordered::new(),
