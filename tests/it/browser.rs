@@ -649,18 +649,19 @@ fn contact(env: &SimEnv, email: &str, name: &str) -> String {
         .to_string()
 }
 
-/// Waits until the simulator's clock is past `created_at` by a whole second: a poll stops
-/// at the server's "now" (whole seconds), so a record of this very second is the next
-/// cycle's.
+/// Waits until the simulator's clock is more than a whole second past `created_at`: a
+/// poll stops at the server's "now" in whole seconds, which the client reckons from its own
+/// clock and an offset read off `Date` headers (whole seconds too), so up to a second behind
+/// the server; a record of that very second is the next cycle's.
 async fn past(env: &SimEnv, kind: Kind, id: &str) {
     let created = env.sim().record(kind, id).unwrap()["created_at"]
         .as_i64()
         .unwrap();
     until(
-        "the simulator's clock a second past the record",
+        "the simulator's clock two seconds past the record",
         SOON,
         String::new,
-        || async { (env.sim().now() > created).then_some(()) },
+        || async { (env.sim().now() > created + 1).then_some(()) },
     )
     .await;
 }
@@ -956,6 +957,7 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     past(&env, Kind::Contact, &second).await;
     b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
     b.submit("form.run-now").await;
+    b.shot("after-second-run-now").await;
     let letter = until(
         "a second dead letter on the page",
         SOON,
