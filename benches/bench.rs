@@ -102,6 +102,7 @@ async fn sim_search_50k() {
     let plan = sluice::plan::build(sluice::plan::Sources {
         connectors: vec![c.clone()],
         config: Some(("bench.yaml".into(), config)),
+        connection_files: Vec::new(),
         recipes: vec![],
         env: &env,
         secrets: sluice::plan::Secrets::Required,

@@ -15,6 +15,9 @@
 //!   instances × 10,000), one run of 10,000 records and 10,000 dead letters, served by a
 //!   sidecar: each status page and its JSON twin fetched 20 times, time (on loopback, so
 //!   about the server's) and size.
+//! * `workspaces` (`-- workspaces [--minutes M --workspaces W --recipes-per R --limit L]`,
+//!   default 3 minutes, 100 × 10 = 1,000 instances): many workspaces in one sidecar (issue
+//!   13); see [`workspaces`].
 
 // This harness is a plain thread driving child processes; the simulator runs on its own
 // runtime's workers, so sleeping here blocks nothing.
@@ -29,6 +32,8 @@ use std::time::{Duration, Instant};
 use sluice::store::Store;
 
 const TOKEN: &str = "sim-token";
+/// The workspaces' tokens are `WS_TOKEN-000`, `WS_TOKEN-001`, ….
+const WS_TOKEN: &str = "ws-token";
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -76,6 +81,11 @@ struct Sidecar {
 }
 
 fn start_sidecar(dir: &Path, recipes: &Path, log: &str) -> Sidecar {
+    start_sidecar_with(dir, recipes, log, &[])
+}
+
+/// [`start_sidecar`] with more global arguments (`--connections-dir DIR`).
+fn start_sidecar_with(dir: &Path, recipes: &Path, log: &str, extra: &[&str]) -> Sidecar {
     let state = dir.join("state");
     let _ = std::fs::remove_file(state.join("sidecar.json"));
     let err = std::fs::OpenOptions::new()
@@ -87,6 +97,8 @@ fn start_sidecar(dir: &Path, recipes: &Path, log: &str) -> Sidecar {
         .current_dir(dir)
         .env("INTERCOM_TOKEN", TOKEN)
         .env("INTERCOM_BACKUP_TOKEN", TOKEN)
+        .env("WS_TOKEN", WS_TOKEN)
+        .args(extra)
         .args(["--log", "warn", "--config"])
         .arg(dir.join("sluice.yaml"))
         .arg("--connectors")
@@ -255,6 +267,23 @@ fn soak(rt: &tokio::runtime::Runtime) {
     );
 
     // The run history, per instance.
+    let names: Vec<String> = (0..n).map(|i| format!("r{i:04}@intercom")).collect();
+    tiling(&dir, &names, every, t_start, t_ready, t_stop);
+    rss_samples.sort_unstable();
+    println!(
+        "  RSS: max {:.1} MB, median {:.1} MB; reloads: {reloads}",
+        max_rss as f64 / 1e6,
+        percentile(
+            &rss_samples.iter().map(|r| *r as i64).collect::<Vec<_>>(),
+            0.5
+        ) as f64
+            / 1e6
+    );
+}
+
+/// Checks, per instance, that the run history's cycles tile the slots from the start to
+/// the stop (none lost, none doubled) and prints the lateness of on-time cycles.
+fn tiling(dir: &Path, names: &[String], every: u64, t_start: i64, t_ready: i64, t_stop: i64) {
     let store = sluice::store::SledStore::open(&dir.join("state")).expect("store");
     let (mut lost, mut doubled, mut covered, mut cycles) = (0u64, 0u64, 0u64, 0u64);
     let mut lateness: Vec<i64> = Vec::new();
@@ -265,9 +294,9 @@ fn soak(rt: &tokio::runtime::Runtime) {
         ..Default::default()
     };
     let schedule = sluice::plan::recipe::parse_schedule(&spec).expect("schedule");
-    for i in 0..n {
-        let ns = format!("r{i:04}@intercom");
-        let rows = store.cycles(&ns, 100_000).expect("history");
+    for ns in names {
+        let ns = ns.as_str();
+        let rows = store.cycles(ns, 100_000).expect("history");
         let mut slots: Vec<(i64, u32, i64)> = rows
             .iter()
             .filter_map(|(_, json)| {
@@ -283,8 +312,8 @@ fn soak(rt: &tokio::runtime::Runtime) {
         cycles += slots.len() as u64;
         // Every slot from the first after the scheduler took the recipe (between the start
         // and the sidecar answering) to the last before the stop, in order.
-        let first_due = sluice::sidecar::slot_after(&ns, &schedule, t_start).expect("slot");
-        let latest_first = sluice::sidecar::slot_after(&ns, &schedule, t_ready).expect("slot");
+        let first_due = sluice::sidecar::slot_after(ns, &schedule, t_start).expect("slot");
+        let latest_first = sluice::sidecar::slot_after(ns, &schedule, t_ready).expect("slot");
         let first_run = slots
             .first()
             .map(|(at, k, _)| at - (i64::from(*k) - 1) * every as i64 * 1000);
@@ -310,10 +339,10 @@ fn soak(rt: &tokio::runtime::Runtime) {
                 } else {
                     while expect < c {
                         mine.0 += 1;
-                        expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+                        expect = sluice::sidecar::slot_after(ns, &schedule, expect).unwrap();
                     }
                     covered += 1;
-                    expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+                    expect = sluice::sidecar::slot_after(ns, &schedule, expect).unwrap();
                 }
             }
             if *k == 1 {
@@ -323,12 +352,12 @@ fn soak(rt: &tokio::runtime::Runtime) {
         // Slots due before the stop (with a second's grace) that no cycle covered.
         while expect < t_stop - 1000 {
             mine.0 += 1;
-            expect = sluice::sidecar::slot_after(&ns, &schedule, expect).unwrap();
+            expect = sluice::sidecar::slot_after(ns, &schedule, expect).unwrap();
         }
         lost += mine.0;
         doubled += mine.1;
         if mine != (0, 0) {
-            worst.insert(ns, mine);
+            worst.insert(ns.to_string(), mine);
         }
     }
     lateness.sort_unstable();
@@ -344,15 +373,137 @@ fn soak(rt: &tokio::runtime::Runtime) {
         percentile(&lateness, 0.99),
         lateness.last().copied().unwrap_or(0)
     );
+}
+
+/// `workspaces`: one sidecar running `--recipes-per` recipes (default 10) for each of
+/// `--workspaces` connections (default 100), every connection a file in a connections
+/// directory and every recipe `connections: {label: customer}` — 1,000 instances — against
+/// a simulator serving one workspace per token, each with its own data, clock and a rate
+/// limit of `--limit` calls per 10 s (default 15). Data churns in ten workspaces a second.
+/// Prints RSS, the calls and 429s per workspace (from each workspace's own log of answered
+/// requests), and the slot tiling of every instance.
+fn workspaces(rt: &tokio::runtime::Runtime) {
+    let minutes = arg("--minutes", 3);
+    let n_ws = arg("--workspaces", 100) as usize;
+    let per = arg("--recipes-per", 10) as usize;
+    let limit = arg("--limit", 15) as u32;
+    let every = arg("--every", 10);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path().to_path_buf();
+    let tokens: Vec<String> = (0..n_ws).map(|i| format!("{WS_TOKEN}-{i:03}")).collect();
+    let sim = rt
+        .block_on(sluice::sim::Sim::start(sluice::sim::SimConfig {
+            contacts: 20,
+            companies: 5,
+            tickets: 10,
+            conversations: 10,
+            tokens: tokens.clone(),
+            workspace_per_token: true,
+            rate_limit_per_window: limit,
+            ..sluice::sim::SimConfig::default()
+        }))
+        .expect("simulator");
+    let spaces = sim.sim.workspaces();
+    assert_eq!(spaces.len(), n_ws);
+    std::fs::write(dir.join("sluice.yaml"), "connections: {}\n").expect("sluice.yaml");
+    let conns = dir.join("connections");
+    std::fs::create_dir_all(&conns).expect("connections dir");
+    for i in 0..n_ws {
+        std::fs::write(
+            conns.join(format!("ws{i:03}.yaml")),
+            format!(
+                "connector: intercom\nbase_url: {}\ntoken: ${{env:WS_TOKEN}}-{i:03}\nlabels: [customer]\n",
+                sim.base_url
+            ),
+        )
+        .expect("connection file");
+    }
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(&recipes).expect("recipes dir");
+    for i in 0..per {
+        let text = recipe_text(i, every, 0)
+            .replace("connection: intercom", "connections: {label: customer}");
+        std::fs::write(recipes.join(format!("r{i:04}.yaml")), text).expect("recipe");
+    }
+    let instances = n_ws * per;
+    println!(
+        "workspaces: {n_ws} workspaces × {per} recipes = {instances} instances on `every: {every}s, jitter: {every}s`, limit {limit} calls per 10 s per workspace, for {minutes} min"
+    );
+    let extra = ["--connections-dir", conns.to_str().expect("utf-8 path")];
+    let t_start = chrono::Utc::now().timestamp_millis();
+    let sc = start_sidecar_with(&dir, &recipes, "sidecar.log", &extra);
+    let t_ready = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        http_status(&sc.addr, "/readyz"),
+        Some(200),
+        "every connection and recipe loads (see sidecar.log)"
+    );
+    println!(
+        "  started in {} ms (pid {})",
+        t_ready - t_start,
+        sc.child.id()
+    );
+    let total = Duration::from_secs(minutes * 60);
+    let began = Instant::now();
+    let mut rss_samples = Vec::new();
+    let mut tick = 0usize;
+    while began.elapsed() < total {
+        std::thread::sleep(Duration::from_secs(1));
+        for k in 0..10 {
+            spaces[(tick * 10 + k) % n_ws].churn(2);
+        }
+        tick += 1;
+        if let Some((rss, _)) = rss_and_cpu(sc.child.id()) {
+            rss_samples.push(rss as i64);
+        }
+        if tick % 60 == 0 {
+            if let Some((rss, cpu)) = rss_and_cpu(sc.child.id()) {
+                println!(
+                    "  {:>4.0} s: RSS {:.1} MB, sidecar CPU {:.1} s",
+                    began.elapsed().as_secs_f64(),
+                    rss as f64 / 1e6,
+                    cpu
+                );
+            }
+        }
+    }
+    let t_stop = chrono::Utc::now().timestamp_millis();
+    let (_, cpu) = rss_and_cpu(sc.child.id()).unwrap_or_default();
+    signal(&sc.child, "-TERM");
+    let mut child = sc.child;
+    let status = child.wait().expect("wait");
+    println!("  SIGTERM: exit {:?}", status.code());
+    // Each workspace's own log of the requests it answered.
+    let mut calls: Vec<usize> = Vec::new();
+    let mut refused = 0usize;
+    let mut busiest_window = 0usize;
+    for ws in &spaces {
+        let audit = ws.audit();
+        refused += audit.iter().filter(|e| e.status == 429).count();
+        let mut per_window: BTreeMap<i64, usize> = BTreeMap::new();
+        for e in &audit {
+            *per_window.entry(e.at - e.at.rem_euclid(10)).or_default() += 1;
+        }
+        busiest_window = busiest_window.max(per_window.values().copied().max().unwrap_or(0));
+        calls.push(audit.len());
+    }
+    calls.sort_unstable();
+    println!(
+        "  calls per workspace: min {}, median {}, max {}; busiest 10 s window of any workspace: {busiest_window} (limit {limit}); 429 answers: {refused}",
+        calls[0],
+        calls[calls.len() / 2],
+        calls[calls.len() - 1]
+    );
+    let names: Vec<String> = (0..per)
+        .flat_map(|r| (0..n_ws).map(move |w| format!("r{r:04}@ws{w:03}")))
+        .collect();
+    tiling(&dir, &names, every, t_start, t_ready, t_stop);
     rss_samples.sort_unstable();
     println!(
-        "  RSS: max {:.1} MB, median {:.1} MB; reloads: {reloads}",
-        max_rss as f64 / 1e6,
-        percentile(
-            &rss_samples.iter().map(|r| *r as i64).collect::<Vec<_>>(),
-            0.5
-        ) as f64
-            / 1e6
+        "  RSS: max {:.1} MB, median {:.1} MB; sidecar CPU {cpu:.1} s over {:.0} s",
+        rss_samples.last().copied().unwrap_or(0) as f64 / 1e6,
+        percentile(&rss_samples, 0.5) as f64 / 1e6,
+        (t_stop - t_start) as f64 / 1000.0
     );
 }
 
@@ -592,6 +743,8 @@ fn main() {
         idle(&rt);
     } else if args.iter().any(|a| a == "pages") {
         pages(&rt);
+    } else if args.iter().any(|a| a == "workspaces") {
+        workspaces(&rt);
     } else {
         soak(&rt);
     }

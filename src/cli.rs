@@ -25,6 +25,9 @@ use crate::telemetry::{self, LogFormat};
 
 pub use crate::plan::BUILTIN_INTERCOM;
 
+mod connections;
+pub use connections::ConnectionsCommand;
+
 /// `println!` that returns an error instead of panicking when stdout is gone (`sluice … |
 /// head`): [`main`] ends such a run quietly. Every line the CLI prints to stdout goes
 /// through this macro or [`out!`].
@@ -71,6 +74,10 @@ pub struct Cli {
     /// Directory of recipe files.
     #[arg(long, global = true, env = "SLUICE_RECIPES", default_value = "recipes")]
     pub recipes: PathBuf,
+    /// Directory of connection files: each `<name>.yaml` is one connection (the fields of a
+    /// `sluice.yaml` connection), added to those of `sluice.yaml`. Default: none.
+    #[arg(long, global = true, env = "SLUICE_CONNECTIONS_DIR")]
+    pub connections_dir: Option<PathBuf>,
     /// State directory (the sled store: cursors, dedupe keys, journal, dead letters).
     #[arg(long, global = true, env = "SLUICE_STATE_DIR", default_value = "state")]
     pub state_dir: PathBuf,
@@ -176,6 +183,10 @@ pub enum Command {
         /// in the last year).
         #[arg(long, requires = "sample_from")]
         record: Option<String>,
+        /// For a recipe that runs for several connections: the instance to show (default:
+        /// the first).
+        #[arg(long)]
+        connection: Option<String>,
         /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
@@ -248,6 +259,28 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         command: DeadLetterCommand,
+    },
+    /// Authorize an `auth: oauth2` connection: prints (and on a desktop opens) the
+    /// provider's authorize URL, waits for the browser on a loopback port, stores the token
+    /// encrypted in the state directory.
+    Connect {
+        /// The connection's name in the config file.
+        name: String,
+        /// Only print the URL (also when no display is available).
+        #[arg(long)]
+        no_browser: bool,
+        /// The loopback port the browser comes back to (default: any free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// How long to wait for the browser.
+        #[arg(long, default_value = "5m")]
+        timeout: String,
+    },
+    /// Connections of the config file: list, check against the API, rotate the token key.
+    Connections {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConnectionsCommand,
     },
     /// Run the built-in Intercom simulator on loopback.
     Sim(crate::sim::SimArgs),
@@ -482,11 +515,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             sample,
             sample_from,
             record,
+            connection,
             json,
         } => {
             cmd_test(
                 &cli,
                 recipe,
+                connection.as_deref(),
                 sample.as_deref(),
                 sample_from.as_deref().map(|c| (c, record.as_deref())),
                 *json,
@@ -514,6 +549,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 .map_err(|m| anyhow!("--shutdown-timeout: {m}"))?;
             crate::sidecar::run(crate::sidecar::Options {
                 config: cli.config.clone(),
+                connections: cli.connections_dir.clone(),
                 connectors: connectors_dir(&cli),
                 recipes: cli.recipes.clone(),
                 state_dir: cli.state_dir.clone(),
@@ -525,6 +561,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             .await
         }
         Command::State { command } => cmd_state(&cli, command).await,
+        Command::Connect {
+            name,
+            no_browser,
+            port,
+            timeout,
+        } => connections::cmd_connect(&cli, name, *no_browser, *port, timeout).await,
+        Command::Connections { command } => connections::cmd_connections(&cli, command).await,
         Command::DeadLetters { command } => cmd_dead_letters(&cli, command).await,
         Command::Schema { file, connector } => {
             let mut connectors = load_connectors(&cli)?;
@@ -589,6 +632,27 @@ fn config_source(cli: &Cli) -> Result<Option<(PathBuf, String)>> {
     }
 }
 
+/// The connection files in `--connections-dir` (none when it is not given).
+fn connection_sources(cli: &Cli) -> Result<Vec<(PathBuf, String)>> {
+    let Some(dir) = &cli.connections_dir else {
+        return Ok(Vec::new());
+    };
+    if !dir.is_dir() {
+        bail!(
+            "the connections directory `{}` does not exist (--connections-dir / SLUICE_CONNECTIONS_DIR)",
+            dir.display()
+        );
+    }
+    yaml_files(std::slice::from_ref(dir))?
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read `{}`", f.display()))?;
+            Ok((f, text))
+        })
+        .collect()
+}
+
 /// The recipe files in `--recipes` (only recipe `only` when given).
 fn recipe_sources(cli: &Cli, only: Option<&str>) -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
@@ -621,6 +685,7 @@ fn load_plan(
     plan::build(plan::Sources {
         connectors,
         config: config_source(cli)?,
+        connection_files: connection_sources(cli)?,
         recipes,
         env: &env,
         secrets,
@@ -711,9 +776,11 @@ async fn cmd_run_once(
         }
     } else {
         for r in &reports {
+            // A recipe run for several connections: one line per instance.
+            let several = reports.iter().filter(|o| o.recipe == r.recipe).count() > 1;
             eprintln!(
                 "{}: polled {}, already seen {}, filtered {}, fired {} ({} resumed), finished {}, steps ok {} / failed {} / skipped {}, dead letters {}, unfinished {}, cursor {} -> {}",
-                r.recipe, r.polled, r.skipped_seen, r.filtered, r.fired, r.resumed, r.finished, r.steps_ok, r.steps_failed, r.steps_skipped, r.dead_letters, r.unfinished,
+                if several && !r.instance.is_empty() { &r.instance } else { &r.recipe }, r.polled, r.skipped_seen, r.filtered, r.fired, r.resumed, r.finished, r.steps_ok, r.steps_failed, r.steps_skipped, r.dead_letters, r.unfinished,
                 fmt_ts(r.cursor_before), fmt_ts(r.cursor_after)
             );
             if let Some(e) = &r.error {
@@ -746,7 +813,11 @@ async fn run_once_here(
     store: Arc<dyn Store>,
 ) -> Result<Vec<crate::engine::CycleReport>> {
     let plan = load_plan(cli, recipe_sources(cli, only)?, plan::Secrets::Required)?;
-    let rt = Runtime::new(plan, store)?;
+    let rt = Runtime::with_credentials(
+        plan,
+        store,
+        Arc::new(crate::oauth::Credentials::new(&cli.state_dir)),
+    )?;
     // SIGINT or SIGTERM: take no new record, finish the steps under way, commit, exit. A
     // second signal exits at once (the journal makes that safe too).
     let (stop, shutdown) = crate::runtime::shutdown_channel();
@@ -771,7 +842,17 @@ async fn run_once_here(
         };
         crate::engine::run_cycle(rt.clone(), r.clone(), opts)
     });
-    let reports = futures_util::future::join_all(cycles).await;
+    let mut reports = futures_util::future::join_all(cycles).await;
+    // An instance left out with its connection (a recipe for several connections runs for
+    // the others) fails the run all the same.
+    for (instance, why) in &rt.plan().skipped {
+        reports.push(crate::engine::CycleReport {
+            recipe: instance.split('@').next().unwrap_or_default().to_string(),
+            instance: instance.clone(),
+            error: Some(why.clone()),
+            ..Default::default()
+        });
+    }
     if let Some((bar, task)) = bar {
         task.abort();
         bar.finish_and_clear();
@@ -999,7 +1080,11 @@ async fn cmd_dead_letters(cli: &Cli, command: &DeadLetterCommand) -> Result<Exit
                         recipe_sources(cli, Some(d.recipe.split('@').next().unwrap_or(&d.recipe)))?,
                         plan::Secrets::Required,
                     )?;
-                    let rt = Runtime::new(plan, store)?;
+                    let rt = Runtime::with_credentials(
+                        plan,
+                        store,
+                        Arc::new(crate::oauth::Credentials::new(&cli.state_dir)),
+                    )?;
                     let Some(recipe) = rt
                         .plan()
                         .recipes
@@ -1090,6 +1175,7 @@ pub fn dead_letter_text(id: u64, d: &crate::store::DeadLetter) -> String {
 async fn cmd_test(
     cli: &Cli,
     file: &Path,
+    connection: Option<&str>,
     sample: Option<&Path>,
     sample_from: Option<(&str, Option<&str>)>,
     json: bool,
@@ -1103,6 +1189,7 @@ async fn cmd_test(
     let built = plan::build(plan::Sources {
         connectors,
         config: config_source(cli)?,
+        connection_files: connection_sources(cli)?,
         recipes: vec![(file.to_path_buf(), text)],
         env: &env,
         secrets: plan::Secrets::Optional,
@@ -1127,7 +1214,30 @@ async fn cmd_test(
         eprintln!("note: {}; showing requests anyway", d.message);
     }
     let rt = Runtime::stateless(the_plan)?;
-    let recipe = rt.plan().recipes[0].clone();
+    let recipe = match connection {
+        None => rt.plan().recipes.first().cloned().ok_or_else(|| {
+            anyhow!(
+                "`{}` runs for no connection that can be used (see `sluice validate`)",
+                file.display()
+            )
+        })?,
+        Some(c) => match rt.plan().recipes.iter().find(|r| r.connection == c) {
+            Some(r) => r.clone(),
+            None => {
+                let names: Vec<&str> = rt
+                    .plan()
+                    .recipes
+                    .iter()
+                    .map(|r| r.connection.as_str())
+                    .collect();
+                bail!(
+                    "`{}` does not run for connection `{c}`; it runs for: {}",
+                    file.display(),
+                    names.join(", ")
+                )
+            }
+        },
+    };
     let sample = match (sample, sample_from) {
         (Some(p), _) => {
             let text = std::fs::read_to_string(p)
@@ -1176,9 +1286,14 @@ async fn cmd_test(
     }
     let mut out = std::io::stdout().lock();
     let id = crate::trigger::id_of(recipe.trigger(), &sample.record).unwrap_or_else(|| "?".into());
+    let on = if recipe.single {
+        String::new()
+    } else {
+        format!(" on connection {}", recipe.connection)
+    };
     writeln!(
         out,
-        "recipe {}: trigger {}.{}, record {id}",
+        "recipe {}{on}: trigger {}.{}, record {id}",
         recipe.id, recipe.connector.id, recipe.trigger_id
     )?;
     if !plan.passes_filter {
@@ -1558,71 +1673,120 @@ fn validate_context(cli: &Cli, diags: &mut Vec<Diagnostic>) -> ValidateContext {
             return None;
         }
     };
-    if !cli.config.is_file() {
+    let files = match connection_sources(cli) {
+        Ok(f) => f,
+        Err(e) => {
+            let at = cli.connections_dir.clone().unwrap_or_default();
+            diags.push(Diagnostic::error(&at, format!("{e:#}")));
+            Vec::new()
+        }
+    };
+    if !cli.config.is_file() && cli.connections_dir.is_none() {
         return Some((connectors, None));
     }
-    let text = match spec::read_source(&cli.config) {
-        Ok(t) => t,
-        Err(d) => {
-            diags.push(d);
-            return Some((connectors, Some(Default::default())));
+    let text = if cli.config.is_file() {
+        match spec::read_source(&cli.config) {
+            Ok(t) => Some(t),
+            Err(d) => {
+                diags.push(d);
+                return Some((connectors, Some(Default::default())));
+            }
         }
+    } else {
+        None
     };
     let path = cli.config.clone();
     // The connections are checked as a run would, a secret that is not set aside
     // (validate runs where secrets are not).
     let env = |k: &str| std::env::var(k).ok();
-    let (parsed, problems) = spec::parse_config(&path, &text);
-    diags.extend(problems);
+    let parsed = text.as_deref().map(|text| {
+        let (parsed, problems) = spec::parse_config(&path, text);
+        diags.extend(problems);
+        parsed
+    });
     let known = |c: &str| connectors.iter().any(|k| k.id == c);
-    let table = match parsed {
-        Some((config, index)) => {
-            let built = plan::connection::build_connections(
-                &path,
-                &config,
-                &index,
-                &connectors,
-                &env,
-                plan::Secrets::Optional,
-            );
-            diags.extend(built.problems);
-            if let Some(h) = &config.history {
-                plan::build_retention(&path, &index, h, diags);
-            }
-            config
-                .connections
-                .iter()
-                .map(|(name, c)| (name.clone(), Some(c.connector.clone())))
-                .collect::<Vec<_>>()
-        }
+    let mut table: Vec<(String, Option<String>, Vec<String>)> = match &parsed {
         // The file has problems of its own (reported): recipes are still checked against
         // the connections it names.
-        None => serde_yaml::from_str::<serde_yaml::Value>(&text)
+        Some(None) => serde_yaml::from_str::<serde_yaml::Value>(text.as_deref().unwrap_or(""))
             .ok()
             .and_then(|v| v.get("connections").and_then(|c| c.as_mapping()).cloned())
             .map(|m| {
                 m.iter()
                     .filter_map(|(k, v)| {
                         let connector = v.get("connector").and_then(|c| c.as_str());
-                        Some((k.as_str()?.to_string(), connector.map(str::to_string)))
+                        let labels = v
+                            .get("labels")
+                            .and_then(|l| l.as_sequence())
+                            .map(|l| {
+                                l.iter()
+                                    .filter_map(|x| x.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        Some((
+                            k.as_str()?.to_string(),
+                            connector.map(str::to_string),
+                            labels,
+                        ))
                     })
                     .collect()
             })
             .unwrap_or_default(),
+        _ => Vec::new(),
     };
-    let table = table
+    let config = match parsed {
+        Some(Some((config, index))) => {
+            if let Some(h) = &config.history {
+                plan::build_retention(&path, &index, h, diags);
+            }
+            Some((config, Arc::new(index)))
+        }
+        _ => None,
+    };
+    let gathered = plan::connection::gather(
+        config.as_ref().map(|(c, i)| (path.as_path(), c, i.clone())),
+        &files,
+    );
+    diags.extend(gathered.problems);
+    let built = plan::connection::build_connection_list(
+        &gathered.sources,
+        &connectors,
+        &env,
+        plan::Secrets::Optional,
+    );
+    diags.extend(built.problems);
+    table.extend(gathered.sources.iter().map(|s| {
+        (
+            s.name.clone(),
+            Some(s.spec.connector.clone()),
+            s.spec.labels.clone(),
+        )
+    }));
+    let mut table: plan::recipe::ConnectionTable = table
         .into_iter()
-        .map(|(name, connector)| {
+        .map(|(name, connector, labels)| {
             // Problems of the connection itself (an unknown connector too) are reported in
-            // `sluice.yaml`; the recipes naming it are still checked, and not blamed for them.
+            // its file; the recipes naming it are still checked, and not blamed for them.
             let entry = plan::recipe::ConnEntry {
                 connector: connector.filter(|c| known(c)),
+                labels,
                 id: Some(plan::ConnId::CHECK_ONLY),
                 why: None,
             };
             (name, entry)
         })
         .collect();
+    // A connection file that does not parse (or a name defined twice) is reported there;
+    // recipes naming it are still checked.
+    for (name, _) in gathered.broken {
+        table.entry(name).or_insert(plan::recipe::ConnEntry {
+            connector: None,
+            labels: Vec::new(),
+            id: Some(plan::ConnId::CHECK_ONLY),
+            why: None,
+        });
+    }
     Some((connectors, Some(table)))
 }
 
@@ -1672,7 +1836,8 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool, deny_warnings: bool) -
             continue; // the connectors do not load: reported above
         };
         match plan::recipe::load_recipe(f, &text, connectors, table.as_ref()) {
-            Ok(r) => {
+            Ok(mut instances) if !instances.recipes.is_empty() => {
+                let r = instances.recipes.swap_remove(0);
                 counts.3 += 1;
                 if let Some(first) = ids.get(&r.id) {
                     diags.push(
@@ -1688,6 +1853,7 @@ fn cmd_validate(cli: &Cli, paths: &[PathBuf], json: bool, deny_warnings: bool) -
                 }
                 diags.extend(r.warnings);
             }
+            Ok(_) => counts.3 += 1,
             Err(d) => diags.extend(d),
         }
     }

@@ -73,6 +73,7 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
     let plan = plan::build(plan::Sources {
         connectors: connectors.to_vec(),
         config: Some((PathBuf::from("<demo>/sluice.yaml"), config)),
+        connection_files: Vec::new(),
         recipes: sources,
         env: &env,
         secrets: plan::Secrets::Required,

@@ -140,7 +140,9 @@ pub struct Connection {
     retry: RetryPolicy,
     /// Largest response body accepted, in bytes.
     max_body: usize,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
+    /// With `auth: oauth2`: the live token (refreshed, revoked, replaced while running).
+    auth: Option<Arc<crate::oauth::LiveAuth>>,
     client: reqwest::Client,
     /// The workspace's rate governor (shared by every connection to the same workspace).
     governor: Arc<Governor>,
@@ -196,13 +198,28 @@ impl Connection {
         plan: &ConnectionPlan,
         governors: &Governors,
     ) -> anyhow::Result<Connection> {
+        Self::with_parts(plan, governors, &crate::oauth::Credentials::default())
+    }
+
+    /// As [`Connection::with_governors`]; an `auth: oauth2` connection takes its token from
+    /// `credentials`.
+    pub(crate) fn with_parts(
+        plan: &ConnectionPlan,
+        governors: &Governors,
+        credentials: &crate::oauth::Credentials,
+    ) -> anyhow::Result<Connection> {
+        let auth = plan.oauth.as_ref().map(|o| credentials.auth(&plan.name, o));
+        // An OAuth connection's workspace is named by the connection (its token changes).
+        let oauth_key = auth.as_ref().map(|_| format!("oauth2:{}", plan.name));
         let key = WorkspaceKey::new(
             &plan.connector.id,
             &plan.base_url,
-            plan.token.as_ref().map(Secret::expose),
+            oauth_key
+                .as_deref()
+                .or(plan.token.as_ref().map(Secret::expose)),
         );
         let governor = governors.get_or_create(key, budget_of(plan));
-        let redactor = Redactor::new(plan.token.as_ref());
+        let redactor = Arc::new(Redactor::new(plan.token.as_ref()));
         #[allow(clippy::disallowed_methods)]
         let client = reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
@@ -223,6 +240,7 @@ impl Connection {
             retry: plan.retry,
             max_body: plan.max_body,
             redactor,
+            auth,
             client,
             governor,
             clock_offset: AtomicI64::new(NO_OFFSET),
@@ -270,7 +288,7 @@ impl Connection {
         if let (Some((header, _)), Some(v)) = (&self.connector.api.api_version, &self.api_version) {
             out.push((header.clone(), v.clone()));
         }
-        if self.token.is_some() {
+        if self.token.is_some() || self.auth.is_some() {
             out.push(("Authorization".into(), "Bearer ***".into()));
         }
         out
@@ -280,14 +298,32 @@ impl Connection {
     /// `Bearer <credential>` replaced by `***`. Every failure message or code taken from a
     /// response goes through here (see `Redactor`).
     pub(crate) fn scrub<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        self.redactor.scrub(text)
+        self.redactor().scrub(text)
     }
 
     /// The start of a response body for an error message, scrubbed. The whole body is
     /// scrubbed before it is cut, so a credential across the cut is not shown in part.
     pub(crate) fn snippet(&self, raw: &[u8]) -> String {
-        let raw = self.redactor.hide_token_bytes(raw);
-        cut(&self.scrub(&String::from_utf8_lossy(&raw)), SNIPPET_CHARS)
+        let redactor = self.redactor();
+        let raw = redactor.hide_token_bytes(raw);
+        cut(
+            &redactor.scrub(&String::from_utf8_lossy(&raw)),
+            SNIPPET_CHARS,
+        )
+    }
+
+    /// What hides the credential in server text: the live OAuth token's, else the
+    /// configured token's.
+    fn redactor(&self) -> Arc<Redactor> {
+        match &self.auth {
+            Some(a) => a.redactor(),
+            None => self.redactor.clone(),
+        }
+    }
+
+    /// The live OAuth token of an `auth: oauth2` connection.
+    pub fn oauth(&self) -> Option<&Arc<crate::oauth::LiveAuth>> {
+        self.auth.as_ref()
     }
 
     /// The account's timezone: configured, else asked of the API once (per the connector's
@@ -479,7 +515,33 @@ impl Connection {
         let mut attempts = 0u32;
         let mut rate_waits = 0u32;
         let first = tokio::time::Instant::now();
+        // An OAuth connection: the token (refreshed first when it is about to expire), and
+        // whether a 401 has already been answered with another token.
+        let mut oauth: Option<(Secret, String)> = None;
+        let mut retried_401 = false;
         loop {
+            if let (Some(auth), None) = (&self.auth, &oauth) {
+                // Revoked or missing: nothing is sent, no budget is spent.
+                match auth.bearer().await {
+                    Ok(t) => oauth = Some(t),
+                    Err(na) => {
+                        return Err(Failure {
+                            class: if na.transient {
+                                FailureClass::Retryable
+                            } else {
+                                FailureClass::Auth
+                            },
+                            status: None,
+                            code: Some("not_authorized".into()),
+                            message: na.message,
+                            help: None,
+                            request: req.describe(),
+                            attempts: attempts + rate_waits,
+                            step: None,
+                        })
+                    }
+                }
+            }
             // Budgeted ahead of sending, fairly between the recipes sharing the workspace.
             let client = CLIENT.try_with(|c| {
                 c.calls.fetch_add(1, Ordering::Relaxed);
@@ -489,7 +551,8 @@ impl Connection {
                 .acquire(client.as_deref().unwrap_or("cli"))
                 .await;
             attempts += 1;
-            let mut failure = match self.send_once(req, rules).await {
+            let token = oauth.as_ref().map(|(t, _)| t).or(self.token.as_ref());
+            let mut failure = match self.send_once(req, rules, token).await {
                 Ok(resp) => {
                     return Ok(RawResponse {
                         attempts: attempts + rate_waits,
@@ -510,6 +573,24 @@ impl Connection {
                     f
                 }
             };
+            if let (Some(auth), Some((_, id)), Some(401)) = (&self.auth, &oauth, failure.status) {
+                // The first 401: a refreshed (or newly stored) token gets one try; without
+                // one the token is marked revoked and the connection's recipes pause.
+                match auth.unauthorized(id).await {
+                    Some(next) if !retried_401 => {
+                        retried_401 = true;
+                        oauth = Some(next);
+                        continue;
+                    }
+                    _ => {
+                        failure.class = FailureClass::Auth;
+                        failure.help = Some(format!(
+                            "the OAuth token of connection `{}` is revoked or no longer valid; run `sluice connect {}`",
+                            self.name, self.name
+                        ));
+                    }
+                }
+            }
             // A rule's `retry_for` (a state that clears by itself, such as another client's
             // scroll expiring) keeps retrying until that long has passed, whatever the count.
             let within_window = || {
@@ -539,6 +620,7 @@ impl Connection {
         &self,
         req: &HttpRequest,
         rules: &[ErrorRule],
+        token: Option<&Secret>,
     ) -> Result<RawResponse, (Failure, Option<Duration>)> {
         let fail = |class, status, code, message: String, help| Failure {
             class,
@@ -562,7 +644,7 @@ impl Connection {
         if let (Some((header, _)), Some(v)) = (&self.connector.api.api_version, &self.api_version) {
             rb = rb.header(header.as_str(), v.as_str());
         }
-        if let Some(t) = &self.token {
+        if let Some(t) = token {
             rb = rb.bearer_auth(t.expose());
         }
         if let Some(body) = &req.body {
@@ -652,7 +734,7 @@ impl Connection {
         };
         if (200..300).contains(&status) {
             let mut body = bytes;
-            self.redactor.hide_token_in_body(&mut body);
+            self.redactor().hide_token_in_body(&mut body);
             return Ok(RawResponse {
                 status,
                 body,
@@ -906,7 +988,7 @@ const HIDDEN: &str = "***";
 const SNIPPET_CHARS: usize = 200;
 
 impl Redactor {
-    fn new(token: Option<&Secret>) -> Redactor {
+    pub(crate) fn new(token: Option<&Secret>) -> Redactor {
         let token = token.map(Secret::expose).filter(|t| !t.is_empty());
         let mut ascii = [false; 128];
         let mut non_ascii = false;

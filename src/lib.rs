@@ -28,6 +28,10 @@
 //!   writes whose outcome is unknown.
 //! * `emit`      — the `emit` step's buffered sink.
 //! * `secret`    — `Secret`, which never prints itself.
+//! * `credential` — OAuth tokens at rest: AES-256-GCM files under the state directory, the
+//!   key, rotation.
+//! * `oauth`     — `sluice connect` (authorization code, PKCE, loopback callback) and the
+//!   live token of an OAuth connection: single-flight refresh, revoked on a 401.
 //! * `store`     — the `Store` trait and the sled store: cursors, dedupe keys, journal,
 //!   dead letters, known ids, run history.
 //! * `telemetry` — the tracing subscriber; JSON lines.
@@ -57,6 +61,7 @@
 pub mod action;
 pub mod admin;
 pub mod cli;
+pub mod credential;
 pub mod demo;
 pub mod diag;
 pub mod dryrun;
@@ -66,6 +71,7 @@ pub mod failure;
 pub(crate) mod governor;
 pub mod history;
 pub mod http;
+pub mod oauth;
 pub mod plan;
 pub mod record;
 pub mod runtime;

@@ -14,6 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::emit::Emitter;
 use crate::governor::Governors;
 use crate::http::Connection;
+use crate::oauth::Credentials;
 use crate::plan::{ConnId, Plan};
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ pub struct Runtime {
     /// One rate governor per workspace, shared by its connections (and by the runtimes a
     /// reload builds: a workspace's budget outlives a change of configuration).
     governors: Arc<Governors>,
+    /// The live tokens of OAuth connections (shared with the runtimes a reload builds).
+    credentials: Arc<Credentials>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -41,13 +44,36 @@ impl std::fmt::Debug for Runtime {
 
 impl Runtime {
     /// Opens every connection of the plan (nothing is sent yet) around a state store.
+    /// OAuth connections have no token (see [`Runtime::with_credentials`]).
     pub fn new(plan: Plan, store: Arc<dyn Store>) -> Result<Arc<Runtime>> {
-        Self::build(plan, Some(store), Arc::default(), Arc::default())
+        Self::build(
+            plan,
+            Some(store),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        )
+    }
+
+    /// As [`Runtime::new`], OAuth connections taking their tokens from `credentials` (those
+    /// stored in the state directory).
+    pub fn with_credentials(
+        plan: Plan,
+        store: Arc<dyn Store>,
+        credentials: Arc<Credentials>,
+    ) -> Result<Arc<Runtime>> {
+        Self::build(
+            plan,
+            Some(store),
+            Arc::default(),
+            Arc::default(),
+            credentials,
+        )
     }
 
     /// A runtime without state, for dry runs: cycles cannot run on it.
     pub fn stateless(plan: Plan) -> Result<Arc<Runtime>> {
-        Self::build(plan, None, Arc::default(), Arc::default())
+        Self::build(plan, None, Arc::default(), Arc::default(), Arc::default())
     }
 
     /// A runtime for a new plan (a reload) that keeps this one's store, rate governors and
@@ -59,6 +85,7 @@ impl Runtime {
             self.store.clone(),
             self.governors.clone(),
             self.emit.clone(),
+            self.credentials.clone(),
         )
     }
 
@@ -67,12 +94,13 @@ impl Runtime {
         store: Option<Arc<dyn Store>>,
         governors: Arc<Governors>,
         emit: Arc<Emitter>,
+        credentials: Arc<Credentials>,
     ) -> Result<Arc<Runtime>> {
         let mut conns = Vec::with_capacity(plan.connections.len());
         let mut conn_limits = Vec::with_capacity(plan.connections.len());
         for c in &plan.connections {
             conns.push(Arc::new(
-                Connection::with_governors(c, &governors)
+                Connection::with_parts(c, &governors, &credentials)
                     .with_context(|| format!("connection `{}`", c.name))?,
             ));
             conn_limits.push(c.concurrency.map(|n| Arc::new(Semaphore::new(n))));
@@ -84,7 +112,24 @@ impl Runtime {
             store,
             emit,
             governors,
+            credentials,
         }))
+    }
+
+    /// The live tokens of OAuth connections.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
+    }
+
+    /// Each OAuth connection that cannot be used now, with why (by name).
+    pub fn unauthorized(&self) -> Vec<(String, String)> {
+        self.conns
+            .iter()
+            .filter_map(|c| {
+                let p = c.oauth()?.status().problem(&c.name)?;
+                Some((c.name.clone(), p))
+            })
+            .collect()
     }
 
     /// The plan it runs.

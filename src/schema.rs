@@ -91,6 +91,8 @@ pub fn recipe(connectors: &[Arc<Connector>]) -> Value {
     let mut schema =
         serde_json::to_value(schemars::schema_for!(spec::RecipeSpec)).unwrap_or_default();
     schema["properties"]["id"]["pattern"] = json!(ID_PATTERN);
+    // One connection, or several: exactly one of the two keys.
+    schema["oneOf"] = json!([{"required": ["connection"]}, {"required": ["connections"]}]);
     let defs = &mut schema["$defs"];
     defs["StepSpec"]["properties"]["id"]["pattern"] = json!(ID_PATTERN);
     // A schedule is `every` or `cron`, one of them; `timezone` is for `cron`; durations are

@@ -58,6 +58,8 @@ pub const COMMIT_MAX_RECORDS: usize = 1_000;
 pub struct CycleReport {
     /// Recipe id.
     pub recipe: String,
+    /// The recipe instance (`recipe@connection`).
+    pub instance: String,
     /// Records the trigger returned (at or after the poll's start).
     pub polled: u64,
     /// Records skipped because their dedupe key was already handled.
@@ -437,6 +439,7 @@ pub fn run_cycle(
         let run = new_run(&rt, started_ms);
         let mut rep = CycleReport {
             recipe: recipe.id.clone(),
+            instance: recipe.instance.clone(),
             started_at_ms: started_ms,
             scheduled_at_ms: opts.tick.map(|t| t.at_ms),
             slots: opts.tick.map_or(0, |t| t.slots),
@@ -521,6 +524,7 @@ pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) 
     let run = new_run(rt, started_ms);
     let mut rep = CycleReport {
         recipe: recipe.id.clone(),
+        instance: recipe.instance.clone(),
         started_at_ms: started_ms,
         kind: "replay".into(),
         run: run.map(|r| r.to_string()),
@@ -582,8 +586,9 @@ async fn resume_journal(
 ) -> Result<(Checkpoint, Option<i64>, HashSet<String>)> {
     let store = rt.store()?;
     let ns = namespace(recipe);
-    // State kept under the bare recipe id (before instances) becomes the instance's, once.
-    if store.adopt_legacy(&recipe.id, ns)? {
+    // State kept under the bare recipe id (before instances) becomes the instance's, once;
+    // only a recipe for one connection can say whose it was.
+    if recipe.single && store.adopt_legacy(&recipe.id, ns)? {
         tracing::info!(recipe = %recipe.id, instance = ns, "Moved the recipe's state to its instance.");
     }
     let stored = store.checkpoint(ns)?;

@@ -350,6 +350,21 @@ pub struct Api {
     pub timezone: Option<(String, Vec<String>)>,
     /// Largest response body, in MiB, unless the connection says otherwise.
     pub max_response_mb: Option<u64>,
+    /// The OAuth2 authorization-code grant, when the connector offers it.
+    pub oauth2: Option<OAuth2Api>,
+}
+
+/// A connector's OAuth2 authorization-code grant.
+#[derive(Debug, Clone)]
+pub struct OAuth2Api {
+    /// Authorize and token URLs of the default region.
+    pub urls: (String, String),
+    /// Authorize and token URLs of other regions.
+    pub regions: IndexMap<String, (String, String)>,
+    /// Scopes to ask for.
+    pub scopes: Vec<String>,
+    /// Whether the provider takes PKCE (`S256`).
+    pub pkce: bool,
 }
 
 /// A connector's rate-limit headers and window.
@@ -417,5 +432,24 @@ pub(crate) fn api(h: &ConnectorHeaderSpec) -> Api {
             .as_ref()
             .map(|t| (t.path.clone(), split_path(&t.field))),
         max_response_mb: h.max_response_mb,
+        oauth2: h.auth.iter().find_map(|a| match a {
+            crate::spec::AuthSpec::Oauth2AuthorizationCode {
+                authorize_url,
+                token_url,
+                scopes,
+                pkce,
+                regions,
+                ..
+            } => Some(OAuth2Api {
+                urls: (authorize_url.clone(), token_url.clone()),
+                regions: regions
+                    .iter()
+                    .map(|(k, v)| (k.clone(), (v.authorize_url.clone(), v.token_url.clone())))
+                    .collect(),
+                scopes: scopes.clone(),
+                pkce: *pkce,
+            }),
+            _ => None,
+        }),
     }
 }

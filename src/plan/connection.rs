@@ -7,7 +7,7 @@
 //! located diagnostic; none stops the others. The runtime opens an `http::Connection` from a
 //! [`ConnectionPlan`] and never sees the spec.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use chrono_tz::Tz;
 use super::Connector;
 use crate::diag::{Diagnostic, LocationIndex};
 use crate::secret::Secret;
-use crate::spec::ConfigSpec;
+use crate::spec::{ConfigSpec, ConnectionAuth, ConnectionSpec};
 
 /// Default limit on a response body, in MiB.
 pub const DEFAULT_MAX_RESPONSE_MB: u64 = 64;
@@ -85,12 +85,16 @@ impl RetryPolicy {
 pub struct ConnectionPlan {
     /// Its handle.
     pub id: ConnId,
-    /// Its name in `sluice.yaml`.
+    /// Its name in `sluice.yaml` (or its connection file's stem).
     pub name: String,
+    /// Its labels (recipes may run for every connection with a label).
+    pub labels: Vec<String>,
     /// The connector it speaks.
     pub connector: Arc<Connector>,
     /// Base URL, without a trailing `/`.
     pub base_url: String,
+    /// The region: configured, else the connector's default (also with a `base_url`).
+    pub region: String,
     /// The credential (never printed).
     pub token: Option<Secret>,
     /// The API version header's value, if the connector pins one.
@@ -109,6 +113,44 @@ pub struct ConnectionPlan {
     pub rate_share: f64,
     /// At most this many chains in flight on this connection, across recipes.
     pub concurrency: Option<usize>,
+    /// With `auth: oauth2`: the grant's URLs and client (the token is in the credential
+    /// store, not in the plan).
+    pub oauth: Option<Arc<OAuthPlan>>,
+}
+
+/// An OAuth2 connection's grant: where to authorize and exchange, and the app's client.
+#[derive(Debug)]
+pub struct OAuthPlan {
+    /// Browser URL where the user grants access (the connection's region; on the
+    /// connection's `base_url` when it sets one).
+    pub authorize_url: String,
+    /// URL where a code (or a refresh token) is exchanged for a token.
+    pub token_url: String,
+    /// Scopes to ask for.
+    pub scopes: Vec<String>,
+    /// Whether to use PKCE.
+    pub pkce: bool,
+    /// The client id, or the `${env:…}` text that is not set.
+    pub client_id: Result<String, String>,
+    /// The client secret, or the `${env:…}` text that is not set.
+    pub client_secret: Result<Secret, String>,
+}
+
+/// `url` with its scheme, host and port replaced by `base`'s (its path, query and fragment
+/// kept): a connection pointed at a proxy or the simulator authorizes there too.
+fn rebase(url: &str, base: &str) -> Option<String> {
+    let mut u = reqwest::Url::parse(url).ok()?;
+    let b = reqwest::Url::parse(base).ok()?;
+    u.set_scheme(b.scheme()).ok()?;
+    u.set_host(b.host_str()).ok()?;
+    u.set_port(b.port()).ok()?;
+    // A base URL with a path prefix (a proxy) keeps it in front of the grant's path.
+    let prefix = b.path().trim_end_matches('/');
+    if !prefix.is_empty() {
+        let path = format!("{prefix}{}", u.path());
+        u.set_path(&path);
+    }
+    Some(u.to_string())
 }
 
 /// How `${env:…}` references that are not set are treated.
@@ -134,6 +176,99 @@ pub struct BuiltConnections {
     pub unset: Vec<Diagnostic>,
 }
 
+/// One connection to build: its name, its spec and where it is written.
+#[derive(Debug, Clone)]
+pub struct ConnSource {
+    /// Its name: the key in `sluice.yaml`, or the connection file's stem.
+    pub name: String,
+    /// What the file says.
+    pub spec: ConnectionSpec,
+    /// The file it is written in.
+    pub file: PathBuf,
+    /// Positions in that file.
+    pub index: Arc<LocationIndex>,
+    /// Its field path in the file: `connections.<name>` in `sluice.yaml`, empty in a
+    /// connection file.
+    pub at: String,
+}
+
+/// The connections of `sluice.yaml` and of a connections directory, gathered by name.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    /// Connections to build, `sluice.yaml`'s first, then the files' in name order.
+    pub sources: Vec<ConnSource>,
+    /// Connections that cannot be built at all (a file that does not parse, a name defined
+    /// twice), with the first reason.
+    pub broken: Vec<(String, Diagnostic)>,
+    /// Every problem of the connection files, located (errors and warnings).
+    pub problems: Vec<Diagnostic>,
+}
+
+/// Gathers the connections of `sluice.yaml` (`config`) and of the connection files (each
+/// one connection named by its file stem). A name defined twice is an error, and neither
+/// definition is used: running recipes against the wrong workspace would be worse than not
+/// running them.
+pub fn gather(
+    config: Option<(&Path, &ConfigSpec, Arc<LocationIndex>)>,
+    files: &[(PathBuf, String)],
+) -> Gathered {
+    let mut g = Gathered::default();
+    if let Some((file, config, index)) = config {
+        for (name, spec) in &config.connections {
+            g.sources.push(ConnSource {
+                name: name.clone(),
+                spec: spec.clone(),
+                file: file.to_path_buf(),
+                index: index.clone(),
+                at: format!("connections.{name}"),
+            });
+        }
+    }
+    for (file, text) in files {
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let (parsed, problems) = crate::spec::parse_connection_file(file, text);
+        let first_error = problems.iter().find(|d| d.is_error()).cloned();
+        g.problems.extend(problems);
+        let twice = g
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.file.as_path()))
+            .chain(g.broken.iter().map(|(n, d)| (n.as_str(), d.file.as_path())))
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f.to_path_buf());
+        if let Some(other) = twice {
+            let d = Diagnostic::error(
+                file,
+                format!(
+                    "connection `{name}` is also defined in `{}`",
+                    other.display()
+                ),
+            )
+            .help("give each connection one definition; neither is used until then");
+            g.problems.push(d.clone());
+            g.sources.retain(|s| s.name != name);
+            g.broken.push((name, d));
+            continue;
+        }
+        match (parsed, first_error) {
+            (Some((spec, index)), None) => g.sources.push(ConnSource {
+                name,
+                spec,
+                file: file.clone(),
+                index: Arc::new(index),
+                at: String::new(),
+            }),
+            (_, Some(d)) => g.broken.push((name, d)),
+            (None, None) => {}
+        }
+    }
+    g
+}
+
 /// Builds every connection of `config`. Connections with problems are left out, and each
 /// problem is a diagnostic located in `file` (warnings for things worth fixing that do not
 /// stop the connection from working).
@@ -145,17 +280,29 @@ pub fn build_connections(
     env: &dyn Fn(&str) -> Option<String>,
     secrets: Secrets,
 ) -> BuiltConnections {
+    let g = gather(Some((file, config, Arc::new(index.clone()))), &[]);
+    build_connection_list(&g.sources, connectors, env, secrets)
+}
+
+/// Builds connections from wherever they are written ([`gather`]). Connections with
+/// problems are left out, and each problem is a diagnostic located in its file (warnings for
+/// things worth fixing that do not stop the connection from working).
+pub fn build_connection_list(
+    sources: &[ConnSource],
+    connectors: &[Arc<Connector>],
+    env: &dyn Fn(&str) -> Option<String>,
+    secrets: Secrets,
+) -> BuiltConnections {
     let mut out = Vec::new();
     let mut diags = Vec::new();
     let mut unavailable: Vec<(String, Diagnostic)> = Vec::new();
     let mut unset: Vec<Diagnostic> = Vec::new();
-    for (name, spec) in &config.connections {
-        let at = |field: &str| {
-            if field.is_empty() {
-                format!("connections.{name}")
-            } else {
-                format!("connections.{name}.{field}")
-            }
+    for src in sources {
+        let (name, spec, file, index) = (&src.name, &src.spec, src.file.as_path(), &*src.index);
+        let at = |field: &str| match (src.at.is_empty(), field.is_empty()) {
+            (true, _) => field.to_string(),
+            (false, true) => src.at.clone(),
+            (false, false) => format!("{}.{field}", src.at),
         };
         let before = diags.iter().filter(|d: &&Diagnostic| d.is_error()).count();
         let Some(connector) = connectors.iter().find(|c| c.id == spec.connector) else {
@@ -291,6 +438,30 @@ pub fn build_connections(
             }
             None => None,
         };
+        let oauth = match spec.auth.unwrap_or(ConnectionAuth::Bearer) {
+            ConnectionAuth::Bearer => {
+                for (field, v) in [
+                    ("client_id", &spec.client_id),
+                    ("client_secret", &spec.client_secret),
+                ] {
+                    if v.is_some() {
+                        diags.push(
+                            Diagnostic::error(
+                                file,
+                                format!("connection `{name}`: `{field}` is only used with `auth: oauth2`"),
+                            )
+                            .at(index, &at(field))
+                            .warning()
+                            .help("add `auth: oauth2`, or remove the field"),
+                        );
+                    }
+                }
+                None
+            }
+            ConnectionAuth::Oauth2 => {
+                oauth_plan(name, spec, connector, file, index, env, &mut diags)
+            }
+        };
         let timezone = spec
             .timezone
             .as_ref()
@@ -419,8 +590,13 @@ pub fn build_connections(
         out.push(ConnectionPlan {
             id: ConnId(out.len()),
             name: name.clone(),
+            labels: spec.labels.clone(),
             connector: connector.clone(),
             base_url: base_url.trim_end_matches('/').to_string(),
+            region: spec
+                .region
+                .clone()
+                .unwrap_or_else(|| h.default_region.clone()),
             token,
             api_version: spec
                 .api_version
@@ -434,6 +610,7 @@ pub fn build_connections(
             max_clock_skew,
             rate_share,
             concurrency: spec.concurrency,
+            oauth,
         });
     }
     BuiltConnections {
@@ -442,6 +619,111 @@ pub fn build_connections(
         unavailable,
         unset,
     }
+}
+
+/// The grant of an `auth: oauth2` connection; `None` (with an error) when it cannot be had.
+/// The client id and secret may be unset here: a stored token that does not expire needs
+/// neither, and `sluice connect` (or a refresh) names the variable when it does.
+fn oauth_plan(
+    name: &str,
+    spec: &ConnectionSpec,
+    connector: &Connector,
+    file: &Path,
+    index: &LocationIndex,
+    env: &dyn Fn(&str) -> Option<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Arc<OAuthPlan>> {
+    let at = |field: &str| format!("connections.{name}.{field}");
+    let Some(grant) = &connector.api.oauth2 else {
+        diags.push(
+            Diagnostic::error(
+                file,
+                format!(
+                    "connection `{name}` has `auth: oauth2`, but connector `{}` offers no OAuth2 grant",
+                    connector.id
+                ),
+            )
+            .at(index, &at("auth"))
+            .help("use `auth: bearer` with a `token`"),
+        );
+        return None;
+    };
+    if spec.token.is_some() {
+        diags.push(
+            Diagnostic::error(
+                file,
+                format!("connection `{name}` has `auth: oauth2` and a `token`"),
+            )
+            .at(index, &at("token"))
+            .help(format!(
+                "remove `token`: `sluice connect {name}` obtains and stores the token"
+            )),
+        );
+        return None;
+    }
+    let mut client = |field: &str, v: &Option<String>| -> Option<Result<String, String>> {
+        let Some(raw) = v else {
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has `auth: oauth2` but no `{field}`"),
+                )
+                .at(index, &at("auth"))
+                .help(format!("add `{field}: ${{env:NAME}}`")),
+            );
+            return None;
+        };
+        if field == "client_secret" && !raw.contains("${env:") {
+            diags.push(
+                Diagnostic::error(
+                    file,
+                    format!("connection `{name}` has its client secret written in the file"),
+                )
+                .at(index, &at(field))
+                .warning()
+                .help("use `${env:NAME}` so the secret is not in a file"),
+            );
+        }
+        match resolve_env(raw, env) {
+            Ok(v) => Some(Ok(v)),
+            Err(EnvError::Missing(var)) => Some(Err(var)),
+            Err(EnvError::Syntax(m)) => {
+                diags.push(
+                    Diagnostic::error(file, format!("connection `{name}`: `{field}`: {m}"))
+                        .at(index, &at(field)),
+                );
+                None
+            }
+        }
+    };
+    let client_id = client("client_id", &spec.client_id);
+    let client_secret = client("client_secret", &spec.client_secret);
+    let (client_id, client_secret) = (client_id?, client_secret?);
+    let region = spec
+        .region
+        .as_deref()
+        .unwrap_or(&connector.api.default_region);
+    let (authorize, token) = grant
+        .regions
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(region))
+        .map_or(&grant.urls, |(_, v)| v);
+    let (authorize_url, token_url) = match &spec.base_url {
+        // Checked with the base URL itself; an `${env:…}` there is resolved the same way.
+        Some(base) => {
+            let base = resolve_env(base, env).ok()?;
+            (rebase(authorize, &base)?, rebase(token, &base)?)
+        }
+        None => (authorize.clone(), token.clone()),
+    };
+    Some(Arc::new(OAuthPlan {
+        authorize_url,
+        token_url,
+        scopes: grant.scopes.clone(),
+        pkce: grant.pkce,
+        client_id,
+        client_secret: client_secret.map(Secret::new),
+    }))
 }
 
 /// Why `${env:…}` could not be resolved.

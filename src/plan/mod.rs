@@ -20,10 +20,10 @@ pub mod api;
 pub mod connection;
 pub mod recipe;
 pub use api::{
-    Api, Cursor, ErrorRule, Field, FieldType, Granularity, Method, OnConflict, OnError, Pagination,
-    SendIn,
+    Api, Cursor, ErrorRule, Field, FieldType, Granularity, Method, OAuth2Api, OnConflict, OnError,
+    Pagination, SendIn,
 };
-pub use connection::{ConnId, ConnectionPlan, RetryPolicy, Secrets};
+pub use connection::{ConnId, ConnectionPlan, OAuthPlan, RetryPolicy, Secrets};
 pub use recipe::{EmitDir, EmitTo, Recipe, Schedule, ScheduleKind, StartFrom, Step, StepAction};
 
 /// Everything a run needs, compiled from the connector, config and recipe files: the one
@@ -34,13 +34,16 @@ pub struct Plan {
     pub connectors: Vec<Arc<Connector>>,
     /// Connections, indexed by [`ConnId`].
     pub connections: Vec<Arc<ConnectionPlan>>,
-    /// Recipes, in file order.
+    /// Recipe instances (a recipe for each of its connections), in file order.
     pub recipes: Vec<Arc<Recipe>>,
     /// Problems worth fixing that do not stop anything from running.
     pub warnings: Vec<Diagnostic>,
     /// Connections left out (problems in `sluice.yaml`, an environment variable not set),
     /// with the first reason.
     pub unavailable: Vec<(String, Diagnostic)>,
+    /// Instances of recipes for several connections left out with their connection:
+    /// `recipe@connection` and why (the recipe runs for its other connections).
+    pub skipped: Vec<(String, String)>,
     /// Built with [`Secrets::Optional`]: environment variables that are not set.
     pub unset: Vec<Diagnostic>,
     /// How much run history is kept.
@@ -58,9 +61,14 @@ impl Plan {
         self.connections.iter().find(|c| c.name == name)
     }
 
-    /// A recipe by id.
+    /// A recipe by id: its first instance.
     pub fn recipe(&self, id: &str) -> Option<&Arc<Recipe>> {
         self.recipes.iter().find(|r| r.id == id)
+    }
+
+    /// Every instance of recipe `id` (one per connection it runs for).
+    pub fn instances<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Arc<Recipe>> + 'a {
+        self.recipes.iter().filter(move |r| r.id == id)
     }
 }
 
@@ -70,6 +78,9 @@ pub struct Sources<'a> {
     pub connectors: Vec<Arc<Connector>>,
     /// `sluice.yaml`: its path and text, `None` when there is none.
     pub config: Option<(PathBuf, String)>,
+    /// Connection files (`--connections-dir`): path and text, one connection each, named by
+    /// the file stem.
+    pub connection_files: Vec<(PathBuf, String)>,
     /// Recipe files: path and text.
     pub recipes: Vec<(PathBuf, String)>,
     /// Environment lookups for `${env:…}`.
@@ -83,70 +94,90 @@ pub struct Sources<'a> {
 /// files is one.
 pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
     let mut diags = Vec::new();
-    let mut connections = Vec::new();
-    let mut unavailable = Vec::new();
-    let mut unset = Vec::new();
-    let mut table: Option<recipe::ConnectionTable> = None;
     let mut retention = crate::history::Retention::default();
+    let mut config = None;
     if let Some((file, text)) = &src.config {
         let (parsed, problems) = spec::parse_config(file, text);
         diags.extend(problems);
-        if let Some((config, index)) = parsed {
-            if let Some(h) = &config.history {
+        if let Some((c, index)) = parsed {
+            if let Some(h) = &c.history {
                 retention = build_retention(file, &index, h, &mut diags);
             }
-            let built = connection::build_connections(
-                file,
-                &config,
-                &index,
-                &src.connectors,
-                src.env,
-                src.secrets,
-            );
-            // A connection with problems is left out (`unavailable`): an error for the
-            // recipes that use it, not for the others. `validate` reports every problem.
-            diags.extend(built.problems.into_iter().filter(|d| !d.is_error()));
-            let mut t = recipe::ConnectionTable::new();
-            for (name, c) in &config.connections {
-                let id = built.plans.iter().find(|b| &b.name == name).map(|b| b.id);
-                let why = built
-                    .unavailable
-                    .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, d)| d.message.clone());
-                t.insert(
-                    name.clone(),
-                    recipe::ConnEntry {
-                        connector: Some(c.connector.clone()),
-                        id,
-                        why,
-                    },
-                );
-            }
-            table = Some(t);
-            unavailable = built.unavailable;
-            unset = built.unset;
-            connections = built.plans.into_iter().map(Arc::new).collect();
+            config = Some((file.as_path(), c, Arc::new(index)));
         }
     }
+    let have_connections = config.is_some() || !src.connection_files.is_empty();
+    let gathered = connection::gather(
+        config.as_ref().map(|(f, c, i)| (*f, c, i.clone())),
+        &src.connection_files,
+    );
+    let built =
+        connection::build_connection_list(&gathered.sources, &src.connectors, src.env, src.secrets);
+    // A connection with problems is left out (`unavailable`): an error for the recipes that
+    // use it, not for the others. `validate` reports every problem. A connection file that
+    // does not parse stops only the recipe instances that use it.
+    diags.extend(built.problems.into_iter().filter(|d| !d.is_error()));
+    diags.extend(gathered.problems.into_iter().filter(|d| !d.is_error()));
+    let mut unavailable = built.unavailable;
+    unavailable.extend(gathered.broken.iter().cloned());
+    let table = have_connections.then(|| {
+        let mut t = recipe::ConnectionTable::new();
+        for s in &gathered.sources {
+            let id = built.plans.iter().find(|b| b.name == s.name).map(|b| b.id);
+            let why = unavailable
+                .iter()
+                .find(|(n, _)| *n == s.name)
+                .map(|(_, d)| d.message.clone());
+            t.insert(
+                s.name.clone(),
+                recipe::ConnEntry {
+                    connector: Some(s.spec.connector.clone()),
+                    labels: s.spec.labels.clone(),
+                    id,
+                    why,
+                },
+            );
+        }
+        for (name, d) in &gathered.broken {
+            t.insert(
+                name.clone(),
+                recipe::ConnEntry {
+                    connector: None,
+                    labels: Vec::new(),
+                    id: None,
+                    why: Some(d.to_string().lines().next().unwrap_or_default().to_string()),
+                },
+            );
+        }
+        t
+    });
+    let unset = built.unset;
+    let connections: Vec<Arc<ConnectionPlan>> = built.plans.into_iter().map(Arc::new).collect();
     let mut recipes: Vec<Arc<Recipe>> = Vec::new();
+    let mut skipped = Vec::new();
     let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
     for (file, text) in &src.recipes {
         match recipe::load_recipe(file, text, &src.connectors, table.as_ref()) {
-            Ok(mut r) => {
-                if let Some(first) = seen.get(&r.id) {
+            Ok(instances) => {
+                skipped.extend(instances.skipped);
+                let Some(id) = instances.recipes.first().map(|r| r.id.clone()) else {
+                    continue; // every connection it names is left out (`skipped`)
+                };
+                if let Some(first) = seen.get(&id) {
                     diags.push(
                         Diagnostic::error(
                             file,
-                            format!("recipe id `{}` is also used by `{}`", r.id, first.display()),
+                            format!("recipe id `{id}` is also used by `{}`", first.display()),
                         )
                         .help("every recipe needs its own id: its state is kept under it"),
                     );
                     continue;
                 }
-                seen.insert(r.id.clone(), file.clone());
-                diags.append(&mut r.warnings);
-                recipes.push(Arc::new(r));
+                seen.insert(id, file.clone());
+                for mut r in instances.recipes {
+                    diags.append(&mut r.warnings);
+                    recipes.push(Arc::new(r));
+                }
             }
             Err(d) => diags.extend(d),
         }
@@ -163,6 +194,7 @@ pub fn build(src: Sources<'_>) -> Result<Plan, Vec<Diagnostic>> {
         recipes,
         warnings,
         unavailable,
+        skipped,
         unset,
         retention,
     })
@@ -562,11 +594,31 @@ pub fn build_connector(spec: &ConnectorSpec) -> Result<Connector, Vec<Diagnostic
         if let AuthSpec::Oauth2AuthorizationCode {
             authorize_url,
             token_url,
+            regions,
             ..
         } = a
         {
             check_url(&mut cx, &format!("auth.{i}.authorize_url"), authorize_url);
             check_url(&mut cx, &format!("auth.{i}.token_url"), token_url);
+            for (r, urls) in regions {
+                if !h.regions.contains_key(r) {
+                    cx.err(
+                        &format!("auth.{i}.regions.{r}"),
+                        format!("`{r}` is not one of the connector's regions"),
+                        None,
+                    );
+                }
+                check_url(
+                    &mut cx,
+                    &format!("auth.{i}.regions.{r}.authorize_url"),
+                    &urls.authorize_url,
+                );
+                check_url(
+                    &mut cx,
+                    &format!("auth.{i}.regions.{r}.token_url"),
+                    &urls.token_url,
+                );
+            }
         }
     }
     check_rules(&mut cx, "errors", &h.errors);

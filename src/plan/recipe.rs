@@ -34,6 +34,10 @@ pub struct Recipe {
     pub conn: ConnId,
     /// The recipe instance (`recipe@connection`): where its state lives.
     pub instance: String,
+    /// Whether the file names this one connection (`connection:`), rather than several
+    /// (`connections:`): only then is state kept under the bare recipe id by sluice versions
+    /// before instances this instance's.
+    pub single: bool,
     /// The trigger's connector.
     pub connector: Arc<Connector>,
     /// Trigger id within the connector.
@@ -634,12 +638,185 @@ pub fn parse_schedule(s: &spec::ScheduleSpec) -> Result<Schedule, (String, &'sta
     Ok(Schedule { kind, jitter_ms })
 }
 
-/// Builds a recipe against the connectors and the configured connections (`None`: no
-/// `sluice.yaml`).
+/// The connections a recipe runs for, each with the field path that names it; `Err`: the
+/// located problems (no connection named, both keys given, an empty list, a name twice, a
+/// label no connection carries).
+fn targets(
+    cx: &mut Cx,
+    spec: &spec::RecipeSpec,
+    conns: Option<&ConnectionTable>,
+) -> Vec<(String, String)> {
+    match (&spec.connection, &spec.connections) {
+        (Some(c), None) => vec![(c.clone(), "connection".into())],
+        (Some(_), Some(_)) => {
+            cx.err(
+                "connections",
+                "give either `connection` (one) or `connections` (several), not both",
+                Some("e.g. `connections: [acme, globex]` alone".into()),
+            );
+            vec![]
+        }
+        (None, None) => {
+            cx.err(
+                "",
+                "the recipe names no connection",
+                Some(
+                    "add `connection: <name>`, or `connections: [a, b]` or `connections: {label: <label>}` to run it for several"
+                        .into(),
+                ),
+            );
+            vec![]
+        }
+        (None, Some(spec::ConnectionsSpec::Names(names))) => {
+            if names.is_empty() {
+                cx.err(
+                    "connections",
+                    "`connections` is empty: the recipe would run for no connection",
+                    Some("name at least one connection".into()),
+                );
+            }
+            let mut out: Vec<(String, String)> = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                if out.iter().any(|(o, _)| o == n) {
+                    cx.err(
+                        &format!("connections.{i}"),
+                        format!("connection `{n}` is named twice"),
+                        Some("each connection runs the recipe once: name it once".into()),
+                    );
+                    continue;
+                }
+                out.push((n.clone(), format!("connections.{i}")));
+            }
+            out
+        }
+        (None, Some(spec::ConnectionsSpec::Label { label })) => {
+            let Some(conns) = conns else {
+                cx.err(
+                    "connections.label",
+                    format!("connections with label `{label}` cannot be found: there is no config file or connection file"),
+                    Some("create `sluice.yaml` with a `connections:` section, or pass `--connections-dir DIR`".into()),
+                );
+                return vec![];
+            };
+            let out: Vec<(String, String)> = conns
+                .iter()
+                .filter(|(_, e)| e.labels.iter().any(|l| l == label))
+                .map(|(n, _)| (n.clone(), "connections.label".to_string()))
+                .collect();
+            if out.is_empty() {
+                let mut known: Vec<&str> = conns
+                    .values()
+                    .flat_map(|e| e.labels.iter().map(String::as_str))
+                    .collect();
+                known.sort_unstable();
+                known.dedup();
+                let help = if known.is_empty() {
+                    format!("no connection has labels: give one `labels: [{label}]`")
+                } else {
+                    suggest(label, known.iter().copied())
+                };
+                cx.err(
+                    "connections.label",
+                    format!("no connection has label `{label}`"),
+                    Some(help),
+                );
+            }
+            out
+        }
+    }
+}
+
+/// Builds a recipe against the connectors and the configured connections (`None`: neither
+/// `sluice.yaml` nor connection files): one [`Recipe`] per connection it runs for, each its own
+/// instance. An instance whose connection is left out of the plan (an environment variable
+/// not set, a broken connection file) is not built when the recipe runs for several (the
+/// connection is reported); with `connection:` it is an error, as it always was.
 pub fn build_recipe(
     parsed: &ParsedRecipe,
     connectors: &[Arc<Connector>],
     conns: Option<&ConnectionTable>,
+) -> Result<Instances, Vec<Diagnostic>> {
+    let mut cx = Cx {
+        file: &parsed.file,
+        index: &parsed.index,
+        diags: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let single = parsed.spec.connection.is_some();
+    let targets = targets(&mut cx, &parsed.spec, conns);
+    let mut diags = cx.diags;
+    let mut warnings = cx.warnings;
+    let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let no_conns = ConnectionTable::new();
+    for (name, path) in &targets {
+        if !single {
+            let entry = conns.unwrap_or(&no_conns).get(name);
+            if let Some(e) = entry.filter(|e| e.id.is_none()) {
+                let why = e.why.clone().unwrap_or_else(|| "it has problems".into());
+                skipped.push((
+                    instance_name(&parsed.spec.id, name),
+                    format!("connection `{name}` cannot be used: {why}"),
+                ));
+                continue;
+            }
+        }
+        match build_instance(parsed, connectors, conns, name, path, single) {
+            Ok(mut r) => {
+                if out.is_empty() {
+                    warnings.append(&mut r.warnings);
+                } else {
+                    r.warnings.clear();
+                }
+                out.push(r);
+            }
+            Err(d) => {
+                // The same problem in every instance is reported once.
+                for x in d {
+                    if !diags.contains(&x) && !warnings.contains(&x) {
+                        if x.is_error() {
+                            diags.push(x);
+                        } else {
+                            warnings.push(x);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if diags.is_empty() {
+        if let Some(first) = out.first_mut() {
+            first.warnings = warnings;
+        }
+        Ok(Instances {
+            recipes: out,
+            skipped,
+        })
+    } else {
+        diags.extend(warnings);
+        Err(diags)
+    }
+}
+
+/// A recipe file's instances: one per connection it runs for.
+#[derive(Debug, Default)]
+pub struct Instances {
+    /// The instances built, in the order their connections are named (or defined, for a
+    /// label); the first carries the file's warnings.
+    pub recipes: Vec<Recipe>,
+    /// Instances not built because their connection is left out of the plan (a recipe for
+    /// several connections runs for the others): `recipe@connection` and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Builds the instance of a recipe for connection `connection` (named at `conn_path`).
+fn build_instance(
+    parsed: &ParsedRecipe,
+    connectors: &[Arc<Connector>],
+    conns: Option<&ConnectionTable>,
+    connection: &str,
+    conn_path: &str,
+    single: bool,
 ) -> Result<Recipe, Vec<Diagnostic>> {
     let spec = &parsed.spec;
     let mut cx = Cx {
@@ -678,7 +855,7 @@ pub fn build_recipe(
     }
 
     // Connection.
-    let recipe_conn = connection_connector(&mut cx, "connection", &spec.connection, conns);
+    let recipe_conn = connection_connector(&mut cx, conn_path, connection, conns);
     let conn_connector = recipe_conn.as_ref().and_then(|(c, _)| c.clone());
 
     // Trigger.
@@ -703,10 +880,10 @@ pub fn build_recipe(
         if let Some(cc) = &conn_connector {
             if *cc != c.id {
                 cx.err(
-                    "connection",
+                    conn_path,
                     format!(
-                        "connection `{}` is for connector `{cc}`, but the trigger is from `{}`",
-                        spec.connection, c.id
+                        "connection `{connection}` is for connector `{cc}`, but the trigger is from `{}`",
+                        c.id
                     ),
                     Some(format!("use a connection of connector `{}`", c.id)),
                 );
@@ -836,7 +1013,7 @@ pub fn build_recipe(
         let step_conn = s
             .connection
             .clone()
-            .unwrap_or_else(|| spec.connection.clone());
+            .unwrap_or_else(|| connection.to_string());
         let recipe_conn_id = recipe_conn.as_ref().map(|(_, id)| *id);
         if s.action == "emit" {
             let mut with = Vec::new();
@@ -990,13 +1167,14 @@ pub fn build_recipe(
             meta: serde_json::json!({
                 "id": spec.id,
                 "description": spec.description,
-                "connection": spec.connection,
+                "connection": connection,
                 "trigger": format!("{}.{}", connector.id, trigger_id),
             }),
             id: spec.id.clone(),
-            instance: instance_name(&spec.id, &spec.connection),
+            instance: instance_name(&spec.id, connection),
+            single,
             description: spec.description.clone(),
-            connection: spec.connection.clone(),
+            connection: connection.to_string(),
             connector,
             trigger_id,
             options,
@@ -1063,6 +1241,8 @@ pub struct ConnEntry {
     /// The connector it speaks; `None` when that connector is not loaded (reported in
     /// `sluice.yaml`: recipes naming the connection are checked without it).
     pub connector: Option<String>,
+    /// Its labels.
+    pub labels: Vec<String>,
     /// Its handle, when it compiled.
     pub id: Option<ConnId>,
     /// Why it could not be opened, when that is not a problem of the file (an environment
@@ -1324,13 +1504,13 @@ fn check_literal(cx: &mut Cx, path: &str, k: &str, f: &Field, v: &Value) {
     }
 }
 
-/// Reads, parses and builds one recipe file.
+/// Reads, parses and builds one recipe file: its instances.
 pub fn load_recipe(
     file: &Path,
     text: &str,
     connectors: &[Arc<Connector>],
     conns: Option<&ConnectionTable>,
-) -> Result<Recipe, Vec<Diagnostic>> {
+) -> Result<Instances, Vec<Diagnostic>> {
     let (parsed, mut diags) = spec::parse_recipe(file, text);
     match parsed {
         Some(p) => match build_recipe(&p, connectors, conns) {

@@ -5,7 +5,8 @@
 //!   if it had one; otherwise it does not run. Either way it is reported.
 //! * A broken `sluice.yaml` or connector file keeps the whole last good plan running (every
 //!   recipe depends on them) and is reported.
-//! * A connection that cannot be used (a secret not set) stops only the recipes that use it.
+//! * A connection that cannot be used (a secret not set, a broken connection file) stops only
+//!   the recipe instances that use it.
 //!
 //! [`Fingerprint`] says whether anything was edited: the watcher's events are only hints.
 
@@ -23,6 +24,8 @@ pub(crate) struct Paths {
     pub config: PathBuf,
     /// `None`: the built-in connector.
     pub connectors: Option<PathBuf>,
+    /// The connection files' directory, if any.
+    pub connections: Option<PathBuf>,
     pub recipes: PathBuf,
 }
 
@@ -41,6 +44,9 @@ pub(crate) struct BrokenFile {
 pub(crate) struct Loaded {
     pub plan: Plan,
     pub broken: Vec<BrokenFile>,
+    /// Connection files that cannot be read: (connection name, why). Their recipe
+    /// instances do not run; the others do.
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Loads the configuration, remembering each recipe file's last good text.
@@ -88,6 +94,31 @@ impl Loader {
                 )])
             }
         };
+        // Connection files: one that is broken stops only the recipe instances that use it
+        // (`plan::build` leaves its connection out); one that cannot be read is left out.
+        let mut connection_files = Vec::new();
+        let mut unreadable = Vec::new();
+        if let Some(dir) = &self.paths.connections {
+            let files = spec::yaml_files_in(dir).map_err(|e| {
+                vec![format!(
+                    "{}: cannot read the connections directory: {e}",
+                    dir.display()
+                )]
+            })?;
+            for f in files {
+                match std::fs::read(&f).map(String::from_utf8) {
+                    Ok(Ok(text)) => connection_files.push((f, text)),
+                    other => {
+                        let why = match other {
+                            Err(e) => format!("cannot read it: {e}"),
+                            _ => "it is not UTF-8 text".to_string(),
+                        };
+                        let name = f.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+                        unreadable.push((name.to_string(), format!("{}: {why}", f.display())));
+                    }
+                }
+            }
+        }
         let mut broken: Vec<BrokenFile> = Vec::new();
         let mut recipes: Vec<(PathBuf, String)> = Vec::new();
         let files = spec::yaml_files_in(&self.paths.recipes).map_err(|e| {
@@ -123,6 +154,7 @@ impl Loader {
             let built = plan::build(plan::Sources {
                 connectors: connectors.clone(),
                 config: config.clone(),
+                connection_files: connection_files.clone(),
                 recipes: recipes.clone(),
                 env: &env,
                 secrets: plan::Secrets::Required,
@@ -135,7 +167,11 @@ impl Loader {
                             self.last_good.insert(f.clone(), text.clone());
                         }
                     }
-                    return Ok(Loaded { plan, broken });
+                    return Ok(Loaded {
+                        plan,
+                        broken,
+                        unreadable,
+                    });
                 }
                 Err(d) => d,
             };
@@ -182,6 +218,9 @@ impl Loader {
     pub(crate) fn fingerprint(&self) -> Fingerprint {
         let mut files = vec![self.paths.config.clone()];
         if let Some(d) = &self.paths.connectors {
+            files.extend(spec::yaml_files_in(d).unwrap_or_default());
+        }
+        if let Some(d) = &self.paths.connections {
             files.extend(spec::yaml_files_in(d).unwrap_or_default());
         }
         files.extend(spec::yaml_files_in(&self.paths.recipes).unwrap_or_default());
@@ -231,6 +270,9 @@ pub(crate) fn watched_dirs(paths: &Paths) -> Vec<PathBuf> {
     };
     let mut dirs = vec![parent(&paths.config), paths.recipes.clone()];
     if let Some(c) = &paths.connectors {
+        dirs.push(c.clone());
+    }
+    if let Some(c) = &paths.connections {
         dirs.push(c.clone());
     }
     dirs.sort();

@@ -41,6 +41,8 @@ pub struct Options {
     pub config: PathBuf,
     /// The connectors directory (`None`: the built-in connector).
     pub connectors: Option<PathBuf>,
+    /// The connection files' directory, if any (watched like the others).
+    pub connections: Option<PathBuf>,
     /// The recipes directory.
     pub recipes: PathBuf,
     /// The state directory.
@@ -64,6 +66,8 @@ pub(crate) struct Health {
     pub files: Vec<BrokenFile>,
     /// Connections that cannot be used, with why.
     pub connections: Vec<(String, String)>,
+    /// OAuth connections that cannot authenticate now (revoked, no token), with why.
+    pub auth: Vec<(String, String)>,
 }
 
 impl Health {
@@ -74,7 +78,7 @@ impl Health {
             .iter()
             .map(|e| format!("configuration not reloaded (the last good one runs): {e}"))
             .collect();
-        for (name, why) in &self.connections {
+        for (name, why) in self.connections.iter().chain(&self.auth) {
             out.push(format!("connection `{name}`: {why}"));
         }
         // One line each (a diagnostic's `help:` goes on the same line).
@@ -244,8 +248,71 @@ fn health_of(loaded: &load::Loaded) -> Health {
             .plan
             .unavailable
             .iter()
-            .map(|(n, d)| (n.clone(), d.message.clone()))
+            .map(|(n, d)| {
+                // A connection file's problem names the file; `sluice.yaml`'s are as before.
+                let why = if d.file.file_stem().and_then(|s| s.to_str()) == Some(n.as_str()) {
+                    d.to_string()
+                } else {
+                    d.message.clone()
+                };
+                (n.clone(), why)
+            })
+            .chain(loaded.unreadable.iter().cloned())
             .collect(),
+        auth: Vec::new(),
+    }
+}
+
+/// Keeps recipe instances held while a connection they use cannot authenticate: looks at
+/// the credential files every second (a new token from `sluice connect`) and at once when
+/// a token changes here (a 401 revoked it), then holds or releases instances and updates
+/// readiness.
+async fn hold_unauthorized(shared: Arc<Shared>, cmd: mpsc::Sender<Command>) {
+    let mut changed = shared.runtime().credentials().subscribe();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: std::collections::HashMap<String, Option<String>> = Default::default();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            r = changed.changed() => if r.is_err() { return },
+        }
+        let rt = shared.runtime();
+        rt.credentials().sync();
+        let bad: std::collections::HashMap<String, String> =
+            rt.unauthorized().into_iter().collect();
+        {
+            let mut h = shared
+                .health
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            h.auth = bad.iter().map(|(n, p)| (n.clone(), p.clone())).collect();
+            h.auth.sort();
+        }
+        let plan = rt.plan();
+        let mut now = std::collections::HashMap::new();
+        for r in &plan.recipes {
+            let reason = std::iter::once(r.conn)
+                .chain(r.steps.iter().map(|s| s.conn))
+                .filter_map(|c| plan.connections.get(c.index()))
+                .find_map(|c| {
+                    bad.get(&c.name)
+                        .map(|p| format!("connection `{}`: {p}", c.name))
+                });
+            now.insert(r.instance.clone(), reason);
+        }
+        for (instance, reason) in &now {
+            if last.get(instance) != Some(reason) {
+                let hold = Command::Hold {
+                    instance: instance.clone(),
+                    reason: reason.clone(),
+                };
+                if cmd.send(hold).await.is_err() {
+                    return;
+                }
+            }
+        }
+        last = now;
     }
 }
 
@@ -262,6 +329,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     let mut loader = Loader::new(Paths {
         config: opts.config.clone(),
         connectors: opts.connectors.clone(),
+        connections: opts.connections.clone(),
         recipes: opts.recipes.clone(),
     });
     let loaded = loader.load().map_err(|errs| {
@@ -286,7 +354,11 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
     }
     let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(&opts.state_dir)?);
     let health = health_of(&loaded);
-    let rt = Runtime::new(loaded.plan, store.clone())?;
+    let rt = Runtime::with_credentials(
+        loaded.plan,
+        store.clone(),
+        Arc::new(crate::oauth::Credentials::new(&opts.state_dir)),
+    )?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (`--listen`)"))?;
@@ -358,6 +430,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
             }
         })
     };
+    let holder = tokio::spawn(hold_unauthorized(shared.clone(), cmd_tx.clone()));
     let discovery = opts.state_dir.join(DISCOVERY_FILE);
     write_discovery(&discovery, local, !loopback)?;
     tracing::info!(
@@ -413,6 +486,7 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         std::process::exit(130);
     });
     pruner.abort();
+    holder.abort();
     let drained = tokio::time::timeout(opts.shutdown_timeout, sched).await;
     let _ = server_stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
@@ -429,7 +503,8 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
 async fn reload(loader: &mut Loader, shared: &Shared, cmd: &mpsc::Sender<Command>) {
     match loader.load() {
         Ok(loaded) => {
-            let health = health_of(&loaded);
+            let mut health = health_of(&loaded);
+            health.auth = shared.health().auth;
             let partial = !health.files.is_empty();
             let rt = match shared.runtime().rebuild(loaded.plan) {
                 Ok(rt) => rt,

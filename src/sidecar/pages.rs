@@ -122,6 +122,8 @@ fn lag(cursor: Option<i64>) -> String {
 fn state_of(i: &InstanceStatus, broken: bool) -> (&'static str, &'static str) {
     if broken {
         ("broken file (last good version runs)", "broken")
+    } else if i.held.is_some() {
+        ("paused: connection not authorized", "paused")
     } else if i.paused {
         ("paused", "paused")
     } else if i.failures > 0 {

@@ -80,6 +80,13 @@ pub(crate) enum Command {
         paused: bool,
         reply: oneshot::Sender<bool>,
     },
+    /// Hold an instance (`Some(why)`: a connection it uses cannot authenticate) or release
+    /// it (`None`). Held, its slots are skipped and owed like a paused one's; released, one
+    /// cycle catches up at once and the failures the hold caused are forgotten.
+    Hold {
+        instance: String,
+        reason: Option<String>,
+    },
     /// A snapshot of every instance.
     Status(oneshot::Sender<Vec<InstanceStatus>>),
 }
@@ -101,6 +108,8 @@ pub(crate) struct InstanceStatus {
     pub running: bool,
     /// Paused by a person.
     pub paused: bool,
+    /// Held because a connection it uses cannot authenticate (revoked, no token): why.
+    pub held: Option<String>,
     /// Failed cycles in a row.
     pub failures: u32,
     /// No slot runs before this (Unix ms), after failures.
@@ -207,6 +216,8 @@ struct Entry {
     next: Option<i64>,
     running: bool,
     paused: bool,
+    /// Held while a connection it uses cannot authenticate: why.
+    held: Option<String>,
     /// Slots skipped since the last run and the latest of them: the next run covers them.
     owed: u32,
     owed_last: i64,
@@ -326,7 +337,13 @@ impl Scheduler {
             let Some(e) = self.entries.get_mut(&name) else {
                 continue;
             };
-            if e.running || e.removed || e.paused || e.owed == 0 || now < e.backoff_until {
+            if e.running
+                || e.removed
+                || e.paused
+                || e.held.is_some()
+                || e.owed == 0
+                || now < e.backoff_until
+            {
                 continue;
             }
             let tick = Tick {
@@ -376,6 +393,28 @@ impl Scheduler {
                 };
                 let _ = reply.send(found);
             }
+            Command::Hold { instance, reason } => {
+                let Some(e) = self.entries.get_mut(&instance) else {
+                    return;
+                };
+                let released = e.held.is_some() && reason.is_none();
+                if reason.is_some() && e.held.is_none() {
+                    tracing::warn!(instance = %instance, "Held: a connection it uses cannot authenticate; its slots wait.");
+                }
+                e.held = reason;
+                if released {
+                    // The failures were the revoked token's; the cursor did not move, so one
+                    // cycle now picks up everything since.
+                    e.failures = 0;
+                    e.backoff_until = 0;
+                    e.owed = e.owed.max(1);
+                    if e.owed_last == 0 {
+                        e.owed_last = self.clock.now_ms();
+                    }
+                    tracing::info!(instance = %instance, "Released: its connection authenticates again; catching up.");
+                    self.catch_ups.push(instance);
+                }
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -395,6 +434,7 @@ impl Scheduler {
                 next_at_ms: e.next,
                 running: e.running,
                 paused: e.paused,
+                held: e.held.clone(),
                 failures: e.failures,
                 backoff_until_ms: (e.failures > 0).then_some(e.backoff_until),
                 owed: e.owed,
@@ -480,6 +520,7 @@ impl Scheduler {
                 next,
                 running: false,
                 paused: false,
+                held: None,
                 owed: 0,
                 owed_last: 0,
                 failures: 0,
@@ -524,7 +565,7 @@ impl Scheduler {
             if let Some(next) = e.next {
                 self.timeline.insert((next, name.clone()));
             }
-            let reason = if e.paused {
+            let reason = if e.paused || e.held.is_some() {
                 Some("paused")
             } else if e.running {
                 Some("overlap")
@@ -684,6 +725,7 @@ mod tests {
         crate::plan::build(crate::plan::Sources {
             connectors,
             config: Some(("sluice.yaml".into(), config.into())),
+            connection_files: Vec::new(),
             recipes: files,
             env: &|_| None,
             secrets: crate::plan::Secrets::Required,

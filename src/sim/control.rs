@@ -306,6 +306,16 @@ pub(crate) fn handle(
                 .collect();
             reply(200, json!({ "changed": changed }))
         }
+        ("GET", ["oauth"]) => reply(200, super::oauth::describe(&sim.lock())),
+        ("PUT", ["oauth"]) => match serde_json::from_value::<super::oauth::OAuthPatch>(body) {
+            Ok(p) => reply(200, super::oauth::apply(&mut sim.lock(), p)),
+            Err(e) => err(400, format!("invalid oauth settings: {e}")),
+        },
+        ("POST", ["oauth", "revoke"]) => {
+            let n =
+                super::oauth::revoke(&mut sim.lock(), body.get("token").and_then(Value::as_str));
+            reply(200, json!({ "revoked": n }))
+        }
         ("POST", ["reset"]) => {
             sim.reset();
             reply(200, json!({ "reset": true, "now": sim.now() }))

@@ -34,6 +34,7 @@
 //! - Deleting a company detaches its contacts without bumping their `updated_at`.
 //! - `GET /conversations/{id}?display_as=plaintext` answers the message and part bodies with
 //!   their HTML tags dropped (and `&lt; &gt; &amp;` decoded); any other value keeps HTML.
+//! - OAuth (`GET /oauth`, `POST /auth/eagle/token`, `/_sim/oauth`): see `oauth`.
 //! - A `fail_next` rule with status 0 drops the connection; without a connection tap (router used
 //!   directly) a drop answers an empty 502.
 
@@ -42,6 +43,7 @@ mod clock;
 mod control;
 mod error;
 mod faults;
+mod oauth;
 mod objects;
 mod routes;
 mod search;
@@ -105,6 +107,11 @@ pub struct SimConfig {
     pub scroll_page_size: usize,
     /// Make `>`/`<` on ticket and conversation stamps exclusive (Intercom's are inclusive).
     pub strict_gt: bool,
+    /// Serve one workspace per token — each with its own data (seeded from `seed + i` for
+    /// the `i`-th token), clock and rate budget — instead of one workspace accepting every
+    /// token. Requests (`/_sim` calls too) go to the workspace of their bearer token; one
+    /// with no known token goes to the first.
+    pub workspace_per_token: bool,
 }
 
 impl Default for SimConfig {
@@ -123,6 +130,7 @@ impl Default for SimConfig {
             frozen_clock: false,
             scroll_page_size: 50,
             strict_gt: false,
+            workspace_per_token: false,
         }
     }
 }
@@ -169,6 +177,10 @@ pub struct SimArgs {
     /// Companies per scroll page.
     #[arg(long, default_value_t = 50)]
     pub scroll_page_size: usize,
+    /// One workspace per `--token` (each its own data, clock and rate budget) instead of one
+    /// workspace accepting them all.
+    #[arg(long)]
+    pub workspace_per_token: bool,
 }
 
 impl SimArgs {
@@ -197,14 +209,24 @@ impl SimArgs {
             frozen_clock: self.frozen_clock,
             scroll_page_size: self.scroll_page_size.max(1),
             strict_gt: false,
+            workspace_per_token: self.workspace_per_token,
         })
     }
 }
 
-/// A simulated Intercom workspace; cheap to clone (shared state).
+/// A simulated Intercom workspace; cheap to clone (shared state). One simulator may serve
+/// several ([`SimConfig::workspace_per_token`]); a `Sim` is one of them, and its router
+/// serves them all.
 #[derive(Clone)]
 pub struct Sim {
     inner: Arc<Mutex<State>>,
+    fleet: Arc<Fleet>,
+}
+
+/// Every workspace one simulator serves, and which token reaches which.
+struct Fleet {
+    workspaces: Vec<Arc<Mutex<State>>>,
+    by_token: std::collections::HashMap<String, usize>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -216,9 +238,83 @@ impl std::fmt::Debug for Sim {
 impl Sim {
     /// A simulator seeded from `config`.
     pub fn new(config: SimConfig) -> Sim {
-        Sim {
-            inner: Arc::new(Mutex::new(State::new(config))),
+        let configs: Vec<SimConfig> = if config.workspace_per_token && config.tokens.len() > 1 {
+            (0..config.tokens.len())
+                .map(|i| SimConfig {
+                    seed: config.seed.wrapping_add(i as u64),
+                    tokens: vec![config.tokens[i].clone()],
+                    ..config.clone()
+                })
+                .collect()
+        } else {
+            vec![config]
+        };
+        let mut by_token = std::collections::HashMap::new();
+        for (i, c) in configs.iter().enumerate() {
+            for t in &c.tokens {
+                by_token.entry(t.clone()).or_insert(i);
+            }
         }
+        let workspaces: Vec<Arc<Mutex<State>>> = configs
+            .into_iter()
+            .map(|c| Arc::new(Mutex::new(State::new(c))))
+            .collect();
+        Sim {
+            inner: workspaces[0].clone(),
+            fleet: Arc::new(Fleet {
+                workspaces,
+                by_token,
+            }),
+        }
+    }
+
+    /// Every workspace this simulator serves, in token order (one unless
+    /// [`SimConfig::workspace_per_token`]).
+    pub fn workspaces(&self) -> Vec<Sim> {
+        self.fleet
+            .workspaces
+            .iter()
+            .map(|w| Sim {
+                inner: w.clone(),
+                fleet: self.fleet.clone(),
+            })
+            .collect()
+    }
+
+    /// The workspace that accepts `token`, if any.
+    pub fn workspace(&self, token: &str) -> Option<Sim> {
+        let i = match self.fleet.by_token.get(token) {
+            Some(i) => *i,
+            // A token added since the start (e.g. issued by an OAuth exchange).
+            None => self.fleet.workspaces.iter().position(|w| {
+                w.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .config
+                    .tokens
+                    .iter()
+                    .any(|t| t == token)
+            })?,
+        };
+        Some(Sim {
+            inner: self.fleet.workspaces[i].clone(),
+            fleet: self.fleet.clone(),
+        })
+    }
+
+    /// The workspace a request is for: its bearer token's, else this one.
+    fn for_request(&self, headers: &axum::http::HeaderMap) -> Sim {
+        if self.fleet.workspaces.len() == 1 {
+            return self.clone();
+        }
+        headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .and_then(|t| self.workspace(t.trim()))
+            .unwrap_or_else(|| self.clone())
     }
 
     /// Locks the state. A poisoned lock is recovered: every mutation leaves the state usable, so
@@ -343,6 +439,11 @@ impl Sim {
         let mut st = self.lock();
         let now = st.in_flight.0;
         std::mem::replace(&mut st.in_flight.1, now)
+    }
+
+    /// Every access token issued through OAuth and not revoked (tests check none leaks).
+    pub fn oauth_tokens(&self) -> Vec<String> {
+        oauth::issued(&self.lock())
     }
 
     /// Sets the search index lag.
@@ -524,6 +625,7 @@ fn set_header(resp: &mut Response, name: &'static str, value: &str) {
 /// The single handler: `/_sim` control calls, everything else is Intercom.
 async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    let sim = sim.for_request(&parts.headers);
     let bytes = axum::body::to_bytes(body, 32 * 1024 * 1024)
         .await
         .unwrap_or_default();
@@ -538,6 +640,32 @@ async fn handle(AxumState(sim): AxumState<Sim>, req: Request) -> Response {
         set_header(&mut resp, "content-type", "application/json");
         set_header(&mut resp, "date", &http_date(sim.now()));
         return resp;
+    }
+    if path == "/oauth" || path == "/auth/eagle/token" {
+        let ct = parts
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok());
+        let answer = oauth::handle(
+            &mut sim.lock(),
+            &method,
+            &path,
+            query.as_deref(),
+            ct,
+            &bytes,
+        );
+        if let Some(r) = answer {
+            let mut resp = Response::new(Body::from(r.body));
+            *resp.status_mut() =
+                StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            set_header(&mut resp, "date", &http_date(sim.now()));
+            if let Some(l) = r.location {
+                set_header(&mut resp, "location", &l);
+            } else {
+                set_header(&mut resp, "content-type", "application/json");
+            }
+            return resp;
+        }
     }
     let latency = {
         let mut st = sim.lock();

@@ -90,7 +90,12 @@ pub(crate) fn intercom(
             .or_else(|| h.strip_prefix("bearer "))
         {
             None => AuthSeen::Missing,
-            Some(token) if st.config.tokens.iter().any(|t| t == token.trim()) => AuthSeen::Valid,
+            Some(token)
+                if st.config.tokens.iter().any(|t| t == token.trim())
+                    && !st.oauth.expired(token.trim(), st.now()) =>
+            {
+                AuthSeen::Valid
+            }
             Some(_) => AuthSeen::Invalid,
         },
     };

@@ -51,6 +51,8 @@ pub(crate) struct State {
     pub workspace_id: String,
     /// Next `usr_N` number.
     pub external_seq: u64,
+    /// The OAuth app and the codes and tokens it issued.
+    pub oauth: super::oauth::OAuth,
 }
 
 impl State {
@@ -83,6 +85,7 @@ impl State {
             faults: Faults::default(),
             workspace_id,
             external_seq: 1,
+            oauth: super::oauth::OAuth::default(),
             config,
         };
         super::seed::seed(&mut st);

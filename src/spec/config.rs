@@ -43,6 +43,10 @@ pub struct HistorySpec {
 pub struct ConnectionSpec {
     /// Connector id (`intercom`).
     pub connector: String,
+    /// Labels, for recipes that run for every connection with a label
+    /// (`connections: {label: customer}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Region name from the connector's `regions` (default: the connector's `default_region`).
     #[serde(default)]
     pub region: Option<String>,
@@ -52,9 +56,19 @@ pub struct ConnectionSpec {
     /// Overrides the connector's pinned API version.
     #[serde(default)]
     pub api_version: Option<String>,
-    /// Access token, normally `${env:NAME}`.
+    /// How the connection authenticates: `bearer` (the default: `token`) or `oauth2` (a
+    /// token obtained with `sluice connect NAME`, stored encrypted in the state directory).
+    #[serde(default)]
+    pub auth: Option<ConnectionAuth>,
+    /// Access token, normally `${env:NAME}` (with `auth: bearer`).
     #[serde(default)]
     pub token: Option<String>,
+    /// The OAuth2 app's client id, normally `${env:NAME}` (with `auth: oauth2`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The OAuth2 app's client secret, `${env:NAME}` (with `auth: oauth2`).
+    #[serde(default)]
+    pub client_secret: Option<String>,
     /// The account's IANA timezone; looked up through the API when absent and needed.
     #[serde(default)]
     pub timezone: Option<String>,
@@ -79,6 +93,16 @@ pub struct ConnectionSpec {
     /// (default: no cap beyond each recipe's `concurrency`).
     #[serde(default)]
     pub concurrency: Option<usize>,
+}
+
+/// How a connection authenticates (`auth:` in `sluice.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionAuth {
+    /// A static access token from `token`.
+    Bearer,
+    /// The OAuth2 authorization-code flow (`sluice connect`); the token is stored encrypted.
+    Oauth2,
 }
 
 /// Retry policy knobs.

@@ -69,10 +69,28 @@ pub enum AuthSpec {
         /// Scopes to request (empty when the API takes none).
         #[serde(default)]
         scopes: Vec<String>,
+        /// Whether the provider supports PKCE (RFC 7636, `S256`): `sluice connect` then sends
+        /// a code challenge with the authorization and the verifier with the exchange.
+        #[serde(default)]
+        pkce: bool,
+        /// Authorize and token URLs of regions other than the default one (a region not
+        /// listed uses `authorize_url` and `token_url`).
+        #[serde(default)]
+        regions: IndexMap<String, OAuth2UrlsSpec>,
         /// What the grant gives and how to register an app.
         #[serde(default)]
         description: String,
     },
+}
+
+/// The OAuth2 URLs of one region.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2UrlsSpec {
+    /// Browser URL where the user grants access.
+    pub authorize_url: String,
+    /// URL where the code is exchanged for a token.
+    pub token_url: String,
 }
 
 /// An API version header with its pinned default.

@@ -14,9 +14,11 @@ use indexmap::IndexMap;
 use serde::de::DeserializeOwned;
 
 use crate::diag::{Diagnostic, LocationIndex};
-pub use config::{ConfigSpec, ConnectionSpec, HistorySpec, RetrySpec};
+pub use config::{ConfigSpec, ConnectionAuth, ConnectionSpec, HistorySpec, RetrySpec};
 pub use connector::*;
-pub use recipe::{OnErrorSpec, RecipeSpec, ScheduleSpec, StepSpec, TriggerRefSpec};
+pub use recipe::{
+    ConnectionsSpec, OnErrorSpec, RecipeSpec, ScheduleSpec, StepSpec, TriggerRefSpec,
+};
 
 /// A parsed connector file.
 #[derive(Debug, Clone)]
@@ -559,6 +561,31 @@ pub fn parse_config(
     let mut diags = Vec::new();
     take_non_text_keys(file, &index, "", &mut value, &mut diags);
     let (spec, d) = from_value::<ConfigSpec>(file, &index, "", value);
+    diags.extend(d);
+    (spec.map(|s| (s, index)), diags)
+}
+
+/// Parses a connection file (`<connections dir>/<name>.yaml`): one connection, the fields of
+/// a `sluice.yaml` connection.
+pub fn parse_connection_file(
+    file: &Path,
+    text: &str,
+) -> (Option<(ConnectionSpec, LocationIndex)>, Vec<Diagnostic>) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut value = match parse_yaml(file, text) {
+        Ok(serde_yaml::Value::Null) => {
+            return (
+                None,
+                vec![empty_file(file, text, "connection", "connector: intercom")],
+            )
+        }
+        Ok(v) => v,
+        Err(d) => return (None, vec![d]),
+    };
+    let index = LocationIndex::build(text);
+    let mut diags = Vec::new();
+    take_non_text_keys(file, &index, "", &mut value, &mut diags);
+    let (spec, d) = from_value::<ConnectionSpec>(file, &index, "", value);
     diags.extend(d);
     (spec.map(|s| (s, index)), diags)
 }

@@ -15,8 +15,15 @@ pub struct RecipeSpec {
     /// What the recipe does, for people.
     #[serde(default)]
     pub description: String,
-    /// Connection name from `sluice.yaml` used by the trigger (and by steps that name none).
-    pub connection: String,
+    /// Connection name (from `sluice.yaml` or a connection file) used by the trigger (and by
+    /// steps that name none). Give this or `connections`.
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// Run the recipe for several connections, each its own instance (`recipe@connection`)
+    /// with its own state: a list of names (`[acme, globex]`) or every connection with a
+    /// label (`{label: customer}`). Give this or `connection`.
+    #[serde(default)]
+    pub connections: Option<ConnectionsSpec>,
     /// What starts the recipe: `intercom.new_ticket`, or `{use: intercom.new_ticket, with: {…}}`
     /// to set trigger options.
     pub trigger: TriggerRefSpec,
@@ -109,6 +116,57 @@ impl<'de> Deserialize<'de> for TriggerRefSpec {
     }
 }
 
+/// The connections a recipe runs for: names, or every connection carrying a label.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ConnectionsSpec {
+    /// Connection names.
+    Names(Vec<String>),
+    /// Every connection with this label (`labels:` of a connection).
+    Label {
+        /// The label.
+        label: String,
+    },
+}
+
+// Hand-written for precise errors, as for `TriggerRefSpec`.
+impl<'de> Deserialize<'de> for ConnectionsSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ConnectionsSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of connection names or `{label: <label>}`")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<ConnectionsSpec, A::Error> {
+                let mut names = Vec::new();
+                while let Some(n) = s.next_element::<String>()? {
+                    names.push(n);
+                }
+                Ok(ConnectionsSpec::Names(names))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<ConnectionsSpec, A::Error> {
+                let mut label = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    match k.as_str() {
+                        "label" => label = Some(m.next_value::<String>()?),
+                        other => return Err(serde::de::Error::unknown_field(other, &["label"])),
+                    }
+                }
+                let label = label.ok_or_else(|| serde::de::Error::missing_field("label"))?;
+                Ok(ConnectionsSpec::Label { label })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// How often: `every: 5m`, or `cron: "*/5 * * * *"` (five fields, or six with seconds first),
 /// optionally in a `timezone`, optionally spread by a `jitter`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
@@ -151,7 +209,7 @@ pub struct StepSpec {
     pub id: String,
     /// `<connector>.<action>`, e.g. `intercom.assign_tags`.
     pub action: String,
-    /// Connection for this step (default: the recipe's `connection`).
+    /// Connection for this step (default: the recipe instance's connection).
     #[serde(default)]
     pub connection: Option<String>,
     /// Inputs: each a value or a template such as `"{{record.email}}"`.

@@ -675,6 +675,7 @@ async fn a_shutdown_mid_cycle_stops_taking_records_and_loses_or_repeats_nothing(
             std::fs::read_to_string(dir.join("sluice.yaml")).unwrap(),
         )),
         recipes: vec![(dir.join("recipes/note_new.yaml"), NOTE_ON_NEW.to_string())],
+        connection_files: Vec::new(),
         env: &env,
         secrets: sluice::plan::Secrets::Required,
     })

@@ -17,6 +17,7 @@ mod hostile;
 mod intercom_actions;
 mod intercom_errors;
 mod intercom_triggers;
+mod oauth;
 mod paths;
 mod polling;
 mod readme;

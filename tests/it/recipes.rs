@@ -198,12 +198,17 @@ fn schema_command_matches_the_shipped_schema_file() {
     );
     let schema = r.json();
     assert_eq!(schema["additionalProperties"], false);
-    for k in ["id", "connection", "trigger", "schedule", "steps"] {
+    for k in ["id", "trigger", "schedule", "steps"] {
         assert!(
             schema["required"].as_array().unwrap().contains(&json!(k)),
             "{k}"
         );
     }
+    // One connection or several: exactly one of the two keys.
+    assert_eq!(
+        schema["oneOf"],
+        json!([{"required": ["connection"]}, {"required": ["connections"]}])
+    );
     assert!(
         schema["properties"]["start_from"].is_object()
             && schema["properties"]["filter"].is_object()

@@ -1660,3 +1660,6 @@ async fn the_history_is_kept_to_its_bounds() {
         r.stderr
     );
 }
+
+#[path = "workspaces.rs"]
+mod workspaces;

@@ -1,0 +1,740 @@
+//! OAuth2 connections (issue 13) through the CLI against the simulator's OAuth endpoints:
+//! `sluice connect` end to end (with each way it must refuse: a wrong `state`, a reused code,
+//! a wrong client secret), PKCE, tokens at rest encrypted and key rotation, `connections
+//! list | check`, revocation pausing a sidecar's recipes and re-authorization resuming them
+//! from their cursors, and single-flight refresh of expiring tokens (the tiny OAuth connector
+//! in tests/fixtures/oauth_connectors).
+//!
+//! The oracles: the simulator's recorded calls and issued tokens, the files in the state
+//! directory, what the commands print (never a token) and the sidecar's HTTP face. Waits poll
+//! a condition every 50 ms up to a deadline.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sluice::sim::AuthSeen;
+
+use crate::util::{run_async, Run, SimEnv, Workspace};
+
+const SOON: Duration = Duration::from_secs(15);
+const CLIENT_ID: &str = "sim-client-id";
+const CLIENT_SECRET: &str = "sim-client-secret";
+
+/// A workspace whose connection `name` (connector `connector`) uses OAuth on the simulator.
+fn oauth_ws(env: &SimEnv, name: &str, connector: &str, extra: &str) -> Workspace {
+    Workspace::new(&format!(
+        "connections:\n  {name}:\n    connector: {connector}\n    base_url: {}\n    auth: oauth2\n    client_id: ${{env:OAUTH_CLIENT_ID}}\n    client_secret: ${{env:OAUTH_CLIENT_SECRET}}\n    retry: {{max_attempts: 2, base_delay_ms: 5, max_delay_ms: 20, max_rate_limit_waits: 2}}\n    max_clock_skew: 3650d\n{extra}",
+        env.handle.base_url
+    ))
+}
+
+/// `sluice ARGS…` in `ws` with its state directory and the client in the environment.
+fn cmd(ws: &Workspace, args: &[&str], secret: &str) -> std::process::Command {
+    let mut c = ws.sluice(args);
+    c.arg("--state-dir")
+        .arg(ws.path().join("state"))
+        .env("OAUTH_CLIENT_ID", CLIENT_ID)
+        .env("OAUTH_CLIENT_SECRET", secret)
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY");
+    if ws.path().join("connectors").exists() {
+        c.arg("--connectors").arg(ws.path().join("connectors"));
+    }
+    c
+}
+
+/// A `sluice connect` under way: its authorize URL, read from stderr.
+struct Connecting {
+    child: Child,
+    url: String,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Connecting {
+    fn start(ws: &Workspace, name: &str, secret: &str) -> Connecting {
+        Connecting::spawn(cmd(
+            ws,
+            &["connect", name, "--no-browser", "--timeout", "30s"],
+            secret,
+        ))
+    }
+
+    fn spawn(mut c: std::process::Command) -> Connecting {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sluice connect");
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let mut log = Vec::new();
+        let deadline = Instant::now() + SOON;
+        let url = loop {
+            let l = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no authorize URL on stderr:\n{}", log.join("\n")));
+            log.push(l.clone());
+            if let Some(u) = l.trim().strip_prefix("http") {
+                break format!("http{u}");
+            }
+        };
+        Connecting {
+            child,
+            url,
+            lines,
+            log,
+        }
+    }
+
+    /// Waits for the command to end: its exit code and everything it printed.
+    fn finish(mut self) -> Run {
+        let status = wait_child(&mut self.child);
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut stdout).unwrap();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(l);
+        }
+        Run {
+            code: status,
+            stdout,
+            stderr: self.log.join("\n"),
+        }
+    }
+}
+
+/// Waits for `sluice connect` (its `--timeout 30s` bounds the wait).
+fn wait_child(child: &mut Child) -> i32 {
+    child.wait().unwrap().code().unwrap_or(-1)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The browser's part: GET the authorize URL; the simulator's redirect (to the callback).
+async fn authorize(url: &str) -> String {
+    let r = http().get(url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 302, "authorize: {:?}", r.text().await);
+    r.headers()["location"].to_str().unwrap().to_string()
+}
+
+/// The browser following the redirect to sluice's callback.
+async fn callback(location: &str) -> u16 {
+    http().get(location).send().await.unwrap().status().as_u16()
+}
+
+/// `url` with query parameter `key` set to `value`.
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let mut u = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == key {
+                value.to_string()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    u.to_string()
+}
+
+fn param(url: &str, key: &str) -> String {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no `{key}` in {url}"))
+}
+
+/// The whole flow, as a browser would do it; the command's result.
+async fn connect(ws: &Workspace, name: &str, secret: &str) -> Run {
+    let c = Connecting::start(ws, name, secret);
+    let location = authorize(&c.url).await;
+    callback(&location).await;
+    tokio::task::spawn_blocking(move || c.finish())
+        .await
+        .unwrap()
+}
+
+/// Token requests the simulator answered with `status`.
+fn token_calls(env: &SimEnv, status: u16) -> usize {
+    env.sim()
+        .audit()
+        .iter()
+        .filter(|e| e.path == "/auth/eagle/token" && e.status == status)
+        .count()
+}
+
+/// Every file under `dir`, as text (lossy).
+fn all_text(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+    }
+    out
+}
+
+async fn sim() -> SimEnv {
+    SimEnv::start(SimEnv::config(3, 0, 0, 0)).await
+}
+
+async fn sim_control(env: &SimEnv, method: reqwest::Method, path: &str, body: Value) -> Value {
+    http()
+        .request(method, format!("{}/_sim/{path}", env.handle.base_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_stores_an_encrypted_token_that_the_api_accepts() {
+    let env = sim().await;
+    let ws = oauth_ws(&env, "acme", "intercom", "");
+    let before = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    before.assert_ok();
+    assert_eq!(before.json()[0]["state"], "missing", "{}", before.stdout);
+
+    let c = Connecting::start(&ws, "acme", CLIENT_SECRET);
+    // The authorize URL is the region's, moved onto the connection's base URL.
+    assert!(
+        c.url
+            .starts_with(&format!("{}/oauth?", env.handle.base_url)),
+        "{}",
+        c.url
+    );
+    assert_eq!(param(&c.url, "client_id"), CLIENT_ID);
+    let location = authorize(&c.url).await;
+    assert!(location.starts_with("http://127.0.0.1:"), "{location}");
+    assert_eq!(callback(&location).await, 200);
+    let done = tokio::task::spawn_blocking(move || c.finish())
+        .await
+        .unwrap();
+    done.assert_ok();
+    assert_eq!(token_calls(&env, 200), 1);
+
+    let tokens = env.sim().oauth_tokens();
+    assert_eq!(tokens.len(), 1);
+    let token = &tokens[0];
+    // At rest: encrypted, in a file of its own, the key file private.
+    let state = ws.path().join("state");
+    let file = state.join("credentials/acme.json");
+    assert!(file.exists());
+    assert!(
+        !all_text(&state).contains(token.as_str()),
+        "the token is stored in clear"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "secret.key is readable by others: {mode:o}"
+        );
+    }
+
+    let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    list.assert_ok();
+    let row = &list.json()[0];
+    assert_eq!(
+        (row["auth"].as_str(), row["state"].as_str()),
+        (Some("oauth2"), Some("token set"))
+    );
+    assert_eq!(row["region"], "us");
+    assert_eq!(row["api_version"], "2.15");
+
+    let check = run_async(cmd(
+        &ws,
+        &["connections", "check", "acme", "--json"],
+        CLIENT_SECRET,
+    ))
+    .await;
+    check.assert_ok();
+    let v = check.json();
+    assert_eq!(v["region"], "US");
+    assert_eq!(v["app"], "Sluice Simulator");
+    assert!(v["workspace_id"].as_str().is_some_and(|w| !w.is_empty()));
+
+    // The stored token is what the API saw.
+    let me: Vec<_> = env
+        .sim()
+        .audit()
+        .into_iter()
+        .filter(|e| e.path == "/me")
+        .collect();
+    assert!(!me.is_empty() && me.iter().all(|e| e.auth == AuthSeen::Valid));
+
+    // A region that does not match the workspace's is an error.
+    let eu = oauth_ws(&env, "acme", "intercom", "    region: eu\n");
+    std::fs::rename(ws.path().join("state"), eu.path().join("state")).unwrap();
+    let wrong = run_async(cmd(&eu, &["connections", "check", "acme"], CLIENT_SECRET)).await;
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("region `eu`") && wrong.stderr.contains("`us`"),
+        "{}",
+        wrong.stderr
+    );
+
+    for out in [
+        &done.stderr,
+        &done.stdout,
+        &list.stdout,
+        &check.stdout,
+        &wrong.stderr,
+    ] {
+        assert!(
+            !out.contains(token.as_str()) && !out.contains(CLIENT_SECRET),
+            "{out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_an_answer_with_another_state() {
+    let env = sim().await;
+    let ws = oauth_ws(&env, "acme", "intercom", "");
+    let c = Connecting::start(&ws, "acme", CLIENT_SECRET);
+    let location = authorize(&c.url).await;
+    callback(&with_param(&location, "state", "forged")).await;
+    let r = tokio::task::spawn_blocking(move || c.finish())
+        .await
+        .unwrap();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("`state` does not match"), "{}", r.stderr);
+    // The code was never exchanged, nothing stored.
+    assert_eq!(token_calls(&env, 200) + token_calls(&env, 400), 0);
+    assert!(!ws.path().join("state/credentials/acme.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_refuses_a_reused_code_and_a_wrong_secret() {
+    let env = sim().await;
+    let ws = oauth_ws(&env, "acme", "intercom", "");
+    // A first flow; its code is used once.
+    let first = Connecting::start(&ws, "acme", CLIENT_SECRET);
+    let used = authorize(&first.url).await;
+    callback(&used).await;
+    tokio::task::spawn_blocking(move || first.finish())
+        .await
+        .unwrap()
+        .assert_ok();
+
+    // A second flow handed the first one's code (with its own state).
+    let second = Connecting::start(&ws, "acme", CLIENT_SECRET);
+    let own = authorize(&second.url).await;
+    let replay = with_param(&own, "code", &param(&used, "code"));
+    callback(&replay).await;
+    let r = tokio::task::spawn_blocking(move || second.finish())
+        .await
+        .unwrap();
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("refused the code") && r.stderr.contains("invalid_grant"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(token_calls(&env, 400), 1);
+
+    // A wrong client secret.
+    let wrong = connect(&ws, "acme", "not-the-secret").await;
+    assert_eq!(wrong.code, 1, "{}", wrong.stderr);
+    assert!(wrong.stderr.contains("invalid_client"), "{}", wrong.stderr);
+    assert!(!wrong.stderr.contains("not-the-secret"), "{}", wrong.stderr);
+    assert_eq!(token_calls(&env, 401), 1);
+    // The first token is still the stored one, and works.
+    assert_eq!(env.sim().oauth_tokens().len(), 1);
+    run_async(cmd(&ws, &["connections", "check", "acme"], CLIENT_SECRET))
+        .await
+        .assert_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_reencrypts_and_an_env_key_is_required_to_open() {
+    let env = sim().await;
+    let ws = oauth_ws(&env, "acme", "intercom", "");
+    connect(&ws, "acme", CLIENT_SECRET).await.assert_ok();
+    let state = ws.path().join("state");
+    let key_before = std::fs::read_to_string(state.join("secret.key")).unwrap();
+    let file_before = std::fs::read_to_string(state.join("credentials/acme.json")).unwrap();
+    run_async(cmd(&ws, &["connections", "rotate-key"], CLIENT_SECRET))
+        .await
+        .assert_ok();
+    let key_after = std::fs::read_to_string(state.join("secret.key")).unwrap();
+    assert_ne!(key_before, key_after);
+    assert_ne!(
+        file_before,
+        std::fs::read_to_string(state.join("credentials/acme.json")).unwrap()
+    );
+    run_async(cmd(&ws, &["connections", "check", "acme"], CLIENT_SECRET))
+        .await
+        .assert_ok();
+    // The old key no longer opens it.
+    let mut old = cmd(&ws, &["connections", "check", "acme"], CLIENT_SECRET);
+    old.env("SLUICE_SECRET_KEY", key_before.trim());
+    let r = run_async(old).await;
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("does not open"), "{}", r.stderr);
+
+    // With SLUICE_SECRET_KEY: rotation needs the new key in SLUICE_NEW_SECRET_KEY.
+    let k1 = "11".repeat(32);
+    let k2 = "22".repeat(32);
+    let env_ws = oauth_ws(&env, "globex", "intercom", "");
+    let with = |args: &[&str], key: &str, new: Option<&str>| {
+        let mut c = cmd(&env_ws, args, CLIENT_SECRET);
+        c.env("SLUICE_SECRET_KEY", key);
+        if let Some(n) = new {
+            c.env("SLUICE_NEW_SECRET_KEY", n);
+        }
+        c
+    };
+    let c = Connecting::spawn(with(
+        &["connect", "globex", "--no-browser", "--timeout", "30s"],
+        &k1,
+        None,
+    ));
+    callback(&authorize(&c.url).await).await;
+    tokio::task::spawn_blocking(move || c.finish())
+        .await
+        .unwrap()
+        .assert_ok();
+    let env_state = env_ws.path().join("state");
+    assert!(
+        !env_state.join("secret.key").exists(),
+        "a key file was made although SLUICE_SECRET_KEY is set"
+    );
+    let no_new = run_async(with(&["connections", "rotate-key"], &k1, None)).await;
+    assert_eq!(no_new.code, 2, "{}", no_new.stderr);
+    assert!(
+        no_new.stderr.contains("SLUICE_NEW_SECRET_KEY"),
+        "{}",
+        no_new.stderr
+    );
+    run_async(with(&["connections", "rotate-key"], &k1, Some(&k2)))
+        .await
+        .assert_ok();
+    assert_eq!(
+        run_async(with(&["connections", "check", "globex"], &k1, None))
+            .await
+            .code,
+        1
+    );
+    run_async(with(&["connections", "check", "globex"], &k2, None))
+        .await
+        .assert_ok();
+}
+
+/// Refresh: tokens that expire, refresh tokens that rotate (a second use is refused). Many
+/// requests at once find the token stale; exactly one refresh happens and every request
+/// succeeds. Then a token the server says has expired (401) is refreshed once and the
+/// request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiring_tokens_are_refreshed_once_for_many_requests() {
+    let env = sim().await;
+    let ws = oauth_ws(&env, "tiny", "tinyoauth", "");
+    let connectors = ws.path().join("connectors");
+    std::fs::create_dir_all(&connectors).unwrap();
+    std::fs::copy(
+        crate::util::root().join("tests/fixtures/oauth_connectors/tinyoauth.yaml"),
+        connectors.join("tinyoauth.yaml"),
+    )
+    .unwrap();
+    // Tokens live 30 s: inside sluice's one-minute margin, so the first is stale at once.
+    sim_control(
+        &env,
+        reqwest::Method::PUT,
+        "oauth",
+        json!({"expires_in": 30, "refresh": true}),
+    )
+    .await;
+    let c = Connecting::start(&ws, "tiny", CLIENT_SECRET);
+    // PKCE: the connector says the provider takes it.
+    assert_eq!(param(&c.url, "code_challenge_method"), "S256");
+    callback(&authorize(&c.url).await).await;
+    tokio::task::spawn_blocking(move || c.finish())
+        .await
+        .unwrap()
+        .assert_ok();
+    let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    assert_eq!(list.json()[0]["state"], "token set", "{}", list.stdout);
+    // From here tokens live an hour (on the simulator's clock).
+    sim_control(
+        &env,
+        reqwest::Method::PUT,
+        "oauth",
+        json!({"expires_in": 3600}),
+    )
+    .await;
+
+    // Sixteen requests at once in one process, through the library's runtime.
+    let env_fn = |k: &str| match k {
+        "OAUTH_CLIENT_ID" => Some(CLIENT_ID.to_string()),
+        "OAUTH_CLIENT_SECRET" => Some(CLIENT_SECRET.to_string()),
+        _ => None,
+    };
+    let file = connectors.join("tinyoauth.yaml");
+    let connector =
+        sluice::plan::load_connector_text(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
+    let plan = sluice::plan::build(sluice::plan::Sources {
+        connectors: vec![std::sync::Arc::new(connector)],
+        config: Some((ws.config(), std::fs::read_to_string(ws.config()).unwrap())),
+        connection_files: vec![],
+        recipes: vec![],
+        env: &env_fn,
+        secrets: sluice::plan::Secrets::Required,
+    })
+    .unwrap();
+    let store =
+        std::sync::Arc::new(sluice::store::SledStore::open(&ws.path().join("rtstate")).unwrap());
+    let creds = std::sync::Arc::new(sluice::oauth::Credentials::new(&ws.path().join("state")));
+    let rt = sluice::runtime::Runtime::with_credentials(plan, store, creds).unwrap();
+    let conn = rt.conn_named("tiny").unwrap().clone();
+    let me = sluice::http::HttpRequest {
+        method: sluice::plan::Method::Get,
+        path: "/me".into(),
+        query: vec![],
+        body: None,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (conn, me) = (conn.clone(), me.clone());
+        tasks.push(tokio::spawn(async move {
+            conn.send(&me, &[]).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .unwrap_or_else(|f| panic!("a request failed: {f}"));
+    }
+    let oauth = sim_control(&env, reqwest::Method::GET, "oauth", json!({})).await;
+    assert_eq!(oauth["refreshes"], 1, "{oauth}");
+    assert!(env
+        .sim()
+        .audit()
+        .iter()
+        .filter(|e| e.path == "/me")
+        .all(|e| e.auth == AuthSeen::Valid));
+
+    // The server's clock passes the expiry: the 401 is answered by one refresh.
+    env.sim().advance_clock(4000);
+    conn.send(&me, &[])
+        .await
+        .unwrap_or_else(|f| panic!("after expiry: {f}"));
+    let oauth = sim_control(&env, reqwest::Method::GET, "oauth", json!({})).await;
+    assert_eq!(oauth["refreshes"], 2, "{oauth}");
+    let expired: Vec<_> = env
+        .sim()
+        .audit()
+        .into_iter()
+        .filter(|e| e.path == "/me" && e.status == 401)
+        .collect();
+    assert_eq!(expired.len(), 1);
+}
+
+/// The first 401 marks the token revoked and holds the sidecar's recipes on that connection:
+/// no further calls, readiness and `connections list` say why. `sluice connect` again (the
+/// sidecar still running) releases them, and they go on from their cursors: every contact
+/// fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_holds_recipes_until_connected_again() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let env = SimEnv::start(sluice::sim::SimConfig {
+        start_time: now,
+        frozen_clock: false,
+        ..SimEnv::config(0, 0, 0, 0)
+    })
+    .await;
+    let ws = oauth_ws(&env, "intercom", "intercom", "");
+    let recipes = ws.path().join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    let out = ws.path().join("out.jsonl");
+    std::fs::write(
+        recipes.join("watch.yaml"),
+        format!(
+            "id: watch\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{{{record.id}}}}\"\n      to: {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
+
+    let state = ws.path().join("state");
+    let log = ws.path().join("sidecar.log");
+    let mut c = cmd(&ws, &["run", "--listen", "127.0.0.1:0"], CLIENT_SECRET);
+    c.arg("--recipes")
+        .arg(&recipes)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut sidecar = KillOnDrop(c.spawn().unwrap());
+    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let base = until("the sidecar's discovery file", &show_log, || {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(state.join("sidecar.json")).ok()?)
+                .ok()?;
+        Some(format!("http://{}", v["listen"].as_str()?))
+    })
+    .await;
+    let emitted = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<String>(l).ok())
+            .collect()
+    };
+    let contact = |email: &str| -> String {
+        env.sim()
+            .create(
+                sluice::sim::Kind::Contact,
+                json!({"email": email, "role": "user"}),
+            )
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = contact("a@example.com");
+    until("contact A to fire", &show_log, || {
+        emitted().contains(&a).then_some(())
+    })
+    .await;
+
+    // The workspace uninstalls the app.
+    sim_control(&env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
+    let b = contact("b@example.com");
+    let readyz = until("/readyz to name the revoked connection", &show_log, || {
+        let r = blocking_get(&format!("{base}/readyz"))?;
+        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
+    })
+    .await;
+    assert!(readyz.contains("sluice connect intercom"), "{readyz}");
+    let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    assert_eq!(list.json()[0]["state"], "revoked", "{}", list.stdout);
+    // Held: slots pass (owed) and nothing is sent.
+    until("two slots to pass while held", &show_log, || {
+        let (_, body) = blocking_get(&format!("{base}/api/status"))?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        let i = &v["instances"][0];
+        (i["held"].is_string() && i["owed"].as_u64()? >= 2).then_some(())
+    })
+    .await;
+    let unauthorized = env
+        .sim()
+        .audit()
+        .iter()
+        .filter(|e| e.status == 401 && e.path != "/auth/eagle/token")
+        .count();
+    assert_eq!(unauthorized, 1, "calls after the first 401");
+    assert!(!emitted().contains(&b));
+
+    // Authorized again while the sidecar runs: it picks the token up and catches up.
+    connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
+    until("contact B to fire", &show_log, || {
+        emitted().contains(&b).then_some(())
+    })
+    .await;
+    until("/readyz to be ready", &show_log, || {
+        let r = blocking_get(&format!("{base}/readyz"))?;
+        (r.0 == 200).then_some(())
+    })
+    .await;
+    let all = emitted();
+    assert_eq!(
+        (
+            all.iter().filter(|x| **x == a).count(),
+            all.iter().filter(|x| **x == b).count()
+        ),
+        (1, 1),
+        "{all:?}"
+    );
+    let text = show_log();
+    for t in env.sim().oauth_tokens() {
+        assert!(!text.contains(&t), "the log shows a token");
+    }
+    let _ = sidecar.0.kill();
+    let _ = sidecar.0.wait();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `probe` every 50 ms until it gives a value; panics after 15 s naming `what`.
+async fn until<T>(what: &str, log: &dyn Fn() -> String, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + SOON;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "waited for {what}:\n{}", log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A blocking GET for probes (status and body), without proxies: on a thread of its own,
+/// so that it can be called from a probe closure inside the test's runtime.
+fn blocking_get(url: &str) -> Option<(u16, String)> {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let r = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .ok()?
+                .get(&url)
+                .send()
+                .await
+                .ok()?;
+            let status = r.status().as_u16();
+            Some((status, r.text().await.ok()?))
+        })
+    })
+    .join()
+    .ok()?
+}
