@@ -489,7 +489,13 @@ fn shipped_instances() -> Vec<String> {
                     out.push(format!("{id}@{}", c.as_str().unwrap()));
                 }
             }
-            _ => out.push(format!("{id}@{}", v["connection"].as_str().unwrap())),
+            serde_yaml::Value::Null => {
+                out.push(format!("{id}@{}", v["connection"].as_str().unwrap()))
+            }
+            other => panic!(
+                "{}: `connections: {other:?}` (by label): name its instances here",
+                f.display()
+            ),
         }
     }
     out.sort();
