@@ -537,9 +537,19 @@ pub async fn resume(rt: &Runtime, recipe: &Recipe) -> (CycleReport, Result<()>) 
         shutdown: None,
     };
     let mut trail = Trail::new(run, recipe, rt.plan().retention.max_records_per_run);
-    let res = resume_journal(rt, recipe, &exec, now, &mut rep, &mut trail)
+    let caller = Arc::new(crate::http::Caller {
+        name: namespace(recipe).to_string(),
+        ..Default::default()
+    });
+    let res = crate::http::CLIENT
+        .scope(
+            caller.clone(),
+            resume_journal(rt, recipe, &exec, now, &mut rep, &mut trail),
+        )
         .await
         .map(|_| ());
+    rep.calls = caller.calls.load(Relaxed);
+    rep.rate_limited = caller.rate_limited.load(Relaxed);
     let _ = rt.emitter().flush();
     if let Err(e) = &res {
         rep.error = Some(format!("{e:#}"));
