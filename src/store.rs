@@ -484,7 +484,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Appends one cycle's report (JSON) to the namespace's run history and adds `hour` to
     /// the counts of the hour it started in. Not fsynced on its own: the next commit (or
-    /// sled's flush within a second) makes it durable. [`Store::prune_history`] bounds it.
+    /// the store's closing) makes it durable. [`Store::prune_history`] bounds it.
     fn record_cycle(&self, ns: &str, run: RunId, report_json: &str, hour: Hourly) -> Result<()>;
 
     /// Stores record rows of run `run`, numbered from `first` (not fsynced).
@@ -725,7 +725,10 @@ impl SledStore {
             #[allow(clippy::disallowed_methods)]
             let opened = sled::Config::new()
                 .path(dir.join(DB_NAME))
-                .flush_every_ms(Some(1000))
+                // No background flusher waking every second: commits and journal steps
+                // flush themselves (fsync) before returning, and what else is written (run
+                // history) goes to disk with the next of them, or when the store closes.
+                .flush_every_ms(None)
                 // sled's default page cache is 1 GiB; the state is small and mostly write-once.
                 .cache_capacity(2 * 1024 * 1024)
                 .open();
@@ -1210,6 +1213,18 @@ impl Store for SledStore {
             gone += 1;
             runs_gone += 1;
             over = over.saturating_sub(1);
+        }
+        // Record rows past the age whose run row is gone (a run killed before its end
+        // writes records but no run row).
+        let rp = prefix(RECORD_RUNS, ns);
+        let mut old_records = rp.clone();
+        old_records.extend_from_slice(&time_bytes(cutoff));
+        for item in self.tree.range(rp..old_records) {
+            if gone >= max {
+                break;
+            }
+            b.remove(item?.0);
+            gone += 1;
         }
         // Hourly counts past the age.
         let hp = prefix(HOURLY, ns);
@@ -1774,7 +1789,11 @@ mod tests {
             s.run_records("r", run(4 * hour, 4), 0, 10).unwrap().len(),
             2
         );
-        // By age: runs and hours older than 3 hours go, whatever the count.
+        // Record rows of a run killed before it wrote its run row.
+        s.record_runs("r", run(5 * hour - 1, 99), 0, &[rec("orphan")])
+            .unwrap();
+        // By age: runs, orphan record rows and hours older than 3 hours go, whatever the
+        // count.
         let young = Retention {
             max_age_ms: 3 * hour,
             ..keep
@@ -1787,6 +1806,10 @@ mod tests {
             .map(|r| r.0 / hour)
             .collect();
         assert_eq!(left, [9, 8, 7]);
+        assert!(s
+            .run_records("r", run(5 * hour - 1, 99), 0, 10)
+            .unwrap()
+            .is_empty());
         assert_eq!(
             s.hourly("r", 0, now)
                 .unwrap()

@@ -188,12 +188,25 @@ pub const DISCOVERY_FILE: &str = "sidecar.json";
 
 fn launch(rt: Arc<Runtime>, cycles: Arc<tokio::sync::Semaphore>) -> Launch {
     Arc::new(move |recipe, opts: CycleOptions| {
+        let mut stop = opts.shutdown.clone();
+        let id = recipe.id.clone();
         let cycle = crate::engine::run_cycle(rt.clone(), recipe, opts);
         let cycles = cycles.clone();
         Box::pin(async move {
             // At most `--max-cycles` at once: a burst (catching up after downtime) waits
-            // here instead of holding a thousand pages in memory.
-            let _permit = cycles.acquire_owned().await;
+            // here instead of holding a thousand pages in memory. A stop while waiting
+            // starts nothing.
+            let _permit = tokio::select! {
+                biased;
+                _ = stop.requested() => {
+                    return CycleReport {
+                        recipe: id,
+                        interrupted: true,
+                        ..CycleReport::default()
+                    };
+                }
+                p = cycles.acquire_owned() => p,
+            };
             let rep = cycle.await;
             log_report(&rep);
             rep

@@ -93,6 +93,11 @@ fn render(s: &Shared, name: &str, title: &str, mut data: Value, flash: Option<&s
     }
 }
 
+/// A value for a URL's query string.
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
 fn time_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -233,7 +238,7 @@ pub(crate) async fn overview(State(s): State<Arc<Shared>>, Query(q): Query<PageQ
             json!({"name": name, "auth": format!("unavailable: {why}"), "auth_class": "failing"}),
         );
     }
-    let more = instances.len() > (page + 1) * OVERVIEW_PAGE;
+    let more = instances.len() > page.saturating_add(1).saturating_mul(OVERVIEW_PAGE);
     render(
         &s,
         "overview",
@@ -427,6 +432,7 @@ pub(crate) async fn recipe(
             "chart": chart(&recent(&s, &instance, 48)),
             "runs": runs,
             "outcome": outcome,
+            "outcome_q": enc(&outcome),
             "outcomes": outcomes,
             "before_time": q.before_time,
             "older": if runs.len() == RUNS_PAGE { older } else { None },
@@ -513,7 +519,8 @@ pub(crate) async fn run(
             "calls": r["calls"], "limited": r["rate_limited"],
             "error": r["error"],
             "records": records,
-            "prev": (from > 0).then(|| from.saturating_sub(RECORDS_PAGE as u32)),
+            // As text: `{{#if 0}}` would hide the link to the first page.
+            "prev": (from > 0).then(|| from.saturating_sub(RECORDS_PAGE as u32).to_string()),
             "next": next,
         }),
         None,
@@ -565,6 +572,7 @@ pub(crate) async fn letters(
         json!({
             "letters": letters,
             "recipe": recipe, "q": text,
+            "recipe_q": enc(&recipe), "q_q": enc(&text),
             "more": if more { last } else { None },
         }),
         q.flash.as_deref(),

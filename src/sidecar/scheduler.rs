@@ -312,7 +312,8 @@ impl Scheduler {
                     tracing::info!(running = self.running(), "No new cycles start; waiting for those under way.");
                 }
                 Some(done) = self.done_rx.recv() => self.finished(done),
-                cmd = commands.recv(), if !self.stopping => match cmd {
+                cmd = commands.recv() => match cmd {
+                    Some(c) if self.stopping => self.refuse(c),
                     Some(c) => self.command(c),
                     None => self.stopping = true,
                 },
@@ -358,6 +359,22 @@ impl Scheduler {
 
     fn running(&self) -> usize {
         self.entries.values().filter(|e| e.running).count()
+    }
+
+    /// While stopping: status is still answered; nothing new starts.
+    fn refuse(&mut self, c: Command) {
+        match c {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Exclusive { work, refused, .. } => {
+                let _ = refused.send(work);
+            }
+            Command::Pause { reply, .. } => {
+                let _ = reply.send(false);
+            }
+            Command::Reload { .. } | Command::Hold { .. } => {}
+        }
     }
 
     fn command(&mut self, c: Command) {
@@ -455,6 +472,10 @@ impl Scheduler {
             keep.insert(name.clone());
             match self.entries.get_mut(&name) {
                 Some(e) => {
+                    if e.removed {
+                        // Its series went with the removal.
+                        self.metrics.register(&r);
+                    }
                     e.removed = false;
                     let rescheduled =
                         e.recipe.schedule != r.schedule || e.slots.offset != Slots::new(&r).offset;
@@ -606,11 +627,16 @@ impl Scheduler {
             meter: Some(meter),
         };
         let cycle = (self.launch)(e.recipe.clone(), opts);
+        // A cycle that panics ends as a failed one (its guard reports this).
         let mut guard = DoneGuard {
             tx: self.done_tx.clone(),
             done: Some(Done {
                 instance: name.to_string(),
-                report: None,
+                report: Some(CycleReport {
+                    recipe: e.recipe.id.clone(),
+                    error: Some("the cycle panicked (a bug: see the log)".into()),
+                    ..CycleReport::default()
+                }),
             }),
         };
         tokio::spawn(async move {
