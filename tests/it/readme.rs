@@ -106,3 +106,87 @@ fn the_hands_on_section_runs_as_written() {
         r.stderr
     );
 }
+
+#[test]
+fn the_sidecar_section_runs_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let blocks = sh_blocks(&readme, "## Running as a sidecar");
+    let script = blocks
+        .first()
+        .expect("the sidecar section's sh block")
+        .clone();
+    assert!(script.contains("sluice run --listen"), "{script}");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    let (sim_port, port) = (free(), free());
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("sim.yaml");
+    let shipped = std::fs::read_to_string(root().join("examples/sim.yaml")).unwrap();
+    std::fs::write(&config, shipped.replace("4010", &sim_port)).unwrap();
+    let mut lines = vec!["set -e".to_string()];
+    for line in script.lines() {
+        let line = line
+            .replace("4010", &sim_port)
+            .replace("9187", &port)
+            .replace("examples/sim.yaml", config.to_str().unwrap());
+        let started_sim = line.starts_with("SIM=$!");
+        lines.push(line);
+        if started_sim {
+            lines.push("trap 'kill $SIM $SIDECAR 2>/dev/null || true' EXIT".into());
+            lines.push(format!(
+                "until curl -s -o /dev/null http://127.0.0.1:{sim_port}/_sim/clock; do sleep 0.05; done"
+            ));
+        }
+    }
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
+        .parent()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg(lines.join("\n"))
+        .current_dir(root())
+        .env("PATH", path)
+        .env("TMPDIR", tmp.path());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLUICE_") || k == "INTERCOM_TOKEN" {
+            c.env_remove(k);
+        }
+    }
+    let r = crate::util::run(c);
+    assert_eq!(
+        r.code,
+        0,
+        "the README's sidecar commands failed\nscript:\n{}\nstdout:\n{}\nstderr:\n{}",
+        lines.join("\n"),
+        r.stdout,
+        r.stderr
+    );
+    // Ready, metrics for every shipped recipe, the state through the sidecar, the run it did.
+    assert!(r.stdout.contains("ready"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("new_ticket_triage@intercom"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("new_ticket_triage: polled"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("Stopped."),
+        "it stopped cleanly: {}",
+        r.stderr
+    );
+}
