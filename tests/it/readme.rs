@@ -1,8 +1,6 @@
-//! The README's hands-on section works as written: its `sh` blocks run, in order, as one shell
-//! script with `set -e`. Only what must change is rewritten: `cargo install` is skipped (the
-//! `sluice` on PATH is the binary under test), the simulator's port 4010 becomes a free one
-//! (in the commands and in a copy of `examples/sim.yaml`), and after the simulator starts in
-//! the background the script waits until it answers and makes sure it is stopped.
+//! The README's hands-on and sidecar sections work as written: each section's `sh` blocks run,
+//! in order, as one shell script with `set -e` (see [`run_as_written`] for the little that is
+//! rewritten: ports, the copy of `examples/sim.yaml`, `cargo install`).
 
 use crate::util::root;
 
@@ -20,44 +18,43 @@ fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_hands_on_section_runs_as_written() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let blocks = sh_blocks(&readme, "## Trying Intercom actions and triggers by hand");
-    assert!(blocks.len() >= 2, "the hands-on section has its sh blocks");
-    let script = blocks.concat();
-    let commands = script
-        .lines()
-        .filter(|l| l.trim_start().starts_with("sluice "))
-        .count();
-    assert!(commands >= 8, "only {commands} sluice commands found");
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free loopback port.
+fn free_port() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
-        .to_string();
+        .to_string()
+}
+
+/// Runs `script` (README `sh` lines) as one `set -e` shell script from the repository root,
+/// with the `sluice` under test first on PATH: `cargo install` is skipped, the simulator's
+/// port 4010 and the sidecar's 9187 become free ones (in the commands and in a copy of
+/// `examples/sim.yaml`), and after the simulator starts the script waits until it answers
+/// and makes sure it (and a sidecar) is stopped. The script and what it printed.
+fn run_as_written(script: &str) -> (String, crate::util::Run) {
+    let (sim_port, sidecar_port) = (free_port(), free_port());
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("sim.yaml");
     let shipped = std::fs::read_to_string(root().join("examples/sim.yaml")).unwrap();
     assert!(shipped.contains("127.0.0.1:4010"));
-    std::fs::write(&config, shipped.replace("4010", &port)).unwrap();
-
+    std::fs::write(&config, shipped.replace("4010", &sim_port)).unwrap();
     let mut lines = vec!["set -e".to_string()];
     for line in script.lines() {
         if line.starts_with("cargo install --path .") {
             continue;
         }
         let line = line
-            .replace("4010", &port)
+            .replace("4010", &sim_port)
+            .replace("9187", &sidecar_port)
             .replace("examples/sim.yaml", config.to_str().unwrap());
         let started_sim = line.starts_with("SIM=$!");
         lines.push(line);
         if started_sim {
-            lines.push("trap 'kill $SIM 2>/dev/null || true' EXIT".into());
+            lines.push("trap 'kill $SIM $SIDECAR 2>/dev/null || true' EXIT".into());
             lines.push(format!(
-                "until curl -s -o /dev/null http://127.0.0.1:{port}/_sim/clock; do sleep 0.05; done"
+                "until curl -s -o /dev/null http://127.0.0.1:{sim_port}/_sim/clock; do sleep 0.05; done"
             ));
         }
     }
@@ -70,8 +67,9 @@ fn the_hands_on_section_runs_as_written() {
         std::env::var("PATH").unwrap_or_default()
     );
     let mut c = std::process::Command::new("sh");
+    let script = lines.join("\n");
     c.arg("-c")
-        .arg(lines.join("\n"))
+        .arg(&script)
         .current_dir(root())
         .env("PATH", path)
         // `mktemp -d` makes its directories in the test's own.
@@ -81,14 +79,26 @@ fn the_hands_on_section_runs_as_written() {
             c.env_remove(k);
         }
     }
-    let r = crate::util::run(c);
+    (script, crate::util::run(c))
+}
+
+#[test]
+fn the_hands_on_section_runs_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let blocks = sh_blocks(&readme, "## Trying Intercom actions and triggers by hand");
+    assert!(blocks.len() >= 2, "the hands-on section has its sh blocks");
+    let script = blocks.concat();
+    let commands = script
+        .lines()
+        .filter(|l| l.trim_start().starts_with("sluice "))
+        .count();
+    assert!(commands >= 8, "only {commands} sluice commands found");
+
+    let (lines, r) = run_as_written(&script);
     assert_eq!(
-        r.code,
-        0,
+        r.code, 0,
         "the README's hands-on commands failed\nscript:\n{}\nstdout:\n{}\nstderr:\n{}",
-        lines.join("\n"),
-        r.stdout,
-        r.stderr
+        lines, r.stdout, r.stderr
     );
     // What the commands are there to show.
     for want in [
@@ -116,61 +126,11 @@ fn the_sidecar_section_runs_as_written() {
         .expect("the sidecar section's sh block")
         .clone();
     assert!(script.contains("sluice run --listen"), "{script}");
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-            .to_string()
-    };
-    let (sim_port, port) = (free(), free());
-    let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("sim.yaml");
-    let shipped = std::fs::read_to_string(root().join("examples/sim.yaml")).unwrap();
-    std::fs::write(&config, shipped.replace("4010", &sim_port)).unwrap();
-    let mut lines = vec!["set -e".to_string()];
-    for line in script.lines() {
-        let line = line
-            .replace("4010", &sim_port)
-            .replace("9187", &port)
-            .replace("examples/sim.yaml", config.to_str().unwrap());
-        let started_sim = line.starts_with("SIM=$!");
-        lines.push(line);
-        if started_sim {
-            lines.push("trap 'kill $SIM $SIDECAR 2>/dev/null || true' EXIT".into());
-            lines.push(format!(
-                "until curl -s -o /dev/null http://127.0.0.1:{sim_port}/_sim/clock; do sleep 0.05; done"
-            ));
-        }
-    }
-    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_sluice"))
-        .parent()
-        .unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
-        .arg(lines.join("\n"))
-        .current_dir(root())
-        .env("PATH", path)
-        .env("TMPDIR", tmp.path());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("SLUICE_") || k == "INTERCOM_TOKEN" {
-            c.env_remove(k);
-        }
-    }
-    let r = crate::util::run(c);
+    let (lines, r) = run_as_written(&script);
     assert_eq!(
-        r.code,
-        0,
+        r.code, 0,
         "the README's sidecar commands failed\nscript:\n{}\nstdout:\n{}\nstderr:\n{}",
-        lines.join("\n"),
-        r.stdout,
-        r.stderr
+        lines, r.stdout, r.stderr
     );
     // Ready, metrics for every shipped recipe, the state through the sidecar, the run it did.
     assert!(r.stdout.contains("ready"), "{}", r.stdout);
