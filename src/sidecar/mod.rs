@@ -566,7 +566,14 @@ async fn reload(loader: &mut Loader, shared: &Shared, cmd: &mpsc::Sender<Command
 /// Watches `dirs`; any event is a hint to look again.
 fn watch(dirs: &[PathBuf], hint: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
-    let mut w = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+    let mut w = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Reading a directory (our own fingerprint check) is an access event: taken for a
+        // hint, it would make the next check, and so on for ever.
+        if let Ok(ev) = &res {
+            if matches!(ev.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+        }
         let _ = hint.try_send(());
     }) {
         Ok(w) => w,
