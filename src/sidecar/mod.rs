@@ -668,3 +668,27 @@ fn write_discovery(path: &Path, addr: SocketAddr, token: bool) -> Result<()> {
     crate::store::make_private(path);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reading a watched directory is no hint (else the fingerprint check feeds itself);
+    /// writing a file in it is.
+    #[tokio::test]
+    async fn reading_a_watched_directory_is_no_hint_writing_is() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), "x").unwrap();
+        let (tx, mut hints) = mpsc::channel(1);
+        let _w = watch(&[dir.path().to_path_buf()], tx).expect("a watcher");
+        for _ in 0..3 {
+            let _ = crate::spec::yaml_files_in(dir.path()).unwrap();
+            let _ = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
+        }
+        let quiet = tokio::time::timeout(Duration::from_millis(300), hints.recv()).await;
+        assert!(quiet.is_err(), "reads made a hint");
+        std::fs::write(dir.path().join("b.yaml"), "y").unwrap();
+        let hint = tokio::time::timeout(Duration::from_secs(5), hints.recv()).await;
+        assert!(matches!(hint, Ok(Some(()))), "a new file made no hint");
+    }
+}
