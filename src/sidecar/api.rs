@@ -315,9 +315,19 @@ async fn drop_letter(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> ApiRe
 }
 
 async fn replay(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> ApiResult {
+    let (_, r) = replay_letter(&s, id).await?;
+    Ok(Json(serde_json::to_value(r).map_err(anyhow::Error::from)?))
+}
+
+/// Replays dead letter `id` on its instance when that is idle (the one replay path of the
+/// API and the pages): the instance and how it ended.
+pub(crate) async fn replay_letter(
+    s: &Arc<Shared>,
+    id: u64,
+) -> Result<(String, admin::Replayed), ApiError> {
     let d = s.store.dead_letter(id)?.ok_or_else(|| no_letter(id))?;
     let shared = s.clone();
-    let done = on_each(&s, vec![d.recipe.clone()], move |_| {
+    let done = on_each(s, vec![d.recipe.clone()], move |_| {
         let (tx, rx) = oneshot::channel();
         let shared = shared.clone();
         let work: Work = Box::new(move |recipe| {
@@ -334,7 +344,7 @@ async fn replay(State(s): State<Arc<Shared>>, Path(id): Path<u64>) -> ApiResult 
     })
     .await?;
     match done.into_iter().next().and_then(|(_, r)| r) {
-        Some(Ok(r)) => Ok(Json(serde_json::to_value(r).map_err(anyhow::Error::from)?)),
+        Some(Ok(r)) => Ok((d.recipe, r)),
         Some(Err(e)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e)),
         None => Err(ApiError(
             StatusCode::CONFLICT,

@@ -319,6 +319,19 @@ impl Metrics {
         })
     }
 
+    /// The per-instance counters without a further label.
+    fn record_counters(&self) -> [&Family<Inst, Counter>; 7] {
+        [
+            &self.polled,
+            &self.seen,
+            &self.filtered,
+            &self.fired,
+            &self.finished,
+            &self.dead,
+            &self.catch_up,
+        ]
+    }
+
     /// Makes an instance's series exist from the start (at zero).
     pub(crate) fn register(&self, r: &Recipe) {
         let i = Inst {
@@ -329,15 +342,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(r.instance.clone(), i.clone());
-        for f in [
-            &self.polled,
-            &self.seen,
-            &self.filtered,
-            &self.fired,
-            &self.finished,
-            &self.dead,
-            &self.catch_up,
-        ] {
+        for f in self.record_counters() {
             let _ = f.get_or_create(&i);
         }
         for v in RESULTS {
@@ -353,15 +358,7 @@ impl Metrics {
     /// Drops a removed instance's series.
     pub(crate) fn forget(&self, instance: &str) {
         let i = self.inst(instance);
-        for f in [
-            &self.polled,
-            &self.seen,
-            &self.filtered,
-            &self.fired,
-            &self.finished,
-            &self.dead,
-            &self.catch_up,
-        ] {
+        for f in self.record_counters() {
             f.remove(&i);
         }
         for f in [&self.failures, &self.backoff] {

@@ -687,43 +687,9 @@ pub(crate) async fn instance_action(
     }
 }
 
-/// Replays dead letter `id` on its instance when idle; what happened, for people.
+/// Replays dead letter `id` (see [`super::api::replay_letter`]); what went wrong, for people.
 async fn replay_one(s: &Arc<Shared>, id: u64) -> Result<(String, crate::admin::Replayed), String> {
-    let d = s
-        .store
-        .dead_letter(id)
-        .map_err(|e| format!("{e:#}"))?
-        .ok_or_else(|| format!("no dead letter {id}"))?;
-    let (tx, rx) = oneshot::channel();
-    let shared = s.clone();
-    let work: Work = Box::new(move |recipe| {
-        Box::pin(async move {
-            let rt = shared.runtime();
-            let r = crate::admin::replay(&rt, &recipe, id)
-                .await
-                .map_err(|e| format!("{e:#}"));
-            let _ = tx.send(r);
-            None
-        })
-    });
-    let (refused, back_rx) = oneshot::channel();
-    s.send(Command::Exclusive {
-        instance: d.recipe.clone(),
-        work,
-        refused,
-    })
-    .await
-    .map_err(|e| e.1)?;
-    if back_rx.await.is_ok() {
-        return Err(format!(
-            "recipe instance `{}` does not run here (removed, or its file is broken): fix it, then replay",
-            d.recipe
-        ));
-    }
-    let r = rx
-        .await
-        .map_err(|_| "the sidecar is stopping".to_string())??;
-    Ok((d.recipe, r))
+    super::api::replay_letter(s, id).await.map_err(|e| e.1)
 }
 
 /// `POST /ui/dead-letters/{id}/{replay|drop}`.
