@@ -601,31 +601,6 @@ impl Drop for Sidecar {
     }
 }
 
-/// Polls `probe` every 100 ms until it gives a value; panics after `within` naming `what`.
-async fn until<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    context: impl Fn() -> String,
-    mut probe: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {what}\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Percent-decoded (the `@` of an instance may come as `%40` in a link).
 fn decoded(s: &str) -> String {
     percent_encoding::percent_decode_str(s)
@@ -663,7 +638,7 @@ async fn past(env: &SimEnv, kind: Kind, id: &str) {
     let created = env.sim().record(kind, id).unwrap()["created_at"]
         .as_i64()
         .unwrap();
-    until(
+    crate::util::eventually(
         "the simulator's clock two seconds past the record",
         SOON,
         String::new,
@@ -837,7 +812,7 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     b.shot("after-run-now").await;
 
     // The dead letter is listed with its error.
-    let letter = until(
+    let letter = crate::util::eventually(
         "a dead letter on the page",
         SOON,
         || sc.log(),
@@ -964,7 +939,7 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
     b.submit("form.run-now").await;
     b.shot("after-second-run-now").await;
-    let letter = until(
+    let letter = crate::util::eventually(
         "a second dead letter on the page",
         SOON,
         || sc.log(),
@@ -1033,7 +1008,7 @@ async fn browser_pause_stops_a_recipes_ticks_and_resume_restarts_them() {
     let page = sc.url(&format!("/recipes/{instance}"));
 
     // Running: its runs grow.
-    let first = until(
+    let first = crate::util::eventually(
         "a run of tick on its page",
         SOON,
         || sc.log(),
@@ -1043,7 +1018,7 @@ async fn browser_pause_stops_a_recipes_ticks_and_resume_restarts_them() {
         },
     )
     .await;
-    until(
+    crate::util::eventually(
         "a second run of tick",
         SOON,
         || sc.log(),
@@ -1061,7 +1036,7 @@ async fn browser_pause_stops_a_recipes_ticks_and_resume_restarts_them() {
     assert!(b.has("form.resume").await, "a paused recipe offers resume");
     assert!(!b.has("form.pause").await, "and no pause");
     // A cycle under way when the button was pressed may still end.
-    until(
+    crate::util::eventually(
         "tick idle",
         SOON,
         || sc.log(),
@@ -1102,7 +1077,7 @@ async fn browser_pause_stops_a_recipes_ticks_and_resume_restarts_them() {
     b.goto(&page).await;
     b.submit("form.resume").await;
     assert!(b.has("form.pause").await, "a resumed recipe offers pause");
-    until(
+    crate::util::eventually(
         "a run after resuming",
         SOON,
         || sc.log(),
@@ -1144,7 +1119,7 @@ async fn browser_a_script_in_a_record_shows_as_text_on_its_run_page_and_does_not
     // The run that fired the record: a scheduled slot of the recipe may have come before the
     // click, so every run it lists is looked at; exactly one holds the record.
     let recipe_page = sc.url(&format!("/recipes/{instance}"));
-    let fired = until(
+    let fired = crate::util::eventually(
         "a run of the recipe with a record",
         SOON,
         || sc.log(),

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sluice::sim::{FailRule, Faults, Kind, SimConfig};
 use sluice::store::{SledStore, Store};
 
-use crate::util::{run_async, Run, SimEnv};
+use crate::util::{eventually, run_async, Run, SimEnv};
 
 /// How long a condition that should hold "within a few seconds" may take.
 const SOON: Duration = Duration::from_secs(10);
@@ -115,32 +115,6 @@ fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// Polls `probe` every 50 ms until it gives a value; panics after `within` naming `what`
-/// and showing `context()` (the sidecar's log, say).
-async fn eventually<T, F, Fut>(
-    what: &str,
-    within: Duration,
-    context: impl Fn() -> String,
-    mut probe: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {within:?} for {what}; log:\n{}",
-            context()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Writes `text` to `path` through a temporary file and a rename, as editors do.

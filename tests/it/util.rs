@@ -311,3 +311,29 @@ impl Drop for SimProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Polls `probe` every 50 ms until it gives a value; panics after `within` naming `what`
+/// and showing `context()` (the sidecar's log, say).
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    within: std::time::Duration,
+    context: impl Fn() -> String,
+    mut probe: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {within:?} for {what}; log:\n{}",
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
