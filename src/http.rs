@@ -146,7 +146,7 @@ pub struct Connection {
     client: reqwest::Client,
     /// The workspace's rate governor (shared by every connection to the same workspace).
     governor: Arc<Governor>,
-    /// The server's clock minus ours, in seconds, from the last response's `Date` header
+    /// The server's clock minus ours, in milliseconds, from the last response's `Date` header
     /// that was within `max_clock_skew` ([`NO_OFFSET`] until one arrives).
     clock_offset: AtomicI64,
     /// How far (seconds, either way) the server's clock may be from ours and still be used.
@@ -390,10 +390,10 @@ impl Connection {
         if self.clock_offset.load(Ordering::Relaxed) == NO_OFFSET {
             self.discover().await;
         }
-        let local = chrono::Utc::now().timestamp();
+        let local_ms = chrono::Utc::now().timestamp_millis();
         match self.clock_offset.load(Ordering::Relaxed) {
-            NO_OFFSET => local,
-            off => local.saturating_add(off),
+            NO_OFFSET => local_ms.div_euclid(1000),
+            off => local_ms.saturating_add(off).div_euclid(1000),
         }
     }
 
@@ -411,10 +411,17 @@ impl Connection {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok());
         let Some(server) = server else { return };
-        let off = server.saturating_sub(chrono::Utc::now().timestamp());
+        // In milliseconds against the moment of arrival: the server stamped `Date` before it
+        // sent the response and truncated it to the second, so the offset errs low and "now"
+        // is never ahead of the server's clock. (Whole seconds on both sides could err a second
+        // high, and a first cursor one second ahead could miss what the server writes in it.)
+        let off_ms = server
+            .saturating_mul(1000)
+            .saturating_sub(chrono::Utc::now().timestamp_millis());
+        let off = off_ms / 1000;
         if off.unsigned_abs() <= self.max_clock_skew.unsigned_abs() {
             self.clock_offset
-                .store(off.max(NO_OFFSET + 1), Ordering::Relaxed);
+                .store(off_ms.max(NO_OFFSET + 1), Ordering::Relaxed);
         } else if !self.clock_warned.swap(true, Ordering::Relaxed) {
             // The connection's name and a parsed offset only: the header is the server's text.
             warn!(
