@@ -611,7 +611,7 @@ pub(crate) struct CsrfForm {
 }
 
 fn check_csrf(s: &Shared, given: &str) -> Result<(), Response> {
-    if super::api::same_secret(given.as_bytes(), s.csrf.as_bytes()) {
+    if crate::secret::same_secret(given.as_bytes(), s.csrf.as_bytes()) {
         Ok(())
     } else {
         Err(ApiError(
@@ -766,7 +766,7 @@ pub(crate) async fn page_guard(State(s): State<Arc<Shared>>, req: Request, next:
     let ok = [bearer, cookie]
         .into_iter()
         .flatten()
-        .any(|t| super::api::same_secret(t.as_bytes(), token.expose().as_bytes()));
+        .any(|t| crate::secret::same_secret(t.as_bytes(), token.expose().as_bytes()));
     if ok {
         next.run(req).await
     } else {
@@ -790,7 +790,7 @@ pub(crate) async fn login(State(s): State<Arc<Shared>>, Form(f): Form<LoginForm>
         .access
         .token
         .as_ref()
-        .is_some_and(|t| super::api::same_secret(f.token.as_bytes(), t.expose().as_bytes()));
+        .is_some_and(|t| crate::secret::same_secret(f.token.as_bytes(), t.expose().as_bytes()));
     if !ok {
         return render(
             &s,
