@@ -62,10 +62,10 @@ impl AuthStatus {
         match self {
             AuthStatus::Ready => None,
             AuthStatus::Missing => Some(format!(
-                "no OAuth token yet; run `sluice connect {connection}`"
+                "no OAuth token yet; run `sluice connect {connection}` (or Connect on the sidecar's status page)"
             )),
             AuthStatus::Revoked => Some(format!(
-                "the OAuth token was revoked (the API answered 401); its recipes are paused until `sluice connect {connection}` authorizes it again"
+                "the OAuth token was revoked (the API answered 401); its recipes are paused until `sluice connect {connection}` (or Re-authorize on the sidecar's status page) authorizes it again"
             )),
             AuthStatus::Unreadable(m) => Some(m.clone()),
         }
@@ -397,6 +397,11 @@ impl Credentials {
         }
     }
 
+    /// Where the tokens are stored (`None`: nowhere, as in `sluice test`).
+    pub(crate) fn vault(&self) -> Option<&Vault> {
+        self.vault.as_ref()
+    }
+
     /// The live token of connection `name` (the same one for every call with that name).
     pub fn auth(&self, name: &str, plan: &Arc<OAuthPlan>) -> Arc<LiveAuth> {
         let mut auths = self.auths.lock().unwrap_or_else(PoisonError::into_inner);
@@ -666,6 +671,11 @@ impl std::fmt::Debug for Pending {
 }
 
 impl Pending {
+    /// The connection being authorized.
+    pub(crate) fn connection(&self) -> &str {
+        &self.auth.name
+    }
+
     /// Whether `given` is this flow's `state` (compared in constant time).
     pub(crate) fn has_state(&self, given: &str) -> bool {
         same_secret(given.as_bytes(), self.state.secret().as_bytes())

@@ -7,6 +7,9 @@
 //! address, `/api/…` needs `Authorization: Bearer $SLUICE_ADMIN_TOKEN` (compared in constant
 //! time); the probes and `/metrics` stay open for the orchestrator. Every state-changing
 //! request is a `POST` carrying the header `X-Sluice-Client` (a cross-site form cannot set it).
+//! The pages have their own guard ([`pages::page_guard`]); the OAuth callback
+//! `/oauth/callback` is behind the host check only: its single-use `state` guards it (see
+//! [`super::connect`]).
 
 use std::sync::Arc;
 
@@ -64,6 +67,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/ui/dead-letters/replay-all", post(pages::replay_all))
         .route("/ui/dead-letters/{id}/{action}", post(pages::letter_action))
+        .route(
+            "/ui/connections/{name}/connect",
+            post(super::connect::start),
+        )
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             pages::page_guard,
@@ -73,6 +80,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/login", get(pages::login_page).post(pages::login))
+        // Not behind the page guard: the provider's redirect carries no admin cookie; the
+        // single-use `state` is its guard (see `connect`).
+        .route(super::connect::CALLBACK_PATH, get(super::connect::callback))
         .merge(api)
         .merge(pages)
         .layer(middleware::from_fn_with_state(shared.clone(), host_guard))
