@@ -227,6 +227,16 @@ pub enum Command {
             conflicts_with = "once"
         )]
         listen: String,
+        /// The sidecar's URL as a browser reaches it (through a proxy, say), when not
+        /// `http://<listen address>`: the status page's OAuth "Connect" sends the provider
+        /// `<URL>/oauth/callback` as the redirect URL, which the app must list.
+        #[arg(
+            long,
+            env = "SLUICE_PUBLIC_URL",
+            value_name = "URL",
+            conflicts_with = "once"
+        )]
+        public_url: Option<String>,
         /// After SIGTERM or SIGINT, how long cycles under way may take to finish and commit.
         #[arg(
             long,
@@ -537,6 +547,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => cmd_run_once(&cli, recipe.as_deref(), *json, *fail_on_dead_letters).await,
         Command::Run {
             listen,
+            public_url,
             shutdown_timeout,
             no_watch,
             max_cycles,
@@ -554,6 +565,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 recipes: cli.recipes.clone(),
                 state_dir: cli.state_dir.clone(),
                 listen: listen.clone(),
+                public_url: public_url.clone(),
                 shutdown_timeout: std::time::Duration::from_secs(secs.max(0) as u64),
                 watch: !no_watch,
                 max_cycles: *max_cycles,

@@ -419,10 +419,14 @@ fn open(key: &Key, meta: &Meta, nonce: &str, ct: &str) -> Result<Sealed> {
     serde_json::from_slice(&msg).map_err(|_| broken())
 }
 
-/// Writes `bytes` to `path` through a temporary file (mode `0600`) renamed over it.
+/// Writes `bytes` to `path` through a temporary file (mode `0600`) renamed over it. The
+/// temporary name is unique in the process too: a refresh and an authorization from the
+/// status page may store the same connection's token at once (the last rename wins whole).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{seq}", std::process::id()));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -30,13 +30,15 @@
 //! * `secret`    — `Secret`, which never prints itself.
 //! * `credential` — OAuth tokens at rest: AES-256-GCM files under the state directory, the
 //!   key, rotation.
-//! * `oauth`     — `sluice connect` (authorization code, PKCE, loopback callback) and the
-//!   live token of an OAuth connection: single-flight refresh, revoked on a 401.
+//! * `oauth`     — the authorization-code flow (PKCE, `state`) that `sluice connect`'s
+//!   loopback listener and the status page's Connect drive, and the live token of an OAuth
+//!   connection: single-flight refresh, revoked on a 401.
 //! * `store`     — the `Store` trait and the sled store: cursors, dedupe keys, journal,
 //!   dead letters, known ids, run history.
 //! * `telemetry` — the tracing subscriber; JSON lines.
 //! * `sidecar`   — `sluice run`: the scheduler, reloads, `/livez` `/readyz` `/metrics`, the
-//!   admin API and the status pages, graceful shutdown; the CLI's client for it.
+//!   admin API and the status pages (with OAuth's Connect and `/oauth/callback`), graceful
+//!   shutdown; the CLI's client for it.
 //! * `history`   — run history rows (runs, fired records' steps, hourly counts), retention.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).

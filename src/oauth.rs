@@ -1,11 +1,15 @@
-//! OAuth2 connections: the authorization-code flow behind `sluice connect`, and the live
-//! token of each `auth: oauth2` connection while recipes run.
+//! OAuth2 connections: the authorization-code flow behind `sluice connect` and the status
+//! page's "Connect" button, and the live token of each `auth: oauth2` connection while
+//! recipes run.
 //!
 //! Owns talking to the provider's authorize and token endpoints (through the `oauth2`
-//! crate), the loopback callback listener and its `state` check, PKCE, refreshing expiring
-//! tokens — one refresh at a time per connection — and the revoked mark a 401 puts on a
-//! token. Tokens rest in [`crate::credential::Vault`]; every token, code, verifier and client
-//! secret stays out of messages and logs. Does not decide what a recipe does when its
+//! crate). The flow's core is `Authorization` → `Pending`: the client and the key checked,
+//! then `state` and PKCE made and the authorize URL built; then the answer's `state`
+//! compared, a provider `error` reported, the code exchanged and the token stored. Both the
+//! CLI's loopback listener and the sidecar's callback route drive it. Also owns refreshing
+//! expiring tokens — one refresh at a time per connection — and the revoked mark a 401 puts
+//! on a token. Tokens rest in [`crate::credential::Vault`]; every token, code, verifier and
+//! client secret stays out of messages and logs. Does not decide what a recipe does when its
 //! connection is revoked (the sidecar pauses it, see `sidecar`).
 
 use std::collections::HashMap;
@@ -16,14 +20,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, PkceCodeChallenge,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
+    PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use tokio::sync::watch;
 
 use crate::credential::{Meta, Stamp, TokenSet, Vault};
 use crate::http::Redactor;
 use crate::plan::OAuthPlan;
-use crate::secret::Secret;
+use crate::secret::{same_secret, Secret};
 
 /// A refresh starts this long before the token's stated expiry.
 const EXPIRY_MARGIN_SECS: i64 = 60;
@@ -58,10 +62,10 @@ impl AuthStatus {
         match self {
             AuthStatus::Ready => None,
             AuthStatus::Missing => Some(format!(
-                "no OAuth token yet; run `sluice connect {connection}`"
+                "no OAuth token yet; run `sluice connect {connection}` (or Connect on the sidecar's status page)"
             )),
             AuthStatus::Revoked => Some(format!(
-                "the OAuth token was revoked (the API answered 401); its recipes are paused until `sluice connect {connection}` authorizes it again"
+                "the OAuth token was revoked (the API answered 401); its recipes are paused until `sluice connect {connection}` (or Re-authorize on the sidecar's status page) authorizes it again"
             )),
             AuthStatus::Unreadable(m) => Some(m.clone()),
         }
@@ -393,6 +397,11 @@ impl Credentials {
         }
     }
 
+    /// Where the tokens are stored (`None`: nowhere, as in `sluice test`).
+    pub(crate) fn vault(&self) -> Option<&Vault> {
+        self.vault.as_ref()
+    }
+
     /// The live token of connection `name` (the same one for every call with that name).
     pub fn auth(&self, name: &str, plan: &Arc<OAuthPlan>) -> Arc<LiveAuth> {
         let mut auths = self.auths.lock().unwrap_or_else(PoisonError::into_inner);
@@ -535,13 +544,194 @@ pub struct ConnectOptions {
     pub timeout: Duration,
 }
 
-/// What the callback received.
-#[derive(Debug, serde::Deserialize)]
-struct Callback {
+/// What the provider's redirect brings back to the callback (its query string).
+#[derive(Default, serde::Deserialize)]
+pub(crate) struct Callback {
     code: Option<String>,
-    state: Option<String>,
+    pub(crate) state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+}
+
+impl std::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The code and the state are credentials for a few minutes: never shown.
+        f.debug_struct("Callback")
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an authorization did not end with a stored token. Its `Display` is the message for
+/// the person: never a code, token, verifier or client secret.
+#[derive(Debug)]
+pub(crate) enum NotConnected {
+    /// The answer's `state` is not the one this flow sent: nothing else in it was looked at.
+    WrongState,
+    /// The provider answered with an `error` (the person declined, the app is misconfigured).
+    Declined(String),
+    /// No code, the token endpoint refused it or could not be asked, the token is unusable,
+    /// or it could not be stored.
+    Failed(String),
+}
+
+impl std::fmt::Display for NotConnected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotConnected::WrongState => f.write_str("the answer's `state` does not match the one sluice sent: refused (a request that sluice did not start, or an old browser tab); nothing was stored"),
+            NotConnected::Declined(m) | NotConnected::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for NotConnected {}
+
+/// An authorization about to start for one connection: the client and the vault checked,
+/// waiting only for the redirect URL (which `sluice connect` knows once it listens).
+pub(crate) struct Authorization {
+    name: String,
+    client_id: ClientId,
+    client_secret: ClientSecret,
+    authorize_url: AuthUrl,
+    token_url: TokenUrl,
+    scopes: Vec<String>,
+    pkce: bool,
+    vault: Vault,
+}
+
+impl Authorization {
+    /// Checks what the flow needs before anyone is sent to the provider: the client id and
+    /// secret in the environment, the grant's URLs, and the key that will encrypt the token
+    /// (created when there is none yet), so that a missing or broken one fails before the
+    /// person clicks anything.
+    pub(crate) fn new(name: &str, plan: &OAuthPlan, vault: &Vault) -> Result<Authorization> {
+        let (client_id, client_secret) = client_parts(plan).map_err(|e| match e {
+            ExchangeError::Failed(m) | ExchangeError::Refused(m) => {
+                anyhow!("connection `{name}`: {m}")
+            }
+        })?;
+        vault.key(true)?;
+        Ok(Authorization {
+            name: name.to_string(),
+            client_id,
+            client_secret,
+            authorize_url: AuthUrl::new(plan.authorize_url.clone()).context("the authorize URL")?,
+            token_url: TokenUrl::new(plan.token_url.clone()).context("the token URL")?,
+            scopes: plan.scopes.clone(),
+            pkce: plan.pkce,
+            vault: vault.clone(),
+        })
+    }
+
+    /// Starts the flow with the provider sending the browser back to `redirect`: the
+    /// authorize URL to send the person to, and what the answer is checked against.
+    pub(crate) fn begin(self, redirect: &str) -> Result<(String, Pending)> {
+        let redirect = RedirectUrl::new(redirect.to_string()).context("the redirect URL")?;
+        let client = BasicClient::new(self.client_id.clone())
+            .set_auth_uri(self.authorize_url.clone())
+            .set_redirect_uri(redirect.clone());
+        let mut req = client
+            .authorize_url(CsrfToken::new_random)
+            .add_scopes(self.scopes.iter().cloned().map(Scope::new));
+        let verifier = if self.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            req = req.set_pkce_challenge(challenge);
+            Some(verifier)
+        } else {
+            None
+        };
+        let (url, state) = req.url();
+        Ok((
+            url.to_string(),
+            Pending {
+                auth: self,
+                redirect,
+                state,
+                verifier,
+            },
+        ))
+    }
+}
+
+/// An authorization under way: the `state` sent (the answer must carry it back), the PKCE
+/// verifier, and the client to exchange the code with. Used once.
+pub(crate) struct Pending {
+    auth: Authorization,
+    redirect: RedirectUrl,
+    state: CsrfToken,
+    verifier: Option<PkceCodeVerifier>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("connection", &self.auth.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pending {
+    /// The connection being authorized.
+    pub(crate) fn connection(&self) -> &str {
+        &self.auth.name
+    }
+
+    /// Whether `given` is this flow's `state` (compared in constant time).
+    pub(crate) fn has_state(&self, given: &str) -> bool {
+        same_secret(given.as_bytes(), self.state.secret().as_bytes())
+    }
+
+    /// Ends the flow with the provider's answer: its `state` compared first (an answer to
+    /// another request is not looked at further), a provider `error` reported, the code
+    /// exchanged, the token checked and stored. The stored token's readable part.
+    pub(crate) async fn finish(self, cb: Callback) -> Result<Meta, NotConnected> {
+        if !cb.state.as_deref().is_some_and(|s| self.has_state(s)) {
+            return Err(NotConnected::WrongState);
+        }
+        let name = self.auth.name.as_str();
+        if let Some(e) = cb.error {
+            let e: String = e.chars().take(100).collect();
+            let d = cb
+                .error_description
+                .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
+                .unwrap_or_default();
+            return Err(NotConnected::Declined(format!(
+                "the provider did not authorize connection `{name}`: {e}{d}"
+            )));
+        }
+        let Some(code) = cb.code else {
+            return Err(NotConnected::Failed("the answer carries no `code`".into()));
+        };
+        let shown_secret = self.auth.client_secret.secret().clone();
+        let client = BasicClient::new(self.auth.client_id.clone())
+            .set_client_secret(self.auth.client_secret.clone())
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(self.auth.token_url.clone())
+            .set_redirect_uri(self.redirect);
+        let mut exchange = client.exchange_code(AuthorizationCode::new(code));
+        if let Some(v) = self.verifier {
+            exchange = exchange.set_pkce_verifier(v);
+        }
+        let http = token_client();
+        let token = exchange.request_async(&http).await.map_err(|e| {
+            NotConnected::Failed(match describe(e, &shown_secret) {
+                ExchangeError::Refused(m) => {
+                    format!("the token endpoint refused the code for connection `{name}`: {m}")
+                }
+                ExchangeError::Failed(m) => format!("connection `{name}`: {m}"),
+            })
+        })?;
+        let set = token_set(&token);
+        if let Some(p) = crate::http::token_problem(set.access.expose()) {
+            return Err(NotConnected::Failed(format!(
+                "the token endpoint sent a token that cannot be used: {p}"
+            )));
+        }
+        self.auth
+            .vault
+            .save(name, &set)
+            .map_err(|e| NotConnected::Failed(format!("{e:#}")))
+    }
 }
 
 /// Runs the authorization-code flow for connection `name` and stores the token; `say`
@@ -554,36 +744,13 @@ pub async fn connect(
     opts: &ConnectOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Result<Meta> {
-    let (id, secret) = client_parts(plan).map_err(|e| match e {
-        ExchangeError::Failed(m) | ExchangeError::Refused(m) => {
-            anyhow!("connection `{name}`: {m}")
-        }
-    })?;
-    // The key first: a missing or broken one fails before the person clicks anything.
-    vault.key(true)?;
+    let auth = Authorization::new(name, plan, vault)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", opts.port))?;
     let port = listener.local_addr()?.port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let shown_secret = secret.secret().clone();
-    let client = BasicClient::new(id)
-        .set_client_secret(secret)
-        .set_auth_type(AuthType::RequestBody)
-        .set_auth_uri(AuthUrl::new(plan.authorize_url.clone()).context("the authorize URL")?)
-        .set_token_uri(TokenUrl::new(plan.token_url.clone()).context("the token URL")?)
-        .set_redirect_uri(RedirectUrl::new(redirect.clone()).context("the redirect URL")?);
-    let mut req = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(plan.scopes.iter().cloned().map(Scope::new));
-    let verifier = if plan.pkce {
-        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        req = req.set_pkce_challenge(challenge);
-        Some(verifier)
-    } else {
-        None
-    };
-    let (url, state) = req.url();
+    let (url, pending) = auth.begin(&redirect)?;
 
     // The listener answers the browser and hands the query over; one callback ends it.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Callback>(1);
@@ -607,7 +774,7 @@ pub async fn connect(
         "Open this URL in a browser to authorize connection `{name}`:\n  {url}\nWaiting for the answer on {redirect} …"
     ));
     if !opts.no_browser && has_display() {
-        open_browser(url.as_str());
+        open_browser(&url);
     }
     let cb = tokio::time::timeout(opts.timeout, rx.recv()).await;
     server.abort();
@@ -619,40 +786,7 @@ pub async fn connect(
             opts.timeout.as_secs()
         ),
     };
-    // Compared before anything else: an answer to some other request is not looked at.
-    if cb.state.as_deref() != Some(state.secret().as_str()) {
-        bail!("the answer's `state` does not match the one sluice sent: refused (a request that sluice did not start, or an old browser tab); nothing was stored");
-    }
-    if let Some(e) = cb.error {
-        let d = cb
-            .error_description
-            .map(|d| format!(": {}", d.chars().take(200).collect::<String>()))
-            .unwrap_or_default();
-        bail!("the provider did not authorize connection `{name}`: {e}{d}");
-    }
-    let Some(code) = cb.code else {
-        bail!("the answer carries no `code`");
-    };
-    let mut exchange = client.exchange_code(AuthorizationCode::new(code));
-    if let Some(v) = verifier {
-        exchange = exchange.set_pkce_verifier(v);
-    }
-    let http = token_client();
-    let token =
-        exchange
-            .request_async(&http)
-            .await
-            .map_err(|e| match describe(e, &shown_secret) {
-                ExchangeError::Refused(m) => {
-                    anyhow!("the token endpoint refused the code for connection `{name}`: {m}")
-                }
-                ExchangeError::Failed(m) => anyhow!("connection `{name}`: {m}"),
-            })?;
-    let set = token_set(&token);
-    if let Some(p) = crate::http::token_problem(set.access.expose()) {
-        bail!("the token endpoint sent a token that cannot be used: {p}");
-    }
-    vault.save(name, &set)
+    Ok(pending.finish(cb).await?)
 }
 
 fn has_display() -> bool {

@@ -1,4 +1,5 @@
-//! `Secret`: a string that never shows itself in `Debug`, `Display` or serialised output.
+//! `Secret`: a string that never shows itself in `Debug`, `Display` or serialised output;
+//! `same_secret`, the one constant-time comparison of secrets.
 
 use std::fmt;
 
@@ -36,6 +37,12 @@ impl serde::Serialize for Secret {
     }
 }
 
+/// Whether two secrets are equal, compared in time that depends on their length only (a
+/// token, a CSRF token, an OAuth `state`).
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,5 +50,14 @@ mod tests {
         let s = super::Secret::new("tok_123");
         assert!(!format!("{s:?} {s} {}", serde_json::to_string(&s).unwrap()).contains("tok_123"));
         assert_eq!(s.expose(), "tok_123");
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        use super::same_secret;
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(!same_secret(b"", b"a"));
     }
 }

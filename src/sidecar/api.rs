@@ -7,6 +7,9 @@
 //! address, `/api/…` needs `Authorization: Bearer $SLUICE_ADMIN_TOKEN` (compared in constant
 //! time); the probes and `/metrics` stay open for the orchestrator. Every state-changing
 //! request is a `POST` carrying the header `X-Sluice-Client` (a cross-site form cannot set it).
+//! The pages have their own guard ([`pages::page_guard`]); the OAuth callback
+//! `/oauth/callback` is behind the host check only: its single-use `state` guards it (see
+//! [`super::connect`]).
 
 use std::sync::Arc;
 
@@ -23,7 +26,7 @@ use tokio::sync::oneshot;
 use super::scheduler::{Command, InstanceStatus, Work};
 use super::{pages, Shared};
 use crate::admin;
-use crate::secret::Secret;
+use crate::secret::{same_secret, Secret};
 
 /// Who may use the API.
 #[derive(Debug, Clone)]
@@ -64,6 +67,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/ui/dead-letters/replay-all", post(pages::replay_all))
         .route("/ui/dead-letters/{id}/{action}", post(pages::letter_action))
+        .route(
+            "/ui/connections/{name}/connect",
+            post(super::connect::start),
+        )
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
             pages::page_guard,
@@ -73,6 +80,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/login", get(pages::login_page).post(pages::login))
+        // Not behind the page guard: the provider's redirect carries no admin cookie; the
+        // single-use `state` is its guard (see `connect`).
+        .route(super::connect::CALLBACK_PATH, get(super::connect::callback))
         .merge(api)
         .merge(pages)
         .layer(middleware::from_fn_with_state(shared.clone(), host_guard))
@@ -123,11 +133,6 @@ async fn host_guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> R
         }
     }
     next.run(req).await
-}
-
-/// Compares in time that depends on the length only.
-pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn api_guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
@@ -496,13 +501,5 @@ mod tests {
         ] {
             assert!(!is_loopback_host(h), "{h}");
         }
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"abc", b"abc"));
-        assert!(!same_secret(b"abc", b"abd"));
-        assert!(!same_secret(b"abc", b"ab"));
-        assert!(!same_secret(b"", b"a"));
     }
 }

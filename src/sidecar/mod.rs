@@ -2,7 +2,8 @@
 //!
 //! One process keeps every recipe instance on its schedule ([`scheduler`]), reloads edited
 //! files without restarting the others ([`load`], file watching and `SIGHUP`), serves
-//! `/livez`, `/readyz`, `/metrics` and the admin API ([`api`], [`metrics`]), and stops
+//! `/livez`, `/readyz`, `/metrics`, the admin API and the status pages ([`api`],
+//! [`metrics`], [`pages`], with OAuth's Connect / Re-authorize in [`connect`]), and stops
 //! gracefully: on `SIGTERM`/`SIGINT` no new cycle starts, the cycles under way finish their
 //! steps and commit within `--shutdown-timeout`, and a second signal exits at once (the run
 //! journal makes that safe too). While it runs it holds the state store; the CLI's state and
@@ -10,6 +11,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+pub(crate) mod connect;
 pub(crate) mod load;
 pub(crate) mod metrics;
 pub(crate) mod pages;
@@ -49,6 +51,9 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Where the HTTP endpoints listen.
     pub listen: String,
+    /// The URL a browser reaches the sidecar on (`None`: `http://<listen address>`); the
+    /// OAuth callback is under it.
+    pub public_url: Option<String>,
     /// How long cycles under way may take to finish after a stop signal.
     pub shutdown_timeout: Duration,
     /// Whether to watch the files (else only `SIGHUP` reloads).
@@ -114,6 +119,10 @@ pub(crate) struct Shared {
     pub pages: handlebars::Handlebars<'static>,
     /// The token every page form carries.
     pub csrf: String,
+    /// The sidecar's base URL as a browser reaches it, without a trailing slash.
+    pub public_url: String,
+    /// OAuth authorizations started from the status page, waiting for their callback.
+    pub flows: connect::Flows,
 }
 
 impl Shared {
@@ -361,6 +370,12 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         .ok()
         .filter(|t| !t.is_empty())
         .map(Secret::new);
+    let public_url = opts
+        .public_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(connect::check_public_url)
+        .transpose()?;
     let loopback = addr.ip().is_loopback();
     if !loopback && token.is_none() {
         return Err(anyhow!("--listen {addr} is reachable from other machines: set SLUICE_ADMIN_TOKEN (the admin API then needs it), or listen on 127.0.0.1"));
@@ -392,6 +407,8 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         cycles: cycles.clone(),
         pages: pages::templates(),
         csrf: pages::random_token(),
+        public_url: public_url.unwrap_or_else(|| format!("http://{local}")),
+        flows: connect::Flows::default(),
     });
     let scheduler = Scheduler::new(
         Arc::new(SystemClock),
@@ -451,6 +468,12 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         listen = %local,
         "sluice is running: /livez, /readyz, /metrics and /api on http://{local}"
     );
+    if rt.plan().connections.iter().any(|c| c.oauth.is_some()) {
+        tracing::info!(
+            redirect_url = %connect::redirect_url(&shared),
+            "OAuth connections can be authorized on the status page; the provider's app must list this redirect URL (see --public-url)."
+        );
+    }
     report_health(&health);
     drop(rt);
 

@@ -23,6 +23,7 @@ use super::api::ApiError;
 use super::scheduler::{Command, InstanceStatus, Work};
 use super::Shared;
 use crate::history::{Hourly, RunId};
+use crate::oauth::AuthStatus;
 
 /// Recipes per overview page.
 const OVERVIEW_PAGE: usize = 250;
@@ -50,6 +51,7 @@ pub(crate) fn templates() -> Handlebars<'static> {
         ("letters", include_str!("pages/letters.hbs")),
         ("letter", include_str!("pages/letter.hbs")),
         ("login", include_str!("pages/login.hbs")),
+        ("oauth", include_str!("pages/oauth.hbs")),
     ] {
         h.register_template_string(name, text)
             .expect("invariant: the shipped templates compile");
@@ -73,15 +75,23 @@ pub(crate) fn random_token() -> String {
 
 fn render(s: &Shared, name: &str, title: &str, mut data: Value, flash: Option<&str>) -> Response {
     if let Value::Object(m) = &mut data {
+        m.insert("csrf".into(), json!(s.csrf));
+        if let Some(f) = flash.filter(|f| !f.is_empty()) {
+            m.insert("flash".into(), json!(f));
+        }
+    }
+    render_open(s, name, title, data)
+}
+
+/// A page without forms, for anyone who reaches the sidecar (the OAuth callback's answer):
+/// its data carries no CSRF token.
+pub(crate) fn render_open(s: &Shared, name: &str, title: &str, mut data: Value) -> Response {
+    if let Value::Object(m) = &mut data {
         m.insert("title".into(), json!(title));
         m.insert(
             "now".into(),
             json!(time_ms(chrono::Utc::now().timestamp_millis())),
         );
-        m.insert("csrf".into(), json!(s.csrf));
-        if let Some(f) = flash.filter(|f| !f.is_empty()) {
-            m.insert("flash".into(), json!(f));
-        }
     }
     match s.pages.render(name, &data) {
         Ok(html) => Html(html).into_response(),
@@ -221,12 +231,22 @@ pub(crate) async fn overview(State(s): State<Arc<Shared>>, Query(q): Query<PageQ
             let w = workspaces
                 .iter()
                 .find(|w| w.connections.split(',').any(|n| n == c.name));
+            let oauth = rt.conn(c.id).oauth().map(|a| a.status());
+            let (auth, ok) = match &oauth {
+                Some(st) => (st.label(), *st == AuthStatus::Ready),
+                None if c.token.is_some() => ("token set", true),
+                None => ("no credential", false),
+            };
             json!({
                 "name": c.name,
+                "name_q": enc(&c.name),
                 "connector": c.connector.id,
                 "base_url": c.base_url,
-                "auth": if c.token.is_some() { "token set" } else { "no credential" },
-                "auth_class": if c.token.is_some() { "ok" } else { "failing" },
+                "auth": auth,
+                "auth_class": if ok { "ok" } else { "failing" },
+                "auth_problem": oauth.as_ref().and_then(|st| st.problem(&c.name)),
+                "oauth": oauth.is_some(),
+                "connect": if oauth == Some(AuthStatus::Missing) { "Connect" } else { "Re-authorize" },
                 "calls": w.map_or(0, |w| w.calls),
                 "limited": w.map_or(0, |w| w.rate_limited),
                 "budget": w.map_or_else(String::new, |w| format!("{} of {} (limit {})", w.budget.saturating_sub(w.remaining), w.budget, w.limit)),
@@ -247,6 +267,7 @@ pub(crate) async fn overview(State(s): State<Arc<Shared>>, Query(q): Query<PageQ
             "recipes": recipes,
             "broken": broken,
             "connections": connections,
+            "oauth_redirect": rt.plan().connections.iter().any(|c| c.oauth.is_some()).then(|| super::connect::redirect_url(&s)),
             "problems": health.problems(),
             "more": more,
             "next_page": page + 1,
@@ -605,13 +626,13 @@ pub(crate) async fn letter(State(s): State<Arc<Shared>>, Path(id): Path<u64>) ->
 
 #[derive(Deserialize)]
 pub(crate) struct CsrfForm {
-    csrf: String,
+    pub(crate) csrf: String,
     recipe: Option<String>,
     q: Option<String>,
 }
 
-fn check_csrf(s: &Shared, given: &str) -> Result<(), Response> {
-    if super::api::same_secret(given.as_bytes(), s.csrf.as_bytes()) {
+pub(crate) fn check_csrf(s: &Shared, given: &str) -> Result<(), Response> {
+    if crate::secret::same_secret(given.as_bytes(), s.csrf.as_bytes()) {
         Ok(())
     } else {
         Err(ApiError(
@@ -622,7 +643,8 @@ fn check_csrf(s: &Shared, given: &str) -> Result<(), Response> {
     }
 }
 
-fn back(path: &str, flash: &str) -> Response {
+/// A redirect to `path` with a message shown at its top.
+pub(crate) fn back(path: &str, flash: &str) -> Response {
     let f = percent_encoding::utf8_percent_encode(flash, percent_encoding::NON_ALPHANUMERIC);
     let sep = if path.contains('?') { '&' } else { '?' };
     Redirect::to(&format!("{path}{sep}flash={f}")).into_response()
@@ -766,7 +788,7 @@ pub(crate) async fn page_guard(State(s): State<Arc<Shared>>, req: Request, next:
     let ok = [bearer, cookie]
         .into_iter()
         .flatten()
-        .any(|t| super::api::same_secret(t.as_bytes(), token.expose().as_bytes()));
+        .any(|t| crate::secret::same_secret(t.as_bytes(), token.expose().as_bytes()));
     if ok {
         next.run(req).await
     } else {
@@ -790,7 +812,7 @@ pub(crate) async fn login(State(s): State<Arc<Shared>>, Form(f): Form<LoginForm>
         .access
         .token
         .as_ref()
-        .is_some_and(|t| super::api::same_secret(f.token.as_bytes(), t.expose().as_bytes()));
+        .is_some_and(|t| crate::secret::same_secret(f.token.as_bytes(), t.expose().as_bytes()));
     if !ok {
         return render(
             &s,

@@ -738,3 +738,400 @@ fn blocking_get(url: &str) -> Option<(u16, String)> {
     .join()
     .ok()?
 }
+
+// The status page's flow (issue 13, point 1): "Connect" / "Re-authorize" on the overview,
+// the provider's redirect back to the sidecar's own `/oauth/callback`.
+
+/// A recipe emitting each new contact's id to `out`, on connection `intercom`.
+fn watch_recipe(ws: &Workspace, out: &Path) {
+    let recipes = ws.path().join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    std::fs::write(
+        recipes.join("watch.yaml"),
+        format!(
+            "id: watch\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{{{record.id}}}}\"\n      to: {}\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+}
+
+/// A simulator whose clock runs from now (records created during the test are new).
+async fn live_sim() -> SimEnv {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    SimEnv::start(sluice::sim::SimConfig {
+        start_time: now,
+        frozen_clock: false,
+        ..SimEnv::config(0, 0, 0, 0)
+    })
+    .await
+}
+
+/// `sluice run` on a free loopback port in `ws` (its recipes in `<ws>/recipes`).
+struct PageSidecar {
+    _child: KillOnDrop,
+    base: String,
+    log: std::path::PathBuf,
+}
+
+impl PageSidecar {
+    async fn start(ws: &Workspace) -> PageSidecar {
+        let state = ws.path().join("state");
+        let log = ws.path().join("sidecar.log");
+        let mut c = cmd(ws, &["run", "--listen", "127.0.0.1:0"], CLIENT_SECRET);
+        c.arg("--recipes")
+            .arg(ws.path().join("recipes"))
+            .env("PLAIN_TOKEN", crate::util::TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = KillOnDrop(c.spawn().unwrap());
+        let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let base = until("the sidecar's discovery file", &show_log, || {
+            let v: Value =
+                serde_json::from_str(&std::fs::read_to_string(state.join("sidecar.json")).ok()?)
+                    .ok()?;
+            Some(format!("http://{}", v["listen"].as_str()?))
+        })
+        .await;
+        PageSidecar {
+            _child: child,
+            base,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` (no redirect followed): status and body.
+    async fn get(&self, path: &str) -> (u16, String) {
+        get(&format!("{}{path}", self.base)).await
+    }
+
+    /// The overview's row of connection `name`.
+    async fn row(&self, name: &str) -> String {
+        let (code, html) = self.get("/").await;
+        assert_eq!(code, 200, "{html}");
+        let at = html
+            .find(&format!("<tr data-connection=\"{name}\">"))
+            .unwrap_or_else(|| panic!("no row of `{name}` in:\n{html}"));
+        let row = &html[at..];
+        row[..row.find("</tr>").unwrap()].to_string()
+    }
+
+    /// The overview's CSRF token.
+    async fn csrf(&self) -> String {
+        let (_, html) = self.get("/").await;
+        let at = html
+            .find("name=\"csrf\" value=\"")
+            .unwrap_or_else(|| panic!("no CSRF token in:\n{html}"));
+        let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+        rest[..rest.find('"').unwrap()].to_string()
+    }
+
+    /// `POST /ui/connections/{name}/connect` with these form fields: status and `Location`.
+    async fn connect(&self, name: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let r = http()
+            .post(format!("{}/ui/connections/{name}/connect", self.base))
+            .form(fields)
+            .send()
+            .await
+            .unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        (r.status().as_u16(), location)
+    }
+
+    /// Connect (or Re-authorize) clicked on the overview: the provider's authorize URL.
+    async fn begin(&self, name: &str) -> String {
+        let csrf = self.csrf().await;
+        let (code, location) = self.connect(name, &[("csrf", &csrf)]).await;
+        assert_eq!(code, 303, "{location}\n{}", self.log());
+        location
+    }
+}
+
+/// A browser's `GET` (no redirect followed): status and body.
+async fn get(url: &str) -> (u16, String) {
+    let r = http().get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The overview shows an OAuth connection without a token as `missing` with a Connect
+/// button; Connect sends the browser to the provider with the sidecar's own callback as the
+/// redirect URL; the provider's answer comes back there, the token is stored (encrypted),
+/// and the held recipe fires. A refusal by the provider is named; an answer with a forged
+/// `state`, without one, or used a second time is refused with nothing stored; a form
+/// without the page's CSRF token, a connection that does not exist or does not use OAuth
+/// start nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_connects_an_oauth_connection() {
+    let env = live_sim().await;
+    let plain = format!(
+        "  plain:\n    connector: intercom\n    base_url: {}\n    token: ${{env:PLAIN_TOKEN}}\n",
+        env.handle.base_url
+    );
+    let ws = oauth_ws(&env, "intercom", "intercom", &plain);
+    let out = ws.path().join("out.jsonl");
+    watch_recipe(&ws, &out);
+    let sc = PageSidecar::start(&ws).await;
+    let log = || sc.log();
+
+    let row = sc.row("intercom").await;
+    assert!(row.contains("class=\"auth failing\""), "{row}");
+    assert!(row.contains(">missing<"), "{row}");
+    assert!(
+        row.contains("action=\"/ui/connections/intercom/connect\"")
+            && row.contains(">Connect</button>"),
+        "{row}"
+    );
+    let plain_row = sc.row("plain").await;
+    assert!(
+        plain_row.contains(">token set<") && !plain_row.contains("<form"),
+        "{plain_row}"
+    );
+    let (_, overview) = sc.get("/").await;
+    assert!(
+        overview.contains(&format!("{}/oauth/callback", sc.base)),
+        "the redirect URL to register is shown"
+    );
+    let (code, readyz) = sc.get("/readyz").await;
+    assert_eq!(code, 503);
+    assert!(
+        readyz.contains("Connect on the sidecar's status page"),
+        "{readyz}"
+    );
+
+    // Forms that start nothing.
+    let csrf = sc.csrf().await;
+    let (code, _) = sc.connect("intercom", &[]).await;
+    assert!((400..500).contains(&code), "no CSRF token: {code}");
+    let (code, _) = sc.connect("intercom", &[("csrf", "forged")]).await;
+    assert_eq!(code, 403, "a wrong CSRF token");
+    let (code, _) = sc.connect("nope", &[("csrf", &csrf)]).await;
+    assert_eq!(code, 404);
+    let (code, _) = sc.connect("plain", &[("csrf", &csrf)]).await;
+    assert_eq!(code, 400);
+    assert!(
+        !env.sim().audit().iter().any(|e| e.path == "/oauth"),
+        "nobody was sent to the provider"
+    );
+
+    // The provider refuses: the page names its error; nothing stored.
+    let url = sc.begin("intercom").await;
+    let declined = format!(
+        "{}/oauth/callback?error=access_denied&error_description=The+user+declined&state={}",
+        sc.base,
+        param(&url, "state")
+    );
+    let (code, page) = get(&declined).await;
+    assert_eq!(code, 400, "{page}");
+    assert!(
+        page.contains("access_denied") && page.contains("The user declined"),
+        "{page}"
+    );
+
+    // Connect: to the simulator's authorize URL, with the sidecar's callback.
+    let url = sc.begin("intercom").await;
+    assert!(
+        url.starts_with(&format!("{}/oauth?", env.handle.base_url)),
+        "{url}"
+    );
+    assert_eq!(param(&url, "client_id"), CLIENT_ID);
+    assert_eq!(
+        param(&url, "redirect_uri"),
+        format!("{}/oauth/callback", sc.base)
+    );
+    let location = authorize(&url).await;
+    assert!(
+        location.starts_with(&format!("{}/oauth/callback?", sc.base)),
+        "{location}"
+    );
+    // Someone else's answer: a forged state, or none.
+    for forged in [
+        with_param(&location, "state", "forged"),
+        format!(
+            "{}/oauth/callback?code={}",
+            sc.base,
+            param(&location, "code")
+        ),
+    ] {
+        let (code, page) = get(&forged).await;
+        assert_eq!(code, 400, "{page}");
+        assert!(page.contains("unknown, expired"), "{page}");
+    }
+    assert_eq!(token_calls(&env, 200) + token_calls(&env, 400), 0);
+    let file = ws.path().join("state/credentials/intercom.json");
+    assert!(!file.exists());
+
+    // The answer itself.
+    let (code, page) = get(&location).await;
+    assert_eq!(code, 200, "{page}\n{}", log());
+    assert!(
+        page.contains("Connection intercom is authorized") && page.contains("href=\"/\""),
+        "{page}"
+    );
+    assert_eq!(token_calls(&env, 200), 1);
+    // Used once: the same answer again is refused, and the code is not exchanged again.
+    let (code, again) = get(&location).await;
+    assert_eq!(code, 400, "{again}");
+    assert_eq!(token_calls(&env, 200) + token_calls(&env, 400), 1);
+
+    let tokens = env.sim().oauth_tokens();
+    assert_eq!(tokens.len(), 1);
+    let token = tokens[0].clone();
+    assert!(file.exists());
+    assert!(
+        !all_text(&ws.path().join("state")).contains(token.as_str()),
+        "the token is stored in clear"
+    );
+    let row = sc.row("intercom").await;
+    assert!(
+        row.contains(">token set<") && row.contains(">Re-authorize</button>"),
+        "{row}"
+    );
+    let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
+    let state_of = |v: &Value, name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["state"].clone())
+    };
+    assert_eq!(
+        state_of(&list.json(), "intercom"),
+        Some(json!("token set")),
+        "{}",
+        list.stdout
+    );
+
+    // The recipe held for the missing token runs now.
+    let id = env
+        .sim()
+        .create(
+            sluice::sim::Kind::Contact,
+            json!({"email": "a@example.com", "role": "user"}),
+        )
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    until("the new contact to fire", &log, || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains(&id)
+            .then_some(())
+    })
+    .await;
+    until("/readyz to be ready", &log, || {
+        (blocking_get(&format!("{}/readyz", sc.base))?.0 == 200).then_some(())
+    })
+    .await;
+
+    let code_value = param(&location, "code");
+    for (what, text) in [
+        ("the answer page", &page),
+        ("the refusal page", &again),
+        ("the log", &log()),
+        ("the overview", &sc.get("/").await.1),
+    ] {
+        assert!(!text.contains(token.as_str()), "{what} shows the token");
+        assert!(
+            !text.contains(CLIENT_SECRET),
+            "{what} shows the client secret"
+        );
+        assert!(!text.contains(&code_value), "{what} shows the code");
+    }
+}
+
+/// A revoked token holds the recipe and the overview says so (as failing, with
+/// Re-authorize); re-authorizing on the page releases it, and it goes on from its cursor:
+/// every contact fires exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_authorizing_on_the_status_page_resumes_recipes_held_by_a_revoked_token() {
+    let env = live_sim().await;
+    let ws = oauth_ws(&env, "intercom", "intercom", "");
+    let out = ws.path().join("out.jsonl");
+    watch_recipe(&ws, &out);
+    connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
+    let sc = PageSidecar::start(&ws).await;
+    let log = || sc.log();
+    let emitted = || -> Vec<String> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<String>(l).ok())
+            .collect()
+    };
+    let contact = |email: &str| -> String {
+        env.sim()
+            .create(
+                sluice::sim::Kind::Contact,
+                json!({"email": email, "role": "user"}),
+            )
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = contact("a@example.com");
+    until("contact A to fire", &log, || {
+        emitted().contains(&a).then_some(())
+    })
+    .await;
+
+    sim_control(&env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
+    let b = contact("b@example.com");
+    let readyz = until("/readyz to name the revoked connection", &log, || {
+        let r = blocking_get(&format!("{}/readyz", sc.base))?;
+        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
+    })
+    .await;
+    assert!(
+        readyz.contains("Re-authorize on the sidecar's status page"),
+        "{readyz}"
+    );
+    let row = sc.row("intercom").await;
+    assert!(
+        row.contains("class=\"auth failing\"")
+            && row.contains(">revoked<")
+            && row.contains(">Re-authorize</button>"),
+        "{row}"
+    );
+    let (_, overview) = sc.get("/").await;
+    assert!(
+        overview.contains("paused: connection not authorized"),
+        "{overview}"
+    );
+    assert!(!emitted().contains(&b));
+
+    let url = sc.begin("intercom").await;
+    let (code, page) = get(&authorize(&url).await).await;
+    assert_eq!(code, 200, "{page}\n{}", log());
+    until("contact B to fire", &log, || {
+        emitted().contains(&b).then_some(())
+    })
+    .await;
+    until("/readyz to be ready", &log, || {
+        (blocking_get(&format!("{}/readyz", sc.base))?.0 == 200).then_some(())
+    })
+    .await;
+    assert!(sc.row("intercom").await.contains(">token set<"));
+    let all = emitted();
+    assert_eq!(
+        (
+            all.iter().filter(|x| **x == a).count(),
+            all.iter().filter(|x| **x == b).count()
+        ),
+        (1, 1),
+        "{all:?}"
+    );
+}
