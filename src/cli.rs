@@ -220,42 +220,22 @@ pub enum Command {
         fail_on_dead_letters: bool,
         /// Where the sidecar serves `/livez`, `/readyz`, `/metrics` and its admin API. Any
         /// address other than loopback needs SLUICE_ADMIN_TOKEN.
-        #[arg(
-            long,
-            env = "SLUICE_LISTEN",
-            default_value = "127.0.0.1:9187",
-            conflicts_with = "once"
-        )]
+        #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:9187")]
         listen: String,
         /// The sidecar's URL as a browser reaches it (through a proxy, say), when not
         /// `http://<listen address>`: the status page's OAuth "Connect" sends the provider
         /// `<URL>/oauth/callback` as the redirect URL, which the app must list.
-        #[arg(
-            long,
-            env = "SLUICE_PUBLIC_URL",
-            value_name = "URL",
-            conflicts_with = "once"
-        )]
+        #[arg(long, env = "SLUICE_PUBLIC_URL", value_name = "URL")]
         public_url: Option<String>,
         /// After SIGTERM or SIGINT, how long cycles under way may take to finish and commit.
-        #[arg(
-            long,
-            env = "SLUICE_SHUTDOWN_TIMEOUT",
-            default_value = "25s",
-            conflicts_with = "once"
-        )]
+        #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value = "25s")]
         shutdown_timeout: String,
         /// Do not watch the files for changes (reload on SIGHUP only).
         #[arg(long, conflicts_with = "once")]
         no_watch: bool,
         /// At most this many recipe cycles run at once (a burst of catch-ups after downtime
         /// waits for its turn).
-        #[arg(
-            long,
-            env = "SLUICE_MAX_CYCLES",
-            default_value_t = 64,
-            conflicts_with = "once"
-        )]
+        #[arg(long, env = "SLUICE_MAX_CYCLES", default_value_t = 64)]
         max_cycles: usize,
     },
     /// Show or reset recipe state (cursors, dedupe keys, journal).
@@ -377,11 +357,41 @@ pub enum ConnectorsCommand {
     },
 }
 
+/// The sidecar's options on the command line of `run --once` are a mistake; from the
+/// environment they are not (`run --once` beside a sidecar's environment file), so clap's
+/// `conflicts_with`, which counts both, is not used for them.
+fn sidecar_options_given_to_once(m: &clap::ArgMatches) -> Result<(), clap::Error> {
+    let Some(("run", run)) = m.subcommand() else {
+        return Ok(());
+    };
+    if !run.get_flag("once") {
+        return Ok(());
+    }
+    for (id, flag) in [
+        ("listen", "--listen"),
+        ("public_url", "--public-url"),
+        ("shutdown_timeout", "--shutdown-timeout"),
+        ("max_cycles", "--max-cycles"),
+    ] {
+        if run.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let run_cmd = cmd.find_subcommand_mut("run").map(|c| c.clone());
+            let e = run_cmd.unwrap_or(cmd).error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("the argument '--once' cannot be used with '{flag}' (a sidecar option)"),
+            );
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Parses arguments from the process and runs the command.
 pub fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()
         .try_get_matches()
+        .and_then(|m| sidecar_options_given_to_once(&m).map(|()| m))
         .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
     let mut cli = match parsed {
         Ok((mut c, m)) => {

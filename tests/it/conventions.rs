@@ -419,3 +419,44 @@ async fn sample_from_takes_a_record_that_passes_the_filter_or_the_one_named() {
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("no record `nope`"), "{}", r.stderr);
 }
+
+/// A sidecar's environment (`SLUICE_LISTEN`, …) does not stop `run --once` beside it; the
+/// same options on `run --once`'s command line are a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_ignores_the_sidecars_environment_but_not_its_options() {
+    let env = SimEnv::start(SimEnv::config(0, 0, 0, 0)).await;
+    env.write_recipe("id: out\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1m\nstart_from: \"2026-07-01\"\nsteps:\n  - id: out\n    action: emit\n    with:\n      value: \"{{record.email}}\"\n");
+    new_contact(&env, "a@x.io", T0 - 10);
+    let once = |extra: &[&str]| {
+        let mut c = env.cmd(&["run", "--once", "--json"]);
+        c.args(extra)
+            .arg("--recipes")
+            .arg(env.ws.path().join("recipes"))
+            .arg("--state-dir")
+            .arg(env.ws.path().join("state"));
+        c
+    };
+    let mut c = once(&[]);
+    c.env("SLUICE_LISTEN", "0.0.0.0:1")
+        .env("SLUICE_PUBLIC_URL", "https://sluice.example.com")
+        .env("SLUICE_SHUTDOWN_TIMEOUT", "5s")
+        .env("SLUICE_MAX_CYCLES", "3");
+    let r = run_async(c).await;
+    r.assert_ok();
+    assert!(r.stdout.starts_with("\"a@x.io\""), "{}", r.stdout);
+    for flag in [
+        ["--listen", "127.0.0.1:1"],
+        ["--public-url", "https://sluice.example.com"],
+        ["--shutdown-timeout", "5s"],
+        ["--max-cycles", "3"],
+    ] {
+        let r = run_async(once(&flag)).await;
+        assert_eq!(r.code, 2, "{flag:?}: {}", r.stderr);
+        assert!(
+            r.stderr
+                .contains(&format!("'--once' cannot be used with '{}'", flag[0])),
+            "{}",
+            r.stderr
+        );
+    }
+}
