@@ -17,6 +17,9 @@
 //!
 //! Wall time comes from a [`Clock`], sleeping from tokio's timer (so tests run on a paused
 //! clock). Sleeps last at most a second, so a jump of the wall clock is noticed within one.
+//! A jump forward makes the slots in between due (one cycle covers them); a step back (an
+//! NTP correction, a VM restored from a snapshot) reschedules every instance from the new
+//! time, so no schedule stalls until the clock is back where it was.
 //! The scheduler never reads a spec or a file: reloads hand it compiled recipes.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -266,10 +269,15 @@ pub(crate) struct Scheduler {
     /// as the cycle ends takes the owed ones along).
     catch_ups: Vec<String>,
     stopping: bool,
+    /// The wall clock when last read (a step back is noticed against it).
+    last_now: i64,
 }
 
 /// The longest sleep: a jump of the wall clock is noticed within this.
 const MAX_SLEEP_MS: i64 = 1000;
+
+/// The wall clock going back by more than this is a step back (see [`Scheduler::stepped_back`]).
+const STEP_BACK_MS: i64 = 1000;
 
 impl Scheduler {
     pub(crate) fn new(
@@ -292,6 +300,7 @@ impl Scheduler {
             done_rx,
             catch_ups: Vec::new(),
             stopping: false,
+            last_now: i64::MIN,
         }
     }
 
@@ -326,6 +335,10 @@ impl Scheduler {
                 continue;
             }
             let now = self.clock.now_ms();
+            if now < self.last_now.saturating_sub(STEP_BACK_MS) {
+                self.stepped_back(now);
+            }
+            self.last_now = now;
             self.fire_due(now);
             self.catch_up(now);
         }
@@ -354,6 +367,32 @@ impl Scheduler {
             e.owed = 0;
             self.metrics.catch_up(&name);
             self.start_cycle(&name, tick);
+        }
+    }
+
+    /// The wall clock went back to `now`: every next slot is taken again from `now` (slots
+    /// past `now` were computed from a time that has not come yet, and waiting for them
+    /// would stall each schedule by the step), and a backoff ends no later than it would
+    /// have from `now`. A slot may so be covered twice; each cycle is a cursor poll, so
+    /// nothing fires twice.
+    fn stepped_back(&mut self, now: i64) {
+        tracing::warn!(
+            by_ms = self.last_now.saturating_sub(now),
+            "The wall clock stepped back: every schedule continues from the new time."
+        );
+        for (name, e) in &mut self.entries {
+            if let Some(n) = e.next {
+                self.timeline.remove(&(n, name.clone()));
+            }
+            e.next = e.slots.next_after(now);
+            if let Some(n) = e.next {
+                self.timeline.insert((n, name.clone()));
+            }
+            if e.failures > 0 {
+                e.backoff_until = e
+                    .backoff_until
+                    .min(now.saturating_add(backoff_ms(e.failures)));
+            }
         }
     }
 
@@ -721,15 +760,18 @@ mod tests {
 
     use std::sync::Mutex;
 
-    /// Wall time that moves with tokio's (paused) clock.
+    /// Wall time that moves with tokio's (paused) clock, plus a step set by the test.
     struct TokioClock {
         wall0: i64,
         t0: tokio::time::Instant,
+        step: std::sync::atomic::AtomicI64,
     }
 
     impl Clock for TokioClock {
         fn now_ms(&self) -> i64 {
-            self.wall0 + self.t0.elapsed().as_millis() as i64
+            self.wall0
+                + self.t0.elapsed().as_millis() as i64
+                + self.step.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
@@ -822,6 +864,7 @@ mod tests {
             let clock = Arc::new(TokioClock {
                 wall0: WALL0,
                 t0: tokio::time::Instant::now(),
+                step: Default::default(),
             });
             let started = Arc::new(Mutex::new(Vec::new()));
             let running = Arc::new(Mutex::new(HashMap::new()));
@@ -983,6 +1026,31 @@ mod tests {
         wait(10).await;
         assert_eq!(h.started().len(), 3);
         assert_eq!(h.started()[2].2, 1);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_stepped_back_does_not_stall_the_schedules() {
+        let h = Harness::start(&[("a", "{every: 10s}")], &[], &[], None).await;
+        wait(25).await;
+        assert_eq!(h.started().len(), 2, "slots 9 s and 19 s after the start");
+        // An hour back: the next slot is the one after the new time, not an hour away.
+        h.clock
+            .step
+            .store(-3_600_000, std::sync::atomic::Ordering::Relaxed);
+        wait(10).await;
+        let s = h.started();
+        assert_eq!(s.len(), 3, "{s:?}");
+        let (_, slot, slots, at) = s[2];
+        assert_eq!(slots, 1);
+        assert_eq!(slot % 10_000, 0, "on the instance's grid: {slot}");
+        assert!(
+            slot <= at && at - slot < 1_000,
+            "on time: {slot} started at {at}"
+        );
+        assert!(slot < WALL0, "from the new time: {slot}");
+        wait(10).await;
+        assert_eq!(h.started().len(), 4);
         h.stop().await;
     }
 
