@@ -246,20 +246,26 @@ fn log_report(r: &CycleReport) {
 }
 
 /// The slot an instance last ran for: the newest run-history row written by a scheduled
-/// cycle.
+/// cycle, however many cycles on demand and replays came after it. Usually the newest row
+/// is one, and it is the only row read (a start-up reads one row per instance).
 fn last_slot(store: Arc<dyn Store>) -> LastSlot {
+    Arc::new(move |recipe| last_slot_of(&*store, &recipe.instance))
+}
+
+fn last_slot_of(store: &dyn Store, instance: &str) -> Option<i64> {
     #[derive(serde::Deserialize)]
     struct Row {
         scheduled_at_ms: Option<i64>,
     }
-    Arc::new(move |recipe| {
-        let rows = store.cycles(&recipe.instance, 50).ok()?;
-        rows.iter().find_map(|(_, json)| {
-            serde_json::from_str::<Row>(json)
-                .ok()
-                .and_then(|r| r.scheduled_at_ms)
-        })
-    })
+    let slot = |json: &str| {
+        serde_json::from_str::<Row>(json)
+            .ok()
+            .and_then(|r| r.scheduled_at_ms)
+    };
+    let (rows, _) = store
+        .runs(instance, None, 1, usize::MAX, &|j| slot(j).is_some())
+        .ok()?;
+    rows.first().and_then(|(_, json)| slot(json))
 }
 
 fn health_of(loaded: &load::Loaded) -> Health {
@@ -695,6 +701,53 @@ fn write_discovery(path: &Path, addr: SocketAddr, token: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The start-up catch-up finds the last scheduled slot behind any number of cycles on
+    /// demand and replays (which carry no slot).
+    #[test]
+    fn the_last_slot_is_found_behind_many_unscheduled_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let run = |t: i64, id: u64| crate::history::RunId { started_ms: t, id };
+        let hour = crate::history::Hourly::default();
+        assert_eq!(last_slot_of(&store, "r@c"), None);
+        store
+            .record_cycle(
+                "r@c",
+                run(1_000, 1),
+                r#"{"kind":"scheduled","scheduled_at_ms":900}"#,
+                hour,
+            )
+            .unwrap();
+        store
+            .record_cycle(
+                "r@c",
+                run(2_000, 2),
+                r#"{"kind":"scheduled","scheduled_at_ms":1900}"#,
+                hour,
+            )
+            .unwrap();
+        for i in 0..200 {
+            store
+                .record_cycle(
+                    "r@c",
+                    run(3_000 + i, 10 + i as u64),
+                    r#"{"kind":"on_demand"}"#,
+                    hour,
+                )
+                .unwrap();
+        }
+        store
+            .record_cycle(
+                "other@c",
+                run(9_000, 999),
+                r#"{"scheduled_at_ms":8900}"#,
+                hour,
+            )
+            .unwrap();
+        assert_eq!(last_slot_of(&store, "r@c"), Some(1_900));
+        assert_eq!(last_slot_of(&store, "other@c"), Some(8_900));
+    }
 
     /// Reading a watched directory is no hint (else the fingerprint check feeds itself);
     /// writing a file in it is.
