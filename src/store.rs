@@ -70,9 +70,12 @@ const HISTORY: u8 = b'h';
 const RECORD_RUNS: u8 = b'r';
 /// Key prefix of hourly counts (ns + hour start → [`Hourly`]).
 const HOURLY: u8 = b'y';
+/// Key prefix of a namespace's number of run-history rows (ns → u64, big-endian), written in
+/// the same batch as the rows it counts: retention by count needs no scan, even at start-up.
+const HISTORY_COUNT: u8 = b'n';
 /// The key spaces holding a namespace's state, keyed `kind \0 ns \0 …` (dead letters are
 /// keyed by id and name their namespace inside).
-const NS_KINDS: [u8; 7] = [
+const NS_KINDS: [u8; 8] = [
     CURSORS,
     DEDUPE_BLOCKS,
     JOURNAL,
@@ -80,6 +83,7 @@ const NS_KINDS: [u8; 7] = [
     HISTORY,
     RECORD_RUNS,
     HOURLY,
+    HISTORY_COUNT,
 ];
 
 /// The records a recipe's scan trigger has listed: id → the cursor value it was last listed
@@ -591,8 +595,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
-    /// History rows per namespace, counted on a namespace's first [`Store::record_cycle`] and
-    /// kept up to date after, so bounding the history costs no scan per cycle.
+    /// History rows per namespace: read from its [`HISTORY_COUNT`] key when first needed
+    /// (counted once, for a store of an earlier version without one). Held while a count
+    /// changes, so a row and its count are written in one batch.
     history_rows: Mutex<HashMap<String, usize>>,
     /// The id the next dead letter gets.
     next_dead_letter: std::sync::atomic::AtomicU64,
@@ -852,6 +857,41 @@ impl SledStore {
         Ok(())
     }
 
+    /// The namespace's number of history rows (`rows` is the held cache).
+    fn history_count(&self, rows: &mut HashMap<String, usize>, ns: &str) -> Result<usize> {
+        if let Some(n) = rows.get(ns) {
+            return Ok(*n);
+        }
+        let n = match self.tree.get(prefix(HISTORY_COUNT, ns))? {
+            Some(v) => {
+                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
+                    anyhow!("the state store holds a malformed history count for `{ns}`")
+                })?;
+                usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX)
+            }
+            // Written by a sluice before the count was kept: counted this once.
+            None => self.tree.scan_prefix(prefix(HISTORY, ns)).count(),
+        };
+        rows.insert(ns.to_string(), n);
+        Ok(n)
+    }
+
+    /// Puts the namespace's history count `n` into batch `b`.
+    fn put_history_count(b: &mut sled::Batch, ns: &str, n: usize) {
+        let k = prefix(HISTORY_COUNT, ns);
+        if n == 0 {
+            b.remove(k);
+        } else {
+            b.insert(k, &(n as u64).to_be_bytes()[..]);
+        }
+    }
+
+    fn lock_history_rows(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, usize>>> {
+        self.history_rows
+            .lock()
+            .map_err(|_| anyhow!("history counts poisoned"))
+    }
+
     /// Whether the namespace has any key of its own (dead letters aside).
     fn has_state(&self, ns: &str) -> Result<bool> {
         for kind in NS_KINDS {
@@ -1077,14 +1117,11 @@ impl Store for SledStore {
         h.fired += hour.fired;
         h.failed += hour.failed;
         b.insert(hk, encode(&h));
+        let mut rows = self.lock_history_rows()?;
+        let n = self.history_count(&mut rows, ns)?.saturating_add(1);
+        Self::put_history_count(&mut b, ns, n);
         self.tree.apply_batch(b)?;
-        let mut rows = self
-            .history_rows
-            .lock()
-            .map_err(|_| anyhow!("history counts poisoned"))?;
-        if let Some(n) = rows.get_mut(ns) {
-            *n += 1;
-        }
+        rows.insert(ns.to_string(), n);
         Ok(())
     }
 
@@ -1175,15 +1212,9 @@ impl Store for SledStore {
         max: usize,
     ) -> Result<usize> {
         let start = prefix(HISTORY, ns);
-        let count = {
-            let mut rows = self
-                .history_rows
-                .lock()
-                .map_err(|_| anyhow!("history counts poisoned"))?;
-            *rows
-                .entry(ns.to_string())
-                .or_insert_with(|| self.tree.scan_prefix(&start).count())
-        };
+        // Held to the end: a cycle's row written meanwhile would be missing from the count.
+        let mut rows = self.lock_history_rows()?;
+        let count = self.history_count(&mut rows, ns)?;
         let cutoff = now_ms.saturating_sub(retention.max_age_ms);
         let mut over = count.saturating_sub(retention.max_runs);
         let mut gone = 0usize;
@@ -1236,14 +1267,12 @@ impl Store for SledStore {
             gone += 1;
         }
         if gone > 0 {
-            self.tree.apply_batch(b)?;
-            let mut rows = self
-                .history_rows
-                .lock()
-                .map_err(|_| anyhow!("history counts poisoned"))?;
-            if let Some(n) = rows.get_mut(ns) {
-                *n = n.saturating_sub(runs_gone);
+            let n = count.saturating_sub(runs_gone);
+            if runs_gone > 0 {
+                Self::put_history_count(&mut b, ns, n);
             }
+            self.tree.apply_batch(b)?;
+            rows.insert(ns.to_string(), n);
         }
         Ok(gone)
     }
@@ -1409,10 +1438,7 @@ impl Store for SledStore {
             Err(Some(e)) => return Err(e.into()),
         }
         self.db.flush()?;
-        let mut rows = self
-            .history_rows
-            .lock()
-            .map_err(|_| anyhow!("history counts poisoned"))?;
+        let mut rows = self.lock_history_rows()?;
         rows.remove(old_ns);
         rows.remove(new_ns);
         Ok(true)
@@ -1818,7 +1844,14 @@ mod tests {
                 .collect::<Vec<_>>(),
             [7, 8, 9]
         );
-        // A reopened store counts a namespace's rows on first use.
+        // The count is stored with the rows: a reopened store reads it.
+        let stored = |s: &SledStore| {
+            s.tree
+                .get(prefix(HISTORY_COUNT, "r"))
+                .unwrap()
+                .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap()))
+        };
+        assert_eq!(stored(&s), Some(3));
         drop(s);
         let s = SledStore::open(dir.path()).unwrap();
         let two = Retention {
@@ -1827,6 +1860,20 @@ mod tests {
         };
         while s.prune_history("r", now, &two, 1_000).unwrap() > 0 {}
         assert_eq!(s.cycles("r", 100).unwrap().len(), 2);
+        assert_eq!(stored(&s), Some(2));
+        // A store written before the count was kept is counted once, then kept.
+        s.tree.remove(prefix(HISTORY_COUNT, "r")).unwrap();
+        drop(s);
+        let s = SledStore::open(dir.path()).unwrap();
+        s.record_cycle("r", run(now, 77), "{}", one(0)).unwrap();
+        assert_eq!(stored(&s), Some(3));
+        let one_run = Retention {
+            max_runs: 1,
+            ..keep
+        };
+        while s.prune_history("r", now, &one_run, 1_000).unwrap() > 0 {}
+        assert_eq!(s.cycles("r", 100).unwrap().len(), 1);
+        assert_eq!(stored(&s), Some(1));
     }
 
     #[test]
