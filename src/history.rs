@@ -97,6 +97,19 @@ pub struct Retention {
     pub max_runs: usize,
     /// At most this many record rows per run.
     pub max_records_per_run: usize,
+    /// At most this many runs in all, shared evenly by the instances with history: the
+    /// store's memory grows with its number of keys (sled), so the default bounds the whole
+    /// history, not only each instance's, whatever the number of instances.
+    pub max_total_runs: usize,
+}
+
+impl Retention {
+    /// The runs each of `namespaces` instances keeps: `max_runs`, or its even share of
+    /// `max_total_runs` when that is smaller (at least one).
+    pub fn runs_per_instance(&self, namespaces: usize) -> usize {
+        let share = self.max_total_runs / namespaces.max(1);
+        self.max_runs.min(share.max(1))
+    }
 }
 
 impl Default for Retention {
@@ -105,6 +118,7 @@ impl Default for Retention {
             max_age_ms: 30 * 86_400_000,
             max_runs: 2_000,
             max_records_per_run: 10_000,
+            max_total_runs: 200_000,
         }
     }
 }
@@ -119,9 +133,14 @@ pub fn prune_all(
     batch: usize,
 ) -> anyhow::Result<usize> {
     let mut gone = 0;
-    for ns in store.history_namespaces()? {
+    let namespaces = store.history_namespaces()?;
+    let retention = Retention {
+        max_runs: retention.runs_per_instance(namespaces.len()),
+        ..*retention
+    };
+    for ns in namespaces {
         loop {
-            let n = store.prune_history(&ns, now_ms, retention, batch)?;
+            let n = store.prune_history(&ns, now_ms, &retention, batch)?;
             gone += n;
             if n < batch {
                 break;
@@ -151,6 +170,54 @@ pub fn truncate(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_whole_history_is_bounded_and_shared_evenly() {
+        use crate::store::Store;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
+        let r = Retention {
+            max_age_ms: i64::MAX / 2,
+            max_runs: 8,
+            max_records_per_run: 10,
+            max_total_runs: 12,
+        };
+        assert_eq!(r.runs_per_instance(1), 8);
+        assert_eq!(r.runs_per_instance(3), 4);
+        assert_eq!(r.runs_per_instance(100), 1, "at least one each");
+        let mut id = 0;
+        for ns in ["a@c", "b@c", "c@c"] {
+            for t in 0..10 {
+                id += 1;
+                let run = RunId { started_ms: t, id };
+                store
+                    .record_cycle(ns, run, "{}", Hourly::default())
+                    .unwrap();
+            }
+        }
+        // Three instances share 12 runs: 4 each, the newest.
+        assert_eq!(prune_all(&store, 100, &r, 5).unwrap(), 18);
+        for ns in ["a@c", "b@c", "c@c"] {
+            let left: Vec<i64> = store.cycles(ns, 100).unwrap().iter().map(|c| c.0).collect();
+            assert_eq!(left, [9, 8, 7, 6], "{ns}");
+        }
+        // One instance alone keeps its own bound (8), not the whole total.
+        for t in 0..10 {
+            let run = RunId {
+                started_ms: t,
+                id: 1_000 + t as u64,
+            };
+            store
+                .record_cycle("solo", run, "{}", Hourly::default())
+                .unwrap();
+        }
+        let solo = Retention {
+            max_total_runs: 1_000,
+            ..r
+        };
+        prune_all(&store, 100, &solo, 100).unwrap();
+        assert_eq!(store.cycles("solo", 100).unwrap().len(), 8);
+    }
 
     #[test]
     fn run_ids_round_trip() {

@@ -1792,6 +1792,7 @@ mod tests {
             max_age_ms: 100 * hour,
             max_runs: 6,
             max_records_per_run: 10,
+            max_total_runs: 1_000,
         };
         // Four runs over the count, three rows each: 12 rows, at most 5 per call.
         let now = 10 * hour;

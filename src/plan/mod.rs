@@ -228,6 +228,7 @@ pub fn build_retention(
             h.max_records_per_run,
             &mut r.max_records_per_run,
         ),
+        ("max_total_runs", h.max_total_runs, &mut r.max_total_runs),
     ] {
         match v {
             Some(0) => diags.push(

@@ -35,6 +35,11 @@ pub struct HistorySpec {
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub max_records_per_run: Option<usize>,
+    /// At most this many runs in all, shared evenly by the recipe instances with history
+    /// (default 200,000; each still keeps at most `max_runs`).
+    #[serde(default)]
+    #[schemars(range(min = 1))]
+    pub max_total_runs: Option<usize>,
 }
 
 /// One connection: which connector, which account, which credentials.
