@@ -113,6 +113,28 @@ impl Connecting {
 }
 
 /// Waits for `sluice connect` (its `--timeout 30s` bounds the wait).
+/// The JSON strings emitted to `out`, one per line.
+fn emitted_lines(out: &Path) -> Vec<String> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<String>(l).ok())
+        .collect()
+}
+
+/// A new contact in the simulator; its id.
+fn new_contact(env: &SimEnv, email: &str) -> String {
+    env.sim()
+        .create(
+            sluice::sim::Kind::Contact,
+            json!({"email": email, "role": "user"}),
+        )
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn wait_child(child: &mut Child) -> i32 {
     child.wait().unwrap().code().unwrap_or(-1)
 }
@@ -612,24 +634,8 @@ async fn a_revoked_token_holds_recipes_until_connected_again() {
         Some(format!("http://{}", v["listen"].as_str()?))
     })
     .await;
-    let emitted = || -> Vec<String> {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<String>(l).ok())
-            .collect()
-    };
-    let contact = |email: &str| -> String {
-        env.sim()
-            .create(
-                sluice::sim::Kind::Contact,
-                json!({"email": email, "role": "user"}),
-            )
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let emitted = || emitted_lines(&out);
+    let contact = |email: &str| new_contact(&env, email);
     let a = contact("a@example.com");
     until("contact A to fire", &show_log, || {
         emitted().contains(&a).then_some(())
@@ -1064,24 +1070,8 @@ async fn re_authorizing_on_the_status_page_resumes_recipes_held_by_a_revoked_tok
     connect(&ws, "intercom", CLIENT_SECRET).await.assert_ok();
     let sc = PageSidecar::start(&ws).await;
     let log = || sc.log();
-    let emitted = || -> Vec<String> {
-        std::fs::read_to_string(&out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<String>(l).ok())
-            .collect()
-    };
-    let contact = |email: &str| -> String {
-        env.sim()
-            .create(
-                sluice::sim::Kind::Contact,
-                json!({"email": email, "role": "user"}),
-            )
-            .unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let emitted = || emitted_lines(&out);
+    let contact = |email: &str| new_contact(&env, email);
     let a = contact("a@example.com");
     until("contact A to fire", &log, || {
         emitted().contains(&a).then_some(())
