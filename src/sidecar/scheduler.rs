@@ -381,6 +381,10 @@ impl Scheduler {
             "The wall clock stepped back: every schedule continues from the new time."
         );
         for (name, e) in &mut self.entries {
+            if e.removed {
+                // Ends with its cycle; it has no slot to take again.
+                continue;
+            }
             if let Some(n) = e.next {
                 self.timeline.remove(&(n, name.clone()));
             }
@@ -1165,6 +1169,53 @@ mod tests {
         wait(20).await;
         let slots: Vec<i64> = h.started().iter().map(|s| s.1 - WALL0).collect();
         assert_eq!(slots, vec![9_000, 19_000, 29_000]);
+        h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recipe_removed_during_its_cycle_stays_removed_when_the_clock_steps_back() {
+        let h = Harness::start(
+            &[("b", "{every: 10s}"), ("keep", "{every: 10s}")],
+            &[("b", 30)],
+            &[],
+            None,
+        )
+        .await;
+        wait(10).await; // b's cycle of +9 runs until +39
+        let launch = fake_launch(
+            h.clock.clone(),
+            h.started.clone(),
+            h.running.clone(),
+            HashMap::new(),
+            vec![],
+        );
+        h.tx.send(Command::Reload {
+            recipes: recipes(&[("keep", "{every: 10s}")]),
+            launch,
+        })
+        .await
+        .unwrap();
+        wait(1).await;
+        h.clock
+            .step
+            .store(-3_600_000, std::sync::atomic::Ordering::Relaxed);
+        wait(30).await;
+        let b = h.started().iter().filter(|s| s.0.starts_with("b@")).count();
+        assert_eq!(
+            b,
+            1,
+            "only the cycle under way at the removal: {:?}",
+            h.started()
+        );
+        let keep = h
+            .started()
+            .iter()
+            .filter(|s| s.0.starts_with("keep@"))
+            .count();
+        assert_eq!(keep, 4, "{:?}", h.started());
+        // Its metrics went with it and stay gone (no skipped slot is counted for it).
+        let text = h.metrics.encode(Default::default());
+        assert!(!text.contains("b@intercom"), "{text}");
         h.stop().await;
     }
 
