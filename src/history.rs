@@ -140,7 +140,14 @@ pub fn prune_all(
     };
     for ns in namespaces {
         loop {
-            let n = store.prune_history(&ns, now_ms, &retention, batch)?;
+            // One namespace's trouble does not keep the others from being pruned.
+            let n = match store.prune_history(&ns, now_ms, &retention, batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(instance = %ns, error = %format!("{e:#}"), "Its run history could not be pruned.");
+                    break;
+                }
+            };
             gone += n;
             if n < batch {
                 break;

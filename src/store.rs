@@ -862,15 +862,12 @@ impl SledStore {
         if let Some(n) = rows.get(ns) {
             return Ok(*n);
         }
-        let n = match self.tree.get(prefix(HISTORY_COUNT, ns))? {
-            Some(v) => {
-                let b: [u8; 8] = v.as_ref().try_into().map_err(|_| {
-                    anyhow!("the state store holds a malformed history count for `{ns}`")
-                })?;
-                usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX)
-            }
-            // Written by a sluice before the count was kept: counted this once.
-            None => self.tree.scan_prefix(prefix(HISTORY, ns)).count(),
+        let stored = self.tree.get(prefix(HISTORY_COUNT, ns))?;
+        let n = match stored.as_deref().map(<[u8; 8]>::try_from) {
+            Some(Ok(b)) => usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX),
+            // Written by a sluice before the count was kept (or not eight bytes): counted this
+            // once, and the next write stores it.
+            _ => self.tree.scan_prefix(prefix(HISTORY, ns)).count(),
         };
         rows.insert(ns.to_string(), n);
         Ok(n)
@@ -1212,9 +1209,13 @@ impl Store for SledStore {
         max: usize,
     ) -> Result<usize> {
         let start = prefix(HISTORY, ns);
-        // Held to the end: a cycle's row written meanwhile would be missing from the count.
-        let mut rows = self.lock_history_rows()?;
-        let count = self.history_count(&mut rows, ns)?;
+        // The count lock is not held while the batch is made (cycles write their rows
+        // meanwhile); the count written is taken again under it as the batch is applied.
+        // One pruner at a time per store: the sidecar's pass, or `run --once`'s.
+        let count = {
+            let mut rows = self.lock_history_rows()?;
+            self.history_count(&mut rows, ns)?
+        };
         let cutoff = now_ms.saturating_sub(retention.max_age_ms);
         let mut over = count.saturating_sub(retention.max_runs);
         let mut gone = 0usize;
@@ -1267,7 +1268,8 @@ impl Store for SledStore {
             gone += 1;
         }
         if gone > 0 {
-            let n = count.saturating_sub(runs_gone);
+            let mut rows = self.lock_history_rows()?;
+            let n = self.history_count(&mut rows, ns)?.saturating_sub(runs_gone);
             if runs_gone > 0 {
                 Self::put_history_count(&mut b, ns, n);
             }
@@ -1396,6 +1398,8 @@ impl Store for SledStore {
         if old_ns == new_ns || self.has_state(new_ns)? {
             return Ok(false);
         }
+        // Held throughout: the history count moves with the rows it counts.
+        let mut rows = self.lock_history_rows()?;
         let (old_cursor, new_cursor) = (cursor_key(old_ns), cursor_key(new_ns));
         let old_cp = self.tree.get(&old_cursor)?;
         let mut b = sled::Batch::default();
@@ -1438,7 +1442,6 @@ impl Store for SledStore {
             Err(Some(e)) => return Err(e.into()),
         }
         self.db.flush()?;
-        let mut rows = self.lock_history_rows()?;
         rows.remove(old_ns);
         rows.remove(new_ns);
         Ok(true)
