@@ -375,6 +375,8 @@ fn sidecar_options_given_to_once(m: &clap::ArgMatches) -> Result<(), clap::Error
     ] {
         if run.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
             let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Built, so the usage line names `sluice run`.
+            cmd.build();
             let run_cmd = cmd.find_subcommand_mut("run").map(|c| c.clone());
             let e = run_cmd.unwrap_or(cmd).error(
                 clap::error::ErrorKind::ArgumentConflict,

@@ -476,7 +476,7 @@ fn client_parts(plan: &OAuthPlan) -> Result<(ClientId, ClientSecret), ExchangeEr
 /// and its description, with the client secret scrubbed should the server echo it.
 fn describe<RE: std::error::Error + 'static>(
     e: RequestTokenError<RE, oauth2::StandardErrorResponse<BasicErrorResponseType>>,
-    secret: &str,
+    hidden: &[&str],
 ) -> ExchangeError {
     match e {
         RequestTokenError::ServerResponse(r) => {
@@ -485,8 +485,8 @@ fn describe<RE: std::error::Error + 'static>(
                 m.push_str(": ");
                 m.push_str(&d.chars().take(200).collect::<String>());
             }
-            if !secret.is_empty() {
-                m = m.replace(secret, "***");
+            for h in hidden.iter().filter(|h| !h.is_empty()) {
+                m = m.replace(h, "***");
             }
             ExchangeError::Refused(m)
         }
@@ -530,7 +530,7 @@ async fn exchange_refresh(
         .request_async(http)
         .await
         .map(|t| token_set(&t))
-        .map_err(|e| describe(e, &shown))
+        .map_err(|e| describe(e, &[&shown, refresh.expose()]))
 }
 
 /// How `sluice connect` runs.
@@ -708,13 +708,14 @@ impl Pending {
             .set_auth_type(AuthType::RequestBody)
             .set_token_uri(self.auth.token_url.clone())
             .set_redirect_uri(self.redirect);
-        let mut exchange = client.exchange_code(AuthorizationCode::new(code));
+        let mut exchange = client.exchange_code(AuthorizationCode::new(code.clone()));
         if let Some(v) = self.verifier {
             exchange = exchange.set_pkce_verifier(v);
         }
         let http = token_client();
         let token = exchange.request_async(&http).await.map_err(|e| {
-            NotConnected::Failed(match describe(e, &shown_secret) {
+            // A provider may echo the code (or worse) in its error's description.
+            NotConnected::Failed(match describe(e, &[&shown_secret, &code]) {
                 ExchangeError::Refused(m) => {
                     format!("the token endpoint refused the code for connection `{name}`: {m}")
                 }

@@ -77,21 +77,28 @@ impl Flows {
 /// The base URL a browser reaches the sidecar on, from `--public-url`: `http` or `https`,
 /// with a host, without credentials, query or fragment; returned without a trailing slash.
 pub(crate) fn check_public_url(given: &str) -> Result<String> {
-    let Ok(u) = reqwest::Url::parse(given) else {
-        bail!("--public-url `{given}` is not a URL like `https://sluice.example.com`");
+    // Echoed only while it cannot hold a password or a token (no `@`, no query).
+    let shown = if given.contains(['@', '?', '#']) {
+        String::new()
+    } else {
+        format!(" `{given}`")
     };
-    if !matches!(u.scheme(), "http" | "https") {
-        bail!("--public-url `{given}`: the scheme must be http or https");
-    }
-    if u.host_str().is_none_or(str::is_empty) {
-        bail!("--public-url `{given}` has no host");
-    }
+    let Ok(mut u) = reqwest::Url::parse(given) else {
+        bail!("--public-url{shown} is not a URL like `https://sluice.example.com`");
+    };
     if !u.username().is_empty() || u.password().is_some() {
-        // Not echoed: it holds a password.
         bail!("--public-url: a URL with a user name or password cannot be a redirect URL");
     }
+    if !matches!(u.scheme(), "http" | "https") {
+        bail!("--public-url{shown}: the scheme must be http or https");
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        bail!("--public-url{shown} has no host");
+    }
     if u.query().is_some() || u.fragment().is_some() {
-        bail!("--public-url `{given}`: no query (`?…`) or fragment (`#…`): the callback's path is added to it");
+        u.set_query(None);
+        u.set_fragment(None);
+        bail!("--public-url `{u}…`: no query (`?…`) or fragment (`#…`): the callback's path is added to it");
     }
     Ok(u.as_str().trim_end_matches('/').to_string())
 }
@@ -297,6 +304,16 @@ mod tests {
             "",
         ] {
             assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        // What may hold a secret is not repeated.
+        for bad in [
+            "https://user:hunter2@example.com",
+            "https://u:hunter2@bad host",
+            "https://example.com/?token=hunter2",
+            "https://example.com/#hunter2",
+        ] {
+            let e = format!("{:#}", check_public_url(bad).unwrap_err());
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 }

@@ -458,5 +458,6 @@ async fn run_once_ignores_the_sidecars_environment_but_not_its_options() {
             "{}",
             r.stderr
         );
+        assert!(r.stderr.contains("Usage: sluice run"), "{}", r.stderr);
     }
 }
