@@ -158,6 +158,17 @@ pub struct Connection {
 /// `Connection::clock_offset` before any `Date` header was seen.
 const NO_OFFSET: i64 = i64::MIN;
 
+/// The server's clock minus ours (ms), from a `Date` of `date_secs` that arrived when our
+/// clock read `arrived_ms`: at most the true offset (see [`Connection::server_now`]).
+fn clock_offset_ms(date_secs: i64, arrived_ms: i64) -> i64 {
+    date_secs.saturating_mul(1000).saturating_sub(arrived_ms)
+}
+
+/// The server's clock (whole seconds) when ours reads `local_ms`, by offset `off_ms`.
+fn server_secs(local_ms: i64, off_ms: i64) -> i64 {
+    local_ms.saturating_add(off_ms).div_euclid(1000)
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
@@ -393,7 +404,7 @@ impl Connection {
         let local_ms = chrono::Utc::now().timestamp_millis();
         match self.clock_offset.load(Ordering::Relaxed) {
             NO_OFFSET => local_ms.div_euclid(1000),
-            off => local_ms.saturating_add(off).div_euclid(1000),
+            off => server_secs(local_ms, off),
         }
     }
 
@@ -415,9 +426,7 @@ impl Connection {
         // sent the response and truncated it to the second, so the offset errs low and "now"
         // is never ahead of the server's clock. (Whole seconds on both sides could err a second
         // high, and a first cursor one second ahead could miss what the server writes in it.)
-        let off_ms = server
-            .saturating_mul(1000)
-            .saturating_sub(chrono::Utc::now().timestamp_millis());
+        let off_ms = clock_offset_ms(server, chrono::Utc::now().timestamp_millis());
         let off = off_ms / 1000;
         if off.unsigned_abs() <= self.max_clock_skew.unsigned_abs() {
             self.clock_offset
@@ -1299,6 +1308,30 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever the true offset's fraction of a second, the latency, and when the estimate
+    /// is read, "now" is never ahead of the server's clock, and at most a second plus the
+    /// latency behind it. (Whole seconds on both sides erred a second ahead.)
+    #[test]
+    fn the_server_clock_estimate_is_never_ahead() {
+        for true_off in [0i64, 1, 250, 500, 999, 1_000, 1_500, -1, -250, -999, -3_700] {
+            for latency in [0, 1, 40, 999] {
+                for sent in (0i64..3_000).step_by(7) {
+                    let date = (sent + true_off).div_euclid(1000);
+                    let off = clock_offset_ms(date, sent + latency);
+                    for later in [0, 1, 499, 500, 999, 1_000, 2_345] {
+                        let local = sent + latency + later;
+                        let truth = (local + true_off).div_euclid(1000);
+                        let est = server_secs(local, off);
+                        assert!(
+                            est <= truth && truth - est <= 1 + latency / 1000 + 1,
+                            "offset {true_off} ms, latency {latency}, sent {sent}, read {later} later: estimate {est}, server {truth}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     fn rule(status: u16, code: Option<&str>, class: FailureClass) -> ErrorRule {
         ErrorRule {

@@ -27,7 +27,8 @@
 //! * `action`    — checking inputs, choosing variants, rendering and executing requests;
 //!   writes whose outcome is unknown.
 //! * `emit`      — the `emit` step's buffered sink.
-//! * `secret`    — `Secret`, which never prints itself.
+//! * `secret`    — `Secret`, which never prints itself; `same_secret`, the one constant-time
+//!   comparison.
 //! * `credential` — OAuth tokens at rest: AES-256-GCM files under the state directory, the
 //!   key, rotation.
 //! * `oauth`     — the authorization-code flow (PKCE, `state`) that `sluice connect`'s
@@ -37,8 +38,8 @@
 //!   dead letters, known ids, run history.
 //! * `telemetry` — the tracing subscriber; JSON lines.
 //! * `sidecar`   — `sluice run`: the scheduler, reloads, `/livez` `/readyz` `/metrics`, the
-//!   admin API and the status pages (with OAuth's Connect and `/oauth/callback`), graceful
-//!   shutdown; the CLI's client for it.
+//!   admin API and the status pages (`sidecar::connect`: OAuth's Connect and
+//!   `/oauth/callback`), graceful shutdown; the CLI's client for it.
 //! * `history`   — run history rows (runs, fired records' steps, hourly counts), retention.
 //! * `demo`      — `sluice demo`: the connector end to end against the simulator.
 //! * `sim`       — the Intercom simulator (tests, demo, benchmarks; the runtime never uses it).
@@ -57,6 +58,8 @@
 //! sluice test:  dryrun::run → chain::run_chain with the recording executor (nothing sent)
 //! ```
 #![warn(missing_docs)]
+// The library has no `unsafe` at all; the binary's one setting of the allocator is in main.rs.
+#![forbid(unsafe_code)]
 // Diagnostics are returned by value on the (cold) validation path; boxing them buys nothing.
 #![allow(clippy::result_large_err)]
 

@@ -112,7 +112,6 @@ impl Connecting {
     }
 }
 
-/// Waits for `sluice connect` (its `--timeout 30s` bounds the wait).
 /// The JSON strings emitted to `out`, one per line.
 fn emitted_lines(out: &Path) -> Vec<String> {
     std::fs::read_to_string(out)
@@ -135,6 +134,7 @@ fn new_contact(env: &SimEnv, email: &str) -> String {
         .to_string()
 }
 
+/// Waits for `sluice connect` (its `--timeout 30s` bounds the wait).
 fn wait_child(child: &mut Child) -> i32 {
     child.wait().unwrap().code().unwrap_or(-1)
 }
