@@ -35,6 +35,9 @@ pub(crate) struct Access {
     pub loopback: bool,
     /// The admin token `/api/…` needs when not on loopback.
     pub token: Option<Secret>,
+    /// The `Host` of `--public-url` (with its port when not the scheme's), answered on
+    /// loopback too: a proxy in front of a loopback sidecar that passes the public name on.
+    pub public_host: Option<String>,
 }
 
 /// The header every state-changing request carries.
@@ -124,10 +127,15 @@ async fn host_guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> R
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
-        if !is_loopback_host(host) {
+        let public = s
+            .access
+            .public_host
+            .as_deref()
+            .is_some_and(|p| p.eq_ignore_ascii_case(host));
+        if !is_loopback_host(host) && !public {
             return ApiError(
                 StatusCode::FORBIDDEN,
-                "this sidecar answers loopback host names only".into(),
+                "this sidecar answers loopback host names (and --public-url's) only".into(),
             )
             .into_response();
         }

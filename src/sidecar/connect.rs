@@ -103,6 +103,17 @@ pub(crate) fn check_public_url(given: &str) -> Result<String> {
     Ok(u.as_str().trim_end_matches('/').to_string())
 }
 
+/// The `Host` a browser sends for a checked public URL: its host, and its port when not the
+/// scheme's default.
+pub(crate) fn host_of(public_url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(public_url).ok()?;
+    let host = u.host_str()?;
+    Some(match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    })
+}
+
 /// The redirect URL the provider's app must list.
 pub(crate) fn redirect_url(s: &Shared) -> String {
     format!("{}{CALLBACK_PATH}", s.public_url)
@@ -295,6 +306,18 @@ mod tests {
         ] {
             assert_eq!(check_public_url(given).unwrap(), want);
         }
+        assert_eq!(
+            host_of("https://Sluice.example.com/x").as_deref(),
+            Some("sluice.example.com")
+        );
+        assert_eq!(
+            host_of("http://sluice.example.com:8080").as_deref(),
+            Some("sluice.example.com:8080")
+        );
+        assert_eq!(
+            host_of("https://sluice.example.com:443").as_deref(),
+            Some("sluice.example.com")
+        );
         for bad in [
             "sluice.example.com",
             "ftp://example.com",

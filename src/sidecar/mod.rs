@@ -245,6 +245,16 @@ fn log_report(r: &CycleReport) {
     }
 }
 
+/// `http://<listen address>`; bound to every interface (`0.0.0.0`, `::`), which no browser
+/// can open, `127.0.0.1` (a browser on this machine) — `--public-url` says otherwise.
+fn default_public_url(local: std::net::SocketAddr) -> String {
+    if local.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", local.port())
+    } else {
+        format!("http://{local}")
+    }
+}
+
 /// The slot an instance last ran for: the newest run-history row written by a scheduled
 /// cycle, however many cycles on demand and replays came after it. Usually the newest row
 /// is one, and it is the only row read (a start-up reads one row per instance).
@@ -409,11 +419,15 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
         metrics: metrics.clone(),
         commands: cmd_tx.clone(),
         shutdown: shutdown.clone(),
-        access: Access { loopback, token },
+        access: Access {
+            loopback,
+            token,
+            public_host: public_url.as_deref().and_then(connect::host_of),
+        },
         cycles: cycles.clone(),
         pages: pages::templates(),
         csrf: pages::random_token(),
-        public_url: public_url.unwrap_or_else(|| format!("http://{local}")),
+        public_url: public_url.unwrap_or_else(|| default_public_url(local)),
         flows: connect::Flows::default(),
     });
     let scheduler = Scheduler::new(
@@ -479,6 +493,9 @@ pub async fn run(opts: Options) -> Result<ExitCode> {
             redirect_url = %connect::redirect_url(&shared),
             "OAuth connections can be authorized on the status page; the provider's app must list this redirect URL (see --public-url)."
         );
+        if local.ip().is_unspecified() && opts.public_url.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!("Listening on every interface without --public-url: the OAuth redirect URL names 127.0.0.1, which only a browser on this machine can open. Set --public-url to the address browsers use.");
+        }
     }
     report_health(&health);
     drop(rt);

@@ -785,9 +785,15 @@ struct PageSidecar {
 
 impl PageSidecar {
     async fn start(ws: &Workspace) -> PageSidecar {
+        PageSidecar::start_with(ws, &["--listen", "127.0.0.1:0"], &[]).await
+    }
+
+    /// `sluice run ARGS` with these environment variables.
+    async fn start_with(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> PageSidecar {
         let state = ws.path().join("state");
         let log = ws.path().join("sidecar.log");
-        let mut c = cmd(ws, &["run", "--listen", "127.0.0.1:0"], CLIENT_SECRET);
+        let mut c = cmd(ws, &[&["run"][..], args].concat(), CLIENT_SECRET);
+        c.envs(env.iter().copied());
         c.arg("--recipes")
             .arg(ws.path().join("recipes"))
             .env("PLAIN_TOKEN", crate::util::TOKEN)
@@ -800,7 +806,9 @@ impl PageSidecar {
             let v: Value =
                 serde_json::from_str(&std::fs::read_to_string(state.join("sidecar.json")).ok()?)
                     .ok()?;
-            Some(format!("http://{}", v["listen"].as_str()?))
+            // Bound to every interface: reached on loopback.
+            let listen = v["listen"].as_str()?.replace("0.0.0.0", "127.0.0.1");
+            Some(format!("http://{listen}"))
         })
         .await;
         PageSidecar {
@@ -1123,5 +1131,122 @@ async fn re_authorizing_on_the_status_page_resumes_recipes_held_by_a_revoked_tok
         ),
         (1, 1),
         "{all:?}"
+    );
+}
+
+/// Bound beyond loopback, the status page and its Connect form need the admin token, but the
+/// provider's redirect back (a cross-site navigation that carries no cookie) is answered
+/// without it: its single-use `state` is what protects it. With no `--public-url`, the
+/// redirect URL of a sidecar on every interface names 127.0.0.1, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_connect_needs_the_admin_token_and_the_callback_does_not() {
+    let env = live_sim().await;
+    let ws = oauth_ws(&env, "intercom", "intercom", "");
+    let out = ws.path().join("out.jsonl");
+    watch_recipe(&ws, &out);
+    let admin = "admin-token-for-the-test";
+    let sc = PageSidecar::start_with(
+        &ws,
+        &["--listen", "0.0.0.0:0"],
+        &[("SLUICE_ADMIN_TOKEN", admin)],
+    )
+    .await;
+    let as_admin = |r: reqwest::RequestBuilder| r.bearer_auth(admin);
+
+    // Without the token: the pages and the form send the browser to sign in.
+    let (code, _) = sc.get("/").await;
+    assert_eq!(code, 303);
+    let (code, location) = sc.connect("intercom", &[("csrf", "x")]).await;
+    assert_eq!((code, location.as_str()), (303, "/login"));
+
+    // With it: Connect goes to the provider, naming 127.0.0.1 in the redirect URL.
+    let html = as_admin(http().get(format!("{}/", sc.base)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF token");
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    let csrf = &rest[..rest.find('"').unwrap()];
+    let r = as_admin(http().post(format!("{}/ui/connections/intercom/connect", sc.base)))
+        .form(&[("csrf", csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303, "{}", sc.log());
+    let provider = r.headers()["location"].to_str().unwrap().to_string();
+    let port = sc.base.rsplit(':').next().unwrap();
+    assert_eq!(
+        param(&provider, "redirect_uri"),
+        format!("http://127.0.0.1:{port}/oauth/callback")
+    );
+    assert!(
+        sc.log()
+            .contains("Listening on every interface without --public-url"),
+        "{}",
+        sc.log()
+    );
+
+    // The provider's redirect back carries no token and is answered.
+    let back = authorize(&provider).await;
+    let (code, page) = get(&back).await;
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("Connection intercom is authorized"), "{page}");
+    let html = as_admin(http().get(format!("{}/", sc.base)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = &html[html.find("<tr data-connection=\"intercom\">").unwrap()..];
+    assert!(
+        row[..row.find("</tr>").unwrap()].contains(">token set<"),
+        "{row}"
+    );
+    assert!(!sc.log().contains(admin), "the admin token is not logged");
+}
+
+/// A loopback sidecar behind a proxy: the `--public-url` host is answered besides loopback
+/// names; any other host is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_sidecar_answers_its_public_host_too() {
+    let env = live_sim().await;
+    let ws = oauth_ws(&env, "intercom", "intercom", "");
+    watch_recipe(&ws, &ws.path().join("out.jsonl"));
+    let sc = PageSidecar::start_with(
+        &ws,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "https://sluice.example.com/",
+        ],
+        &[],
+    )
+    .await;
+    let with_host = |host: &'static str| {
+        let url = format!("{}/readyz", sc.base);
+        async move {
+            http()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_ne!(with_host("Sluice.Example.com").await, 403);
+    assert_ne!(with_host("localhost").await, 403);
+    assert_eq!(with_host("evil.example").await, 403);
+    assert_eq!(with_host("sluice.example.com.evil.example").await, 403);
+    let (_, overview) = sc.get("/").await;
+    assert!(
+        overview.contains("https://sluice.example.com/oauth/callback"),
+        "{overview}"
     );
 }
