@@ -1880,6 +1880,43 @@ mod tests {
         assert_eq!(stored(&s), Some(1));
     }
 
+    /// Cycles write rows while the pruner removes them: the stored count stays the number of
+    /// rows.
+    #[test]
+    fn the_history_count_survives_cycles_writing_while_pruning() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let keep = Retention {
+            max_age_ms: i64::MAX / 2,
+            max_runs: 50,
+            max_records_per_run: 10,
+            max_total_runs: 1_000_000,
+        };
+        let writers: Vec<_> = (0..4u64)
+            .map(|w| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let id = w * 1_000 + i;
+                        s.record_cycle("r", run(id as i64, id), "{}", one(0))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        while !writers.iter().all(|w| w.is_finished()) {
+            s.prune_history("r", 0, &keep, 7).unwrap();
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        while s.prune_history("r", 0, &keep, 7).unwrap() > 0 {}
+        let rows = s.tree.scan_prefix(prefix(HISTORY, "r")).count();
+        assert_eq!(rows, 50);
+        let stored = s.tree.get(prefix(HISTORY_COUNT, "r")).unwrap().unwrap();
+        assert_eq!(u64::from_be_bytes(stored.as_ref().try_into().unwrap()), 50);
+    }
+
     #[test]
     fn adopt_legacy_moves_every_key_of_the_old_namespace_at_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -291,9 +291,16 @@ mod tests {
                 .map(|p| p.connection().to_string()),
             Some(format!("c{MAX_PENDING}"))
         );
-        // After the time to live, nothing is left to take.
+        // Just before the time to live, the second is still there; at it, nothing is left.
+        let almost = t0 + PENDING_TTL - Duration::from_millis(1);
+        assert_eq!(
+            flows
+                .take(&states[1], almost)
+                .map(|p| p.connection().to_string()),
+            Some("c1".to_string())
+        );
         let later = t0 + PENDING_TTL;
-        assert!(flows.take(&states[1], later).is_none());
+        assert!(flows.take(&states[2], later).is_none());
         assert!(flows.0.lock().unwrap().is_empty());
     }
 
