@@ -134,6 +134,29 @@ fn new_contact(env: &SimEnv, email: &str) -> String {
         .to_string()
 }
 
+/// Contact A made and fired by the sidecar at `base`; the token revoked in the simulator;
+/// contact B made; `/readyz` naming the revoked connection. A's and B's ids and `/readyz`.
+async fn fire_then_revoke(
+    env: &SimEnv,
+    out: &Path,
+    base: &str,
+    log: &dyn Fn() -> String,
+) -> (String, String, String) {
+    let a = new_contact(env, "a@example.com");
+    until("contact A to fire", log, || {
+        emitted_lines(out).contains(&a).then_some(())
+    })
+    .await;
+    sim_control(env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
+    let b = new_contact(env, "b@example.com");
+    let readyz = until("/readyz to name the revoked connection", log, || {
+        let r = blocking_get(&format!("{base}/readyz"))?;
+        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
+    })
+    .await;
+    (a, b, readyz)
+}
+
 /// Waits for `sluice connect` (its `--timeout 30s` bounds the wait).
 fn wait_child(child: &mut Child) -> i32 {
     child.wait().unwrap().code().unwrap_or(-1)
@@ -635,21 +658,8 @@ async fn a_revoked_token_holds_recipes_until_connected_again() {
     })
     .await;
     let emitted = || emitted_lines(&out);
-    let contact = |email: &str| new_contact(&env, email);
-    let a = contact("a@example.com");
-    until("contact A to fire", &show_log, || {
-        emitted().contains(&a).then_some(())
-    })
-    .await;
-
     // The workspace uninstalls the app.
-    sim_control(&env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
-    let b = contact("b@example.com");
-    let readyz = until("/readyz to name the revoked connection", &show_log, || {
-        let r = blocking_get(&format!("{base}/readyz"))?;
-        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
-    })
-    .await;
+    let (a, b, readyz) = fire_then_revoke(&env, &out, &base, &show_log).await;
     assert!(readyz.contains("sluice connect intercom"), "{readyz}");
     let list = run_async(cmd(&ws, &["connections", "list", "--json"], CLIENT_SECRET)).await;
     assert_eq!(list.json()[0]["state"], "revoked", "{}", list.stdout);
@@ -1079,20 +1089,7 @@ async fn re_authorizing_on_the_status_page_resumes_recipes_held_by_a_revoked_tok
     let sc = PageSidecar::start(&ws).await;
     let log = || sc.log();
     let emitted = || emitted_lines(&out);
-    let contact = |email: &str| new_contact(&env, email);
-    let a = contact("a@example.com");
-    until("contact A to fire", &log, || {
-        emitted().contains(&a).then_some(())
-    })
-    .await;
-
-    sim_control(&env, reqwest::Method::POST, "oauth/revoke", json!({})).await;
-    let b = contact("b@example.com");
-    let readyz = until("/readyz to name the revoked connection", &log, || {
-        let r = blocking_get(&format!("{}/readyz", sc.base))?;
-        (r.0 == 503 && r.1.contains("revoked")).then_some(r.1)
-    })
-    .await;
+    let (a, b, readyz) = fire_then_revoke(&env, &out, &sc.base, &log).await;
     assert!(
         readyz.contains("Re-authorize on the sidecar's status page"),
         "{readyz}"
