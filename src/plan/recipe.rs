@@ -536,6 +536,30 @@ fn compile_template(cx: &mut Cx, path: &str, src: &str, scope: &RefScope) -> Opt
     }
 }
 
+/// A step input's value compiled as a tree of templates: each template's syntax error and
+/// unknown reference reported at its place under `path`.
+fn compile_tree(cx: &mut Cx, path: &str, v: &serde_yaml::Value, scope: &RefScope) -> Tree {
+    let at = |p: &str| {
+        if p.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}.{p}")
+        }
+    };
+    let (tree, errs) = Tree::compile(v);
+    for (p, e) in errs {
+        let help = e
+            .help
+            .clone()
+            .unwrap_or_else(|| "templates look like `{{record.email}}`".into());
+        cx.err(&at(&p), e, Some(help));
+    }
+    for (p, t) in tree.templates() {
+        check_refs(cx, &at(&p), t, scope);
+    }
+    tree
+}
+
 /// Parses `start_from`.
 pub fn parse_start_from(s: &str) -> Result<StartFrom, String> {
     let t = s.trim();
@@ -1028,27 +1052,7 @@ fn build_instance(
                     );
                     continue;
                 }
-                let (tree, errs) = Tree::compile(v);
-                for (p, e) in errs {
-                    let at = if p.is_empty() {
-                        path.clone()
-                    } else {
-                        format!("{path}.{p}")
-                    };
-                    let help = e
-                        .help
-                        .clone()
-                        .unwrap_or_else(|| "templates look like `{{record.email}}`".into());
-                    cx.err(&at, e, Some(help));
-                }
-                for (p, t) in tree.templates() {
-                    let at = if p.is_empty() {
-                        path.clone()
-                    } else {
-                        format!("{path}.{p}")
-                    };
-                    check_refs(&mut cx, &at, t, &scope_with);
-                }
+                let tree = compile_tree(&mut cx, &path, v, &scope_with);
                 if k == "to" {
                     match v.as_str() {
                         None => cx.err(
@@ -1375,27 +1379,7 @@ fn check_inputs(
             );
             continue;
         };
-        let (tree, errs) = Tree::compile(v);
-        for (p, e) in errs {
-            let at = if p.is_empty() {
-                path.clone()
-            } else {
-                format!("{path}.{p}")
-            };
-            let help = e
-                .help
-                .clone()
-                .unwrap_or_else(|| "templates look like `{{record.email}}`".into());
-            cx.err(&at, e, Some(help));
-        }
-        for (p, t) in tree.templates() {
-            let at = if p.is_empty() {
-                path.clone()
-            } else {
-                format!("{path}.{p}")
-            };
-            check_refs(cx, &at, t, scope);
-        }
+        let tree = compile_tree(cx, &path, v, scope);
         if let Some(lit) = tree.literal() {
             check_literal(cx, &path, k, field, &lit);
             literals.insert(k.clone(), lit);
