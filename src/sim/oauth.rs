@@ -14,12 +14,12 @@
 use std::collections::HashMap;
 
 use base64::Engine as _;
-use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest as _;
 
 use super::audit::{AuditEntry, AuthSeen};
+use super::routes::{q as get, query_pairs};
 use super::state::State;
 
 /// The simulated OAuth app and what it issued.
@@ -81,25 +81,6 @@ pub(crate) struct OAuthReply {
     pub body: String,
 }
 
-fn pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec = |s: &str| {
-                percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (dec(k), dec(v))
-        })
-        .collect()
-}
-
-fn get<'a>(p: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    p.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
-}
-
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -130,7 +111,7 @@ pub(crate) fn handle(
     bytes: &[u8],
 ) -> Option<OAuthReply> {
     let reply = match (method, path) {
-        ("GET", "/oauth") => authorize(st, &pairs(query.unwrap_or(""))),
+        ("GET", "/oauth") => authorize(st, &query_pairs(query)),
         ("POST", "/auth/eagle/token") => {
             let form = if content_type.is_some_and(|c| c.contains("json")) {
                 serde_json::from_slice::<HashMap<String, Value>>(bytes)
@@ -139,7 +120,7 @@ pub(crate) fn handle(
                     .map(|(k, v)| (k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
                     .collect()
             } else {
-                pairs(&String::from_utf8_lossy(bytes))
+                query_pairs(Some(&String::from_utf8_lossy(bytes)))
             };
             token(st, &form)
         }

@@ -241,7 +241,8 @@ fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+/// A query string's (or a form body's) pairs, decoded.
+pub(super) fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query
         .unwrap_or("")
         .split('&')
@@ -258,7 +259,8 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn q<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+/// The first value of `key` among `pairs`.
+pub(super) fn q<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == key)
