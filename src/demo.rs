@@ -116,14 +116,9 @@ pub async fn run(connectors: &[Arc<Connector>], recipes_dir: &Path) -> Result<St
                 // One company update fails for good: company_upgrade gets a dead letter.
                 sim.set_faults(Faults {
                     fail_next: vec![FailRule {
-                        path_prefix: "/companies/".into(),
-                        method: Some("PUT".into()),
-                        status: 422,
                         code: Some("parameter_invalid".into()),
                         message: Some("injected by the demo".into()),
-                        count: 1,
-                        skip: 0,
-                        after_write: false,
+                        ..FailRule::once(Some("PUT"), "/companies/", 422)
                     }],
                     ..Faults::default()
                 });

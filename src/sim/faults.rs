@@ -56,6 +56,23 @@ fn one() -> u32 {
     1
 }
 
+impl FailRule {
+    /// Fails the next request to `path_prefix` (with `method`, or any) with `status`, once,
+    /// before it is carried out; the other fields change with struct update syntax.
+    pub fn once(method: Option<&str>, path_prefix: impl Into<String>, status: u16) -> FailRule {
+        FailRule {
+            path_prefix: path_prefix.into(),
+            method: method.map(str::to_string),
+            status,
+            code: None,
+            message: None,
+            count: 1,
+            skip: 0,
+            after_write: false,
+        }
+    }
+}
+
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum FaultAction {

@@ -985,25 +985,10 @@ async fn fail_next_and_drop_faults() {
     t.sim().set_faults(Faults {
         fail_next: vec![
             FailRule {
-                path_prefix: "/contacts/search".into(),
-                method: Some("post".into()),
-                status: 503,
-                code: None,
-                message: None,
                 count: 2,
-                skip: 0,
-                after_write: false,
+                ..FailRule::once(Some("post"), "/contacts/search", 503)
             },
-            FailRule {
-                path_prefix: "/me".into(),
-                method: None,
-                status: 0,
-                code: None,
-                message: None,
-                count: 1,
-                skip: 0,
-                after_write: false,
-            },
+            FailRule::once(None, "/me", 0),
         ],
         ..Faults::default()
     });
@@ -1034,14 +1019,9 @@ async fn fail_next_skips_and_fails_after_the_write() {
         .to_string();
     t.sim().set_faults(Faults {
         fail_next: vec![FailRule {
-            path_prefix: "/contacts/".into(),
-            method: Some("POST".into()),
-            status: 500,
-            code: None,
-            message: None,
-            count: 1,
             skip: 1,
             after_write: true,
+            ..FailRule::once(Some("POST"), "/contacts/", 500)
         }],
         ..Faults::default()
     });
@@ -1333,16 +1313,7 @@ async fn scroll_server_error_requires_restart() {
     let (_, p) = t.call("GET", "/companies/scroll", None).await;
     let param = p["scroll_param"].as_str().unwrap().to_string();
     t.sim().set_faults(Faults {
-        fail_next: vec![FailRule {
-            path_prefix: "/companies/scroll".into(),
-            method: None,
-            status: 500,
-            code: None,
-            message: Some("Request failed due to an internal network error. Please restart the scroll operation.".into()),
-            count: 1,
-                skip: 0,
-                after_write: false,
-        }],
+        fail_next: vec![FailRule { message: Some("Request failed due to an internal network error. Please restart the scroll operation.".into()), ..FailRule::once(None, "/companies/scroll", 500) }],
         ..Faults::default()
     });
     let path = format!("/companies/scroll?scroll_param={param}");

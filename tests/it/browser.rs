@@ -759,14 +759,10 @@ async fn browser_the_overview_lists_every_shipped_recipe_and_connection() {
 fn fail_tickets(env: &SimEnv) {
     env.sim().set_faults(Faults {
         fail_next: vec![FailRule {
-            path_prefix: "/tickets".into(),
-            method: Some("POST".into()),
-            status: 422,
             code: Some("parameter_invalid".into()),
             message: Some("Ticket type 102 is archived (injected)".into()),
             count: 1000,
-            skip: 0,
-            after_write: false,
+            ..FailRule::once(Some("POST"), "/tickets", 422)
         }],
         ..Faults::default()
     });

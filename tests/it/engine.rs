@@ -185,16 +185,7 @@ async fn a_failing_step_makes_a_dead_letter_that_replays_from_that_step() {
     let e = Engine::start(0, &THREE_STEPS.replace("ON_ERROR", "stop")).await;
     let id = e.contact("dead@x.io", T0 - 100);
     e.env.sim().set_faults(Faults {
-        fail_next: vec![FailRule {
-            path_prefix: "/contacts/".into(),
-            method: Some("PUT".into()),
-            status: 422,
-            code: None,
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
-        }],
+        fail_next: vec![FailRule::once(Some("PUT"), "/contacts/", 422)],
         ..Faults::default()
     });
     let (r, rep) = e.run_once().await;
@@ -256,16 +247,11 @@ async fn retry_keeps_the_record_and_holds_the_cursor_without_repeating_done_step
     let first = e.contact("first@x.io", T0 - 200);
     e.contact("second@x.io", T0 - 100);
     e.env.sim().set_faults(Faults {
-        fail_next: vec![FailRule {
-            path_prefix: format!("/contacts/{first}"),
-            method: Some("PUT".into()),
-            status: 422,
-            code: None,
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
-        }],
+        fail_next: vec![FailRule::once(
+            Some("PUT"),
+            format!("/contacts/{first}"),
+            422,
+        )],
         ..Faults::default()
     });
     let (_, rep) = e.run_once().await;
@@ -315,14 +301,8 @@ async fn a_replayed_dead_letter_that_fails_again_neither_pulls_back_nor_pins_the
     let old = e.contact("old@x.io", T0 - 3000);
     let rule = |count| Faults {
         fail_next: vec![FailRule {
-            path_prefix: format!("/contacts/{old}"),
-            method: Some("PUT".into()),
-            status: 422,
-            code: None,
-            message: None,
             count,
-            skip: 0,
-            after_write: false,
+            ..FailRule::once(Some("PUT"), format!("/contacts/{old}"), 422)
         }],
         ..Faults::default()
     };
@@ -602,16 +582,11 @@ async fn json_logs_are_only_json_lines_with_the_recipe_cycle_record_and_step_spa
     let e = Engine::start(0, NOTE_ON_NEW).await;
     let c = e.contact("span@x.io", T0 - 100);
     e.env.sim().set_faults(Faults {
-        fail_next: vec![FailRule {
-            path_prefix: format!("/contacts/{c}/notes"),
-            method: Some("POST".into()),
-            status: 422,
-            code: None,
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
-        }],
+        fail_next: vec![FailRule::once(
+            Some("POST"),
+            format!("/contacts/{c}/notes"),
+            422,
+        )],
         ..Faults::default()
     });
     let r = e

@@ -9,14 +9,8 @@ use crate::util::{run_async, SimEnv, TOKEN};
 fn fail(path: &str, status: u16, count: u32) -> Faults {
     Faults {
         fail_next: vec![FailRule {
-            path_prefix: path.into(),
-            method: None,
-            status,
-            code: None,
-            message: None,
             count,
-            skip: 0,
-            after_write: false,
+            ..FailRule::once(None, path, status)
         }],
         ..Faults::default()
     }
@@ -90,14 +84,8 @@ async fn not_found_conflict_and_unprocessable_are_permanent() {
     // A 409 elsewhere is the `conflict` class.
     env.sim().set_faults(Faults {
         fail_next: vec![FailRule {
-            path_prefix: "/contacts/".into(),
-            method: Some("PUT".into()),
-            status: 409,
             code: Some("conflict".into()),
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
+            ..FailRule::once(Some("PUT"), "/contacts/", 409)
         }],
         ..Faults::default()
     });

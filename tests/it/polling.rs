@@ -190,14 +190,10 @@ async fn a_scroll_that_expires_mid_scan_starts_over() {
     // The second scroll page answers 404, as Intercom does for an expired `scroll_param`.
     env.sim().set_faults(sluice::sim::Faults {
         fail_next: vec![sluice::sim::FailRule {
-            path_prefix: "/companies/scroll".into(),
-            method: None,
-            status: 404,
             code: Some("not_found".into()),
             message: Some("scroll_param not found".into()),
-            count: 1,
             skip: 1,
-            after_write: false,
+            ..sluice::sim::FailRule::once(None, "/companies/scroll", 404)
         }],
         ..sluice::sim::Faults::default()
     });
@@ -327,14 +323,9 @@ async fn a_company_listed_late_fires_once_although_its_change_is_old() {
 
 fn fault_after_write(path_prefix: &str, status: u16, count: u32) -> sluice::sim::FailRule {
     sluice::sim::FailRule {
-        path_prefix: path_prefix.into(),
-        method: Some("POST".into()),
-        status,
-        code: None,
-        message: None,
         count,
-        skip: 0,
         after_write: true,
+        ..sluice::sim::FailRule::once(Some("POST"), path_prefix, status)
     }
 }
 
@@ -466,10 +457,11 @@ async fn an_identical_note_written_earlier_is_not_taken_for_the_lost_one() {
     // Later, the same text again: this time the server fails before writing.
     env.sim().advance_clock(30);
     env.sim().set_faults(sluice::sim::Faults {
-        fail_next: vec![sluice::sim::FailRule {
-            after_write: false,
-            ..fault_after_write(&format!("/contacts/{contact}/notes"), 500, 1)
-        }],
+        fail_next: vec![sluice::sim::FailRule::once(
+            Some("POST"),
+            format!("/contacts/{contact}/notes"),
+            500,
+        )],
         ..sluice::sim::Faults::default()
     });
     env.ok("add_note_to_contact", note.clone()).await;
@@ -489,10 +481,11 @@ async fn an_identical_note_written_earlier_is_not_taken_for_the_lost_one() {
     )
     .await;
     env.sim().set_faults(sluice::sim::Faults {
-        fail_next: vec![sluice::sim::FailRule {
-            after_write: false,
-            ..fault_after_write(&format!("/contacts/{contact}/notes"), 500, 1)
-        }],
+        fail_next: vec![sluice::sim::FailRule::once(
+            Some("POST"),
+            format!("/contacts/{contact}/notes"),
+            500,
+        )],
         ..sluice::sim::Faults::default()
     });
     env.ok(

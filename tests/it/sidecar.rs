@@ -958,16 +958,7 @@ const CHAIN: &str = "id: chain\nconnection: intercom\ntrigger: intercom.new_cont
 /// The next `PUT /contacts/…` fails for good (422).
 fn fail_next_rename(env: &SimEnv) {
     env.sim().set_faults(Faults {
-        fail_next: vec![FailRule {
-            path_prefix: "/contacts/".into(),
-            method: Some("PUT".into()),
-            status: 422,
-            code: None,
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
-        }],
+        fail_next: vec![FailRule::once(Some("PUT"), "/contacts/", 422)],
         ..Faults::default()
     });
 }
@@ -1425,16 +1416,11 @@ async fn dead_letters_are_replayed_and_dropped_from_the_pages_with_their_csrf_to
     let sc = Sidecar::start(&env, &[]).await;
     // The note of contact `c` fails for good (422), once.
     let fail = |c: &str| Faults {
-        fail_next: vec![FailRule {
-            path_prefix: format!("/contacts/{c}/notes"),
-            method: Some("POST".into()),
-            status: 422,
-            code: None,
-            message: None,
-            count: 1,
-            skip: 0,
-            after_write: false,
-        }],
+        fail_next: vec![FailRule::once(
+            Some("POST"),
+            format!("/contacts/{c}/notes"),
+            422,
+        )],
         ..Faults::default()
     };
     // Paused while the contact and its fault are set up.
