@@ -800,26 +800,12 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
 
     // A new user whose onboarding ticket cannot be created; the recipe runs now, from its
     // page. The name is a script: it must show as text, and not run.
-    fail_tickets(&env);
-    let id = contact(&env, "dl@x.io", PAYLOAD);
-    past(&env, Kind::Contact, &id).await;
-    b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
-    b.submit("form.run-now").await;
-    b.shot("after-run-now").await;
-
     // The dead letter is listed with its error.
-    let letter = crate::util::eventually(
-        "a dead letter on the page",
-        SOON,
-        || sc.log(),
-        || async {
-            b.goto(&sc.url("/dead-letters")).await;
-            let rows = b.all("table#dead-letters tr[data-id]").await;
-            match rows.first() {
-                Some(r) => Some(r.attr("data-id").await.unwrap().unwrap()),
-                None => None,
-            }
-        },
+    let (id, letter) = run_now_into_a_dead_letter(
+        (&env, &mut b, &sc),
+        instance,
+        ("dl@x.io", PAYLOAD),
+        "after-run-now",
     )
     .await;
     b.shot("dead-letters").await;
@@ -929,23 +915,11 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
     assert_eq!(b.pwned().await, Value::Null);
 
     // A second dead letter, dropped from its page: gone, and never replayed.
-    fail_tickets(&env);
-    let second = contact(&env, "drop@x.io", "Dropped Person");
-    past(&env, Kind::Contact, &second).await;
-    b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
-    b.submit("form.run-now").await;
-    b.shot("after-second-run-now").await;
-    let letter = crate::util::eventually(
-        "a second dead letter on the page",
-        SOON,
-        || sc.log(),
-        || async {
-            b.goto(&sc.url("/dead-letters")).await;
-            match b.all("table#dead-letters tr[data-id]").await.first() {
-                Some(r) => Some(r.attr("data-id").await.unwrap().unwrap()),
-                None => None,
-            }
-        },
+    let (second, letter) = run_now_into_a_dead_letter(
+        (&env, &mut b, &sc),
+        instance,
+        ("drop@x.io", "Dropped Person"),
+        "after-second-run-now",
     )
     .await;
     env.sim().set_faults(Faults::default());
@@ -979,6 +953,38 @@ async fn browser_a_dead_letter_shows_its_error_and_replays_into_a_finished_run()
 const TICK: &str = "id: tick\nconnection: intercom\ntrigger: intercom.new_contact\nschedule:\n  every: 1s\nstart_from: \"2020-01-01\"\nsteps:\n  - id: note\n    action: intercom.add_note_to_contact\n    with:\n      contact_id: \"{{record.id}}\"\n      body: \"tick\"\n";
 
 /// The href of the newest run's link on the recipe page shown, and how many runs it lists.
+/// A new contact (email, name) whose onboarding ticket cannot be created; "Run now" on the
+/// recipe's page, a screenshot named `shot`; the first dead letter listed once one is. The
+/// contact's id and the letter's.
+async fn run_now_into_a_dead_letter(
+    (env, b, sc): (&SimEnv, &mut Browser, &Sidecar),
+    instance: &str,
+    (email, name): (&str, &str),
+    shot: &str,
+) -> (String, String) {
+    fail_tickets(env);
+    let id = contact(env, email, name);
+    past(env, Kind::Contact, &id).await;
+    b.goto(&sc.url(&format!("/recipes/{instance}"))).await;
+    b.submit("form.run-now").await;
+    b.shot(shot).await;
+    let b = &*b;
+    let letter = crate::util::eventually(
+        "a dead letter on the page",
+        SOON,
+        || sc.log(),
+        || async {
+            b.goto(&sc.url("/dead-letters")).await;
+            match b.all("table#dead-letters tr[data-id]").await.first() {
+                Some(r) => Some(r.attr("data-id").await.unwrap().unwrap()),
+                None => None,
+            }
+        },
+    )
+    .await;
+    (id, letter)
+}
+
 async fn newest_run(b: &Browser) -> (Option<String>, usize) {
     let runs = b.all("table#runs tr.run").await;
     let newest = match runs.first() {
