@@ -1414,35 +1414,7 @@ async fn dead_letters_are_replayed_and_dropped_from_the_pages_with_their_csrf_to
     let env = live_sim().await;
     env.write_recipe(NAMED);
     let sc = Sidecar::start(&env, &[]).await;
-    // The note of contact `c` fails for good (422), once.
-    let fail = |c: &str| Faults {
-        fail_next: vec![FailRule::once(
-            Some("POST"),
-            format!("/contacts/{c}/notes"),
-            422,
-        )],
-        ..Faults::default()
-    };
-    // Paused while the contact and its fault are set up.
-    sc.pause("named@intercom").await;
-    let a = contact(&env, "a@x.io");
-    env.sim().set_faults(fail(&a));
-    assert_eq!(
-        sc.post("/api/instances/named@intercom/resume", true)
-            .await
-            .0,
-        200
-    );
-    let list = sc
-        .until("a dead letter on the page", SOON, || async {
-            let html = sc.page("/dead-letters").await;
-            html.contains("<tr data-id=").then_some(html)
-        })
-        .await;
-    let id = {
-        let at = list.find("<tr data-id=\"").unwrap() + "<tr data-id=\"".len();
-        list[at..at + list[at..].find('"').unwrap()].to_string()
-    };
+    let (a, id) = a_failed_note(&env, &sc, "a@x.io").await;
     let detail = sc.page(&format!("/dead-letters/{id}")).await;
     assert!(detail.contains("class=\"error\""), "{detail}");
     assert!(detail.contains("422"), "{detail}");
@@ -1480,22 +1452,7 @@ async fn dead_letters_are_replayed_and_dropped_from_the_pages_with_their_csrf_to
         .await
         .contains(&format!("data-id=\"{id}\"")));
     // Another one, dropped.
-    sc.pause("named@intercom").await;
-    let b = contact(&env, "b@x.io");
-    env.sim().set_faults(fail(&b));
-    assert_eq!(
-        sc.post("/api/instances/named@intercom/resume", true)
-            .await
-            .0,
-        200
-    );
-    let id = sc
-        .until("a second dead letter", SOON, || async {
-            let html = sc.page(&format!("/dead-letters?q={b}")).await;
-            let at = html.find("<tr data-id=\"")? + "<tr data-id=\"".len();
-            Some(html[at..at + html[at..].find('"')?].to_string())
-        })
-        .await;
+    let (b, id) = a_failed_note(&env, &sc, "b@x.io").await;
     let (code, location) = sc
         .form(&format!("/ui/dead-letters/{id}/drop"), &[("csrf", &token)])
         .await;
@@ -1505,6 +1462,35 @@ async fn dead_letters_are_replayed_and_dropped_from_the_pages_with_their_csrf_to
     );
     assert!(!sc.page("/dead-letters").await.contains("<tr data-id="));
     assert_eq!(calls(&env, "POST", &format!("/contacts/{b}/notes")), 0);
+}
+
+/// A new contact whose note (recipe `named`) fails for good (422): set up while the recipe
+/// is paused, then resumed; the contact's id and its dead letter's, once the page lists it.
+async fn a_failed_note(env: &SimEnv, sc: &Sidecar, email: &str) -> (String, String) {
+    sc.pause("named@intercom").await;
+    let c = contact(env, email);
+    env.sim().set_faults(Faults {
+        fail_next: vec![FailRule::once(
+            Some("POST"),
+            format!("/contacts/{c}/notes"),
+            422,
+        )],
+        ..Faults::default()
+    });
+    assert_eq!(
+        sc.post("/api/instances/named@intercom/resume", true)
+            .await
+            .0,
+        200
+    );
+    let id = sc
+        .until("a dead letter on the page", SOON, || async {
+            let html = sc.page(&format!("/dead-letters?q={c}")).await;
+            let at = html.find("<tr data-id=\"")? + "<tr data-id=\"".len();
+            Some(html[at..at + html[at..].find('"')?].to_string())
+        })
+        .await;
+    (c, id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
