@@ -912,6 +912,24 @@ mod tests {
             }
         }
 
+        /// Reloads with recipes `specs`, whose cycles take no time and succeed.
+        async fn reload(&self, specs: &[(&str, &str)]) {
+            let launch = fake_launch(
+                self.clock.clone(),
+                self.started.clone(),
+                self.running.clone(),
+                HashMap::new(),
+                vec![],
+            );
+            self.tx
+                .send(Command::Reload {
+                    recipes: recipes(specs),
+                    launch,
+                })
+                .await
+                .unwrap();
+        }
+
         fn started(&self) -> Vec<Started> {
             self.started.lock().unwrap().clone()
         }
@@ -1109,19 +1127,8 @@ mod tests {
         wait(10).await;
         let at_reload = h.clock.now_ms();
         // `a` changes schedule, `b` is removed mid-cycle, `c` is new.
-        let launch = fake_launch(
-            h.clock.clone(),
-            h.started.clone(),
-            h.running.clone(),
-            HashMap::new(),
-            vec![],
-        );
-        h.tx.send(Command::Reload {
-            recipes: recipes(&[("a", "{every: 4s}"), ("c", "{every: 10s}")]),
-            launch,
-        })
-        .await
-        .unwrap();
+        h.reload(&[("a", "{every: 4s}"), ("c", "{every: 10s}")])
+            .await;
         wait(20).await;
         let after: Vec<(String, i64)> = h
             .started()
@@ -1152,19 +1159,7 @@ mod tests {
         let h = Harness::start(&[("b", "{every: 10s}")], &[("b", 5)], &[], None).await;
         wait(10).await; // b's cycle of +9 runs until +14
         for specs in [&[][..], &[("b", "{every: 10s}")][..]] {
-            let launch = fake_launch(
-                h.clock.clone(),
-                h.started.clone(),
-                h.running.clone(),
-                HashMap::new(),
-                vec![],
-            );
-            h.tx.send(Command::Reload {
-                recipes: recipes(specs),
-                launch,
-            })
-            .await
-            .unwrap();
+            h.reload(specs).await;
         }
         wait(20).await;
         let slots: Vec<i64> = h.started().iter().map(|s| s.1 - WALL0).collect();
@@ -1182,19 +1177,7 @@ mod tests {
         )
         .await;
         wait(10).await; // b's cycle of +9 runs until +39
-        let launch = fake_launch(
-            h.clock.clone(),
-            h.started.clone(),
-            h.running.clone(),
-            HashMap::new(),
-            vec![],
-        );
-        h.tx.send(Command::Reload {
-            recipes: recipes(&[("keep", "{every: 10s}")]),
-            launch,
-        })
-        .await
-        .unwrap();
+        h.reload(&[("keep", "{every: 10s}")]).await;
         wait(1).await;
         h.clock
             .step
