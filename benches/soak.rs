@@ -126,6 +126,25 @@ fn start_sidecar_with(dir: &Path, recipes: &Path, log: &str, extra: &[&str]) -> 
     }
 }
 
+/// [`start_sidecar_with`], then `/readyz` must say every file loaded; prints how long the
+/// start took. The sidecar, and when it was started and ready (Unix ms).
+fn start_ready(dir: &Path, recipes: &Path, extra: &[&str]) -> (Sidecar, i64, i64) {
+    let t_start = chrono::Utc::now().timestamp_millis();
+    let sc = start_sidecar_with(dir, recipes, "sidecar.log", extra);
+    let t_ready = chrono::Utc::now().timestamp_millis();
+    assert_eq!(
+        http_status(&sc.addr, "/readyz"),
+        Some(200),
+        "every connection and recipe loads (see sidecar.log)"
+    );
+    println!(
+        "  started in {} ms (pid {})",
+        t_ready - t_start,
+        sc.child.id()
+    );
+    (sc, t_start, t_ready)
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -198,19 +217,7 @@ fn soak(rt: &tokio::runtime::Runtime) {
         .expect("recipe");
     }
     println!("soak: {n} recipe instances on `every: {every}s, jitter: {every}s` for {minutes} min");
-    let t_start = chrono::Utc::now().timestamp_millis();
-    let mut sc = start_sidecar(&dir, &recipes, "sidecar.log");
-    let t_ready = chrono::Utc::now().timestamp_millis();
-    assert_eq!(
-        http_status(&sc.addr, "/readyz"),
-        Some(200),
-        "every recipe loads (see sidecar.log)"
-    );
-    println!(
-        "  started in {} ms (pid {})",
-        t_ready - t_start,
-        sc.child.id()
-    );
+    let (mut sc, t_start, t_ready) = start_ready(&dir, &recipes, &[]);
     let total = Duration::from_secs(minutes * 60);
     let began = Instant::now();
     let mut max_rss = 0u64;
@@ -436,19 +443,7 @@ fn workspaces(rt: &tokio::runtime::Runtime) {
         "workspaces: {n_ws} workspaces × {per} recipes = {instances} instances on `every: {every}s, jitter: {every}s`, limit {limit} calls per 10 s per workspace, for {minutes} min"
     );
     let extra = ["--connections-dir", conns.to_str().expect("utf-8 path")];
-    let t_start = chrono::Utc::now().timestamp_millis();
-    let sc = start_sidecar_with(&dir, &recipes, "sidecar.log", &extra);
-    let t_ready = chrono::Utc::now().timestamp_millis();
-    assert_eq!(
-        http_status(&sc.addr, "/readyz"),
-        Some(200),
-        "every connection and recipe loads (see sidecar.log)"
-    );
-    println!(
-        "  started in {} ms (pid {})",
-        t_ready - t_start,
-        sc.child.id()
-    );
+    let (sc, t_start, t_ready) = start_ready(&dir, &recipes, &extra);
     let total = Duration::from_secs(minutes * 60);
     let began = Instant::now();
     let mut rss_samples = Vec::new();
