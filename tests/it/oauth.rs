@@ -163,11 +163,7 @@ fn wait_child(child: &mut Child) -> i32 {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
+    crate::util::browser_http()
 }
 
 /// The browser's part: GET the authorize URL; the simulator's redirect (to the callback).
@@ -860,18 +856,8 @@ impl PageSidecar {
 
     /// `POST /ui/connections/{name}/connect` with these form fields: status and `Location`.
     async fn connect(&self, name: &str, fields: &[(&str, &str)]) -> (u16, String) {
-        let r = http()
-            .post(format!("{}/ui/connections/{name}/connect", self.base))
-            .form(fields)
-            .send()
-            .await
-            .unwrap();
-        let location = r
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        (r.status().as_u16(), location)
+        let url = format!("{}/ui/connections/{name}/connect", self.base);
+        crate::util::post_form(&url, fields).await.unwrap()
     }
 
     /// Connect (or Re-authorize) clicked on the overview: the provider's authorize URL.

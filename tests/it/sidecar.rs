@@ -1307,23 +1307,9 @@ fn run_links(html: &str) -> Vec<String> {
 impl Sidecar {
     /// A form `POST` (no redirect followed): the status and the `Location`.
     async fn form(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let r = http
-            .post(format!("{}{path}", self.base))
-            .form(fields)
-            .send()
+        crate::util::post_form(&format!("{}{path}", self.base), fields)
             .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log()));
-        let location = r
-            .headers()
-            .get("location")
-            .map(|l| l.to_str().unwrap().to_string())
-            .unwrap_or_default();
-        (r.status().as_u16(), location)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.log()))
     }
 
     /// A page that must answer 200.
@@ -1539,11 +1525,7 @@ async fn beyond_loopback_the_pages_need_the_admin_token() {
         .form("/ui/instances/named@intercom/pause", &[("csrf", "x")])
         .await;
     assert_eq!((code, location.as_str()), (303, "/login"));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let http = crate::util::browser_http();
     let r = http.get(format!("{}/", sc.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 303);
     let wrong = http

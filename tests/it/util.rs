@@ -337,3 +337,26 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// An HTTP client that acts as a browser's single step: no proxy, no redirect followed.
+pub fn browser_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A form `POST` to `url` (no redirect followed): the status and the `Location`.
+pub async fn post_form(
+    url: &str,
+    fields: &[(&str, &str)],
+) -> Result<(u16, String), reqwest::Error> {
+    let r = browser_http().post(url).form(fields).send().await?;
+    let location = r
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    Ok((r.status().as_u16(), location))
+}
