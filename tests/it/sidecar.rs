@@ -1574,6 +1574,16 @@ async fn the_history_is_kept_to_its_bounds() {
     let store = SledStore::open(&env.ws.path().join("state")).unwrap();
     assert_eq!(store.cycles("named@intercom", 100).unwrap().len(), 3);
     drop(store);
+    // The bound on the whole history, shared by the instances, when it is the smaller.
+    std::fs::write(
+        env.ws.config(),
+        format!("{config}history:\n  max_runs: 3\n  max_total_runs: 2\n"),
+    )
+    .unwrap();
+    env.sluice_in(&["run", "--once"], None).await.assert_ok();
+    let store = SledStore::open(&env.ws.path().join("state")).unwrap();
+    assert_eq!(store.cycles("named@intercom", 100).unwrap().len(), 2);
+    drop(store);
     // A bound that is no bound is refused where it is written.
     std::fs::write(
         env.ws.config(),
